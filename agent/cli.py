@@ -1,0 +1,134 @@
+"""The ``trio-qga`` command: qemu-ga's flags, plus ``--transport METHOD:PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from agent.config import DEFAULT_PIDFILE, DEFAULT_STATEDIR, AgentConfig
+from agent.pidfile import PidfileError, held_pidfile
+from agent.version import VERSION
+
+log = logging.getLogger("trio-qga")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-qga",
+        description="QEMU guest agent on Trio; takes qemu-ga's options.",
+    )
+    parser.add_argument(
+        "--transport",
+        metavar="METHOD:PATH",
+        help="transport and its path in one, e.g. unix-listen:/tmp/qga.sock",
+    )
+    parser.add_argument("-m", "--method", help="transport method (default virtio-serial)")
+    parser.add_argument("-p", "--path", help="device or socket path")
+    parser.add_argument("-l", "--logfile", help="append the log to LOGFILE (default stderr)")
+    parser.add_argument(
+        "-f", "--pidfile", default=DEFAULT_PIDFILE, help=f"pid file (default {DEFAULT_PIDFILE})"
+    )
+    parser.add_argument(
+        "-t",
+        "--statedir",
+        default=DEFAULT_STATEDIR,
+        help=f"state directory (default {DEFAULT_STATEDIR})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "-b", "--block-rpcs", metavar="LIST", help="comma-separated commands to disable"
+    )
+    parser.add_argument(
+        "-a", "--allow-rpcs", metavar="LIST", help="comma-separated commands to enable (only)"
+    )
+    parser.add_argument(
+        "--socket-mode",
+        type=lambda text: int(text, 8),
+        default=0o600,
+        metavar="OCTAL",
+        help="permissions of a unix-listen socket (default 0600)",
+    )
+    parser.add_argument(
+        "--command-timeout", type=float, metavar="SECONDS", help="limit for any one command"
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    method, path = args.method, args.path
+    if args.transport:
+        method, _, transport_path = args.transport.partition(":")
+        path = transport_path or path
+    return AgentConfig(
+        method=method or "virtio-serial",
+        path=path,
+        logfile=args.logfile,
+        pidfile=args.pidfile or None,
+        statedir=args.statedir,
+        verbose=args.verbose,
+        socket_mode=args.socket_mode,
+        blocked_rpcs=_split(args.block_rpcs) or (),
+        allowed_rpcs=_split(args.allow_rpcs),
+        command_timeout=args.command_timeout,
+    )
+
+
+def _split(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(name for name in text.split(",") if name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"trio-qga {VERSION} (QEMU guest agent protocol)")
+        return 0
+    config = config_from_args(args)
+    _setup_logging(config)
+    try:
+        with contextlib.ExitStack() as stack:
+            if config.pidfile:
+                stack.enter_context(held_pidfile(config.pidfile))
+            trio.run(run, config)
+    except PidfileError as err:
+        log.error("%s", err)
+        return 1
+    except Exception as err:  # a transport that cannot open, a bad schema, ...
+        log.error("%s", err)
+        log.debug("details", exc_info=True)
+        return 1
+    return 0
+
+
+async def run(config: AgentConfig) -> None:
+    """Serve ``config``'s transport until SIGTERM or SIGINT."""
+    from agent.api import Agent  # after logging is set up: building it may log
+    from agent.transports import serve_transport
+
+    agent = Agent(config)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            await nursery.start(serve_transport, config, agent.serve)
+            log.info("trio-qga %s ready", VERSION)
+            async for signum in signals:
+                log.info("%s received, stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _setup_logging(config: AgentConfig) -> None:
+    handler: logging.Handler
+    if config.logfile:
+        handler = logging.FileHandler(config.logfile)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if config.verbose else logging.INFO)

@@ -1,0 +1,43 @@
+"""The agent's configuration: everything the command line and config file set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.protocol import MAX_DEPTH, MAX_MESSAGE_SIZE
+
+# qemu-ga's defaults.
+DEFAULT_METHOD = "virtio-serial"
+DEFAULT_PATHS = {
+    "virtio-serial": "/dev/virtio-ports/org.qemu.guest_agent.0",
+    "isa-serial": "/dev/ttyS0",
+}
+DEFAULT_PIDFILE = "/var/run/qemu-ga.pid"
+DEFAULT_STATEDIR = "/var/run"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Settings of one agent. The defaults are qemu-ga's."""
+
+    method: str = DEFAULT_METHOD
+    path: str | None = None  # None: the method's default path
+    logfile: str | None = None  # None: standard error
+    pidfile: str | None = DEFAULT_PIDFILE
+    statedir: str = DEFAULT_STATEDIR
+    verbose: bool = False
+    socket_mode: int = 0o600  # of a unix-listen socket (qemu-ga leaves it to the umask)
+    blocked_rpcs: tuple[str, ...] = ()
+    allowed_rpcs: tuple[str, ...] | None = None  # None: all that are not blocked
+    command_timeout: float | None = None  # seconds an async handler may run; None: no limit
+    max_message_size: int = MAX_MESSAGE_SIZE
+    max_depth: int = MAX_DEPTH
+
+    @property
+    def resolved_path(self) -> str:
+        if self.path is not None:
+            return self.path
+        try:
+            return DEFAULT_PATHS[self.method]
+        except KeyError:
+            raise ValueError(f"method {self.method} needs a path") from None

@@ -1,0 +1,41 @@
+"""The pid file: written at start, locked while the agent runs, removed at exit.
+
+The lock (as qemu-ga's lockf) keeps a second agent from starting on the same
+pid file, and from overwriting the pid of the one that holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+
+
+class PidfileError(Exception):
+    """The pid file is held by another process or cannot be written."""
+
+
+@contextlib.contextmanager
+def held_pidfile(path: str) -> Iterator[None]:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise PidfileError(f"cannot open pid file {path}: {err.strerror}") from err
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise PidfileError(
+                f"pid file {path} is locked by another agent (pid {holder})"
+            ) from err
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    finally:
+        os.close(fd)

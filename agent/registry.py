@@ -1,0 +1,123 @@
+"""The command registry: name -> schema definition, models, handler, flags.
+
+Handlers come in :class:`HandlerSet` objects, one per handler module (or
+plugin). A handler is ``function(ctx, **arguments)``; its parameters after
+``ctx`` must be exactly the schema's members (``buf-b64`` -> ``buf_b64``), which
+the registry checks when the handler is added, so a typo fails at start-up
+rather than on a host's first call. Sync handlers are for work that cannot
+block; async ones run under a cancel scope.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.models.builder import CommandModels, ModelFactory, python_name
+from agent.models.schema import CommandDef, SchemaDefs
+
+HandlerFunction = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    name: str
+    function: HandlerFunction
+    delimited_reply: bool = False  # precede the reply with 0xFF (guest-sync-delimited)
+
+
+@dataclass
+class HandlerSet:
+    """The handlers of one module or plugin, by command name."""
+
+    specs: dict[str, HandlerSpec] = field(default_factory=dict)
+
+    def command(
+        self, name: str, *, delimited_reply: bool = False
+    ) -> Callable[[HandlerFunction], HandlerFunction]:
+        def register(function: HandlerFunction) -> HandlerFunction:
+            if name in self.specs:
+                raise ValueError(f"handler for {name} defined twice")
+            self.specs[name] = HandlerSpec(name, function, delimited_reply)
+            return function
+
+        return register
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    definition: CommandDef
+    models: CommandModels
+    function: HandlerFunction
+    is_async: bool
+    delimited_reply: bool
+    source: str  # who provides it: "trio-qga" or a plugin's distribution
+
+    @property
+    def success_response(self) -> bool:
+        return self.definition.success_response
+
+    @property
+    def allowed_while_frozen(self) -> bool:
+        return self.definition.allowed_while_frozen
+
+
+class RegistryError(ValueError):
+    """A handler that does not fit the schema, or a name clash."""
+
+
+class Registry:
+    """Every command the agent serves, in registration order."""
+
+    def __init__(self, defs: SchemaDefs) -> None:
+        self._defs = defs
+        self._factory = ModelFactory(defs)
+        self._commands: dict[str, Command] = {}
+
+    def add(self, handlers: HandlerSet, source: str = "trio-qga") -> None:
+        """Register every handler of ``handlers``, checked against the schema."""
+        for spec in handlers.specs.values():
+            self._check(spec, source)
+        for spec in handlers.specs.values():
+            definition = self._defs.commands[spec.name]
+            self._commands[spec.name] = Command(
+                name=spec.name,
+                definition=definition,
+                models=self._factory.command(definition),
+                function=spec.function,
+                is_async=inspect.iscoroutinefunction(spec.function),
+                delimited_reply=spec.delimited_reply,
+                source=source,
+            )
+
+    def get(self, name: str) -> Command | None:
+        return self._commands.get(name)
+
+    def __iter__(self) -> Iterator[Command]:
+        return iter(self._commands.values())
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+    def _check(self, spec: HandlerSpec, source: str) -> None:
+        definition = self._defs.commands.get(spec.name)
+        if definition is None:
+            raise RegistryError(f"{source}: {spec.name} is not in the schema")
+        existing = self._commands.get(spec.name)
+        if existing is not None:
+            raise RegistryError(f"{source}: {spec.name} is already provided by {existing.source}")
+        expected = self._member_names(definition)
+        parameters = list(inspect.signature(spec.function).parameters)[1:]
+        if sorted(parameters) != sorted(expected):
+            raise RegistryError(
+                f"{source}: handler of {spec.name} takes {parameters}, schema says {expected}"
+            )
+
+    def _member_names(self, definition: CommandDef) -> list[str]:
+        data = definition.data
+        if isinstance(data, str):
+            data = self._defs.types.get(data, {}).get("data", {})
+        return [python_name(member.lstrip("*")) for member in (data or {})]

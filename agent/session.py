@@ -1,0 +1,71 @@
+"""One client conversation over any ``trio.abc.Stream``.
+
+Requests are handled one at a time, in order, and every reply goes out
+through this one loop, so there is a single writer by construction. Replies
+to the requests of one read are sent in one write, except that replies
+already due are flushed before a handler that may wait.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from agent.dispatch import Dispatcher
+from agent.protocol import Flush, Framer, Message, ParseError, encode_error
+
+log = logging.getLogger(__name__)
+
+MIN_READ = 64 * 1024
+MAX_READ = 1024 * 1024
+
+
+async def serve_session(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
+    """Serve ``stream`` until the peer closes it. Every session starts with a clean parser."""
+    try:
+        await _serve(stream, dispatcher)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        log.debug("client went away")
+
+
+async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
+    config = dispatcher.ctx.config
+    framer = Framer(config.max_message_size, config.max_depth)
+    pending: list[bytes] = []
+    read_size = MIN_READ
+    while True:
+        data = await stream.receive_some(read_size)
+        if not data:
+            return
+        # Big requests (file writes) arrive faster in big reads; small ones
+        # should not pay for allocating a big buffer.
+        read_size = min(read_size * 2, MAX_READ) if len(data) == read_size else MIN_READ
+        for event in framer.receive(data):
+            if isinstance(event, Message):
+                call = dispatcher.prepare(event.value)
+                if isinstance(call, bytes):
+                    pending.append(call)
+                    continue
+                log.debug("executing %s", call.command.name)
+                if call.command.is_async:
+                    if pending:
+                        await _send(stream, pending)
+                    reply = await dispatcher.run(call)
+                else:
+                    reply = dispatcher.run_sync(call)
+                if reply is not None:
+                    pending.append(reply)
+            elif isinstance(event, ParseError):
+                log.debug("parse error: %s", event.reason)
+                pending.append(encode_error("GenericError", event.reason))
+            elif isinstance(event, Flush):
+                log.debug("0xFF: parser flushed")
+        if pending:
+            await _send(stream, pending)
+
+
+async def _send(stream: trio.abc.Stream, pending: list[bytes]) -> None:
+    data = pending[0] if len(pending) == 1 else b"".join(pending)
+    pending.clear()
+    await stream.send_all(data)

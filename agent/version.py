@@ -1,0 +1,3 @@
+"""The agent's version, reported by -V and guest-info."""
+
+VERSION = "0.1.0"

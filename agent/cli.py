@@ -100,10 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", err)
         return 1
     except Exception as err:  # a transport that cannot open, a bad schema, ...
-        log.error("%s", err)
-        log.debug("details", exc_info=True)
+        for cause in _leaves(err):
+            log.error("%s", cause)
+            log.debug("details", exc_info=cause)
         return 1
     return 0
+
+
+def _leaves(err: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, which nurseries raise."""
+    if isinstance(err, BaseExceptionGroup):
+        return [leaf for inner in err.exceptions for leaf in _leaves(inner)]
+    return [err]
 
 
 async def run(config: AgentConfig) -> None:

@@ -52,6 +52,9 @@ class Dispatcher:
             arguments = self._arguments(command, request.arguments)
         except QgaError as err:
             return encode_error(err.error_class, err.desc, request.id)
+        except Exception as err:  # a bug; the session must go on all the same
+            log.error("checking %s failed", request.name, exc_info=err)
+            return encode_error("GenericError", f"internal error: {err}", request.id)
         return Call(command, arguments, request.id)
 
     def run_sync(self, call: Call) -> bytes | None:
@@ -109,12 +112,12 @@ class Dispatcher:
             return None
         try:
             command.models.returns.validate_python(value)
-        except ValidationError as err:
+            return encode_return(value, call.id, delimited=command.delimited_reply)
+        except (ValueError, TypeError) as err:  # ValidationError is a ValueError
             log.error("reply of %s does not match the schema: %s", command.name, err)
             return encode_error(
                 "GenericError", f"internal error: reply of {command.name} is malformed", call.id
             )
-        return encode_return(value, call.id, delimited=command.delimited_reply)
 
     @staticmethod
     def _internal_error(call: Call, err: Exception) -> bytes:

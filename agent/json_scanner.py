@@ -195,10 +195,10 @@ class MessageScanner:
             stray = _STRAY.match(text, pos)
             return self._fail(pos, f"stray '{stray.group() if stray else text[pos]}'")
         end = token.end()
-        if end == n:
-            return self._fail(pos, "token too long")
         if word and word.group() not in _KEYWORDS:
-            return self._fail(pos, f"invalid keyword '{word.group()}'")
+            return self._fail(pos, f"invalid keyword '{word.group()[:32]}'")
+        if end == n:
+            return self._fail(pos, "number too long")
         if number and (text[end] in ".eE" or text[end].isalnum()):
             stray = _STRAY.match(text, pos)
             return self._fail(pos, f"stray '{stray.group() if stray else text[pos:end]}'")
@@ -230,7 +230,7 @@ class MessageScanner:
         if c == "\\":
             if _PARTIAL_ESCAPE.match(text, end):
                 return Step(end, hold=True)
-            return self._fail(end, f"invalid escape '{text[end : end + 6]}'")
+            return self._fail(end, f"invalid escape '{text[end : end + 2]}'")
         if c == FLUSH_CHAR:
             self.reset()
             return Step(end + 1, flush=True)

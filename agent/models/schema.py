@@ -56,17 +56,22 @@ def parse(text: str, origin: str) -> SchemaDefs:
     """Parse QAPI schema text; ``origin`` names it in error messages."""
     body = "\n".join("" if line.lstrip().startswith("#") else line for line in text.splitlines())
     defs = SchemaDefs()
-    for event in Framer().receive(body.encode("utf-8") + b"\n"):
+    framer = Framer()
+    for event in framer.receive(body.encode("utf-8") + b"\n"):
         if isinstance(event, ParseError):
             raise SchemaError(f"{origin}: {event.reason}")
         if isinstance(event, Message):
             _add(defs, event.value, origin)
+    if not framer.idle:
+        raise SchemaError(f"{origin}: JSON parse error, unexpected end of file")
     return defs
 
 
 def _add(defs: SchemaDefs, expr: object, origin: str) -> None:
     if not isinstance(expr, dict):
         raise SchemaError(f"{origin}: a definition must be an object, not {expr!r}")
+    if "pragma" in expr:
+        return  # QAPI generator directives: nothing for the agent
     if "command" in expr:
         unknown = set(expr) - _COMMAND_KEYS
         if unknown:

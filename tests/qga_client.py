@@ -1,0 +1,185 @@
+"""Small QGA clients for the tests: one over a trio stream, one over a unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+Reply = dict[str, Any]
+
+
+def reply_lines(data: bytes) -> list[bytes]:
+    return [line for line in data.split(b"\n") if line]
+
+
+class StreamClient:
+    """Talks to an agent over a ``trio.abc.Stream`` (an in-memory pair in tests)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def line(self) -> bytes:
+        """The next reply line, without its newline (a 0xFF sentinel is kept)."""
+        with trio.fail_after(10):
+            while b"\n" not in self.buffer:
+                data = await self.stream.receive_some()
+                if not data:
+                    raise EOFError("agent closed the stream")
+                self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+    async def reply(self) -> Reply:
+        result: Reply = json.loads(await self.line())
+        return result
+
+    async def execute(
+        self, name: str, arguments: dict[str, Any] | None = None, **extra: Any
+    ) -> Reply:
+        request: dict[str, Any] = {"execute": name, **extra}
+        if arguments is not None:
+            request["arguments"] = arguments
+        await self.send(json.dumps(request).encode())
+        return await self.reply()
+
+    async def expect_silence(self, seconds: float = 0.2) -> None:
+        """Assert that no reply comes (with the autojump clock this costs nothing)."""
+        with trio.move_on_after(seconds):
+            data = await self.stream.receive_some()
+            raise AssertionError(f"unexpected reply {data!r}")
+
+
+class SocketClient:
+    """A blocking QGA client over a unix socket, for agents run as processes."""
+
+    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        self.sock.settimeout(timeout)
+        self.buffer = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self, timeout: float | None = None) -> bytes:
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        while b"\n" not in self.buffer:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise EOFError("agent closed the connection")
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+    def reply(self) -> Reply:
+        result: Reply = json.loads(self.line())
+        return result
+
+    def execute(self, name: str, arguments: dict[str, Any] | None = None) -> Reply:
+        request: dict[str, Any] = {"execute": name}
+        if arguments is not None:
+            request["arguments"] = arguments
+        self.send(json.dumps(request).encode() + b"\n")
+        return self.reply()
+
+    def resync(self, sync_id: int) -> None:
+        """0xFF then guest-sync-delimited; drop everything up to its reply."""
+        self.send(
+            b"\xff"
+            + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}).encode()
+            + b"\n"
+        )
+        while True:
+            line = self.line()
+            if line.startswith(b"\xff") and json.loads(line[1:]) == {"return": sync_id}:
+                return
+
+    def replies_until_sync(self, sync_id: int) -> list[bytes]:
+        """Send a guest-sync; return the raw reply lines that came before its reply."""
+        self.send(json.dumps({"execute": "guest-sync", "arguments": {"id": sync_id}}).encode())
+        lines: list[bytes] = []
+        while True:
+            line = self.line()
+            if json.loads(line.lstrip(b"\xff")) == {"return": sync_id}:
+                return lines
+            lines.append(line)
+
+
+AGENT_COMMAND = [sys.executable, "-m", "agent"]
+
+
+@contextmanager
+def running_agent(
+    tmp_path: Path, *extra: str, socket_name: str = "qga.sock"
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """Our agent as a process on a unix socket in ``tmp_path``; stopped with SIGTERM."""
+    sock = tmp_path / socket_name
+    proc = subprocess.Popen(
+        [
+            *AGENT_COMMAND,
+            "--transport",
+            f"unix-listen:{sock}",
+            "-t",
+            str(tmp_path),
+            "-f",
+            str(tmp_path / "agent.pid"),
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_socket(sock, proc)
+        yield proc, sock
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def wait_for_socket(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not sock.exists():
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"agent exited with {proc.returncode}: {err}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{sock} did not appear")
+        time.sleep(0.01)
+
+
+def environment_with_root() -> dict[str, str]:
+    """The test environment, with the project importable by a child process."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env

@@ -1,0 +1,156 @@
+"""The real CLI as a process, over a real unix socket."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent
+
+
+def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-V"]) == 0
+    assert "trio-qga 0.1.0" in capsys.readouterr().out
+
+
+def test_socket_is_private_by_default(tmp_path: Path) -> None:
+    with running_agent(tmp_path) as (_, sock):
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        client = SocketClient(sock)
+        assert client.execute("guest-ping") == {"return": {}}
+        client.close()
+
+
+def test_socket_mode_option(tmp_path: Path) -> None:
+    with running_agent(tmp_path, "--socket-mode", "0660") as (_, sock):
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_and_removes_socket_and_pidfile(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    with running_agent(tmp_path) as (proc, sock):
+        pidfile = tmp_path / "agent.pid"
+        assert pidfile.read_text().strip() == str(proc.pid)
+        proc.send_signal(signum)
+        assert proc.wait(10) == 0
+        assert not sock.exists()
+        assert not pidfile.exists()
+
+
+def test_signal_while_a_client_is_connected(tmp_path: Path) -> None:
+    with running_agent(tmp_path) as (proc, sock):
+        client = SocketClient(sock)
+        client.send(b'{"execute":"guest-sy')  # half a request
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert not sock.exists()
+        client.close()
+
+
+def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
+    stale = tmp_path / "qga.sock"
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(stale))
+    dead.close()  # leaves the file, with nobody listening
+    with running_agent(tmp_path) as (_, sock):
+        client = SocketClient(sock)
+        assert client.execute("guest-ping") == {"return": {}}
+        client.close()
+
+
+def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AGENT_COMMAND, "-t", str(tmp_path), "-f", str(tmp_path / "agent.pid"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_refuses_to_replace_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    result = run_cli(tmp_path, "--transport", f"unix-listen:{target}")
+    assert result.returncode == 1
+    assert "exists and is not a socket" in result.stderr
+    assert target.read_text() == "keep me"
+
+
+def test_refuses_a_socket_another_process_listens_on(tmp_path: Path) -> None:
+    path = tmp_path / "busy.sock"
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(path))
+    live.listen(1)
+    try:
+        result = run_cli(tmp_path, "-m", "unix-listen", "-p", str(path))
+        assert result.returncode == 1
+        assert "another process is listening" in result.stderr
+        assert path.exists()
+    finally:
+        live.close()
+
+
+def test_second_agent_on_the_same_pidfile_refuses(tmp_path: Path) -> None:
+    with running_agent(tmp_path) as (proc, _):
+        result = run_cli(tmp_path, "--transport", f"unix-listen:{tmp_path / 'other.sock'}")
+        assert result.returncode == 1
+        assert f"locked by another agent (pid {proc.pid})" in result.stderr
+        assert (tmp_path / "agent.pid").read_text().strip() == str(proc.pid)
+
+
+def test_unknown_transport_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "-m", "carrier-pigeon", "-p", "/dev/null")
+    assert result.returncode == 1
+    assert "transport method 'carrier-pigeon' is not available" in result.stderr
+
+
+def test_logfile_and_verbose(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+    with running_agent(tmp_path, "-l", str(log), "-v") as (_, sock):
+        client = SocketClient(sock)
+        assert client.execute("guest-ping") == {"return": {}}
+        client.close()
+    text = log.read_text()
+    assert "ready" in text
+    assert "executing guest-ping" in text
+
+
+def test_one_client_at_a_time_the_next_waits(tmp_path: Path) -> None:
+    with running_agent(tmp_path) as (_, sock):
+        first = SocketClient(sock)
+        assert first.execute("guest-ping") == {"return": {}}
+        second = SocketClient(sock)
+        second.send(b'{"execute":"guest-ping","id":2}\n')
+        with pytest.raises(TimeoutError):
+            second.line(timeout=0.3)
+        first.close()
+        second.sock.settimeout(10)
+        assert second.reply() == {"return": {}, "id": 2}
+        second.close()
+
+
+def test_protocol_over_the_real_socket(tmp_path: Path) -> None:
+    with running_agent(tmp_path) as (_, sock):
+        client = SocketClient(sock)
+        client.send(b'{bad json\n{"execute":"guest-ping"}\n')
+        assert client.reply()["error"]["desc"] == "JSON parse error, invalid keyword 'bad'"
+        assert client.reply() == {"return": {}}
+        client.resync(99)
+        assert client.execute("guest-sync", {"id": 5}) == {"return": 5}
+        client.close()
+
+
+def test_python_dash_m_and_the_console_script() -> None:
+    script = Path(sys.executable).parent / "trio-qga"  # installed by pip into the venv
+    for command in (AGENT_COMMAND, [str(script)]):
+        result = subprocess.run([*command, "-V"], capture_output=True, text=True, check=True)
+        assert result.stdout.startswith("trio-qga 0.1.0")

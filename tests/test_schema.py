@@ -1,0 +1,205 @@
+"""The schema file, the models built from it, and the registry's checks."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from agent.models.builder import ModelFactory, describe
+from agent.models.schema import SchemaError, load_builtin, parse
+from agent.registry import HandlerSet, Registry, RegistryError
+
+WINDOWS_ONLY = {"guest-get-devices"}  # qemu-ga on Linux lists it disabled; we leave it out
+QEMU_SCHEMA = Path("/usr/share/doc/qemu-guest-agent/qapi-schema.json.gz")
+
+
+def test_every_type_and_command_of_the_builtin_schema_builds() -> None:
+    defs = load_builtin()
+    factory = ModelFactory(defs)
+    for name in defs.types:
+        factory.type_of(name)
+    for command in defs.commands.values():
+        models = factory.command(command)
+        assert models.returns is not None
+        _ = models.arguments
+
+
+def test_frozen_allow_list_comes_from_the_schema() -> None:
+    allowed = {c.name for c in load_builtin().commands.values() if c.allowed_while_frozen}
+    assert allowed == {
+        "guest-ping",
+        "guest-info",
+        "guest-sync",
+        "guest-sync-delimited",
+        "guest-fsfreeze-status",
+        "guest-fsfreeze-thaw",
+    }
+
+
+def test_success_response_false_for_power_commands() -> None:
+    quiet = {c.name for c in load_builtin().commands.values() if not c.success_response}
+    assert quiet == {
+        "guest-shutdown",
+        "guest-suspend-disk",
+        "guest-suspend-ram",
+        "guest-suspend-hybrid",
+    }
+
+
+def _qemu_definitions() -> dict[str, Any]:
+    if not QEMU_SCHEMA.exists():
+        pytest.fail(f"{QEMU_SCHEMA} missing: scripts/test installs qemu-guest-agent")
+    text = gzip.decompress(QEMU_SCHEMA.read_bytes()).decode()
+    # QEMU's file has 'if' conditions, which ours has no use for.
+    defs = parse(re.sub(r",\s*'if': 'CONFIG_POSIX'", "", text), str(QEMU_SCHEMA))
+    return {"commands": defs.commands, "types": defs.types}
+
+
+def test_names_and_member_types_match_qemu_ga_7_2() -> None:
+    """Every command of qemu-ga 7.2 is in our schema with the same members and types.
+
+    Ours follows the current QEMU schema where it moved on since 7.2:
+    ``capture-output`` became an alternate and ``disk`` of GuestFilesystemInfo
+    became optional.
+    """
+    qemu = _qemu_definitions()
+    ours = load_builtin()
+    for name, command in qemu["commands"].items():
+        if name in WINDOWS_ONLY:
+            assert name not in ours.commands
+            continue
+        assert name in ours.commands, name
+        mine = ours.commands[name]
+        theirs_data = dict(command.data or {})
+        mine_data = dict(mine.data or {})  # type: ignore[arg-type]
+        if name == "guest-exec":
+            assert theirs_data.pop("*capture-output") == "bool"
+            assert mine_data.pop("*capture-output") == "GuestExecCaptureOutput"
+        assert mine_data == theirs_data, name
+        assert mine.returns == command.returns, name
+        assert mine.success_response == command.success_response, name
+    for name, definition in qemu["types"].items():
+        if name in ("GuestDeviceInfo", "GuestDeviceId", "GuestDeviceIdPCI", "GuestDeviceType"):
+            continue  # guest-get-devices is Windows-only
+        assert name in ours.types, name
+        theirs_type = definition.get("data")
+        if name == "GuestFilesystemInfo":
+            assert isinstance(theirs_type, dict)
+            theirs_type = {("*disk" if k == "disk" else k): v for k, v in theirs_type.items()}
+        assert ours.types[name].get("data") == theirs_type, name
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"vcpus": [{"logical-id": 1}]}, "Parameter 'vcpus[0].online' is missing"),
+        ({"vcpus": {}}, "Invalid parameter type for 'vcpus', expected: array"),
+        (
+            {"vcpus": [{"logical-id": "a", "online": True}]},
+            "Invalid parameter type for 'vcpus[0].logical-id', expected: integer",
+        ),
+        (
+            {"vcpus": [{"logical-id": 1, "online": True, "x": 1}]},
+            "Parameter 'vcpus[0].x' is unexpected",
+        ),
+    ],
+)
+def test_nested_argument_errors_name_the_path_as_qemu_ga(
+    arguments: dict[str, Any], message: str
+) -> None:
+    defs = load_builtin()
+    model = ModelFactory(defs).command(defs.commands["guest-set-vcpus"]).arguments
+    assert model is not None
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(arguments)
+    assert describe(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("whence", "result"),
+    [
+        (1, 1),
+        ("end", "end"),
+        ("xx", "Parameter 'whence' does not accept value 'xx'"),
+        (1.5, "Invalid parameter type for 'whence', expected: integer"),
+        (None, "Invalid parameter type for 'whence', expected: GuestFileWhence"),
+        (True, "Invalid parameter type for 'whence', expected: GuestFileWhence"),
+    ],
+)
+def test_alternates_pick_their_branch_by_json_kind(whence: object, result: object) -> None:
+    defs = load_builtin()
+    model = ModelFactory(defs).command(defs.commands["guest-file-seek"]).arguments
+    assert model is not None
+    arguments = {"handle": 1, "offset": 0, "whence": whence}
+    if isinstance(result, str) and " " in result:
+        with pytest.raises(ValidationError) as caught:
+            model.model_validate(arguments)
+        assert describe(caught.value) == result
+    else:
+        assert model.model_validate(arguments).whence == result  # type: ignore[attr-defined]
+
+
+def test_optional_members_refuse_explicit_null() -> None:
+    defs = load_builtin()
+    model = ModelFactory(defs).command(defs.commands["guest-file-read"]).arguments
+    assert model is not None
+    assert model.model_validate({"handle": 1}).count is None  # type: ignore[attr-defined]
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate({"handle": 1, "count": None})
+    assert describe(caught.value) == "Invalid parameter type for 'count', expected: integer"
+
+
+def test_unions_validate_by_discriminator() -> None:
+    defs = load_builtin()
+    adapter = ModelFactory(defs).command(defs.commands["guest-get-cpustats"]).returns
+    adapter.validate_python(
+        [{"type": "linux", "cpu": 0, "user": 1, "nice": 2, "system": 3, "idle": 4}]
+    )
+    with pytest.raises(ValidationError):
+        adapter.validate_python([{"type": "linux", "cpu": 0}])
+
+
+def test_malformed_schema_is_refused_with_its_origin() -> None:
+    with pytest.raises(SchemaError, match="here: JSON parse error"):
+        parse("{ 'command': 'x' ", "here")
+    with pytest.raises(SchemaError, match="unknown keys"):
+        parse("{ 'command': 'x', 'colour': 'red' }\n", "here")
+    with pytest.raises(SchemaError, match="defined twice"):
+        parse("{ 'command': 'x' }\n{ 'command': 'x' }\n", "here")
+
+
+def test_registry_checks_handlers_against_the_schema() -> None:
+    defs = parse("{ 'command': 'x-a', 'data': { 'buf-b64': 'str', '*count': 'int' } }\n", "t")
+    good = HandlerSet()
+
+    @good.command("x-a")
+    def handler(ctx: object, buf_b64: str, count: int | None) -> dict[str, object]:
+        return {}
+
+    registry = Registry(defs)
+    registry.add(good, "first")
+    with pytest.raises(RegistryError, match="already provided by first"):
+        registry.add(good, "second")
+
+    wrong = HandlerSet()
+
+    @wrong.command("x-a")
+    def mistyped(ctx: object, buf: str) -> dict[str, object]:
+        return {}
+
+    with pytest.raises(RegistryError, match="schema says"):
+        Registry(defs).add(wrong)
+
+    unknown = HandlerSet()
+
+    @unknown.command("x-b")
+    def absent(ctx: object) -> dict[str, object]:
+        return {}
+
+    with pytest.raises(RegistryError, match="not in the schema"):
+        Registry(defs).add(unknown)

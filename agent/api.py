@@ -22,6 +22,7 @@ from agent.models.schema import SchemaDefs, load_builtin
 from agent.policy import CommandPolicy
 from agent.registry import HandlerSet, Registry
 from agent.session import serve_session
+from agent.store import HandleStore
 
 
 class Agent:
@@ -43,9 +44,23 @@ class Agent:
         for handler_set in handlers:
             registry.add(handler_set)
         policy = CommandPolicy.from_lists(self.config.blocked_rpcs, self.config.allowed_rpcs)
-        self.context = AgentContext(self.config, registry, policy)
+        store = HandleStore(self.config.statedir, self.config.max_handles)
+        self.context = AgentContext(self.config, registry, policy, store)
         self.dispatcher = Dispatcher(self.context)
         self._one_client = trio.Lock()
+
+    async def __aenter__(self) -> Agent:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release what the agent holds (open file handles, ...).
+
+        Called when the agent stops, SIGTERM included: nothing is left half done.
+        """
+        self.context.store.close_all()
 
     async def serve(self, stream: trio.abc.Stream) -> None:
         """Serve ``stream`` until the peer closes it, then close it."""

@@ -119,8 +119,7 @@ async def run(config: AgentConfig) -> None:
     from agent.api import Agent  # after logging is set up: building it may log
     from agent.transports import serve_transport
 
-    agent = Agent(config)
-    async with trio.open_nursery() as nursery:
+    async with Agent(config) as agent, trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             await nursery.start(serve_transport, config, agent.serve)
             log.info("trio-qga %s ready", VERSION)

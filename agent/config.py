@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.protocol import MAX_DEPTH, MAX_MESSAGE_SIZE
+from agent.store import DEFAULT_MAX_HANDLES
 
 # qemu-ga's defaults.
 DEFAULT_METHOD = "virtio-serial"
@@ -29,6 +30,7 @@ class AgentConfig:
     socket_mode: int = 0o600  # of a unix-listen socket (qemu-ga leaves it to the umask)
     blocked_rpcs: tuple[str, ...] = ()
     allowed_rpcs: tuple[str, ...] | None = None  # None: all that are not blocked
+    max_handles: int = DEFAULT_MAX_HANDLES  # open guest-file handles at once
     command_timeout: float | None = None  # seconds an async handler may run; None: no limit
     max_message_size: int = MAX_MESSAGE_SIZE
     max_depth: int = MAX_DEPTH

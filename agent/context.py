@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from agent.config import AgentConfig
 from agent.policy import CommandPolicy
 from agent.registry import Registry
+from agent.store import HandleStore
 
 
 @dataclass
@@ -23,4 +24,5 @@ class AgentContext:
     config: AgentConfig
     registry: Registry
     policy: CommandPolicy
+    store: HandleStore
     state: AgentState = field(default_factory=AgentState)

@@ -20,11 +20,18 @@ from pydantic import ValidationError
 from agent.context import AgentContext
 from agent.errors import CommandNotFound, GenericError, QgaError
 from agent.models.builder import describe
-from agent.protocol import RequestId, encode_error, encode_return
+from agent.protocol import (
+    RequestId,
+    VerbatimString,
+    encode_error,
+    encode_return,
+    encode_return_parts,
+)
 from agent.registry import Command
 from agent.request import RequestError, parse_request
 
 log = logging.getLogger(__name__)
+Reply = bytes | list[bytes]  # one line, or the pieces of a big one (sent without joining)
 _NO_ARGUMENTS: dict[str, Any] = {}
 
 
@@ -57,7 +64,7 @@ class Dispatcher:
             return encode_error("GenericError", f"internal error: {err}", request.id)
         return Call(command, arguments, request.id)
 
-    def run_sync(self, call: Call) -> bytes | None:
+    def run_sync(self, call: Call) -> Reply | None:
         """Run a synchronous handler; the reply, or None when none is due."""
         try:
             value = call.command.function(self.ctx, **call.arguments)
@@ -67,13 +74,15 @@ class Dispatcher:
             return self._internal_error(call, err)
         return self._reply(call, value)
 
-    async def run(self, call: Call) -> bytes | None:
+    async def run(self, call: Call) -> Reply | None:
         """Run any handler; the reply, or None when none is due."""
         if not call.command.is_async:
             return self.run_sync(call)
         timeout = self.ctx.config.command_timeout
         try:
-            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            with trio.CancelScope(
+                deadline=math.inf if timeout is None else trio.current_time() + timeout
+            ) as scope:
                 value = await call.command.function(self.ctx, **call.arguments)
             if scope.cancelled_caught:
                 raise GenericError(f"command {call.command.name} timed out after {timeout} s")
@@ -106,11 +115,21 @@ class Dispatcher:
         except ValidationError as err:
             raise GenericError(describe(err)) from err
 
-    def _reply(self, call: Call, value: object) -> bytes | None:
+    def _reply(self, call: Call, value: object) -> Reply | None:
         command = call.command
         if not command.success_response:
             return None
         try:
+            if isinstance(value, dict) and any(
+                isinstance(item, VerbatimString) for item in value.values()
+            ):
+                command.models.returns.validate_python(
+                    {
+                        key: VerbatimString.STAND_IN if isinstance(item, VerbatimString) else item
+                        for key, item in value.items()
+                    }
+                )
+                return encode_return_parts(value, call.id)
             command.models.returns.validate_python(value)
             return encode_return(value, call.id, delimited=command.delimited_reply)
         except (ValueError, TypeError) as err:  # ValidationError is a ValueError

@@ -274,6 +274,41 @@ RequestId = object  # any JSON value, or NO_ID
 _encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
 
 
+@dataclass(frozen=True, slots=True)
+class VerbatimString:
+    """A JSON string whose content goes out byte for byte, never copied into a str.
+
+    For large base64 payloads (guest-file-read), which need no escaping: the
+    JSON encoder would scan and copy every byte, and a str copy would double
+    the memory a big read needs.
+    """
+
+    ascii: bytes
+
+    STAND_IN = ""  # what schema validation sees in its place
+
+
+def encode_return_parts(value: dict[str, object], request_id: RequestId = NO_ID) -> list[bytes]:
+    """Like :func:`encode_return` for an object holding :class:`VerbatimString` values.
+
+    The reply comes in pieces, so a big payload is sent without being joined.
+    """
+    parts: list[bytes] = []
+    text = '{"return": {'
+    for index, (key, item) in enumerate(value.items()):
+        text += (", " if index else "") + _encode(key) + ": "
+        if isinstance(item, VerbatimString):
+            parts += [(text + '"').encode("ascii"), item.ascii]
+            text = '"'
+        else:
+            text += _encode_value(item)
+    text += "}"
+    if request_id is not NO_ID:
+        text += ', "id": ' + _encode_value(request_id)
+    parts.append((text + "}\n").encode("ascii"))
+    return parts
+
+
 def encode_return(
     value: object, request_id: RequestId = NO_ID, *, delimited: bool = False
 ) -> bytes:

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 MIN_READ = 64 * 1024
 MAX_READ = 1024 * 1024
+JOIN_LIMIT = 256 * 1024  # replies up to this size are joined into one write
 
 
 async def serve_session(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
@@ -54,8 +55,10 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
                     reply = await dispatcher.run(call)
                 else:
                     reply = dispatcher.run_sync(call)
-                if reply is not None:
+                if isinstance(reply, bytes):
                     pending.append(reply)
+                elif reply is not None:
+                    pending += reply
             elif isinstance(event, ParseError):
                 log.debug("parse error: %s", event.reason)
                 pending.append(encode_error("GenericError", event.reason))
@@ -66,6 +69,11 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
 
 
 async def _send(stream: trio.abc.Stream, pending: list[bytes]) -> None:
-    data = pending[0] if len(pending) == 1 else b"".join(pending)
+    """Send the replies due: small ones in one write, big pieces as they are (no copy)."""
+    pieces = pending[:]
     pending.clear()
-    await stream.send_all(data)
+    if sum(map(len, pieces)) <= JOIN_LIMIT:
+        await stream.send_all(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        return
+    for piece in pieces:
+        await stream.send_all(piece)

@@ -72,7 +72,7 @@ class HandleCounter:
             raise self._failure(err) from err
         try:
             with os.fdopen(fd, "w") as state:
-                state.write(f"[general]\nfd_counter={next_handle}\n")
+                state.write(f"[global]\nfd_counter={next_handle}\n")
             os.replace(tmp, self.path)
         except OSError as err:
             with contextlib.suppress(OSError):

@@ -157,7 +157,11 @@ async def test_frozen_state_disables_commands_per_schema(
     assert await agent_client.execute("guest-ping") == {"return": {}}
     assert await agent_client.execute("guest-sync", {"id": 3}) == {"return": 3}
     info = (await agent_client.execute("guest-info"))["return"]
-    assert all(c["enabled"] for c in info["supported_commands"])  # all four are allowed
+    enabled = {c["name"]: c["enabled"] for c in info["supported_commands"]}
+    for command in agent.context.registry:
+        assert enabled[command.name] == command.allowed_while_frozen
+    assert enabled["guest-sync-delimited"]
+    assert not enabled["guest-file-open"]
 
 
 # ---------------------------------------------- agents with test commands --

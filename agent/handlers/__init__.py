@@ -1,6 +1,6 @@
 """Command handlers, one module per group of commands."""
 
-from agent.handlers import core
+from agent.handlers import core, files
 from agent.registry import HandlerSet
 
-BUILTIN: tuple[HandlerSet, ...] = (core.handlers,)
+BUILTIN: tuple[HandlerSet, ...] = (core.handlers, files.handlers)

@@ -84,11 +84,17 @@ class Client:
         self.buf = b""
 
     def recv_until(self, marker: bytes) -> bytes:
-        while marker not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("agent closed the connection")
-            self.buf += data
+        """Up to and including ``marker``; big replies are gathered without quadratic copying."""
+        if marker not in self.buf:
+            pieces = [self.buf]
+            while True:
+                data = self.sock.recv(1 << 20 if len(pieces) > 1 else 65536)
+                if not data:
+                    raise ConnectionError("agent closed the connection")
+                pieces.append(data)
+                if marker in data:
+                    break
+            self.buf = b"".join(pieces)
         head, _, self.buf = self.buf.partition(marker)
         return head + marker
 

@@ -13,6 +13,7 @@ import trio
 
 from agent.config import DEFAULT_PIDFILE, DEFAULT_STATEDIR, AgentConfig
 from agent.pidfile import PidfileError, held_pidfile
+from agent.store import DEFAULT_MAX_HANDLES
 from agent.version import VERSION
 
 log = logging.getLogger("trio-qga")
@@ -58,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--command-timeout", type=float, metavar="SECONDS", help="limit for any one command"
     )
+    parser.add_argument(
+        "--max-handles",
+        type=int,
+        default=DEFAULT_MAX_HANDLES,
+        metavar="N",
+        help=f"guest-file handles open at once (default {DEFAULT_MAX_HANDLES})",
+    )
     return parser
 
 
@@ -77,6 +85,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         blocked_rpcs=_split(args.block_rpcs) or (),
         allowed_rpcs=_split(args.allow_rpcs),
         command_timeout=args.command_timeout,
+        max_handles=args.max_handles,
     )
 
 

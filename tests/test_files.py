@@ -510,3 +510,13 @@ def _status_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} for {pid}")
+
+
+def test_max_handles_option(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"")
+    with running_agent(tmp_path, "--max-handles", "1") as (_, sock):
+        client = SocketClient(sock)
+        assert "return" in client.execute("guest-file-open", {"path": str(tmp_path / "f")})
+        reply = client.execute("guest-file-open", {"path": str(tmp_path / "f")})
+        assert "the limit of 1 handles is reached" in reply["error"]["desc"]
+        client.close()

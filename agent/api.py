@@ -23,6 +23,7 @@ from agent.policy import CommandPolicy
 from agent.registry import HandlerSet, Registry
 from agent.session import serve_session
 from agent.store import HandleStore
+from agent.system import Executor, ProcessExecutor, SystemRoot
 
 
 class Agent:
@@ -38,14 +39,25 @@ class Agent:
         *,
         handlers: Iterable[HandlerSet] = BUILTIN,
         schema: SchemaDefs | None = None,
+        executor: Executor | None = None,
+        root: SystemRoot | None = None,
     ) -> None:
+        """``executor`` and ``root`` replace the real system for the commands that
+        change it (tests pass a recording executor and a scratch directory)."""
         self.config = config or AgentConfig()
         registry = Registry(schema or load_builtin())
         for handler_set in handlers:
             registry.add(handler_set)
         policy = CommandPolicy.from_lists(self.config.blocked_rpcs, self.config.allowed_rpcs)
         store = HandleStore(self.config.statedir, self.config.max_handles)
-        self.context = AgentContext(self.config, registry, policy, store)
+        self.context = AgentContext(
+            self.config,
+            registry,
+            policy,
+            store,
+            executor=executor or ProcessExecutor(),
+            root=root or SystemRoot(),
+        )
         self.dispatcher = Dispatcher(self.context)
         self._one_client = trio.Lock()
 

@@ -8,6 +8,7 @@ from agent.config import AgentConfig
 from agent.policy import CommandPolicy
 from agent.registry import Registry
 from agent.store import HandleStore
+from agent.system import Executor, ProcessExecutor, SystemRoot
 
 
 @dataclass
@@ -26,3 +27,5 @@ class AgentContext:
     policy: CommandPolicy
     store: HandleStore
     state: AgentState = field(default_factory=AgentState)
+    executor: Executor = field(default_factory=ProcessExecutor)  # runs system commands
+    root: SystemRoot = field(default_factory=SystemRoot)  # where system files are

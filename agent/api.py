@@ -19,6 +19,7 @@ from agent.context import AgentContext
 from agent.dispatch import Dispatcher
 from agent.handlers import BUILTIN
 from agent.models.schema import SchemaDefs, load_builtin
+from agent.plugins import load_plugins
 from agent.policy import CommandPolicy
 from agent.registry import HandlerSet, Registry
 from agent.session import serve_session
@@ -48,6 +49,11 @@ class Agent:
         registry = Registry(schema or load_builtin())
         for handler_set in handlers:
             registry.add(handler_set)
+        self.plugins = (
+            load_plugins(registry, disabled=self.config.disabled_plugins)
+            if self.config.plugins
+            else []
+        )
         policy = CommandPolicy.from_lists(self.config.blocked_rpcs, self.config.allowed_rpcs)
         store = HandleStore(self.config.statedir, self.config.max_handles)
         self.context = AgentContext(

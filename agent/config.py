@@ -31,6 +31,8 @@ class AgentConfig:
     blocked_rpcs: tuple[str, ...] = ()
     allowed_rpcs: tuple[str, ...] | None = None  # None: all that are not blocked
     max_handles: int = DEFAULT_MAX_HANDLES  # open guest-file handles at once
+    plugins: bool = True  # load the commands of installed plugins
+    disabled_plugins: tuple[str, ...] = ()  # plugin (entry point) names not to load
     command_timeout: float | None = None  # seconds an async handler may run; None: no limit
     max_message_size: int = MAX_MESSAGE_SIZE
     max_depth: int = MAX_DEPTH

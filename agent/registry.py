@@ -77,16 +77,23 @@ class Registry:
         self._factory = ModelFactory(defs)
         self._commands: dict[str, Command] = {}
 
-    def add(self, handlers: HandlerSet, source: str = "trio-qga") -> None:
-        """Register every handler of ``handlers``, checked against the schema."""
+    def add(
+        self, handlers: HandlerSet, source: str = "trio-qga", schema: SchemaDefs | None = None
+    ) -> None:
+        """Register every handler of ``handlers``, checked against ``schema`` (the
+        registry's own by default; a plugin brings its own). All or nothing."""
+        if schema is None:
+            defs, factory = self._defs, self._factory
+        else:
+            defs, factory = schema, ModelFactory(schema)
         for spec in handlers.specs.values():
-            self._check(spec, source)
+            self._check(spec, source, defs)
         for spec in handlers.specs.values():
-            definition = self._defs.commands[spec.name]
+            definition = defs.commands[spec.name]
             self._commands[spec.name] = Command(
                 name=spec.name,
                 definition=definition,
-                models=self._factory.command(definition),
+                models=factory.command(definition),
                 function=spec.function,
                 is_async=inspect.iscoroutinefunction(spec.function),
                 delimited_reply=spec.delimited_reply,
@@ -102,22 +109,23 @@ class Registry:
     def __len__(self) -> int:
         return len(self._commands)
 
-    def _check(self, spec: HandlerSpec, source: str) -> None:
-        definition = self._defs.commands.get(spec.name)
+    def _check(self, spec: HandlerSpec, source: str, defs: SchemaDefs) -> None:
+        definition = defs.commands.get(spec.name)
         if definition is None:
             raise RegistryError(f"{source}: {spec.name} is not in the schema")
         existing = self._commands.get(spec.name)
         if existing is not None:
             raise RegistryError(f"{source}: {spec.name} is already provided by {existing.source}")
-        expected = self._member_names(definition)
+        expected = _member_names(definition, defs)
         parameters = list(inspect.signature(spec.function).parameters)[1:]
         if sorted(parameters) != sorted(expected):
             raise RegistryError(
                 f"{source}: handler of {spec.name} takes {parameters}, schema says {expected}"
             )
 
-    def _member_names(self, definition: CommandDef) -> list[str]:
-        data = definition.data
-        if isinstance(data, str):
-            data = self._defs.types.get(data, {}).get("data", {})
-        return [python_name(member.lstrip("*")) for member in (data or {})]
+
+def _member_names(definition: CommandDef, defs: SchemaDefs) -> list[str]:
+    data = definition.data
+    if isinstance(data, str):
+        data = defs.types.get(data, {}).get("data", {})
+    return [python_name(member.lstrip("*")) for member in (data or {})]

@@ -1,0 +1,191 @@
+"""Plugins through entry points: loading, isolation of failures, clashes, policy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from importlib import metadata
+from pathlib import Path
+
+from agent import Agent, AgentConfig
+from agent.models.schema import load_builtin
+from agent.plugins import ENTRY_POINT_GROUP, Plugin, load_plugins
+from agent.policy import FROZEN_REASON, CommandPolicy
+from agent.registry import HandlerSet, Registry
+from tests.qga_client import AGENT_COMMAND, SocketClient, StreamClient, running_agent
+
+# -------------------------------------------------- plugins for the tests --
+hello_handlers = HandlerSet()
+
+
+@hello_handlers.command("guest-x-hello")
+def hello(ctx: object, name: str | None) -> dict[str, object]:
+    return {"greeting": f"hello {name or 'world'}"}
+
+
+HELLO = Plugin(
+    """
+    { 'struct': 'GuestXHello', 'data': { 'greeting': 'str' } }
+    { 'command': 'guest-x-hello', 'data': { '*name': 'str' }, 'returns': 'GuestXHello' }
+    """,
+    hello_handlers,
+)
+BAD_SCHEMA = Plugin("{ 'command': 'guest-x-broken' ", hello_handlers)
+MISMATCHED = Plugin("{ 'command': 'guest-x-hello', 'data': { 'who': 'str' } }\n", hello_handlers)
+ping_handlers = HandlerSet()
+
+
+@ping_handlers.command("guest-ping")
+def fake_ping(ctx: object) -> dict[str, object]:
+    return {}
+
+
+CLASHING = Plugin("{ 'command': 'guest-ping' }\n", ping_handlers)
+NOT_A_PLUGIN = "just a string"
+
+
+def entry_points(**targets: str) -> list[metadata.EntryPoint]:
+    return [
+        metadata.EntryPoint(name, f"tests.test_plugins:{target}", ENTRY_POINT_GROUP)
+        for name, target in targets.items()
+    ]
+
+
+def builtin_registry() -> Registry:
+    from agent.handlers import BUILTIN
+
+    registry = Registry(load_builtin())
+    for handler_set in BUILTIN:
+        registry.add(handler_set)
+    return registry
+
+
+def test_a_plugin_adds_its_commands() -> None:
+    registry = builtin_registry()
+    [found] = load_plugins(registry, entry_points=lambda: entry_points(hello="HELLO"))
+    assert (found.status, found.commands) == ("loaded", ["guest-x-hello"])
+    command = registry.get("guest-x-hello")
+    assert command is not None
+    assert command.source == "plugin hello (unknown distribution)"
+
+
+def test_failures_are_isolated_and_reported() -> None:
+    registry = builtin_registry()
+    before = len(registry)
+    found = load_plugins(
+        registry,
+        entry_points=lambda: [
+            *entry_points(
+                bad="BAD_SCHEMA", clash="CLASHING", notplugin="NOT_A_PLUGIN", wrong="MISMATCHED"
+            ),
+            metadata.EntryPoint("missing", "no_such_module_anywhere:plugin", ENTRY_POINT_GROUP),
+        ],
+    )
+    status = {plugin.name: plugin.status for plugin in found}
+    assert "JSON parse error" in status["bad"]
+    assert status["clash"] == (
+        "plugin clash (unknown distribution): guest-ping is already provided by trio-qga"
+    )
+    assert "is a str, not an agent.plugins.Plugin" in status["notplugin"]
+    assert "schema says ['who']" in status["wrong"]
+    assert status["missing"].startswith("failed to import no_such_module_anywhere:plugin")
+    assert len(registry) == before  # nothing half-registered
+
+
+def test_a_plugin_cannot_take_another_plugins_command() -> None:
+    registry = builtin_registry()
+    found = load_plugins(registry, entry_points=lambda: entry_points(a="HELLO", b="HELLO"))
+    assert [p.status for p in found] == [
+        "loaded",
+        "plugin b (unknown distribution): guest-x-hello is already provided by"
+        " plugin a (unknown distribution)",
+    ]
+
+
+def test_disabled_plugins_are_not_loaded() -> None:
+    registry = builtin_registry()
+    [found] = load_plugins(
+        registry, disabled=["hello"], entry_points=lambda: entry_points(hello="HELLO")
+    )
+    assert found.status == "disabled"
+    assert registry.get("guest-x-hello") is None
+
+
+def test_plugin_commands_obey_the_policy() -> None:
+    registry = builtin_registry()
+    load_plugins(registry, entry_points=lambda: entry_points(hello="HELLO"))
+    command = registry.get("guest-x-hello")
+    assert command is not None
+    assert CommandPolicy().disabled_reason(command, frozen=True) == FROZEN_REASON
+    assert CommandPolicy.from_lists(blocked=["guest-x-hello"]).disabled_reason(command, False) == ""
+    assert CommandPolicy.from_lists(allowed=["guest-ping"]).disabled_reason(command, False) == ""
+
+
+# -------------------------------------------- the installed example plugin --
+async def test_example_plugin_is_served_like_a_builtin(agent_client: StreamClient) -> None:
+    info = (await agent_client.execute("guest-info"))["return"]
+    names = {c["name"] for c in info["supported_commands"]}
+    assert {"guest-x-process-list", "guest-x-service-status"} <= names
+    processes = (await agent_client.execute("guest-x-process-list"))["return"]
+    assert os.getpid() in {p["pid"] for p in processes}
+    reply = await agent_client.execute("guest-x-process-list", {"nam": "x"})
+    assert reply["error"]["desc"] == "Parameter 'nam' is unexpected"
+
+
+def test_no_plugins_config(tmp_path: Path) -> None:
+    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None, plugins=False))
+    assert agent.context.registry.get("guest-x-process-list") is None
+    assert agent.plugins == []
+
+
+def test_example_plugin_end_to_end_through_the_daemon(tmp_path: Path) -> None:
+    with running_agent(tmp_path) as (proc, sock):
+        client = SocketClient(sock)
+        try:
+            processes = client.execute("guest-x-process-list", {"name": "python3"})["return"]
+            processes += client.execute("guest-x-process-list", {"name": "python"})["return"]
+            assert proc.pid in {p["pid"] for p in processes}
+            blocked = client.execute("guest-x-service-status", {"name": "--all"})
+            assert blocked["error"]["desc"] == "invalid unit name '--all'"
+        finally:
+            client.close()
+
+
+def test_a_broken_installed_plugin_leaves_the_agent_serving(tmp_path: Path) -> None:
+    """A real distribution whose module raises on import: logged, skipped, agent up."""
+    site = tmp_path / "site"
+    dist = site / "broken_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nbroken = broken_plugin:plugin\n"
+    )
+    (site / "broken_plugin.py").write_text(textwrap.dedent("raise RuntimeError('boom')\n"))
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    log = tmp_path / "agent.log"
+    sock = tmp_path / "qga.sock"
+    proc = subprocess.Popen(
+        [
+            *AGENT_COMMAND,
+            "--transport",
+            f"unix-listen:{sock}",
+            "-t",
+            str(tmp_path),
+            "-f",
+            str(tmp_path / "pid"),
+            "-l",
+            str(log),
+        ],
+        env=env,
+    )
+    try:
+        client = SocketClient(sock)
+        assert client.execute("guest-ping") == {"return": {}}
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    text = log.read_text()
+    assert "plugin broken (broken-plugin 1.0) skipped: failed to import" in text
+    assert "RuntimeError: boom" in text

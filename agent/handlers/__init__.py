@@ -1,6 +1,11 @@
 """Command handlers, one module per group of commands."""
 
-from agent.handlers import core, files
+from agent.handlers import core, files, network, system
 from agent.registry import HandlerSet
 
-BUILTIN: tuple[HandlerSet, ...] = (core.handlers, files.handlers)
+BUILTIN: tuple[HandlerSet, ...] = (
+    core.handlers,
+    files.handlers,
+    system.handlers,
+    network.handlers,
+)

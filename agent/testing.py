@@ -1,0 +1,54 @@
+"""pytest fixtures for testing against a trio-qga agent: a pytest plugin.
+
+Installed with trio-qga (entry point ``pytest11``: ``trio_qga``), so any
+project whose tests run under pytest-trio can write::
+
+    async def test_my_tool(qga_client):
+        await qga_client.ping()
+        assert (await qga_client.info()).version
+
+``qga_client`` is a :class:`agent.client.QgaClient` connected over an in-memory
+stream to ``qga_agent``, a fresh :class:`agent.Agent` built from ``qga_config``
+(state in the test's temporary directory, no pid file); override ``qga_config``
+to configure it. Leaving the test stops the agent: handles closed, filesystems
+thawed. Async fixtures need pytest-trio (``trio_mode = true`` or
+``@pytest.mark.trio``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from agent.api import Agent
+from agent.client import QgaClient
+from agent.config import AgentConfig
+
+
+@pytest.fixture
+def qga_config(tmp_path: Path) -> AgentConfig:
+    """The configuration of ``qga_agent``; override it to change the agent."""
+    return AgentConfig(statedir=str(tmp_path), pidfile=None)
+
+
+@pytest.fixture
+async def qga_agent(qga_config: AgentConfig) -> AsyncIterator[Agent]:
+    """A running agent, stopped (handles closed, filesystems thawed) after the test."""
+    async with Agent(qga_config) as agent:
+        yield agent
+
+
+@pytest.fixture
+async def qga_client(qga_agent: Agent) -> AsyncIterator[QgaClient]:
+    """A client connected to ``qga_agent`` over an in-memory stream, already in sync."""
+    client_end, agent_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(qga_agent.serve, agent_end)
+        client = QgaClient(client_end, request_timeout=30)
+        await client.resync()
+        yield client
+        await client.aclose()

@@ -1,0 +1,71 @@
+"""The embedding API and the pytest plugin that ships with the package."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from agent import Agent, AgentConfig, serve_stream
+from agent.client import QgaClient
+
+pytest_plugins = ["pytester"]
+
+
+async def test_the_pytest_plugin_fixtures(qga_client: QgaClient, qga_agent: Agent) -> None:
+    await qga_client.ping()
+    info = await qga_client.info()
+    assert {c.name for c in info.supported_commands} == {c.name for c in qga_agent.context.registry}
+
+
+class TestOverriddenConfig:
+    @pytest.fixture
+    def qga_config(self, tmp_path: Path) -> AgentConfig:
+        return AgentConfig(statedir=str(tmp_path), pidfile=None, blocked_rpcs=("guest-ping",))
+
+    async def test_qga_config_can_be_overridden(self, qga_client: QgaClient) -> None:
+        assert (await qga_client.commands())["guest-ping"] is False
+
+
+async def test_serve_stream_in_one_call(tmp_path: Path) -> None:
+    client_end, agent_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            serve_stream, agent_end, AgentConfig(statedir=str(tmp_path), pidfile=None)
+        )
+        client = QgaClient(client_end, request_timeout=10)
+        await client.resync()
+        assert await client.sync() > 0
+        await client.aclose()
+
+
+async def test_leaving_the_agent_closes_its_handles(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"")
+    async with Agent(AgentConfig(statedir=str(tmp_path), pidfile=None)) as agent:
+        client_end, agent_end = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent.serve, agent_end)
+            client = QgaClient(client_end, request_timeout=10)
+            await client.execute("guest-file-open", {"path": str(tmp_path / "f")})
+            assert len(agent.context.store) == 1
+            await client.aclose()
+    assert len(agent.context.store) == 0
+
+
+def test_another_project_can_use_the_plugin(pytester: pytest.Pytester) -> None:
+    """A project with pytest-trio gets the fixtures from the installed package alone."""
+    pytester.makeini("[pytest]\ntrio_mode = true\n")
+    pytester.makepyfile(
+        textwrap.dedent(
+            """
+            async def test_against_trio_qga(qga_client):
+                await qga_client.ping()
+                assert await qga_client.sync() > 0
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess("-p", "trio")
+    result.assert_outcomes(passed=1)

@@ -10,7 +10,8 @@ harness serves a socket or serial port it opened itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 
 import trio
 
@@ -24,7 +25,7 @@ from agent.policy import CommandPolicy
 from agent.registry import HandlerSet, Registry
 from agent.session import serve_session
 from agent.store import HandleStore
-from agent.system import Executor, ProcessExecutor, SystemRoot
+from agent.system import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
 
 
 class Agent:
@@ -42,9 +43,11 @@ class Agent:
         schema: SchemaDefs | None = None,
         executor: Executor | None = None,
         root: SystemRoot | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        """``executor`` and ``root`` replace the real system for the commands that
-        change it (tests pass a recording executor and a scratch directory)."""
+        """``executor``, ``root`` and ``clock`` replace the real system for the
+        commands that change it (tests pass a recording executor, a scratch
+        directory and a fake clock)."""
         self.config = config or AgentConfig()
         registry = Registry(schema or load_builtin())
         for handler_set in handlers:
@@ -63,15 +66,25 @@ class Agent:
             store,
             executor=executor or ProcessExecutor(),
             root=root or SystemRoot(),
+            clock=clock or SystemClock(),
         )
         self.dispatcher = Dispatcher(self.context)
         self._one_client = trio.Lock()
+        self._background = contextlib.AsyncExitStack()  # closes what __aenter__ started
 
     async def __aenter__(self) -> Agent:
+        """Start the agent's background nursery (guest-exec children); it runs
+        until the ``async with`` block ends."""
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.context.tasks.open())
+            self._background = stack.pop_all()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        try:
+            await self.aclose()
+        finally:
+            await self._background.aclose()
 
     async def aclose(self) -> None:
         """Release what the agent holds (open file handles, ...).
@@ -79,14 +92,29 @@ class Agent:
         Called when the agent stops, SIGTERM included: nothing is left half done.
         """
         self.context.store.close_all()
+        await self.context.processes.aclose()  # guest-exec children are killed and reaped
 
     async def serve(self, stream: trio.abc.Stream) -> None:
         """Serve ``stream`` until the peer closes it, then close it."""
-        async with self._one_client:
+        async with self._one_client, self._background_for_session():
             try:
                 await serve_session(stream, self.dispatcher)
             finally:
                 await trio.aclose_forcefully(stream)
+
+    @contextlib.asynccontextmanager
+    async def _background_for_session(self) -> AsyncIterator[None]:
+        """Background work (guest-exec children) needs a nursery: the agent's own
+        when it runs (``async with``), else one that lasts as long as the session,
+        its children killed when the session ends."""
+        if self.context.tasks.running:
+            yield
+            return
+        async with self.context.tasks.open():
+            try:
+                yield
+            finally:
+                await self.context.processes.aclose()
 
 
 async def serve_stream(stream: trio.abc.Stream, config: AgentConfig | None = None) -> None:

@@ -15,6 +15,9 @@ DEFAULT_PATHS = {
 }
 DEFAULT_PIDFILE = "/var/run/qemu-ga.pid"
 DEFAULT_STATEDIR = "/var/run"
+# qemu-ga runs "/sbin/shutdown -h -P|-H|-r +0 'hypervisor initiated shutdown'".
+SHUTDOWN = ("/sbin/shutdown", "-h")
+SHUTDOWN_WHEN = ("+0", "hypervisor initiated shutdown")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,15 @@ class AgentConfig:
     command_timeout: float | None = None  # seconds an async handler may run; None: no limit
     max_message_size: int = MAX_MESSAGE_SIZE
     max_depth: int = MAX_DEPTH
+    # Commands for the power and clock commands (qemu-ga's, right for a systemd guest).
+    poweroff_command: tuple[str, ...] = (*SHUTDOWN, "-P", *SHUTDOWN_WHEN)
+    halt_command: tuple[str, ...] = (*SHUTDOWN, "-H", *SHUTDOWN_WHEN)
+    reboot_command: tuple[str, ...] = (*SHUTDOWN, "-r", *SHUTDOWN_WHEN)
+    # None: as qemu-ga, systemctl, else pm-utils, else /sys/power/state.
+    suspend_disk_command: tuple[str, ...] | None = None
+    suspend_ram_command: tuple[str, ...] | None = None
+    suspend_hybrid_command: tuple[str, ...] | None = None
+    hwclock_command: tuple[str, ...] = ("/sbin/hwclock",)  # run with -w (or -s)
 
     @property
     def resolved_path(self) -> str:

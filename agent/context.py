@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 
 from agent.config import AgentConfig
 from agent.policy import CommandPolicy
+from agent.processes import ProcessStore
 from agent.registry import Registry
 from agent.store import HandleStore
-from agent.system import Executor, ProcessExecutor, SystemRoot
+from agent.system import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
+from agent.tasks import BackgroundTasks
 
 
 @dataclass
@@ -29,3 +31,6 @@ class AgentContext:
     state: AgentState = field(default_factory=AgentState)
     executor: Executor = field(default_factory=ProcessExecutor)  # runs system commands
     root: SystemRoot = field(default_factory=SystemRoot)  # where system files are
+    clock: Clock = field(default_factory=SystemClock)  # sets the system time
+    processes: ProcessStore = field(default_factory=ProcessStore)  # guest-exec children
+    tasks: BackgroundTasks = field(default_factory=BackgroundTasks)  # outlive their command

@@ -1,15 +1,17 @@
 """How handlers reach the system they inspect or change.
 
-Two seams, so that tests observe instead of doing: an :class:`Executor` runs
-commands (shutdown, hwclock, chpasswd, ...), and a :class:`SystemRoot` maps
+Three seams, so that tests observe instead of doing: an :class:`Executor` runs
+commands (shutdown, hwclock, chpasswd, ...), a :class:`SystemRoot` maps
 the absolute paths handlers read and write (``/etc/passwd``, ``/sys/...``)
-into a directory. The agent uses the real ones; tests inject a recording
-executor and a scratch root, and the real effects are tested inside a VM.
+into a directory, and a :class:`Clock` sets the system time. The agent uses
+the real ones; tests inject a recording executor, a scratch root and a fake
+clock, and the real effects are tested inside a VM.
 """
 
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,19 @@ class SystemRoot:
     def path(self, absolute: str | Path) -> Path:
         """``absolute`` (e.g. ``/etc/passwd``) under this root."""
         return self.root / str(absolute).lstrip("/")
+
+
+class Clock(Protocol):
+    def set_time_ns(self, ns: int) -> None:
+        """Set the system clock (CLOCK_REALTIME) to ``ns`` nanoseconds since the epoch."""
+        ...
+
+
+class SystemClock:
+    """The real clock: settimeofday(), as qemu-ga does, with nanoseconds."""
+
+    def set_time_ns(self, ns: int) -> None:
+        time.clock_settime_ns(time.CLOCK_REALTIME, ns)
 
 
 def describe_failure(argv: Sequence[str], result: CommandResult) -> str:

@@ -146,8 +146,19 @@ async def test_guest_info_lists_every_command(agent_client: StreamClient, agent:
     names = [c["name"] for c in info["supported_commands"]]
     assert names == [c.name for c in agent.context.registry]
     assert {"guest-sync", "guest-sync-delimited", "guest-ping", "guest-info"} <= set(names)
+    no_reply = {c.name for c in agent.context.registry if not c.success_response}
+    assert no_reply == {
+        "guest-shutdown",
+        "guest-suspend-disk",
+        "guest-suspend-ram",
+        "guest-suspend-hybrid",
+    }
     for entry in info["supported_commands"]:
-        assert entry == {"name": entry["name"], "enabled": True, "success-response": True}
+        assert entry == {
+            "name": entry["name"],
+            "enabled": True,
+            "success-response": entry["name"] not in no_reply,
+        }
 
 
 async def test_frozen_state_disables_commands_per_schema(

@@ -1,6 +1,6 @@
 """Command handlers, one module per group of commands."""
 
-from agent.handlers import core, files, network, system
+from agent.handlers import accounts, core, exec, files, hardware, network, power, system
 from agent.registry import HandlerSet
 
 BUILTIN: tuple[HandlerSet, ...] = (
@@ -8,4 +8,8 @@ BUILTIN: tuple[HandlerSet, ...] = (
     files.handlers,
     system.handlers,
     network.handlers,
+    exec.handlers,
+    power.handlers,
+    accounts.handlers,
+    hardware.handlers,
 )

@@ -1,0 +1,114 @@
+"""guest-exec and guest-exec-status: run a program in the guest, then collect it.
+
+guest-exec starts the child and replies with its pid at once; the child is fed
+and drained in the background (``agent/processes.py``). guest-exec-status
+reports ``exited: false`` until the child has ended and closed its captured
+output, then reports everything once and forgets the child, as qemu-ga does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+import pybase64
+import trio
+
+from agent.context import AgentContext
+from agent.errors import GenericError, os_error_text
+from agent.handlers.files import _decode_base64 as decode_base64
+from agent.processes import Capture, ExecProcess
+from agent.protocol import VerbatimString
+from agent.registry import HandlerSet
+
+handlers = HandlerSet()
+
+# capture-output mode -> (capture stdout, capture stderr, stderr into stdout)
+CAPTURE_MODES = {
+    "none": (False, False, False),
+    "stdout": (True, False, False),
+    "stderr": (False, True, False),
+    "separated": (True, True, False),
+    "merged": (True, False, True),
+}
+
+
+def capture_mode(capture_output: bool | str | None) -> str:
+    """The schema's alternate: a bool (true is 'separated', as in qemu-ga) or a mode."""
+    if capture_output is None or capture_output is False:
+        return "none"
+    if capture_output is True:
+        return "separated"
+    return str(getattr(capture_output, "value", capture_output))
+
+
+def environment(env: Sequence[str] | None) -> dict[str, str] | None:
+    """qemu-ga's ``env`` list (``NAME=VALUE``) replaces the agent's environment."""
+    if env is None:
+        return None
+    result: dict[str, str] = {}
+    for item in env:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            raise GenericError(f"invalid environment variable '{item}': it must be NAME=VALUE")
+        result[name] = value
+    return result
+
+
+@handlers.command("guest-exec")
+async def guest_exec(
+    ctx: AgentContext,
+    path: str,
+    arg: list[str] | None,
+    env: list[str] | None,
+    input_data: str | None,
+    capture_output: bool | str | None,
+) -> dict[str, object]:
+    data = None if input_data is None else decode_base64(input_data)
+    out, err, merged = CAPTURE_MODES[capture_mode(capture_output)]
+    environ = environment(env)
+    ctx.processes.check_room()
+    if not ctx.tasks.running:
+        raise GenericError("the agent is not running: guest-exec cannot start a process")
+    try:
+        process = await trio.lowlevel.open_process(
+            [path, *(arg or ())],
+            # qemu-ga gives a child without input-data /dev/null as its stdin.
+            stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if out else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if merged else subprocess.PIPE if err else subprocess.DEVNULL,
+            env=environ,
+            process_group=0,  # its own group: killed whole when the agent stops
+        )
+    except OSError as error:
+        raise GenericError(
+            "Guest agent command failed, error was"
+            f" 'Failed to execute child process \u201c{path}\u201d ({os_error_text(error)})'"
+        ) from error
+    except ValueError as error:  # a NUL in an argument or variable
+        raise GenericError(f"Guest agent command failed, error was '{error}'") from error
+    child = ExecProcess(process, Capture() if out else None, Capture() if err else None)
+    ctx.processes.add(child)
+    ctx.tasks.start_soon(child.supervise, data, name=f"guest-exec {child.pid}")
+    return {"pid": child.pid}
+
+
+@handlers.command("guest-exec-status")
+def guest_exec_status(ctx: AgentContext, pid: int) -> dict[str, object]:
+    child = ctx.processes.get(pid)
+    if not child.finished:
+        return {"exited": False}
+    ctx.processes.remove(pid)
+    child.reap()
+    status: dict[str, object] = {"exited": True}
+    assert child.status is not None
+    if child.status.exitcode is not None:
+        status["exitcode"] = child.status.exitcode
+    else:
+        status["signal"] = child.status.signal
+    # As qemu-ga: data only when there is some, with its truncation flag beside it.
+    for key, capture in (("out", child.out), ("err", child.err)):
+        if capture is not None and capture.data:
+            status[f"{key}-data"] = VerbatimString(pybase64.b64encode(capture.data))
+            status[f"{key}-truncated"] = capture.truncated
+    return status

@@ -1,0 +1,189 @@
+"""The processes started by guest-exec: their output, their exit, their cleanup.
+
+Each child runs under a supervisor task in the agent's background nursery
+(``ctx.tasks``), so a running child never blocks the agent and outlives the
+connection that started it, as with qemu-ga. Its output is kept up to
+``OUTPUT_LIMIT`` bytes per stream; the rest is read and dropped, so a chatty
+child never stalls on a full pipe.
+
+A child that has exited is not reaped until guest-exec-status has reported
+its exit: until then its pid cannot be reused, so the pid a host holds
+always names the process it started. The exit is observed with a pidfd and
+``waitid(WNOWAIT)``, which leave the zombie in place.
+
+Children run in their own process group; when the agent stops, every group
+still known is killed and reaped, so nothing the agent started is left
+behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import trio
+
+from agent.errors import GenericError
+
+OUTPUT_LIMIT = 16 * 1024 * 1024  # per stream, as qemu-ga
+READ_SIZE = 64 * 1024
+MAX_PROCESSES = 1024  # known (running or unreported) at once
+REAP_TIMEOUT = 5.0  # seconds to wait for killed children when the agent stops
+
+
+@dataclass(eq=False)
+class Capture:
+    """What a child wrote on one stream, up to ``OUTPUT_LIMIT`` bytes."""
+
+    data: bytearray = field(default_factory=bytearray)
+    truncated: bool = False
+
+    def add(self, chunk: bytes | bytearray) -> None:
+        room = OUTPUT_LIMIT - len(self.data)
+        if len(chunk) > room:
+            self.truncated = True
+            chunk = chunk[:room]
+        self.data += chunk
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    exitcode: int | None = None
+    signal: int | None = None
+
+
+async def wait_for_exit(pid: int) -> ExitStatus:
+    """Wait until child ``pid`` has ended, without reaping it."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel): a thread waits instead
+        pidfd = None
+    if pidfd is not None:
+        try:
+            await trio.lowlevel.wait_readable(pidfd)  # readable: the child has ended
+        finally:
+            trio.lowlevel.notify_closing(pidfd)
+            os.close(pidfd)
+        return _exit_status(pid, os.WNOHANG)
+    return await trio.to_thread.run_sync(_exit_status, pid, 0, abandon_on_cancel=True)
+
+
+def _exit_status(pid: int, flags: int) -> ExitStatus:
+    result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | flags)
+    if result is None:
+        raise RuntimeError(f"child {pid} has not ended")
+    if result.si_code == os.CLD_EXITED:
+        return ExitStatus(exitcode=result.si_status)
+    return ExitStatus(signal=result.si_status)  # CLD_KILLED or CLD_DUMPED
+
+
+class ExecProcess:
+    """One guest-exec child: its pipes, what it wrote, how it ended."""
+
+    def __init__(self, process: trio.Process, out: Capture | None, err: Capture | None) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.out = out
+        self.err = err
+        self.status: ExitStatus | None = None
+        # Exited and every captured stream at its end (qemu-ga waits for both).
+        self.finished = False
+        self.finished_event = trio.Event()
+
+    async def supervise(self, input_data: bytes | None) -> None:
+        """Feed the child, drain its output, note its exit. Runs in the background."""
+        try:
+            async with trio.open_nursery() as feeding:
+                if self.process.stdin is not None:
+                    feeding.start_soon(self._feed, self.process.stdin, input_data or b"")
+                async with trio.open_nursery() as draining:
+                    for stream, capture in (
+                        (self.process.stdout, self.out),
+                        (self.process.stderr, self.err),
+                    ):
+                        if stream is not None and capture is not None:
+                            draining.start_soon(self._drain, stream, capture)
+                    self.status = await self._wait_for_exit()
+                self.finished = True
+                self.finished_event.set()
+                # qemu-ga does not wait for stdin either: a child that exited
+                # without reading all of its input is finished.
+                feeding.cancel_scope.cancel()
+        finally:
+            for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+                if pipe is not None:
+                    await trio.aclose_forcefully(pipe)
+
+    async def _wait_for_exit(self) -> ExitStatus:
+        try:
+            return await wait_for_exit(self.pid)
+        except ChildProcessError:  # reaped under us: the agent is stopping
+            code = self.process.poll() or 0
+            return ExitStatus(signal=-code) if code < 0 else ExitStatus(exitcode=code)
+
+    @staticmethod
+    async def _feed(stream: trio.abc.SendStream, data: bytes) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(data)
+        await trio.aclose_forcefully(stream)
+
+    @staticmethod
+    async def _drain(stream: trio.abc.ReceiveStream, capture: Capture) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while chunk := await stream.receive_some(READ_SIZE):
+                capture.add(chunk)
+
+    def kill(self) -> None:
+        """SIGKILL the child's process group (it is not reaped, so the id is still its)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def reap(self) -> None:
+        """Collect the exited child, freeing its pid."""
+        self.process.poll()
+
+
+class ProcessStore:
+    """guest-exec children by pid, until their exit has been reported."""
+
+    def __init__(self, max_processes: int = MAX_PROCESSES) -> None:
+        self.max_processes = max_processes
+        self._processes: dict[int, ExecProcess] = {}
+
+    def __len__(self) -> int:
+        return len(self._processes)
+
+    def __iter__(self) -> Iterator[ExecProcess]:
+        return iter(list(self._processes.values()))
+
+    def check_room(self) -> None:
+        if len(self._processes) >= self.max_processes:
+            raise GenericError(
+                f"too many processes: the limit of {self.max_processes} is reached;"
+                " collect the finished ones with guest-exec-status"
+            )
+
+    def add(self, process: ExecProcess) -> None:
+        self._processes[process.pid] = process
+
+    def get(self, pid: int) -> ExecProcess:
+        try:
+            return self._processes[pid]
+        except KeyError:
+            raise GenericError("Invalid parameter 'pid'") from None
+
+    def remove(self, pid: int) -> ExecProcess:
+        return self._processes.pop(pid)
+
+    async def aclose(self) -> None:
+        """Kill every child still known and reap it (when the agent stops)."""
+        processes = list(self._processes.values())
+        self._processes.clear()
+        for process in processes:
+            process.kill()  # the group: also what an exited child left running
+        with trio.CancelScope(shield=True), trio.move_on_after(REAP_TIMEOUT):
+            for process in processes:
+                await process.process.wait()

@@ -1,0 +1,283 @@
+"""guest-set-user-password and the ssh key commands, in a scratch root.
+
+chpasswd is never run (the executor records it); authorized_keys files live
+in a scratch root whose /etc/passwd lists made-up users.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from agent import Agent, AgentConfig
+from agent.system import CommandResult, SystemRoot
+from tests.qga_client import StreamClient
+from tests.system_fakes import OK, RecordingExecutor, User, exited, scratch_root
+
+KEY1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOne one@host"
+KEY2 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQTwo two@host"
+KEY3 = "ecdsa-sha2-nistp256 AAAAE2VjZHNhThree three@host"
+
+
+@asynccontextmanager
+async def served(
+    config: AgentConfig, executor: RecordingExecutor, root: SystemRoot | None = None
+) -> AsyncIterator[StreamClient]:
+    agent = Agent(config, executor=executor, root=root)
+    client_end, agent_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent.serve, agent_end)
+        yield StreamClient(client_end)
+        await client_end.aclose()
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+# --- passwords ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("crypted", "argv"), [(False, ("chpasswd",)), (True, ("chpasswd", "-e"))])
+async def test_set_password_feeds_chpasswd(
+    agent_config: AgentConfig, crypted: bool, argv: tuple[str, ...]
+) -> None:
+    executor = RecordingExecutor(default=OK)
+    password = "$6$salt$hash" if crypted else "s3cret pass"
+    async with served(agent_config, executor) as client:
+        reply = await client.execute(
+            "guest-set-user-password",
+            {"username": "alice", "password": b64(password), "crypted": crypted},
+        )
+    assert reply == {"return": {}}
+    [run] = executor.runs
+    assert run.argv == argv
+    assert run.stdin == f"alice:{password}\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "text"),
+    [
+        ("alice", b64("a\nb"), "forbidden characters in raw password"),
+        ("alice", b64("a\0b"), "forbidden characters in raw password"),
+        ("al:ice", b64("x"), "forbidden characters in username"),
+        ("al\nice", b64("x"), "forbidden characters in username"),
+        ("alice", "!!!", "Base64 data contains invalid characters"),
+    ],
+)
+async def test_set_password_refuses_what_chpasswd_would_misread(
+    agent_config: AgentConfig, username: str, password: str, text: str
+) -> None:
+    executor = RecordingExecutor(default=OK)
+    async with served(agent_config, executor) as client:
+        reply = await client.execute(
+            "guest-set-user-password",
+            {"username": username, "password": password, "crypted": False},
+        )
+    assert reply["error"]["desc"] == text
+    assert executor.runs == []
+
+
+@pytest.mark.parametrize(
+    ("executor", "text"),
+    [
+        (RecordingExecutor(), "cannot find 'passwd' program in PATH"),
+        (
+            RecordingExecutor(default=exited(1, b"chpasswd: user 'bob' does not exist")),
+            "child process has failed to set user password: chpasswd failed (exit status 1):"
+            " chpasswd: user 'bob' does not exist",
+        ),
+        (
+            RecordingExecutor(default=CommandResult(-9, b"", b"")),
+            "child process has terminated abnormally: chpasswd failed (killed by signal 9)",
+        ),
+    ],
+)
+async def test_set_password_failures(
+    agent_config: AgentConfig, executor: RecordingExecutor, text: str
+) -> None:
+    async with served(agent_config, executor) as client:
+        reply = await client.execute(
+            "guest-set-user-password", {"username": "bob", "password": b64("x"), "crypted": False}
+        )
+    assert reply["error"]["desc"] == text
+
+
+# --- authorized keys -----------------------------------------------------------------
+
+
+@pytest.fixture
+def alice(tmp_path: Path) -> User:
+    return User("alice", os.getuid(), os.getgid(), "/home/alice")
+
+
+@pytest.fixture
+def root(tmp_path: Path, alice: User) -> SystemRoot:
+    root = scratch_root(tmp_path / "root", [alice])
+    (root.path(alice.home)).mkdir(parents=True)
+    return root
+
+
+def keys_file(root: SystemRoot, user: User) -> Path:
+    return root.path(user.home) / ".ssh" / "authorized_keys"
+
+
+async def call(
+    config: AgentConfig, root: SystemRoot, name: str, **arguments: object
+) -> dict[str, object]:
+    async with served(config, RecordingExecutor(), root) as client:
+        reply: dict[str, object] = await client.execute(name, arguments)
+    return reply
+
+
+async def test_add_creates_ssh_dir_and_file_with_the_right_modes(
+    agent_config: AgentConfig, root: SystemRoot, alice: User
+) -> None:
+    reply = await call(
+        agent_config, root, "guest-ssh-add-authorized-keys", username="alice", keys=[KEY1, KEY2]
+    )
+    assert reply == {"return": {}}
+    path = keys_file(root, alice)
+    assert path.read_text() == f"{KEY1}\n{KEY2}\n"
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for item in (path, path.parent):
+        assert (item.stat().st_uid, item.stat().st_gid) == (alice.uid, alice.gid)
+    assert sorted(os.listdir(path.parent)) == ["authorized_keys"]  # no temporary left
+
+
+async def test_add_appends_without_duplicates_and_keeps_other_lines(
+    agent_config: AgentConfig, root: SystemRoot, alice: User
+) -> None:
+    path = keys_file(root, alice)
+    path.parent.mkdir(mode=0o755)
+    path.write_text(f"# my keys\n{KEY1}\n\n")
+    path.chmod(0o644)
+    await call(
+        agent_config, root, "guest-ssh-add-authorized-keys", username="alice", keys=[KEY2, KEY1]
+    )
+    assert path.read_text() == f"# my keys\n{KEY1}\n\n{KEY2}\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755  # an existing .ssh is left alone
+
+
+async def test_add_with_reset_replaces_everything(
+    agent_config: AgentConfig, root: SystemRoot, alice: User
+) -> None:
+    path = keys_file(root, alice)
+    path.parent.mkdir()
+    path.write_text(f"{KEY1}\n{KEY2}\n")
+    await call(
+        agent_config,
+        root,
+        "guest-ssh-add-authorized-keys",
+        username="alice",
+        keys=[KEY3],
+        reset=True,
+    )
+    assert path.read_text() == f"{KEY3}\n"
+    await call(
+        agent_config, root, "guest-ssh-add-authorized-keys", username="alice", keys=[], reset=True
+    )
+    assert path.read_text() == ""
+
+
+async def test_get_lists_keys_without_comments_or_blank_lines(
+    agent_config: AgentConfig, root: SystemRoot, alice: User
+) -> None:
+    path = keys_file(root, alice)
+    path.parent.mkdir()
+    path.write_text(f"{KEY1}\n# comment\n\n  {KEY2}  \n{KEY3}")
+    reply = await call(agent_config, root, "guest-ssh-get-authorized-keys", username="alice")
+    assert reply == {"return": {"keys": [KEY1, KEY2, KEY3]}}
+
+
+async def test_remove_drops_exact_lines_only(
+    agent_config: AgentConfig, root: SystemRoot, alice: User
+) -> None:
+    path = keys_file(root, alice)
+    path.parent.mkdir()
+    path.write_text(f"{KEY1}\n{KEY1}\n# a comment\n{KEY2}\n")
+    reply = await call(
+        agent_config,
+        root,
+        "guest-ssh-remove-authorized-keys",
+        username="alice",
+        keys=[KEY1, KEY3],
+    )
+    assert reply == {"return": {}}
+    assert path.read_text() == f"# a comment\n{KEY2}\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_remove_without_a_file_is_a_success(
+    agent_config: AgentConfig, root: SystemRoot, alice: User
+) -> None:
+    reply = await call(
+        agent_config, root, "guest-ssh-remove-authorized-keys", username="alice", keys=[KEY1]
+    )
+    assert reply == {"return": {}}
+    assert not keys_file(root, alice).parent.exists()
+
+
+@pytest.mark.parametrize("key", ["# ssh-rsa AAAA", "ssh-rsa AAAA\nssh-rsa BBBB", ""])
+@pytest.mark.parametrize(
+    "command", ["guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys"]
+)
+async def test_invalid_keys_are_refused(
+    agent_config: AgentConfig, root: SystemRoot, alice: User, key: str, command: str
+) -> None:
+    reply = await call(agent_config, root, command, username="alice", keys=[KEY1, key])
+    assert reply == {
+        "error": {"class": "GenericError", "desc": f"invalid OpenSSH public key: '{key}'"}
+    }
+    assert not keys_file(root, alice).parent.exists()
+
+
+async def test_errors_name_the_guest_paths(agent_config: AgentConfig, root: SystemRoot) -> None:
+    reply = await call(agent_config, root, "guest-ssh-get-authorized-keys", username="alice")
+    path = "/home/alice/.ssh/authorized_keys"
+    assert reply["error"] == {
+        "class": "GenericError",
+        "desc": f"failed to read '{path}': Failed to open file \u201c{path}\u201d:"
+        " No such file or directory",
+    }
+    reply = await call(agent_config, root, "guest-ssh-get-authorized-keys", username="nobody9")
+    assert reply["error"] == {
+        "class": "GenericError",
+        "desc": "failed to lookup user 'nobody9': no such user",
+    }
+
+
+async def test_a_symlinked_ssh_dir_is_not_followed(
+    agent_config: AgentConfig, root: SystemRoot, alice: User, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    keys_file(root, alice).parent.symlink_to(elsewhere)
+    reply = await call(
+        agent_config, root, "guest-ssh-add-authorized-keys", username="alice", keys=[KEY1]
+    )
+    assert "error" in reply
+    assert os.listdir(elsewhere) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+async def test_files_belong_to_the_user_not_the_agent(
+    agent_config: AgentConfig, tmp_path: Path
+) -> None:
+    bob = User("bob", 4242, 4343, "/home/bob")
+    root = scratch_root(tmp_path / "root", [bob])
+    root.path(bob.home).mkdir(parents=True)
+    await call(agent_config, root, "guest-ssh-add-authorized-keys", username="bob", keys=[KEY1])
+    path = keys_file(root, bob)
+    for item in (path, path.parent):
+        assert (item.stat().st_uid, item.stat().st_gid) == (4242, 4343)

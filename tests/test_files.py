@@ -118,11 +118,13 @@ async def test_a_directory_is_refused(agent_client: StreamClient, tmp_path: Path
 async def test_a_path_with_nul_is_refused_and_nothing_created(
     agent_client: StreamClient, tmp_path: Path
 ) -> None:
+    folder = tmp_path / "nul"
+    folder.mkdir()
     reply = await agent_client.execute(
-        "guest-file-open", {"path": f"{tmp_path}/a\u0000b", "mode": "w"}
+        "guest-file-open", {"path": f"{folder}/a\u0000b", "mode": "w"}
     )
     assert reply == error("invalid path: it contains a NUL character")
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(folder) == []
 
 
 @pytest.fixture

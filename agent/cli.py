@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -66,7 +67,40 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"guest-file handles open at once (default {DEFAULT_MAX_HANDLES})",
     )
+    _add_system_commands(parser)
     return parser
+
+
+# Options naming the commands that power actions and guest-set-time run (shell-quoted).
+SYSTEM_COMMANDS = {
+    "poweroff_command": "of guest-shutdown (powerdown)",
+    "halt_command": "of guest-shutdown mode=halt",
+    "reboot_command": "of guest-shutdown mode=reboot",
+    "suspend_disk_command": "of guest-suspend-disk",
+    "suspend_ram_command": "of guest-suspend-ram",
+    "suspend_hybrid_command": "of guest-suspend-hybrid",
+    "hwclock_command": "of guest-set-time, run with -w or -s",
+}
+
+
+def _add_system_commands(parser: argparse.ArgumentParser) -> None:
+    defaults = AgentConfig()
+    for field, what in SYSTEM_COMMANDS.items():
+        default = getattr(defaults, field)
+        shown = shlex.join(default) if default else "systemctl, pm-utils or /sys/power"
+        parser.add_argument(
+            "--" + field.replace("_", "-"),
+            type=_command,
+            metavar="COMMAND",
+            help=f"the command {what} (default: {shown})",
+        )
+
+
+def _command(text: str) -> tuple[str, ...]:
+    argv = tuple(shlex.split(text))
+    if not argv:
+        raise argparse.ArgumentTypeError("the command is empty")
+    return argv
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -86,6 +120,11 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         allowed_rpcs=_split(args.allow_rpcs),
         command_timeout=args.command_timeout,
         max_handles=args.max_handles,
+        **{
+            field: getattr(args, field)
+            for field in SYSTEM_COMMANDS
+            if getattr(args, field) is not None
+        },
     )
 
 

@@ -258,3 +258,16 @@ async def test_set_time_errors(agent_config: AgentConfig) -> None:
         assert reply["error"]["desc"].startswith(
             "hwclock failed to set hardware clock to system time: /sbin/hwclock -s failed"
         )
+
+
+def test_the_commands_come_from_the_command_line() -> None:
+    from agent.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        ["--poweroff-command", "busybox poweroff -f", "--suspend-ram-command", "'my suspend' x"]
+    )
+    config = config_from_args(args)
+    assert config.poweroff_command == ("busybox", "poweroff", "-f")
+    assert config.suspend_ram_command == ("my suspend", "x")
+    assert config.reboot_command == AgentConfig().reboot_command
+    assert config.suspend_disk_command is None

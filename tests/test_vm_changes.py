@@ -1,0 +1,214 @@
+"""The commands that change a system, for real, inside one VM.
+
+``../shared/vm/run-in-vm --cpus 2`` boots a throw-away VM (this machine's root,
+read-only, under a tmpfs overlay: every write vanishes at power-off) running
+trio-qga on its virtio-serial port (``vm_agent.py``). From the host, over the
+port: guest-exec runs commands in the guest (and checks the others' effects),
+guest-set-time moves the guest clock and its RTC, guest-set-user-password
+changes a fresh user's password, the ssh key commands write that user's
+authorized_keys, guest-set-vcpus takes CPU 1 off line, and guest-shutdown
+really powers the VM off (busybox ``poweroff -f``). Nothing here touches the host.
+
+The tests share the VM and run in order; the last one powers it off.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.qga_client import SocketClient
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_IN_VM = Path(os.environ.get("RUN_IN_VM", ROOT.parent / "shared" / "vm" / "run-in-vm"))
+PORT = "/dev/virtio-ports/org.qemu.guest_agent.0"
+BOOT_TIMEOUT = 240.0  # TCG on a busy 2-core host: boot, then import trio in the guest
+USER = "qgatest"
+KEY1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIVmOne one@host"
+KEY2 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQVmTwo two@host"
+Y2030 = 1_893_456_000  # 2030-01-01T00:00:00Z
+CRYPTED = "$6$trioqga$0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789./"
+
+
+def run_in_vm() -> Path:
+    if RUN_IN_VM.is_file():
+        return RUN_IN_VM
+    message = f"run-in-vm not found at {RUN_IN_VM} (set RUN_IN_VM to its path)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@dataclass
+class Vm:
+    process: subprocess.Popen[bytes]
+    client: SocketClient
+    output: Path
+    started: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def call(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
+        reply = self.client.execute(name, arguments)
+        assert "return" in reply, f"{name}: {reply}"
+        return reply["return"]
+
+    def sh(self, script: str) -> tuple[int, str]:
+        """Run ``script`` in the guest with guest-exec; its exit code and output."""
+        pid = self.call(
+            "guest-exec",
+            {"path": "/bin/sh", "arg": ["-c", script], "capture-output": "merged"},
+        )["pid"]
+        deadline = time.monotonic() + 60
+        while True:
+            status = self.call("guest-exec-status", {"pid": pid})
+            if status["exited"]:
+                output = base64.b64decode(status.get("out-data", "")).decode()
+                return status.get("exitcode", -1), output
+            assert time.monotonic() < deadline, f"{script!r} still running"
+            time.sleep(0.05)
+
+    def check(self, script: str) -> str:
+        code, output = self.sh(script)
+        assert code == 0, f"{script!r} failed ({code}): {output}"
+        return output
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
+    script = run_in_vm()
+    work = tmp_path_factory.mktemp("vm-changes")
+    sock, output = work / "qga.sock", work / "run-in-vm.out"
+    started = time.monotonic()
+    with open(output, "wb") as out:
+        process = subprocess.Popen(
+            [
+                str(script),
+                "--cpus",
+                "2",
+                "--timeout",
+                str(int(BOOT_TIMEOUT + 120)),
+                "--qga-socket",
+                str(sock),
+                "--",
+                sys.executable,
+                str(ROOT / "tests" / "vm_agent.py"),
+                PORT,
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    client = None
+    try:
+        client = SocketClient(sock, timeout=BOOT_TIMEOUT)
+        client.resync(1)  # waits until the guest's agent answers
+        machine = Vm(process, client, output, started)
+        machine.timings["first reply"] = time.monotonic() - started
+        yield machine
+    finally:
+        if client is not None:
+            client.close()
+        if process.poll() is None:
+            process.terminate()
+            process.wait(30)
+
+
+def test_exec_runs_in_the_guest(vm: Vm) -> None:
+    assert vm.check("cat /proc/1/comm").strip() != "systemd"  # busybox init, not this host's
+    assert int(vm.check("nproc").strip()) == 2
+
+
+def test_set_time_moves_the_guest_clock_and_its_rtc(vm: Vm) -> None:
+    assert vm.call("guest-set-time", {"time": Y2030 * 10**9}) == {}
+    guest_now = int(vm.check("date +%s"))
+    assert Y2030 <= guest_now < Y2030 + 120
+    # Clock elsewhere, then back from the RTC that guest-set-time wrote (hwclock -w / -s).
+    vm.check("date -s @1000000000 >/dev/null")
+    assert int(vm.check("date +%s")) < Y2030
+    assert vm.call("guest-set-time") == {}
+    assert Y2030 <= int(vm.check("date +%s")) < Y2030 + 120
+    assert abs(time.time() - Y2030) > 86400  # and the host's clock is untouched
+
+
+def test_set_user_password(vm: Vm) -> None:
+    vm.check(f"useradd -m -s /bin/sh {USER}")
+    shadow = f"grep '^{USER}:' /etc/shadow | cut -d: -f2"
+    before = vm.check(shadow).strip()
+    password = base64.b64encode(b"n3w pass").decode()
+    vm.call("guest-set-user-password", {"username": USER, "password": password, "crypted": False})
+    hashed = vm.check(shadow).strip()
+    assert hashed != before
+    assert hashed.startswith("$")
+    crypted = base64.b64encode(CRYPTED.encode()).decode()
+    vm.call("guest-set-user-password", {"username": USER, "password": crypted, "crypted": True})
+    assert vm.check(shadow).strip() == CRYPTED
+    reply = vm.client.execute(
+        "guest-set-user-password",
+        {"username": "nosuchuser", "password": password, "crypted": False},
+    )
+    assert reply["error"]["desc"].startswith("child process has failed to set user password")
+
+
+def test_ssh_keys_belong_to_the_user(vm: Vm) -> None:
+    vm.call("guest-ssh-add-authorized-keys", {"username": USER, "keys": [KEY1, KEY2]})
+    listing = vm.check(
+        f"stat -c '%U %G %a %n' /home/{USER}/.ssh /home/{USER}/.ssh/authorized_keys"
+    ).splitlines()
+    assert listing == [
+        f"{USER} {USER} 700 /home/{USER}/.ssh",
+        f"{USER} {USER} 600 /home/{USER}/.ssh/authorized_keys",
+    ]
+    assert vm.call("guest-ssh-get-authorized-keys", {"username": USER}) == {"keys": [KEY1, KEY2]}
+    vm.call("guest-ssh-remove-authorized-keys", {"username": USER, "keys": [KEY1]})
+    assert vm.check(f"cat /home/{USER}/.ssh/authorized_keys") == f"{KEY2}\n"
+
+
+def test_a_vcpu_goes_offline(vm: Vm) -> None:
+    vcpus = vm.call("guest-get-vcpus")
+    assert [cpu["logical-id"] for cpu in vcpus] == [0, 1]
+    assert all(cpu["online"] for cpu in vcpus)
+    assert vm.call("guest-set-vcpus", {"vcpus": [{"logical-id": 1, "online": False}]}) == 1
+    assert vm.check("cat /sys/devices/system/cpu/cpu1/online").strip() == "0"
+    assert vm.check("nproc").strip() == "1"
+    assert vm.call("guest-get-vcpus")[1] == {"logical-id": 1, "online": False, "can-offline": True}
+    assert vm.call("guest-set-vcpus", {"vcpus": [{"logical-id": 1, "online": True}]}) == 1
+    assert vm.check("nproc").strip() == "2"
+
+
+def test_memory_blocks_are_read(vm: Vm) -> None:
+    blocks = vm.call("guest-get-memory-blocks")
+    assert blocks
+    assert all(block["online"] for block in blocks)
+    size = vm.call("guest-get-memory-block-info")["size"]
+    assert size > 0
+    assert size & (size - 1) == 0  # a power of two
+    first = blocks[0]
+    assert vm.call(
+        "guest-set-memory-blocks",
+        {"mem-blks": [{"phys-index": first["phys-index"], "online": True}]},
+    ) == [{"phys-index": first["phys-index"], "response": "success"}]
+
+
+def test_shutdown_powers_the_vm_off(vm: Vm) -> None:
+    vm.client.send(b'{"execute":"guest-shutdown"}')
+    sent = time.monotonic()
+    vm.process.wait(120)
+    took = time.monotonic() - sent
+    output = vm.output.read_text(errors="replace")
+    # The guest command never finished: the VM went off under it (run-in-vm says 125).
+    assert vm.process.returncode == 125, output
+    assert "before the command finished" in output
+    assert "guest-shutdown called, mode: powerdown" in output
+    assert "the session ended without a power-off" not in output
+    with pytest.raises((EOFError, OSError)):
+        vm.client.line(timeout=5)  # no reply to guest-shutdown, and the port is gone
+    print(f"\nVM: first reply {vm.timings['first reply']:.1f} s; power-off took {took:.1f} s")

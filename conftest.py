@@ -2,11 +2,19 @@
 
 ``agent_client`` serves a fresh agent on one end of an in-memory stream pair
 and hands the test a client on the other end: no sockets, no processes.
+
+fsfreeze safety: freezing the host's root filesystem hangs the machine. No
+test may freeze anything but the scratch filesystems of ``tests/scratch.py``:
+``freeze_guard`` sets ``TRIO_QGA_FREEZE_ALLOW`` for the whole session (every
+agent, in this process or started by it, refuses FIFREEZE elsewhere) and
+fails the test in which a refusal happened; agents of ``agent_config`` get a
+mount table that lists nothing (``/dev/null``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +22,42 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig
+from agent.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV
 from tests.qga_client import StreamClient
+
+pytest_plugins = ["tests.scratch"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def freeze_guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Only the scratch filesystems may be frozen (they add themselves to the list)."""
+    refused = tmp_path_factory.mktemp("freeze-guard") / "refused"
+    refused.touch()
+    saved = {name: os.environ.get(name) for name in (ALLOW_ENV, REFUSED_ENV)}
+    os.environ[ALLOW_ENV] = ""
+    os.environ[REFUSED_ENV] = str(refused)
+    yield refused
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def no_refused_freeze(freeze_guard: Path) -> Iterator[None]:
+    """Fail the test during which any agent tried to freeze outside the scratch."""
+    seen = freeze_guard.stat().st_size
+    yield
+    with open(freeze_guard) as refusals:
+        refusals.seek(seen)
+        if refused := refusals.read():
+            pytest.fail(f"FIFREEZE outside the scratch filesystems: {refused.split()}")
 
 
 @pytest.fixture
 def agent_config(tmp_path: Path) -> AgentConfig:
-    return AgentConfig(statedir=str(tmp_path), pidfile=None)
+    return AgentConfig(statedir=str(tmp_path), pidfile=None, mount_table=os.devnull)
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Iterable
 import trio
 
 from agent.config import AgentConfig
-from agent.context import AgentContext
+from agent.context import AgentContext, AgentState
 from agent.dispatch import Dispatcher
+from agent.fsfreeze.freezer import Freezer
 from agent.handlers import BUILTIN
 from agent.models.schema import SchemaDefs, load_builtin
 from agent.plugins import load_plugins
@@ -44,11 +45,19 @@ class Agent:
         executor: Executor | None = None,
         root: SystemRoot | None = None,
         clock: Clock | None = None,
+        freezer: Freezer | None = None,
     ) -> None:
         """``executor``, ``root`` and ``clock`` replace the real system for the
         commands that change it (tests pass a recording executor, a scratch
-        directory and a fake clock)."""
+        directory and a fake clock);
+        ``freezer`` replaces the one built from ``config`` (tests pass fake ioctls)."""
         self.config = config or AgentConfig()
+        freezer = freezer or Freezer(
+            self.config.statedir,
+            mount_table=self.config.mount_table,
+            hook=self.config.fsfreeze_hook,
+            thaw_timeout=self.config.thaw_timeout,
+        )
         registry = Registry(schema or load_builtin())
         for handler_set in handlers:
             registry.add(handler_set)
@@ -64,6 +73,7 @@ class Agent:
             registry,
             policy,
             store,
+            AgentState(freezer),
             executor=executor or ProcessExecutor(),
             root=root or SystemRoot(),
             clock=clock or SystemClock(),
@@ -73,10 +83,13 @@ class Agent:
         self._background = contextlib.AsyncExitStack()  # closes what __aenter__ started
 
     async def __aenter__(self) -> Agent:
-        """Start the agent's background nursery (guest-exec children); it runs
+        """Start the agent's own tasks (the fsfreeze auto-thaw timer); they run
         until the ``async with`` block ends."""
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(self.context.tasks.open())
+            await stack.enter_async_context(self.context.tasks.open())  # guest-exec children
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(nursery.cancel_scope.cancel)
+            await nursery.start(self.context.state.freezer.run)
             self._background = stack.pop_all()
         return self
 
@@ -89,8 +102,10 @@ class Agent:
     async def aclose(self) -> None:
         """Release what the agent holds (open file handles, ...).
 
-        Called when the agent stops, SIGTERM included: nothing is left half done.
+        Called when the agent stops, SIGTERM included: nothing is left half done,
+        and no filesystem is left frozen (the thaw is shielded from cancellation).
         """
+        await self.context.state.freezer.aclose()
         self.context.store.close_all()
         await self.context.processes.aclose()  # guest-exec children are killed and reaped
 

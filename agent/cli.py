@@ -13,6 +13,9 @@ from collections.abc import Sequence
 import trio
 
 from agent.config import DEFAULT_PIDFILE, DEFAULT_STATEDIR, AgentConfig
+from agent.fsfreeze.hook import DEFAULT_HOOK
+from agent.fsfreeze.mounts import DEFAULT_MOUNT_TABLE
+from agent.logholding import HoldingHandler
 from agent.pidfile import PidfileError, held_pidfile
 from agent.store import DEFAULT_MAX_HANDLES
 from agent.version import VERSION
@@ -67,8 +70,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"guest-file handles open at once (default {DEFAULT_MAX_HANDLES})",
     )
+    parser.add_argument(
+        "-F",
+        "--fsfreeze-hook",
+        nargs="?",
+        const=DEFAULT_HOOK,
+        metavar="PATH",
+        help=f"run PATH with freeze/thaw around a freeze (default {DEFAULT_HOOK})",
+    )
+    parser.add_argument(
+        "--thaw-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="thaw filesystems frozen for longer than this (default: never)",
+    )
+    parser.add_argument(
+        "--mount-table",
+        default=DEFAULT_MOUNT_TABLE,
+        metavar="FILE",
+        help=f"mountinfo file listing what a freeze covers (default {DEFAULT_MOUNT_TABLE})",
+    )
     _add_system_commands(parser)
     return parser
+
+
+def _seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return seconds
 
 
 # Options naming the commands that power actions and guest-set-time run (shell-quoted).
@@ -120,6 +150,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         allowed_rpcs=_split(args.allow_rpcs),
         command_timeout=args.command_timeout,
         max_handles=args.max_handles,
+        fsfreeze_hook=args.fsfreeze_hook,
+        thaw_timeout=args.thaw_timeout,
+        mount_table=args.mount_table,
         **{
             field: getattr(args, field)
             for field in SYSTEM_COMMANDS
@@ -185,5 +218,5 @@ def _setup_logging(config: AgentConfig) -> None:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [HoldingHandler(handler)]  # held while filesystems are frozen
     root.setLevel(logging.DEBUG if config.verbose else logging.INFO)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.fsfreeze.mounts import DEFAULT_MOUNT_TABLE
 from agent.protocol import MAX_DEPTH, MAX_MESSAGE_SIZE
 from agent.store import DEFAULT_MAX_HANDLES
 
@@ -30,6 +31,7 @@ class AgentConfig:
     pidfile: str | None = DEFAULT_PIDFILE
     statedir: str = DEFAULT_STATEDIR
     verbose: bool = False
+    fsfreeze_hook: str | None = None  # script run with freeze/thaw; None: no hook
     socket_mode: int = 0o600  # of a unix-listen socket (qemu-ga leaves it to the umask)
     blocked_rpcs: tuple[str, ...] = ()
     allowed_rpcs: tuple[str, ...] | None = None  # None: all that are not blocked
@@ -39,6 +41,8 @@ class AgentConfig:
     command_timeout: float | None = None  # seconds an async handler may run; None: no limit
     max_message_size: int = MAX_MESSAGE_SIZE
     max_depth: int = MAX_DEPTH
+    mount_table: str = DEFAULT_MOUNT_TABLE  # what guest-fsfreeze-freeze may freeze
+    thaw_timeout: float | None = None  # seconds frozen before an auto-thaw; None: never
     # Commands for the power and clock commands (qemu-ga's, right for a systemd guest).
     poweroff_command: tuple[str, ...] = (*SHUTDOWN, "-P", *SHUTDOWN_WHEN)
     halt_command: tuple[str, ...] = (*SHUTDOWN, "-H", *SHUTDOWN_WHEN)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.config import AgentConfig
+from agent.fsfreeze.freezer import Freezer
 from agent.policy import CommandPolicy
 from agent.processes import ProcessStore
 from agent.registry import Registry
@@ -17,7 +18,12 @@ from agent.tasks import BackgroundTasks
 class AgentState:
     """State shared by every session of one agent."""
 
-    frozen: bool = False  # guest filesystems are frozen: most commands are refused
+    freezer: Freezer
+
+    @property
+    def frozen(self) -> bool:
+        """Guest filesystems are (being) frozen: most commands are refused."""
+        return self.freezer.frozen
 
 
 @dataclass
@@ -28,7 +34,7 @@ class AgentContext:
     registry: Registry
     policy: CommandPolicy
     store: HandleStore
-    state: AgentState = field(default_factory=AgentState)
+    state: AgentState
     executor: Executor = field(default_factory=ProcessExecutor)  # runs system commands
     root: SystemRoot = field(default_factory=SystemRoot)  # where system files are
     clock: Clock = field(default_factory=SystemClock)  # sets the system time

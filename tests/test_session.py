@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig
+from agent.fsfreeze.marker import MARKER_NAME
 from agent.models.schema import parse
 from agent.registry import HandlerSet
 from tests.qga_client import StreamClient
@@ -161,13 +163,17 @@ async def test_guest_info_lists_every_command(agent_client: StreamClient, agent:
         }
 
 
-async def test_frozen_state_disables_commands_per_schema(
-    agent_client: StreamClient, agent: Agent
-) -> None:
-    agent.context.state.frozen = True
-    assert await agent_client.execute("guest-ping") == {"return": {}}
-    assert await agent_client.execute("guest-sync", {"id": 3}) == {"return": 3}
-    info = (await agent_client.execute("guest-info"))["return"]
+async def test_frozen_state_disables_commands_per_schema(agent_config: AgentConfig) -> None:
+    (Path(agent_config.statedir) / MARKER_NAME).touch()  # as qemu-ga: start frozen
+    agent = Agent(agent_config)
+    client_end, agent_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent.serve, agent_end)
+        agent_client = StreamClient(client_end)
+        assert await agent_client.execute("guest-ping") == {"return": {}}
+        assert await agent_client.execute("guest-sync", {"id": 3}) == {"return": 3}
+        info = (await agent_client.execute("guest-info"))["return"]
+        await client_end.aclose()
     enabled = {c["name"]: c["enabled"] for c in info["supported_commands"]}
     for command in agent.context.registry:
         assert enabled[command.name] == command.allowed_while_frozen
@@ -300,8 +306,8 @@ async def test_blocked_and_allowed_rpcs(tmp_path: Any) -> None:
 
 async def test_frozen_refuses_commands_not_allowed_while_frozen(tmp_path: Any) -> None:
     async with trio.open_nursery() as nursery:
-        client, agent = await serve_test_agent(nursery, AgentConfig(statedir=str(tmp_path)))
-        agent.context.state.frozen = True
+        (tmp_path / MARKER_NAME).touch()  # as qemu-ga: start frozen
+        client, _ = await serve_test_agent(nursery, AgentConfig(statedir=str(tmp_path)))
         assert await client.execute("test-broken") == error(
             "Command test-broken has been disabled: the agent is in frozen state",
             "CommandNotFound",

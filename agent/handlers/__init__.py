@@ -1,11 +1,22 @@
 """Command handlers, one module per group of commands."""
 
-from agent.handlers import accounts, core, exec, files, hardware, network, power, system
+from agent.handlers import (
+    accounts,
+    core,
+    exec,
+    files,
+    fsfreeze,
+    hardware,
+    network,
+    power,
+    system,
+)
 from agent.registry import HandlerSet
 
 BUILTIN: tuple[HandlerSet, ...] = (
     core.handlers,
     files.handlers,
+    fsfreeze.handlers,
     system.handlers,
     network.handlers,
     exec.handlers,

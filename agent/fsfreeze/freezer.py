@@ -1,0 +1,279 @@
+"""The freezer: freeze and thaw guest filesystems, and never leave them frozen.
+
+It drives the state machine of ``agent.fsfreeze.state``. A freeze runs the
+hook, writes the frozen marker, arms the watchdog process, then issues
+FIFREEZE children first; whatever stops it part way (an error, a cancelled
+or timed-out command, an agent that is shutting down) undoes it inside a
+shielded cancel scope: what was frozen is thawed before the error reply goes
+out. A thaw happens on the ``guest-fsfreeze-thaw`` command, when the
+auto-thaw timeout expires, and when the agent stops (:meth:`Freezer.aclose`).
+While anything is frozen, log records are held in memory (``agent.logholding``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import trio
+
+from agent.errors import GenericError, os_error_text
+from agent.fsfreeze.hook import run_hook
+from agent.fsfreeze.ioctl import FreezeIoctls, LinuxIoctls
+from agent.fsfreeze.marker import FrozenMarker
+from agent.fsfreeze.mounts import (
+    DEFAULT_MOUNT_TABLE,
+    Mount,
+    MountTableError,
+    NotFreezable,
+    freeze_plan,
+    read_mount_table,
+)
+from agent.fsfreeze.state import FreezeEvent, FreezeMachine, FreezeState
+from agent.fsfreeze.watchdog_client import Watchdog, WatchdogError
+from agent.logholding import hold_logs, release_logs
+
+log = logging.getLogger(__name__)
+
+# A thaw hook that runs while the agent cleans up (a failed freeze, shutdown,
+# auto-thaw) may not keep it from finishing for longer than this.
+CLEANUP_HOOK_TIMEOUT = 30.0
+
+
+class Freezer:
+    """The fsfreeze state of one agent, shared by all its sessions."""
+
+    def __init__(
+        self,
+        statedir: str,
+        *,
+        mount_table: str = DEFAULT_MOUNT_TABLE,
+        hook: str | None = None,
+        thaw_timeout: float | None = None,
+        ioctls: FreezeIoctls | None = None,
+        watchdog: bool = True,
+    ) -> None:
+        """``ioctls`` None means the real kernel calls; ``watchdog`` starts the
+        watchdog process before each freeze (pointless with fake ioctls)."""
+        self.mount_table = mount_table
+        self.hook = hook
+        self.thaw_timeout = thaw_timeout
+        self._ioctls: FreezeIoctls = ioctls or LinuxIoctls()
+        self._use_watchdog = watchdog
+        self._watchdog: Watchdog | None = None
+        self._marker = FrozenMarker(statedir)
+        self._lock = trio.Lock()  # one freeze or thaw at a time
+        self._deadline = math.inf  # of the auto-thaw, in trio time
+        self._deadline_changed = trio.Event()
+        # What we froze, in freeze order; None: unknown (we started frozen from
+        # a marker that does not say, as qemu-ga's), then a thaw covers all.
+        self._frozen: list[str] | None = []
+        self._machine = FreezeMachine()
+        if self._marker.exists():
+            # As qemu-ga: a previous agent froze and did not thaw.
+            self._machine = FreezeMachine(FreezeState.FROZEN)
+            self._frozen = self._marker.mountpoints()
+            hold_logs()
+            log.warning("%s exists: starting in the frozen state", self._marker.path)
+
+    @property
+    def state(self) -> FreezeState:
+        return self._machine.state
+
+    @property
+    def frozen(self) -> bool:
+        """True from the start of a freeze until the end of the thaw."""
+        return self._machine.frozen
+
+    async def freeze(self, mountpoints: Sequence[str] | None = None) -> int:
+        """Freeze ``mountpoints`` (None: every freezable filesystem); the number frozen."""
+        async with self._lock:
+            if self._machine.state is not FreezeState.THAWED:
+                raise GenericError(f"fsfreeze: the filesystems are {self._machine.state.value}")
+            log.info("guest-fsfreeze called")
+            plan = await self._plan(mountpoints)
+            if not plan:
+                log.info("nothing to freeze")
+                return 0
+            return await self._freeze(plan)
+
+    async def thaw(self, *, hook_timeout: float = math.inf) -> int:
+        """Thaw what we froze; the number of filesystems thawed (0 when none was frozen)."""
+        async with self._lock:
+            if self._machine.state is FreezeState.THAWED:
+                return 0
+            self._machine.fire(FreezeEvent.THAW)
+            count = await self._thaw(self._frozen)
+            await self._thaw_hook(hook_timeout)
+            return count
+
+    async def aclose(self) -> None:
+        """Thaw if frozen: the agent is stopping (SIGTERM, SIGINT, end of embedding)."""
+        with trio.CancelScope(shield=True):
+            if not self.frozen:
+                return
+            log.warning("stopping while frozen: thawing first")
+            await self._thaw_logging_errors("stopping")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Thaw when the auto-thaw timeout expires; runs as long as the agent."""
+        if self.frozen:  # from the marker
+            self._arm_auto_thaw()
+        task_status.started()
+        while True:
+            changed = self._deadline_changed
+            with trio.move_on_at(self._deadline):
+                await changed.wait()
+                continue
+            log.warning(
+                "auto-thaw: filesystems frozen for %g s (--thaw-timeout): thawing",
+                self.thaw_timeout,
+            )
+            await self._thaw_logging_errors("auto-thaw")
+
+    # ---------------------------------------------------------------- freeze --
+
+    async def _plan(self, mountpoints: Sequence[str] | None) -> list[Mount]:
+        try:
+            table = await trio.to_thread.run_sync(read_mount_table, self.mount_table)
+            return freeze_plan(table, mountpoints)
+        except (MountTableError, NotFreezable) as err:
+            raise GenericError(str(err)) from err
+
+    async def _freeze(self, plan: list[Mount]) -> int:
+        self._machine.fire(FreezeEvent.FREEZE)
+        hold_logs()  # from here on, nothing of ours may write to a filesystem
+        frozen: list[str] = []
+        hook_ran = done = False
+        try:
+            if self.hook:
+                await run_hook(self.hook, "freeze")
+                hook_ran = True
+            self._write_marker([mount.mountpoint for mount in plan])
+            if self._use_watchdog:
+                self._watchdog = await self._start_watchdog(plan)
+            for mount in plan:
+                if await trio.to_thread.run_sync(self._freeze_one, mount):
+                    frozen.append(mount.mountpoint)
+            done = bool(frozen)
+        finally:
+            if not done:  # failed, cancelled, or nothing could be frozen
+                self._machine.fire(FreezeEvent.UNDO)
+                await self._thaw(frozen)
+                if hook_ran:
+                    await self._cleanup_hook()
+        if not done:
+            return 0
+        self._frozen = frozen
+        self._machine.fire(FreezeEvent.FROZEN)
+        self._arm_auto_thaw()
+        log.info("froze %d filesystem(s): %s", len(frozen), ", ".join(frozen))
+        return len(frozen)
+
+    def _freeze_one(self, mount: Mount) -> bool:
+        """In a worker thread: FIFREEZE one filesystem."""
+        # btrfs shows an anonymous device in the mount table, and each of its
+        # subvolumes its own in stat(): there is nothing to compare.
+        device = None if mount.fstype == "btrfs" else mount.device
+        try:
+            frozen = self._ioctls.freeze(mount.mountpoint, device)
+        except OSError as err:
+            raise GenericError(
+                f"failed to freeze {mount.mountpoint}: {os_error_text(err)}"
+            ) from err
+        if not frozen:
+            log.info("%s cannot be frozen or is frozen already: skipped", mount.mountpoint)
+        return frozen
+
+    def _write_marker(self, mountpoints: list[str]) -> None:
+        try:
+            self._marker.write(mountpoints)
+        except OSError as err:  # as qemu-ga: a warning, the freeze goes on
+            log.warning("cannot create %s: %s", self._marker.path, os_error_text(err))
+
+    async def _start_watchdog(self, plan: list[Mount]) -> Watchdog:
+        try:
+            return await Watchdog.start(
+                [mount.mountpoint for mount in plan], marker=str(self._marker.path), hook=self.hook
+            )
+        except WatchdogError as err:
+            raise GenericError(str(err)) from err
+
+    # ------------------------------------------------------------------ thaw --
+
+    async def _thaw(self, mountpoints: list[str] | None) -> int:
+        """THAWING -> THAWED: FITHAW, the marker, the held logs, then the watchdog.
+
+        Shielded: once started, a thaw always finishes.
+        """
+        with trio.CancelScope(shield=True):
+            self._set_deadline(math.inf)  # a thaw under way disarms the auto-thaw
+            if mountpoints is None:
+                mountpoints = await self._all_freezable()
+            count = 0
+            for mountpoint in reversed(mountpoints):  # parents first
+                count += await trio.to_thread.run_sync(self._thaw_one, mountpoint)
+            try:
+                self._marker.remove()
+            except OSError as err:
+                log.warning("cannot remove %s: %s", self._marker.path, os_error_text(err))
+            self._frozen = []
+            self._machine.fire(FreezeEvent.THAWED)
+            release_logs()
+            log.info("thawed %d filesystem(s)", count)
+            if self._watchdog is not None:  # still under the lock: no freeze meanwhile
+                await self._watchdog.release()
+                self._watchdog = None
+        return count
+
+    def _thaw_one(self, mountpoint: str) -> bool:
+        try:
+            return self._ioctls.thaw(mountpoint)
+        except OSError as err:
+            log.error("cannot thaw %s: %s", mountpoint, os_error_text(err))
+            return False
+
+    async def _all_freezable(self) -> list[str]:
+        """Every freezable mountpoint, for a thaw that does not know what was frozen."""
+        try:
+            table = await trio.to_thread.run_sync(read_mount_table, self.mount_table)
+        except MountTableError as err:
+            log.error("cannot thaw: %s", err)
+            return []
+        return [mount.mountpoint for mount in freeze_plan(table, None)]
+
+    async def _thaw_hook(self, limit: float) -> None:
+        if not self.hook:
+            return
+        with trio.move_on_after(limit) as scope:
+            await run_hook(self.hook, "thaw")
+        if scope.cancelled_caught:
+            raise GenericError(f"fsfreeze hook did not finish within {limit} s")
+
+    async def _cleanup_hook(self) -> None:
+        """The thaw hook after an undone freeze: the freeze's error is the one to report."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self._thaw_hook(CLEANUP_HOOK_TIMEOUT)
+            except GenericError as err:
+                log.error("%s", err.desc)
+
+    async def _thaw_logging_errors(self, why: str) -> None:
+        try:
+            count = await self.thaw(hook_timeout=CLEANUP_HOOK_TIMEOUT)
+        except GenericError as err:  # the thaw hook failed; the filesystems are thawed
+            log.error("%s: %s", why, err.desc)
+        else:
+            log.warning("%s: thawed %d filesystem(s)", why, count)
+
+    # ------------------------------------------------------------- auto-thaw --
+
+    def _arm_auto_thaw(self) -> None:
+        if self.thaw_timeout is not None:
+            self._set_deadline(trio.current_time() + self.thaw_timeout)
+
+    def _set_deadline(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._deadline_changed.set()
+        self._deadline_changed = trio.Event()

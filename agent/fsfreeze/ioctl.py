@@ -1,0 +1,118 @@
+"""FIFREEZE and FITHAW: the kernel calls behind the freezer, as an injectable seam.
+
+The freezer talks to a :class:`FreezeIoctls`; :class:`LinuxIoctls` is the
+real one. This module imports the standard library only: the watchdog
+process loads it by path, without importing the agent package.
+
+Safety net: when ``TRIO_QGA_FREEZE_ALLOW`` is set (mountpoints separated by
+``os.pathsep``; empty allows none), FIFREEZE is refused on any path that is
+not listed, not a mountpoint, or on the root filesystem's device. A refusal
+is also appended to the file named by ``TRIO_QGA_FREEZE_REFUSED`` when set,
+so that a test harness can fail the test that caused it. The test suite sets
+both for every test and every agent process it starts.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from typing import Protocol
+
+# linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int).
+FIFREEZE = 0xC0045877
+FITHAW = 0xC0045878
+
+ALLOW_ENV = "TRIO_QGA_FREEZE_ALLOW"
+REFUSED_ENV = "TRIO_QGA_FREEZE_REFUSED"
+
+# FITHAW undoes one FIFREEZE; qemu-ga repeats it until it fails, in case a
+# filesystem was frozen more than once. A bound keeps a misbehaving driver
+# from spinning us forever.
+MAX_THAWS = 16
+
+
+class FreezeIoctls(Protocol):
+    """The two kernel calls. Both block (FIFREEZE flushes the filesystem): call
+    them in a worker thread."""
+
+    def freeze(self, mountpoint: str, device: int | None) -> bool:
+        """Freeze the filesystem at ``mountpoint``: True if frozen, False if the
+        filesystem cannot be frozen (EOPNOTSUPP) or is frozen already (EBUSY).
+        ``device`` (st_dev), when given, must be the filesystem found there.
+        Raises OSError otherwise."""
+        ...
+
+    def thaw(self, mountpoint: str) -> bool:
+        """Thaw the filesystem at ``mountpoint``: True if it was frozen."""
+        ...
+
+
+class FreezeRefused(PermissionError):
+    """FIFREEZE on a path that ``TRIO_QGA_FREEZE_ALLOW`` does not allow."""
+
+
+class StaleMount(OSError):
+    """The path no longer holds the filesystem the mount table listed."""
+
+
+class LinuxIoctls:
+    """The real calls, on a descriptor opened read-only on the mountpoint."""
+
+    def freeze(self, mountpoint: str, device: int | None) -> bool:
+        fd = os.open(mountpoint, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            found = os.fstat(fd).st_dev
+            if device is not None and found != device:
+                raise StaleMount(
+                    errno.ESTALE,
+                    f"mount table lists device {_dev(device)} at {mountpoint}, found {_dev(found)}",
+                )
+            check_allowed(mountpoint, found)
+            try:
+                fcntl.ioctl(fd, FIFREEZE, 0)
+            except OSError as err:
+                if err.errno in (errno.EOPNOTSUPP, errno.EBUSY):
+                    return False
+                raise
+            return True
+        finally:
+            os.close(fd)
+
+    def thaw(self, mountpoint: str) -> bool:
+        return thaw_mountpoint(mountpoint)
+
+
+def thaw_mountpoint(mountpoint: str) -> bool:
+    """FITHAW until the kernel says the filesystem is not frozen; True if it was."""
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for count in range(MAX_THAWS):
+            try:
+                fcntl.ioctl(fd, FITHAW, 0)
+            except OSError as err:
+                if count == 0 and err.errno != errno.EINVAL:  # EINVAL: not frozen
+                    raise
+                return count > 0
+        return True
+    finally:
+        os.close(fd)
+
+
+def _dev(device: int) -> str:
+    return f"{os.major(device)}:{os.minor(device)}"
+
+
+def check_allowed(mountpoint: str, device: int) -> None:
+    allowed = os.environ.get(ALLOW_ENV)
+    if allowed is None:
+        return
+    path = os.path.realpath(mountpoint)
+    listed = {os.path.realpath(entry) for entry in allowed.split(os.pathsep) if entry}
+    if path in listed and os.path.ismount(path) and device != os.stat("/").st_dev:
+        return
+    refused_log = os.environ.get(REFUSED_ENV)
+    if refused_log:
+        with open(refused_log, "a") as log:
+            log.write(f"{mountpoint}\n")
+    raise FreezeRefused(errno.EPERM, f"FIFREEZE on {mountpoint} refused: it is not in {ALLOW_ENV}")

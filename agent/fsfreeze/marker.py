@@ -1,0 +1,45 @@
+"""The state directory's frozen marker, ``qga.state.isfrozen``, as qemu-ga keeps it.
+
+It exists from before the first FIFREEZE until after the last FITHAW, so an
+agent that starts and finds it knows the guest may still be frozen and starts
+in the frozen state (qemu-ga does the same). qemu-ga leaves it empty; trio-qga
+writes the mountpoints it freezes, as a JSON list, so that the thaw after a
+restart knows what to thaw. An empty or unreadable marker means "unknown":
+the thaw then covers every freezable filesystem of the mount table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+MARKER_NAME = "qga.state.isfrozen"
+
+
+class FrozenMarker:
+    def __init__(self, statedir: str) -> None:
+        self.path = Path(statedir) / MARKER_NAME
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def mountpoints(self) -> list[str] | None:
+        """What the marker says was frozen; None when it does not say (qemu-ga's)."""
+        try:
+            value = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+        return None
+
+    def write(self, mountpoints: list[str]) -> None:
+        """Create the marker and make it durable before anything is frozen."""
+        with open(self.path, "w") as marker:
+            json.dump(mountpoints, marker)
+            marker.flush()
+            os.fsync(marker.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,120 @@
+"""The fsfreeze watchdog: a small process that thaws if the agent dies while frozen.
+
+qemu-ga killed with SIGKILL while frozen leaves the guest frozen until someone
+thaws it by hand. Before its first FIFREEZE, trio-qga starts this program with
+a pipe on its standard input and sends it, as one JSON line, the mountpoints
+it is about to freeze; the program answers ``armed`` and waits. After a thaw
+the agent sends ``released`` and closes the pipe. If the pipe reaches end of
+file without ``released`` (the agent died: the kernel closes its end of the
+pipe whatever killed it), the watchdog thaws those mountpoints, removes the
+frozen marker, runs the fsfreeze hook with ``thaw`` and exits.
+
+It runs in its own session (a terminal's Ctrl-C or a signal to the agent's
+process group does not reach it) and ignores SIGINT, SIGTERM and SIGHUP: the
+end of the pipe is its only way out. It imports the standard library only
+and loads the sibling ``ioctl`` module by path, so that it starts in
+milliseconds instead of importing the agent (trio, pydantic, ...) before
+every freeze.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ARMED = b"armed\n"
+RELEASED = b"released\n"
+HOOK_TIMEOUT = 60.0  # seconds the thaw hook may take
+
+
+def _load_thaw() -> Callable[[str], bool]:
+    path = Path(__file__).with_name("ioctl.py")
+    spec = importlib.util.spec_from_file_location("trio_qga_fsfreeze_ioctl", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    thaw: Callable[[str], bool] = module.thaw_mountpoint
+    return thaw
+
+
+def _say(message: str) -> None:
+    try:
+        print(f"trio-qga fsfreeze watchdog: {message}", file=sys.stderr, flush=True)
+    except OSError:  # nobody reads our stderr any more
+        pass
+
+
+def _thaw_all(mountpoints: Sequence[str], thaw: Callable[[str], bool]) -> list[str]:
+    thawed = []
+    for mountpoint in mountpoints:
+        try:
+            if thaw(mountpoint):
+                thawed.append(mountpoint)
+        except OSError as err:
+            _say(f"cannot thaw {mountpoint}: {err.strerror or err}")
+    return thawed
+
+
+def _run_hook(hook: str) -> None:
+    try:
+        result = subprocess.run(
+            [hook, "thaw"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=HOOK_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        _say(f"fsfreeze hook '{hook}' thaw failed: {err}")
+        return
+    if result.returncode:
+        _say(f"fsfreeze hook '{hook}' thaw has failed with status {result.returncode}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trio-qga-fsfreeze-watchdog")
+    parser.add_argument("--marker", help="the agent's frozen marker, removed after a thaw")
+    parser.add_argument("--hook", help="the fsfreeze hook, run with 'thaw' after a thaw")
+    args = parser.parse_args(argv)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    thaw = _load_thaw()
+    stdin = sys.stdin.buffer
+    mountpoints = json.loads(stdin.readline() or b"[]")
+    try:
+        os.write(sys.stdout.fileno(), ARMED)
+    except OSError:  # the agent died before reading it: thaw all the same
+        pass
+    # The agent stops reading: nothing more may go that way.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    while line := stdin.readline():
+        if line == RELEASED:
+            return 0
+    thawed = _thaw_all(mountpoints[::-1], thaw)  # they came children first
+    if args.marker:
+        try:
+            os.unlink(args.marker)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            _say(f"cannot remove {args.marker}: {err.strerror}")
+    _say(
+        "the agent went away while filesystems were frozen; "
+        f"thawed {len(thawed)}: {', '.join(thawed) or '-'}"
+    )
+    if args.hook:
+        _run_hook(args.hook)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

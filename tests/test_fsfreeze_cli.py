@@ -1,0 +1,174 @@
+"""fsfreeze through the real CLI, as a process, on the scratch filesystems:
+SIGTERM and SIGKILL while frozen, the auto-thaw timeout, the log held while
+its file is on a frozen filesystem, ``-F``, and the watchdog program itself."""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.fsfreeze.ioctl import LinuxIoctls
+from agent.fsfreeze.marker import MARKER_NAME
+from agent.fsfreeze.watchdog import ARMED, RELEASED
+from agent.fsfreeze.watchdog_client import WATCHDOG_PROGRAM
+from tests.qga_client import SocketClient, running_agent
+from tests.scratch import BlockedWrite, Scratch, processes_mentioning
+
+
+def write_to(directory: Path) -> BlockedWrite:
+    return BlockedWrite(directory / f"cli-write-{time.time_ns()}", b"written while frozen")
+
+
+def eventually(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def agent_options(tmp_path: Path, scratch: Scratch, *extra: str) -> tuple[str, ...]:
+    return ("--mount-table", str(scratch.mount_table), "-l", str(tmp_path / "agent.log"), *extra)
+
+
+def test_sigterm_while_frozen_thaws_then_exits(tmp_path: Path, scratch: Scratch) -> None:
+    with running_agent(tmp_path, *agent_options(tmp_path, scratch)) as (proc, sock):
+        client = SocketClient(sock)
+        assert client.execute("guest-fsfreeze-freeze") == {"return": 2}
+        blocked = write_to(scratch.ext4)
+        assert blocked.blocked_for(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        client.close()
+    assert blocked.finished_within(5)
+    assert not (tmp_path / MARKER_NAME).exists()
+    log = (tmp_path / "agent.log").read_text()
+    assert "stopping while frozen: thawing first" in log
+    assert "stopping: thawed 2 filesystem(s)" in log
+
+
+def test_sigkill_while_frozen_the_watchdog_thaws(tmp_path: Path, scratch: Scratch) -> None:
+    marker = tmp_path / MARKER_NAME
+    with running_agent(tmp_path, *agent_options(tmp_path, scratch)) as (proc, sock):
+        client = SocketClient(sock)
+        assert client.execute("guest-fsfreeze-freeze") == {"return": 2}
+        [watchdog] = processes_mentioning(str(marker))
+        blocked = [write_to(scratch.ext4), write_to(scratch.xfs)]
+        assert all(write.blocked_for(0.3) for write in blocked)
+        proc.kill()
+        proc.wait(10)
+        client.close()
+        assert all(write.finished_within(10) for write in blocked)
+        assert eventually(lambda: not marker.exists())
+        assert eventually(lambda: not processes_mentioning(str(marker)))
+        assert proc.stderr is not None
+        said = proc.stderr.read().decode()  # the watchdog's stderr is the agent's
+    assert f"thawed 2: {scratch.ext4}, {scratch.xfs}" in said, said
+    assert watchdog != proc.pid
+
+
+def test_auto_thaw_and_a_log_file_on_the_frozen_filesystem(
+    tmp_path: Path, scratch: Scratch
+) -> None:
+    """With -v every command is logged: were the log not held while frozen, the
+    agent would block on its own log file and stop answering."""
+    log = scratch.ext4 / f"agent-{time.time_ns()}.log"
+    options = ("--mount-table", str(scratch.mount_table), "-l", str(log), "-v")
+    with running_agent(tmp_path, *options, "--thaw-timeout", "1.5") as (_, sock):
+        client = SocketClient(sock, timeout=5)
+        assert client.execute("guest-fsfreeze-freeze") == {"return": 2}
+        size = log.stat().st_size
+        for n in range(3):
+            assert client.execute("guest-sync", {"id": n}) == {"return": n}
+        assert client.execute("guest-fsfreeze-status") == {"return": "frozen"}
+        assert log.stat().st_size == size  # nothing written while frozen
+        assert eventually(lambda: client.execute("guest-fsfreeze-status") == {"return": "thawed"})
+        client.close()
+    text = log.read_text()
+    held = text[size:]
+    assert held.count("executing guest-sync") == 3
+    assert "auto-thaw: filesystems frozen for 1.5 s (--thaw-timeout): thawing" in held
+    assert "auto-thaw: thawed 2 filesystem(s)" in held
+
+
+def test_fsfreeze_hook_option_as_qemu_ga_spells_it(tmp_path: Path, scratch: Scratch) -> None:
+    hook = tmp_path / "hook"
+    hook.write_text(f'#!/bin/sh\necho "$1" >> {tmp_path}/hook.log\n')
+    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
+    with running_agent(tmp_path, *agent_options(tmp_path, scratch, f"-F{hook}")) as (_, sock):
+        client = SocketClient(sock)
+        reply = client.execute("guest-fsfreeze-freeze-list", {"mountpoints": [str(scratch.xfs)]})
+        assert reply == {"return": 1}
+        assert client.execute("guest-fsfreeze-thaw") == {"return": 1}
+        client.close()
+    assert (tmp_path / "hook.log").read_text().split() == ["freeze", "thaw"]
+
+
+# ----------------------------------------------------------------- watchdog --
+
+
+def start_watchdog(tmp_path: Path, mountpoints: list[str]) -> subprocess.Popen[bytes]:
+    hook = tmp_path / "hook"
+    hook.write_text(f'#!/bin/sh\necho "$1" >> {tmp_path}/hook.log\n')
+    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
+    (tmp_path / MARKER_NAME).write_text(json.dumps(mountpoints))
+    watchdog = subprocess.Popen(
+        [
+            *(sys.executable, "-I", "-S", WATCHDOG_PROGRAM),
+            *("--marker", str(tmp_path / MARKER_NAME), "--hook", str(hook)),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert watchdog.stdin is not None
+    assert watchdog.stdout is not None
+    watchdog.stdin.write(json.dumps(mountpoints).encode() + b"\n")
+    watchdog.stdin.flush()
+    assert watchdog.stdout.readline() == ARMED
+    return watchdog
+
+
+def test_watchdog_thaws_at_end_of_file_and_ignores_signals(
+    tmp_path: Path, scratch: Scratch
+) -> None:
+    assert LinuxIoctls().freeze(str(scratch.xfs), None)
+    watchdog = start_watchdog(tmp_path, [str(scratch.xfs)])
+    blocked = write_to(scratch.xfs)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        watchdog.send_signal(signum)
+    assert blocked.blocked_for(0.3)
+    assert watchdog.poll() is None
+    assert watchdog.stdin is not None
+    assert watchdog.stderr is not None
+    watchdog.stdin.close()  # as the kernel does when the agent dies
+    assert watchdog.wait(10) == 0
+    assert blocked.finished_within(10)
+    assert not (tmp_path / MARKER_NAME).exists()
+    assert (tmp_path / "hook.log").read_text().split() == ["thaw"]
+    assert b"thawed 1" in watchdog.stderr.read()
+    watchdog.stderr.close()
+    assert watchdog.stdout is not None
+    watchdog.stdout.close()
+
+
+def test_a_released_watchdog_leaves_everything_alone(tmp_path: Path, scratch: Scratch) -> None:
+    assert LinuxIoctls().freeze(str(scratch.xfs), None)
+    watchdog = start_watchdog(tmp_path, [str(scratch.xfs)])
+    assert watchdog.stdin is not None
+    watchdog.stdin.write(RELEASED)
+    watchdog.stdin.close()
+    assert watchdog.wait(10) == 0
+    assert (tmp_path / MARKER_NAME).exists()
+    assert write_to(scratch.xfs).blocked_for(0.3)  # still frozen: the scratch fixture thaws
+    assert not (tmp_path / "hook.log").exists()
+    for stream in (watchdog.stdout, watchdog.stderr):
+        assert stream is not None
+        stream.close()

@@ -1,0 +1,262 @@
+"""fsfreeze for real: FIFREEZE and FITHAW on the suite's scratch ext4 and xfs
+filesystems (``tests/scratch.py``), through an agent served in this process.
+
+A frozen filesystem is shown frozen by a write to it that blocks (in a
+thread) until the thaw, after which the data is there.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import math
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from agent import Agent, AgentConfig
+from agent.fsfreeze.freezer import Freezer
+from agent.fsfreeze.ioctl import LinuxIoctls
+from agent.fsfreeze.marker import MARKER_NAME
+from tests.qga_client import StreamClient
+from tests.scratch import BlockedWrite, Scratch
+
+_names = itertools.count()
+
+
+def write_to(directory: Path) -> BlockedWrite:
+    """Start a write of a new file in ``directory``."""
+    number = next(_names)
+    return BlockedWrite(directory / f"write-{time.time_ns()}-{number}", b"data %d" % number)
+
+
+def error(desc: str, error_class: str = "GenericError") -> dict[str, Any]:
+    return {"error": {"class": error_class, "desc": desc}}
+
+
+@asynccontextmanager
+async def serve(
+    config: AgentConfig, freezer: Freezer | None = None
+) -> AsyncIterator[tuple[StreamClient, Agent]]:
+    agent = Agent(config, freezer=freezer)
+    client_end, agent_end = trio.testing.memory_stream_pair()
+    async with agent, trio.open_nursery() as nursery:
+        nursery.start_soon(agent.serve, agent_end)
+        yield StreamClient(client_end), agent
+        await client_end.aclose()
+
+
+def scratch_config(tmp_path: Path, scratch: Scratch, **options: Any) -> AgentConfig:
+    return AgentConfig(
+        statedir=str(tmp_path), pidfile=None, mount_table=str(scratch.mount_table), **options
+    )
+
+
+class RecordingIoctls(LinuxIoctls):
+    """The real calls, recorded; ``before_freeze`` may fail or delay one."""
+
+    def __init__(self, before_freeze: Callable[[str], None] = lambda path: None) -> None:
+        self.before_freeze = before_freeze
+        self.frozen: list[str] = []
+
+    def freeze(self, mountpoint: str, device: int | None) -> bool:
+        self.before_freeze(mountpoint)
+        frozen = super().freeze(mountpoint, device)
+        self.frozen.append(mountpoint)
+        return frozen
+
+
+async def test_freeze_blocks_writes_until_thaw(tmp_path: Path, scratch: Scratch) -> None:
+    async with serve(scratch_config(tmp_path, scratch)) as (client, _):
+        # ext4 and xfs; the tmpfs is skipped, the bind mount is ext4 again.
+        assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
+        assert await client.execute("guest-fsfreeze-status") == {"return": "frozen"}
+        writes = [write_to(scratch.ext4), write_to(scratch.xfs), write_to(scratch.bind)]
+        assert all([await write.still_blocked(0.5) for write in writes])
+        untouched = write_to(scratch.tmpfs)
+        assert await untouched.finished(5)
+        assert await client.execute("guest-ping") == {"return": {}}
+        assert await client.execute("guest-fsfreeze-thaw") == {"return": 2}
+        assert all([await write.finished(10) for write in writes])
+        assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
+        assert await client.execute("guest-fsfreeze-thaw") == {"return": 0}
+
+
+async def test_children_are_frozen_before_parents(tmp_path: Path, scratch: Scratch) -> None:
+    ioctls = RecordingIoctls()
+    freezer = Freezer(str(tmp_path), mount_table=str(scratch.mount_table), ioctls=ioctls)
+    async with serve(scratch_config(tmp_path, scratch), freezer) as (client, _):
+        assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
+        assert ioctls.frozen == [str(scratch.xfs), str(scratch.ext4)]
+        assert await client.execute("guest-fsfreeze-thaw") == {"return": 2}
+
+
+async def test_freeze_list_freezes_only_those(tmp_path: Path, scratch: Scratch) -> None:
+    async with serve(scratch_config(tmp_path, scratch)) as (client, _):
+        reply = await client.execute(
+            "guest-fsfreeze-freeze-list", {"mountpoints": [str(scratch.xfs)]}
+        )
+        assert reply == {"return": 1}
+        frozen, free = write_to(scratch.xfs), write_to(scratch.ext4)
+        assert await free.finished(5)
+        assert await frozen.still_blocked(0.5)
+        assert await client.execute("guest-fsfreeze-thaw") == {"return": 1}
+        assert await frozen.finished(10)
+        # A bind mount names its device: that of ext4.
+        reply = await client.execute(
+            "guest-fsfreeze-freeze-list", {"mountpoints": [str(scratch.bind)]}
+        )
+        assert reply == {"return": 1}
+        assert await write_to(scratch.ext4).still_blocked(0.5)
+        assert await client.execute("guest-fsfreeze-thaw") == {"return": 1}
+
+
+async def test_freeze_list_refuses_what_it_cannot_freeze(tmp_path: Path, scratch: Scratch) -> None:
+    async with serve(scratch_config(tmp_path, scratch)) as (client, _):
+        for path, desc in [
+            (scratch.tmpfs, f"'{scratch.tmpfs}' is a tmpfs filesystem, which cannot be frozen"),
+            (scratch.base, f"'{scratch.base}' is not a mounted filesystem"),
+            (scratch.ext4 / "shared", f"'{scratch.ext4}/shared' is not a mounted filesystem"),
+        ]:
+            reply = await client.execute(
+                "guest-fsfreeze-freeze-list", {"mountpoints": [str(scratch.xfs), str(path)]}
+            )
+            assert reply == error(desc)
+            assert await write_to(scratch.xfs).finished(5)  # nothing was frozen
+        assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
+
+
+async def test_a_failure_part_way_thaws_what_was_frozen(tmp_path: Path, scratch: Scratch) -> None:
+    def fail_on_ext4(path: str) -> None:
+        if path == str(scratch.ext4):
+            raise OSError(errno.EIO, "Input/output error")
+
+    ioctls = RecordingIoctls(fail_on_ext4)
+    freezer = Freezer(str(tmp_path), mount_table=str(scratch.mount_table), ioctls=ioctls)
+    async with serve(scratch_config(tmp_path, scratch), freezer) as (client, _):
+        reply = await client.execute("guest-fsfreeze-freeze")
+        assert reply == error(f"failed to freeze {scratch.ext4}: Input/output error")
+        assert ioctls.frozen == [str(scratch.xfs)]  # it was frozen, then thawed:
+        assert await write_to(scratch.xfs).finished(5)
+        assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
+        assert not (tmp_path / MARKER_NAME).exists()
+
+
+async def test_a_freeze_timing_out_part_way_thaws_what_was_frozen(
+    tmp_path: Path, scratch: Scratch
+) -> None:
+    sent = math.inf
+
+    def slow_xfs(path: str) -> None:
+        if path == str(scratch.xfs):  # the first: hold it until the command timed out
+            time.sleep(max(0.0, sent + 2 - time.monotonic()))
+
+    ioctls = RecordingIoctls(slow_xfs)
+    freezer = Freezer(
+        str(tmp_path), mount_table=str(scratch.mount_table), ioctls=ioctls, watchdog=False
+    )
+    config = scratch_config(tmp_path, scratch, command_timeout=1.0)
+    async with serve(config, freezer) as (client, _):
+        sent = time.monotonic()
+        reply = await client.execute("guest-fsfreeze-freeze")
+        assert reply == error("command guest-fsfreeze-freeze timed out after 1.0 s")
+        # xfs was frozen (an ioctl under way cannot be interrupted) and thawed;
+        # ext4, next, was never touched.
+        assert ioctls.frozen == [str(scratch.xfs)]
+        assert await write_to(scratch.xfs).finished(5)
+        assert await write_to(scratch.ext4).finished(5)
+        assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
+
+
+async def test_marker_lists_what_is_frozen_until_the_thaw(tmp_path: Path, scratch: Scratch) -> None:
+    marker = tmp_path / MARKER_NAME
+    async with serve(scratch_config(tmp_path, scratch)) as (client, _):
+        assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
+        assert json.loads(marker.read_text()) == [str(scratch.xfs), str(scratch.ext4)]
+        assert await client.execute("guest-fsfreeze-thaw") == {"return": 2}
+        assert not marker.exists()
+
+
+@pytest.mark.parametrize("marker_text", ["", "<garbage>", None], ids=["qemu-ga", "bad", "ours"])
+async def test_an_agent_started_with_the_marker_is_frozen_and_thaws(
+    tmp_path: Path, scratch: Scratch, marker_text: str | None
+) -> None:
+    assert LinuxIoctls().freeze(str(scratch.ext4), None)  # as a previous agent left it
+    marker = tmp_path / MARKER_NAME
+    marker.write_text(json.dumps([str(scratch.ext4)]) if marker_text is None else marker_text)
+    blocked = write_to(scratch.ext4)
+    async with serve(scratch_config(tmp_path, scratch)) as (client, _):
+        assert await client.execute("guest-fsfreeze-status") == {"return": "frozen"}
+        assert await client.execute("guest-fsfreeze-freeze") == error(
+            "Command guest-fsfreeze-freeze has been disabled: the agent is in frozen state",
+            "CommandNotFound",
+        )
+        assert await blocked.still_blocked(0.3)
+        assert await client.execute("guest-fsfreeze-thaw") == {"return": 1}
+        assert await blocked.finished(10)
+        assert not marker.exists()
+
+
+async def test_auto_thaw_after_the_timeout(tmp_path: Path, scratch: Scratch) -> None:
+    async with serve(scratch_config(tmp_path, scratch, thaw_timeout=0.5)) as (client, _):
+        assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
+        blocked = write_to(scratch.ext4)
+        assert await blocked.still_blocked(0.2)
+        assert await blocked.finished(10)  # no thaw command: the timeout thawed
+        with trio.fail_after(5):  # the write may finish a moment before the state
+            while (await client.execute("guest-fsfreeze-status"))["return"] != "thawed":  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert await client.execute("guest-fsfreeze-thaw") == {"return": 0}
+
+
+async def test_hook_runs_while_the_filesystems_take_writes(
+    tmp_path: Path, scratch: Scratch
+) -> None:
+    """The hook writes to the filesystem being frozen: it would hang if it ran
+    after the freeze or before the thaw."""
+    hook = tmp_path / "hook"
+    hook.write_text(f'#!/bin/sh\necho "$1" >> {scratch.ext4}/hook.log\n')
+    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
+    (scratch.ext4 / "hook.log").unlink(missing_ok=True)
+    async with serve(scratch_config(tmp_path, scratch, fsfreeze_hook=str(hook))) as (client, _):
+        with trio.fail_after(10):
+            assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
+            assert await client.execute("guest-fsfreeze-thaw") == {"return": 2}
+    assert (scratch.ext4 / "hook.log").read_text().split() == ["freeze", "thaw"]
+
+
+async def test_guard_refuses_a_path_outside_the_allow_list(
+    tmp_path: Path, scratch: Scratch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tmpfs scratch mount, dropped from the list: refused before the ioctl
+    (which tmpfs would refuse anyway, so a broken guard freezes nothing)."""
+    refused = tmp_path / "refused"
+    monkeypatch.setenv("TRIO_QGA_FREEZE_REFUSED", str(refused))  # not the suite's log
+    monkeypatch.setenv("TRIO_QGA_FREEZE_ALLOW", str(scratch.ext4))
+    with pytest.raises(PermissionError, match=f"FIFREEZE on {scratch.tmpfs} refused"):
+        LinuxIoctls().freeze(str(scratch.tmpfs), None)
+    assert refused.read_text() == f"{scratch.tmpfs}\n"
+
+
+async def test_a_stale_mount_table_is_refused(tmp_path: Path, scratch: Scratch) -> None:
+    """The table says xfs's device is at the ext4 mountpoint: nothing is frozen."""
+    lines = scratch.mount_table.read_text().splitlines(keepends=True)
+    xfs_line = next(line for line in lines if f" {scratch.xfs} " in line)
+    table = tmp_path / "stale"
+    table.write_text(xfs_line.replace(f" {scratch.xfs} ", f" {scratch.ext4} "))
+    config = AgentConfig(statedir=str(tmp_path), pidfile=None, mount_table=str(table))
+    async with serve(config) as (client, _):
+        reply = await client.execute("guest-fsfreeze-freeze")
+        assert "error" in reply
+        assert reply["error"]["desc"].startswith(
+            f"failed to freeze {scratch.ext4}: mount table lists device"
+        )
+        assert await write_to(scratch.ext4).finished(5)

@@ -11,7 +11,6 @@ the thaw then covers every freezable filesystem of the mount table.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 MARKER_NAME = "qga.state.isfrozen"
@@ -35,11 +34,14 @@ class FrozenMarker:
         return None
 
     def write(self, mountpoints: list[str]) -> None:
-        """Create the marker and make it durable before anything is frozen."""
+        """Create the marker (before anything is frozen).
+
+        Not fsynced: it serves an agent that restarts, not a guest that reboots
+        (after a reboot nothing is frozen; qemu-ga's default state directory,
+        /var/run, does not even survive one).
+        """
         with open(self.path, "w") as marker:
             json.dump(mountpoints, marker)
-            marker.flush()
-            os.fsync(marker.fileno())
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -46,7 +46,7 @@ def main() -> None:
         (base / "scratch").mkdir()
         scratch = mount_scratch(base / "scratch")
         os.environ[ALLOW_ENV] = os.pathsep.join(map(str, scratch.mounts))
-        mountpoints = {"mountpoints": [str(scratch.xfs), str(scratch.ext4)]}
+        mountpoints: dict[str, object] = {"mountpoints": [str(scratch.xfs), str(scratch.ext4)]}
         times: dict[str, dict[str, list[float]]] = {}
         try:
             with (

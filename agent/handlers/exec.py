@@ -8,6 +8,7 @@ output, then reports everything once and forgets the child, as qemu-ga does.
 
 from __future__ import annotations
 
+import errno
 import subprocess
 from collections.abc import Sequence
 
@@ -70,16 +71,15 @@ async def guest_exec(
     ctx.processes.check_room()
     if not ctx.tasks.running:
         raise GenericError("the agent is not running: guest-exec cannot start a process")
+    argv = [path, *(arg or ())]
     try:
-        process = await trio.lowlevel.open_process(
-            [path, *(arg or ())],
-            # qemu-ga gives a child without input-data /dev/null as its stdin.
-            stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if out else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT if merged else subprocess.PIPE if err else subprocess.DEVNULL,
-            env=environ,
-            process_group=0,  # its own group: killed whole when the agent stops
-        )
+        try:
+            process = await _spawn(argv, data is not None, out, err, merged, environ)
+        except OSError as error:
+            if error.errno != errno.ENOEXEC:
+                raise
+            # No #! line: run it with the shell, as execvp() and so qemu-ga (glib) do.
+            process = await _spawn(["/bin/sh", *argv], data is not None, out, err, merged, environ)
     except OSError as error:
         raise GenericError(
             "Guest agent command failed, error was"
@@ -91,6 +91,25 @@ async def guest_exec(
     ctx.processes.add(child)
     ctx.tasks.start_soon(child.supervise, data, name=f"guest-exec {child.pid}")
     return {"pid": child.pid}
+
+
+async def _spawn(
+    argv: list[str],
+    has_input: bool,
+    out: bool,
+    err: bool,
+    merged: bool,
+    environ: dict[str, str] | None,
+) -> trio.Process:
+    return await trio.lowlevel.open_process(
+        argv,
+        # qemu-ga gives a child without input-data /dev/null as its stdin.
+        stdin=subprocess.PIPE if has_input else subprocess.DEVNULL,
+        stdout=subprocess.PIPE if out else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE if err else subprocess.DEVNULL,
+        env=environ,
+        process_group=0,  # its own group: killed whole when the agent stops
+    )
 
 
 @handlers.command("guest-exec-status")

@@ -9,14 +9,16 @@ project whose tests run under pytest-trio can write::
 
 ``qga_client`` is a :class:`agent.client.QgaClient` connected over an in-memory
 stream to ``qga_agent``, a fresh :class:`agent.Agent` built from ``qga_config``
-(state in the test's temporary directory, no pid file); override ``qga_config``
-to configure it. Leaving the test stops the agent: handles closed, filesystems
-thawed. Async fixtures need pytest-trio (``trio_mode = true`` or
-``@pytest.mark.trio``).
+(state in the test's temporary directory, no pid file, and an empty mount
+table: a test that calls ``guest-fsfreeze-freeze`` must not freeze the machine
+it runs on); override ``qga_config`` to configure it. Leaving the test stops the
+agent: handles closed, filesystems thawed. Async fixtures need pytest-trio
+(``trio_mode = true`` or ``@pytest.mark.trio``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,7 +34,7 @@ from agent.config import AgentConfig
 @pytest.fixture
 def qga_config(tmp_path: Path) -> AgentConfig:
     """The configuration of ``qga_agent``; override it to change the agent."""
-    return AgentConfig(statedir=str(tmp_path), pidfile=None)
+    return AgentConfig(statedir=str(tmp_path), pidfile=None, mount_table=os.devnull)
 
 
 @pytest.fixture

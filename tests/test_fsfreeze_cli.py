@@ -13,6 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from agent.cli import build_parser
+from agent.fsfreeze.hook import DEFAULT_HOOK
 from agent.fsfreeze.ioctl import LinuxIoctls
 from agent.fsfreeze.marker import MARKER_NAME
 from agent.fsfreeze.watchdog import ARMED, RELEASED
@@ -36,6 +40,17 @@ def eventually(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
 
 def agent_options(tmp_path: Path, scratch: Scratch, *extra: str) -> tuple[str, ...]:
     return ("--mount-table", str(scratch.mount_table), "-l", str(tmp_path / "agent.log"), *extra)
+
+
+def test_fsfreeze_options_are_spelled_as_qemu_gas() -> None:
+    parse = build_parser().parse_args
+    assert parse([]).fsfreeze_hook is None
+    assert parse(["-F"]).fsfreeze_hook == DEFAULT_HOOK  # -F alone: the default hook
+    assert parse(["-F/x/hook"]).fsfreeze_hook == "/x/hook"
+    assert parse(["--fsfreeze-hook=/y"]).fsfreeze_hook == "/y"
+    assert parse(["--thaw-timeout", "2.5"]).thaw_timeout == 2.5
+    with pytest.raises(SystemExit):
+        parse(["--thaw-timeout", "0"])
 
 
 def test_sigterm_while_frozen_thaws_then_exits(tmp_path: Path, scratch: Scratch) -> None:

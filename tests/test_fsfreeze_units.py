@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig
+from agent.client import QgaClient
 from agent.errors import GenericError
 from agent.fsfreeze.freezer import Freezer
 from agent.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV, check_allowed
@@ -536,3 +537,8 @@ async def test_commands_while_frozen(fake_agent_client: StreamClient) -> None:
     }
     assert await client.execute("guest-fsfreeze-freeze-list", {"mountpoints": []}) == {"return": 0}
     assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
+
+
+async def test_the_pytest_plugins_agent_has_nothing_to_freeze(qga_client: QgaClient) -> None:
+    """A downstream test suite must not freeze the machine it runs on."""
+    assert await qga_client.execute("guest-fsfreeze-freeze") == 0

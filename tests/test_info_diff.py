@@ -149,3 +149,49 @@ def test_commands_newer_than_qemu_ga_7_2(
         return
     assert reply["error"]["class"] == "CommandNotFound"
     assert returned(ours, name)
+
+
+def _same_addresses(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> None:
+    assert ours == theirs
+
+
+def _popped(entry: dict[str, Any], key: str) -> list[Any]:
+    return [entry.pop(key)] if key in entry else []
+
+
+def test_disks_as_qemu_ga(clients: tuple[SocketClient, SocketClient]) -> None:
+    theirs, ours = clients
+    reference = {disk["name"]: disk for disk in returned(theirs, "guest-get-disks")}
+    mine = {disk["name"]: disk for disk in returned(ours, "guest-get-disks")}
+
+    def lasting(names: Any) -> set[str]:  # loop devices of other tests come and go
+        return {name for name in names if not name.startswith("/dev/loop")}
+
+    assert lasting(mine) == lasting(reference)
+    for name in mine.keys() & reference.keys():
+        disk, expected = dict(mine[name]), dict(reference[name])
+        _same_addresses(_popped(disk, "address"), _popped(expected, "address"))
+        assert disk == expected
+
+
+def test_fsinfo_as_qemu_ga(clients: tuple[SocketClient, SocketClient]) -> None:
+    theirs, ours = clients
+    reference = returned(theirs, "guest-get-fsinfo")
+    mine = returned(ours, "guest-get-fsinfo")
+    common = {fs["mountpoint"] for fs in reference} & {fs["mountpoint"] for fs in mine}
+    assert "/" in common
+    # Same order (qemu-ga's: the mount table's, last mount first).
+    assert [fs["mountpoint"] for fs in mine if fs["mountpoint"] in common] == [
+        fs["mountpoint"] for fs in reference if fs["mountpoint"] in common
+    ]
+    by_mountpoint = {fs["mountpoint"]: fs for fs in reference}
+    for fs in mine:
+        if fs["mountpoint"] not in common:
+            continue
+        expected = by_mountpoint[fs["mountpoint"]]
+        assert set(fs) == set(expected)
+        _same_addresses(fs["disk"], expected["disk"])
+        assert {k: fs[k] for k in ("name", "type")} == {k: expected[k] for k in ("name", "type")}
+        # Sizes: equal but for what was written between the two calls.
+        assert fs["total-bytes"] == expected["total-bytes"]
+        assert abs(fs["used-bytes"] - expected["used-bytes"]) < 64 << 20

@@ -3,6 +3,7 @@
 from agent.handlers import (
     accounts,
     core,
+    disks,
     exec,
     files,
     fsfreeze,
@@ -19,6 +20,7 @@ BUILTIN: tuple[HandlerSet, ...] = (
     fsfreeze.handlers,
     system.handlers,
     network.handlers,
+    disks.handlers,
     exec.handlers,
     power.handlers,
     accounts.handlers,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from agent.context import AgentContext
 from agent.errors import GenericError, os_error_text
-from agent.handlers.files import _decode_base64 as decode_base64
 from agent.registry import HandlerSet
 from agent.system import SystemRoot, describe_failure
+from agent.wire_base64 import decode_base64
 
 handlers = HandlerSet()
 

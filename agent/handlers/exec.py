@@ -17,10 +17,10 @@ import trio
 
 from agent.context import AgentContext
 from agent.errors import GenericError, os_error_text
-from agent.handlers.files import _decode_base64 as decode_base64
 from agent.processes import Capture, ExecProcess
 from agent.protocol import VerbatimString
 from agent.registry import HandlerSet
+from agent.wire_base64 import decode_base64
 
 handlers = HandlerSet()
 

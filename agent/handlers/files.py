@@ -10,7 +10,6 @@ stop the agent from answering signals, timers or the next client.
 
 from __future__ import annotations
 
-import binascii
 import errno
 import os
 import stat
@@ -25,6 +24,7 @@ from agent.errors import GenericError, os_error_text
 from agent.protocol import VerbatimString
 from agent.registry import HandlerSet
 from agent.store import OpenFile
+from agent.wire_base64 import decode_base64
 
 handlers = HandlerSet()
 
@@ -152,7 +152,7 @@ async def guest_file_write(
     ctx: AgentContext, handle: int, buf_b64: str, count: int | None
 ) -> dict[str, object]:
     opened = ctx.store.get(handle)
-    data = _decode_base64(buf_b64)
+    data = decode_base64(buf_b64)
     if count is None:
         count = len(data)
     elif not 0 <= count <= len(data):
@@ -162,22 +162,6 @@ async def guest_file_write(
     except OSError as err:
         raise GenericError(f"failed to write to file: {os_error_text(err)}") from err
     return {"count": written, "eof": False}
-
-
-def _decode_base64(text: str) -> bytes:
-    """Strict base64: malformed data is refused whole, never half decoded (qemu-ga
-    decodes up to a missing padding)."""
-    try:
-        return pybase64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as err:
-        try:  # the slower decoder only to say what is wrong
-            binascii.a2b_base64(text, strict_mode=True)
-            reason = str(err)
-        except (binascii.Error, ValueError) as detail:
-            reason = str(detail)
-        if reason.startswith("Only base64 data") or not text.isascii():
-            raise GenericError("Base64 data contains invalid characters") from err
-        raise GenericError(f"Base64 data is malformed: {reason.lower()}") from err
 
 
 def _write(opened: OpenFile, data: bytes, count: int) -> int:

@@ -29,6 +29,16 @@ from agent.store import HandleStore
 from agent.system import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
 
 
+def build_registry(
+    handlers: Iterable[HandlerSet] = BUILTIN, schema: SchemaDefs | None = None
+) -> Registry:
+    """Every command an agent serves: ``handlers`` checked against ``schema``."""
+    registry = Registry(schema or load_builtin())
+    for handler_set in handlers:
+        registry.add(handler_set)
+    return registry
+
+
 class Agent:
     """One guest agent: its commands, state and configuration.
 
@@ -58,9 +68,7 @@ class Agent:
             hook=self.config.fsfreeze_hook,
             thaw_timeout=self.config.thaw_timeout,
         )
-        registry = Registry(schema or load_builtin())
-        for handler_set in handlers:
-            registry.add(handler_set)
+        registry = build_registry(handlers, schema)
         self.plugins = (
             load_plugins(registry, disabled=self.config.disabled_plugins)
             if self.config.plugins

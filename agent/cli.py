@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
+import os
 import shlex
 import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import trio
 
-from agent.config import DEFAULT_PIDFILE, DEFAULT_STATEDIR, AgentConfig
+from agent import conffile, daemon
+from agent.config import DEFAULT_BAUD_RATE, DEFAULT_PIDFILE, DEFAULT_STATEDIR, AgentConfig
 from agent.fsfreeze.hook import DEFAULT_HOOK
 from agent.fsfreeze.mounts import DEFAULT_MOUNT_TABLE
-from agent.logholding import HoldingHandler
+from agent.logs import setup_logging
 from agent.pidfile import PidfileError, held_pidfile
+from agent.sdnotify import Notifier
 from agent.store import DEFAULT_MAX_HANDLES
+from agent.transports import TransportError, check_transport, serve_transport
+from agent.transports.activation import ActivationError, activated_socket, method_of
 from agent.version import VERSION
 
 log = logging.getLogger("trio-qga")
@@ -33,32 +41,54 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD:PATH",
         help="transport and its path in one, e.g. unix-listen:/tmp/qga.sock",
     )
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help=f"configuration file (default $QGA_CONF, else {conffile.DEFAULT_CONFIG_FILE})",
+    )
+    parser.add_argument(
+        "-D", "--dump-conf", action="store_true", help="print the configuration and exit"
+    )
+    parser.add_argument("-d", "--daemonize", action="store_true", help="become a daemon")
+    parser.add_argument(
+        "-r",
+        "--retry-path",
+        action="store_true",
+        help="reopen the channel every 5 s when it cannot be opened or fails",
+    )
     parser.add_argument("-m", "--method", help="transport method (default virtio-serial)")
     parser.add_argument("-p", "--path", help="device or socket path")
     parser.add_argument("-l", "--logfile", help="append the log to LOGFILE (default stderr)")
-    parser.add_argument(
-        "-f", "--pidfile", default=DEFAULT_PIDFILE, help=f"pid file (default {DEFAULT_PIDFILE})"
-    )
-    parser.add_argument(
-        "-t",
-        "--statedir",
-        default=DEFAULT_STATEDIR,
-        help=f"state directory (default {DEFAULT_STATEDIR})",
-    )
+    parser.add_argument("-f", "--pidfile", help=f"pid file (default {DEFAULT_PIDFILE})")
+    parser.add_argument("-t", "--statedir", help=f"state directory (default {DEFAULT_STATEDIR})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     parser.add_argument(
-        "-b", "--block-rpcs", metavar="LIST", help="comma-separated commands to disable"
+        "-b",
+        "--block-rpcs",
+        action="append",
+        metavar="LIST",
+        help="comma-separated commands to disable ('help' lists them)",
     )
     parser.add_argument(
-        "-a", "--allow-rpcs", metavar="LIST", help="comma-separated commands to enable (only)"
+        "-a",
+        "--allow-rpcs",
+        action="append",
+        metavar="LIST",
+        help="comma-separated commands to enable, no others ('help' lists them)",
     )
     parser.add_argument(
         "--socket-mode",
         type=lambda text: int(text, 8),
-        default=0o600,
         metavar="OCTAL",
         help="permissions of a unix-listen socket (default 0600)",
+    )
+    parser.add_argument(
+        "--baud-rate",
+        type=int,
+        metavar="N",
+        help=f"speed of an isa-serial line (default {DEFAULT_BAUD_RATE})",
     )
     parser.add_argument(
         "--command-timeout", type=float, metavar="SECONDS", help="limit for any one command"
@@ -86,19 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--mount-table",
-        default=DEFAULT_MOUNT_TABLE,
         metavar="FILE",
         help=f"mountinfo file listing what a freeze covers (default {DEFAULT_MOUNT_TABLE})",
     )
     _add_system_commands(parser)
     return parser
-
-
-def _seconds(text: str) -> float:
-    seconds = float(text)
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
-    return seconds
 
 
 # Options naming the commands that power actions and guest-set-time run (shell-quoted).
@@ -133,36 +155,79 @@ def _command(text: str) -> tuple[str, ...]:
     return argv
 
 
-def config_from_args(args: argparse.Namespace) -> AgentConfig:
+def _seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return seconds
+
+
+def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) -> AgentConfig:
+    """``base`` (the config file's settings) with the flags of the command line on top.
+
+    A flag that is not given leaves ``base`` alone; lists add up, as in qemu-ga.
+    """
+    base = base or AgentConfig()
     method, path = args.method, args.path
     if args.transport:
         method, _, transport_path = args.transport.partition(":")
         path = transport_path or path
-    return AgentConfig(
-        method=method or "virtio-serial",
-        path=path,
-        logfile=args.logfile,
-        pidfile=args.pidfile or None,
-        statedir=args.statedir,
-        verbose=args.verbose,
-        socket_mode=args.socket_mode,
-        blocked_rpcs=_split(args.block_rpcs) or (),
-        allowed_rpcs=_split(args.allow_rpcs),
-        command_timeout=args.command_timeout,
-        max_handles=args.max_handles,
-        fsfreeze_hook=args.fsfreeze_hook,
-        thaw_timeout=args.thaw_timeout,
-        mount_table=args.mount_table,
-        **{
-            field: getattr(args, field)
-            for field in SYSTEM_COMMANDS
-            if getattr(args, field) is not None
-        },
-    )
+    given = {
+        "method": method,
+        "path": path,
+        "logfile": args.logfile,
+        "statedir": args.statedir,
+        "socket_mode": args.socket_mode,
+        "baud_rate": args.baud_rate,
+        "command_timeout": args.command_timeout,
+        "max_handles": args.max_handles,
+        "fsfreeze_hook": args.fsfreeze_hook,
+        "thaw_timeout": args.thaw_timeout,
+        "mount_table": args.mount_table,
+        **{field: getattr(args, field) for field in SYSTEM_COMMANDS},
+    }
+    changes = {name: value for name, value in given.items() if value is not None}
+    if args.pidfile is not None:
+        changes["pidfile"] = args.pidfile or None  # -f '': no pid file
+    for flag in ("verbose", "daemonize", "retry_path"):
+        if getattr(args, flag):
+            changes[flag] = True
+    changes["blocked_rpcs"] = base.blocked_rpcs + _names(args.block_rpcs)
+    if args.allow_rpcs is not None:
+        changes["allowed_rpcs"] = (base.allowed_rpcs or ()) + _names(args.allow_rpcs)
+    return dataclasses.replace(base, **changes)
 
 
-def _split(text: str | None) -> tuple[str, ...] | None:
-    return None if text is None else tuple(name for name in text.split(",") if name)
+def _names(lists: list[str] | None) -> tuple[str, ...]:
+    """The command names of repeated ``-b``/``-a`` flags."""
+    return tuple(name for text in lists or () for name in text.split(",") if name)
+
+
+def _wants_list(lists: list[str] | None) -> bool:
+    return any(text in ("help", "?") for text in lists or ())
+
+
+def _configure(args: argparse.Namespace, listener: socket.socket | None) -> AgentConfig:
+    """The configuration file's settings, then the flags, then systemd's socket."""
+    path, required = conffile.config_file(args.config)
+    base = dataclasses.replace(AgentConfig(), **conffile.load(path, required))
+    config = config_from_args(args, base)
+    if listener is not None:
+        return dataclasses.replace(config, method=method_of(listener), path=None)
+    check_transport(config)
+    return config
+
+
+def _absolute_paths(config: AgentConfig) -> AgentConfig:
+    """The paths as the daemon sees them after ``chdir /``."""
+    paths = {
+        name: os.path.abspath(value)
+        for name in ("logfile", "pidfile", "statedir", "fsfreeze_hook", "mount_table")
+        if (value := getattr(config, name))
+    }
+    if config.path and config.method != "vsock-listen":
+        paths["path"] = os.path.abspath(config.path)
+    return dataclasses.replace(config, **paths)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,22 +235,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.version:
         print(f"trio-qga {VERSION} (QEMU guest agent protocol)")
         return 0
-    config = config_from_args(args)
-    _setup_logging(config)
+    if _wants_list(args.block_rpcs) or _wants_list(args.allow_rpcs):
+        from agent.api import build_registry
+
+        print("\n".join(command.name for command in build_registry()))
+        return 0
+    try:
+        listener = activated_socket()
+        config = _configure(args, listener)
+    except (conffile.ConfigFileError, ActivationError, TransportError) as err:
+        print(f"trio-qga: {err}", file=sys.stderr)
+        return 1
+    if args.dump_conf:
+        print(conffile.dump(config), end="")
+        return 0
+    launcher = None
+    if config.daemonize:
+        config = _absolute_paths(config)
+        launcher = daemon.detach(keep=[listener.fileno()] if listener else [])
+    try:
+        setup_logging(config, daemonized=launcher is not None)
+    except OSError as err:
+        return _failed(launcher, [f"cannot open log file {config.logfile}: {err.strerror}"])
+    return _serve(config, listener, launcher)
+
+
+def _serve(
+    config: AgentConfig, listener: socket.socket | None, launcher: daemon.Launcher | None
+) -> int:
+    notifier = Notifier.from_environment()
+
+    def ready() -> None:
+        notifier.notify("READY=1")
+        if launcher is not None:
+            launcher.ready()
+
     try:
         with contextlib.ExitStack() as stack:
+            if listener is not None:
+                stack.enter_context(listener)
             if config.pidfile:
                 stack.enter_context(held_pidfile(config.pidfile))
-            trio.run(run, config)
+            trio.run(
+                partial(
+                    run,
+                    config,
+                    listener=listener,
+                    on_ready=ready,
+                    on_stopping=partial(notifier.notify, "STOPPING=1"),
+                )
+            )
     except PidfileError as err:
-        log.error("%s", err)
-        return 1
+        return _failed(launcher, [str(err)])
     except Exception as err:  # a transport that cannot open, a bad schema, ...
         for cause in _leaves(err):
-            log.error("%s", cause)
             log.debug("details", exc_info=cause)
-        return 1
+        return _failed(launcher, [str(cause) for cause in _leaves(err)])
     return 0
+
+
+def _failed(launcher: daemon.Launcher | None, messages: list[str]) -> int:
+    """Log why the agent stops; a launcher waiting for the daemon prints it too."""
+    for message in messages:
+        log.error("%s", message)
+    if launcher is not None:
+        launcher.failed("\n".join(messages))
+    return 1
 
 
 def _leaves(err: BaseException) -> list[BaseException]:
@@ -195,28 +310,26 @@ def _leaves(err: BaseException) -> list[BaseException]:
     return [err]
 
 
-async def run(config: AgentConfig) -> None:
-    """Serve ``config``'s transport until SIGTERM or SIGINT."""
+async def run(
+    config: AgentConfig,
+    *,
+    listener: socket.socket | None = None,
+    on_ready: Callable[[], None] = lambda: None,
+    on_stopping: Callable[[], None] = lambda: None,
+) -> None:
+    """Serve ``config``'s transport (or systemd's ``listener``) until SIGTERM or SIGINT.
+
+    ``on_ready`` runs once the transport is open, ``on_stopping`` on a signal.
+    """
     from agent.api import Agent  # after logging is set up: building it may log
-    from agent.transports import serve_transport
 
     async with Agent(config) as agent, trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            await nursery.start(serve_transport, config, agent.serve)
+            await nursery.start(partial(serve_transport, config, agent.serve, listener=listener))
             log.info("trio-qga %s ready", VERSION)
+            on_ready()
             async for signum in signals:
                 log.info("%s received, stopping", signal.Signals(signum).name)
+                on_stopping()
                 nursery.cancel_scope.cancel()
                 break
-
-
-def _setup_logging(config: AgentConfig) -> None:
-    handler: logging.Handler
-    if config.logfile:
-        handler = logging.FileHandler(config.logfile)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [HoldingHandler(handler)]  # held while filesystems are frozen
-    root.setLevel(logging.DEBUG if config.verbose else logging.INFO)

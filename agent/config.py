@@ -16,6 +16,7 @@ DEFAULT_PATHS = {
 }
 DEFAULT_PIDFILE = "/var/run/qemu-ga.pid"
 DEFAULT_STATEDIR = "/var/run"
+DEFAULT_BAUD_RATE = 38400  # of an isa-serial line
 # qemu-ga runs "/sbin/shutdown -h -P|-H|-r +0 'hypervisor initiated shutdown'".
 SHUTDOWN = ("/sbin/shutdown", "-h")
 SHUTDOWN_WHEN = ("+0", "hypervisor initiated shutdown")
@@ -31,7 +32,10 @@ class AgentConfig:
     pidfile: str | None = DEFAULT_PIDFILE
     statedir: str = DEFAULT_STATEDIR
     verbose: bool = False
+    daemonize: bool = False  # -d: detach into the background
+    retry_path: bool = False  # -r: reopen a channel that cannot open or fails, every 5 s
     fsfreeze_hook: str | None = None  # script run with freeze/thaw; None: no hook
+    baud_rate: int = DEFAULT_BAUD_RATE
     socket_mode: int = 0o600  # of a unix-listen socket (qemu-ga leaves it to the umask)
     blocked_rpcs: tuple[str, ...] = ()
     allowed_rpcs: tuple[str, ...] | None = None  # None: all that are not blocked

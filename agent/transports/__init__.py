@@ -1,39 +1,117 @@
-"""Transports: each opens its channel and hands every connection to the agent
-as a ``trio.abc.Stream``; the session never knows which kind it got."""
+"""Transports: each opens its channel and hands every conversation to the agent
+as a ``trio.abc.Stream``; the session never knows which kind it got.
+
+unix-listen and vsock-listen accept clients one at a time; virtio-serial and
+isa-serial keep their device open and serve one conversation after another
+on it. With ``retry_path`` (qemu-ga's ``-r``) a channel that cannot be opened,
+or fails, is opened again every 5 s instead of stopping the agent.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+import socket
 
 import trio
 
 from agent.config import AgentConfig
+from agent.transports.listen import serve_listener
+from agent.transports.serial import serve_isa_serial
+from agent.transports.types import StreamHandler
 from agent.transports.unix import serve_unix_listen
+from agent.transports.virtio import serve_virtio_serial
+from agent.transports.vsock import parse_address, serve_vsock_listen
 
-StreamHandler = Callable[[trio.abc.Stream], Awaitable[None]]
+log = logging.getLogger(__name__)
 
-METHODS = ("unix-listen",)
+METHODS = ("virtio-serial", "isa-serial", "unix-listen", "vsock-listen")
+RETRY_INTERVAL = 5.0  # seconds, qemu-ga's
+
+__all__ = ["METHODS", "StreamHandler", "TransportError", "check_transport", "serve_transport"]
 
 
 class TransportError(Exception):
-    """The transport cannot be opened; the message says why."""
+    """The transport cannot be opened or failed; the message says why."""
+
+
+def check_transport(config: AgentConfig) -> None:
+    """Refuse a method, path or address that can never work (before any retry)."""
+    if config.method not in METHODS:
+        raise TransportError(
+            f"transport method '{config.method}' is not available (have: {', '.join(METHODS)})"
+        )
+    try:
+        path = config.resolved_path
+        if config.method == "vsock-listen":
+            parse_address(path)
+    except ValueError as err:
+        raise TransportError(str(err)) from err
 
 
 async def serve_transport(
     config: AgentConfig,
     handler: StreamHandler,
     *,
+    listener: socket.socket | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Open ``config``'s transport and serve its connections until cancelled."""
-    if config.method == "unix-listen":
+    """Open ``config``'s transport (or serve ``listener``, a socket systemd passed)
+    and serve its conversations until cancelled.
+
+    Started once the channel is open; with ``retry_path``, also when the first
+    attempt failed: the agent is up, waiting for its channel.
+    """
+    if listener is None:
+        check_transport(config)
+    status = _StartedOnce(task_status)
+    while True:
         try:
-            await serve_unix_listen(
-                config.resolved_path, config.socket_mode, handler, task_status=task_status
-            )
+            await _serve_once(config, handler, listener, status)
         except OSError as err:
-            raise TransportError(f"unix-listen {config.resolved_path}: {err}") from err
-        return
-    raise TransportError(
-        f"transport method '{config.method}' is not available (have: {', '.join(METHODS)})"
-    )
+            failure = TransportError(f"{_describe(config, listener)}: {err.strerror or err}")
+            if not config.retry_path:
+                raise failure from err
+            log.warning("%s; trying again in %g s", failure, RETRY_INTERVAL)
+            status.started()
+        await trio.sleep(RETRY_INTERVAL)
+
+
+async def _serve_once(
+    config: AgentConfig,
+    handler: StreamHandler,
+    listener: socket.socket | None,
+    task_status: trio.TaskStatus[None],
+) -> None:
+    if listener is not None:
+        await serve_listener(listener, handler, task_status=task_status)
+    elif config.method == "virtio-serial":
+        await serve_virtio_serial(config.resolved_path, handler, task_status=task_status)
+    elif config.method == "isa-serial":
+        await serve_isa_serial(
+            config.resolved_path, handler, config.baud_rate, task_status=task_status
+        )
+    elif config.method == "unix-listen":
+        await serve_unix_listen(
+            config.resolved_path, config.socket_mode, handler, task_status=task_status
+        )
+    else:
+        await serve_vsock_listen(config.resolved_path, handler, task_status=task_status)
+
+
+def _describe(config: AgentConfig, listener: socket.socket | None) -> str:
+    if listener is not None:
+        return "socket from systemd"
+    return f"{config.method} {config.resolved_path}"
+
+
+class _StartedOnce:
+    """A task status that may be reported more than once; the first one counts."""
+
+    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
+        self._task_status = task_status
+        self._reported = False
+
+    def started(self, value: None = None) -> None:
+        if not self._reported:
+            self._reported = True
+            self._task_status.started(value)

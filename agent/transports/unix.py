@@ -7,9 +7,12 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import trio
+
+from agent.transports.listen import serve_listener
+from agent.transports.types import StreamHandler
 
 log = logging.getLogger(__name__)
 
@@ -17,24 +20,17 @@ log = logging.getLogger(__name__)
 async def serve_unix_listen(
     path: str,
     mode: int,
-    handler: Callable[[trio.abc.Stream], Awaitable[None]],
+    handler: StreamHandler,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``path`` (created with ``mode``) and serve clients one after another.
 
-    A client that connects while another is served waits in the listen queue,
-    as with qemu-ga. The socket file is removed when serving stops.
+    The socket file is removed when serving stops.
     """
     with _listening_socket(path, mode) as sock:
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         log.info("listening on unix socket %s", path)
-        task_status.started()
-        while True:
-            stream = await listener.accept()
-            log.debug("client connected")
-            await handler(stream)
-            log.debug("client disconnected")
+        await serve_listener(sock, handler, task_status=task_status)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,37 @@
+"""Where the log goes: standard error, a file (``-l``, appended to), or syslog
+(journald's ``/dev/log`` under systemd) when the agent runs as a daemon."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+
+from agent.config import AgentConfig
+from agent.logholding import HoldingHandler
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+SYSLOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # syslog adds time and host
+SYSLOG_ADDRESS = "/dev/log"
+
+
+def setup_logging(config: AgentConfig, *, daemonized: bool = False) -> None:
+    """Send the log where ``config`` says; debug messages with ``verbose``."""
+    handler: logging.Handler
+    if config.logfile:
+        handler = logging.FileHandler(config.logfile)
+        handler.setFormatter(logging.Formatter(FORMAT))
+    elif daemonized:
+        syslog = logging.handlers.SysLogHandler(
+            SYSLOG_ADDRESS, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+        )
+        syslog.ident = f"trio-qga[{os.getpid()}]: "
+        syslog.setFormatter(logging.Formatter(SYSLOG_FORMAT))
+        handler = syslog
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [HoldingHandler(handler)]  # held while filesystems are frozen
+    root.setLevel(logging.DEBUG if config.verbose else logging.INFO)

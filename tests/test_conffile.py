@@ -1,0 +1,213 @@
+"""qemu-ga's configuration file (``-c``, ``$QGA_CONF``), ``-D`` and ``-b/-a help``."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.conffile import ConfigFileError, config_file, dump, load
+from agent.config import AgentConfig
+from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent
+from tests.reference import qemu_ga_binary
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "qemu-ga.conf"
+    path.write_text(text)
+    return path
+
+
+def test_every_key_is_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "# a comment\n"
+        "[general]\n"
+        "daemon=true\n"
+        "method=isa-serial\n"
+        "path=/dev/ttyS1\n"
+        "logfile=/var/log/qga.log\n"
+        "pidfile=/run/qga.pid\n"
+        "fsfreeze-hook=/etc/qemu/fsfreeze-hook\n"
+        "statedir=/var/lib/qga\n"
+        "verbose=1\n"
+        "retry-path=false\n"
+        "block-rpcs=guest-exec,guest-file-open\n"
+        "allow-rpcs=guest-ping;guest-info\n"
+        "[other]\n"
+        "method=ignored\n",
+    )
+    assert load(str(path), required=True) == {
+        "daemonize": True,
+        "method": "isa-serial",
+        "path": "/dev/ttyS1",
+        "logfile": "/var/log/qga.log",
+        "pidfile": "/run/qga.pid",
+        "fsfreeze_hook": "/etc/qemu/fsfreeze-hook",
+        "statedir": "/var/lib/qga",
+        "verbose": True,
+        "retry_path": False,
+        "blocked_rpcs": ("guest-exec", "guest-file-open"),
+        "allowed_rpcs": ("guest-ping", "guest-info"),
+    }
+
+
+def test_glib_key_file_rules(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[general]\n"
+        "  method = unix-listen\n"  # leading blanks and blanks around '=' do not count
+        "path=\\s/tmp/with\\tescapes\\\\\n"
+        "Verbose=true\n"  # keys are case-sensitive: not 'verbose'
+        "statedir=/first\n"
+        "statedir=/second\n",  # the last one wins
+    )
+    assert load(str(path), required=True) == {
+        "method": "unix-listen",
+        "path": " /tmp/with\tescapes\\",
+        "statedir": "/second",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[general]\nverbose=yes\n", "key 'verbose' has a value that cannot be interpreted: 'yes'"),
+        ("[general]\npath=a\\qb\n", "key 'path' contains an invalid escape sequence: '\\q'"),
+        ("pidfile=/x\n", "the file does not start with a group"),
+        (
+            "[general]\njust words\n",
+            "line 2 is not a key-value pair, group or comment: 'just words\\n'",
+        ),
+    ],
+)
+def test_bad_files_are_refused_with_the_reason(tmp_path: Path, text: str, reason: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigFileError) as caught:
+        load(str(path), required=False)
+    assert str(caught.value) == f"error loading configuration from path: {path}, {reason}"
+
+
+def test_which_file(tmp_path: Path) -> None:
+    assert config_file("/given.conf", {"QGA_CONF": "/env.conf"}) == ("/given.conf", True)
+    assert config_file(None, {"QGA_CONF": "/env.conf"}) == ("/env.conf", False)
+    assert config_file(None, {}) == ("/etc/qemu/qemu-ga.conf", False)
+    assert load(str(tmp_path / "absent.conf"), required=False) == {}
+    with pytest.raises(ConfigFileError, match=r"absent\.conf, No such file or directory"):
+        load(str(tmp_path / "absent.conf"), required=True)
+
+
+def test_dump_reads_back_as_the_same_configuration(tmp_path: Path) -> None:
+    config = AgentConfig(
+        method="isa-serial",
+        path=" /dev/tty\\S1",
+        logfile="/tmp/log",
+        daemonize=True,
+        verbose=True,
+        blocked_rpcs=("guest-exec", "guest-shutdown"),
+        allowed_rpcs=("guest-ping",),
+    )
+    path = write(tmp_path, dump(config))
+    assert dataclasses.replace(AgentConfig(), **load(str(path), required=True)) == config
+
+
+def test_dump_of_the_defaults_is_qemu_ga_s() -> None:
+    assert dump(AgentConfig()) == (
+        "[general]\n"
+        "daemon=false\n"
+        "method=virtio-serial\n"
+        "path=/dev/virtio-ports/org.qemu.guest_agent.0\n"
+        "pidfile=/var/run/qemu-ga.pid\n"
+        "statedir=/var/run\n"
+        "verbose=false\n"
+        "retry-path=false\n"
+        "block-rpcs=\n"
+        "allow-rpcs=\n"
+    )
+
+
+def dump_conf(*args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        [*AGENT_COMMAND, *args, "-D"], capture_output=True, text=True, env=env, check=True
+    )
+    return result.stdout
+
+
+def test_flags_win_over_the_file_and_lists_add_up(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[general]\nmethod=unix-listen\npath=/tmp/file.sock\nverbose=true\n"
+        "block-rpcs=guest-exec\nstatedir=/from/file\n",
+    )
+    text = dump_conf("-c", str(path), "-p", "/tmp/flag.sock", "-b", "guest-info", "-r")
+    assert text.splitlines() == [
+        "[general]",
+        "daemon=false",
+        "method=unix-listen",
+        "path=/tmp/flag.sock",
+        "pidfile=/var/run/qemu-ga.pid",
+        "statedir=/from/file",
+        "verbose=true",
+        "retry-path=true",
+        "block-rpcs=guest-exec,guest-info",
+        "allow-rpcs=",
+    ]
+
+
+def test_qga_conf_names_the_file_and_may_be_absent(tmp_path: Path) -> None:
+    path = write(tmp_path, "[general]\nmethod=isa-serial\n")
+    assert "method=isa-serial\n" in dump_conf(env={"QGA_CONF": str(path)})
+    assert "method=virtio-serial\n" in dump_conf(env={"QGA_CONF": str(tmp_path / "absent")})
+
+
+def test_a_bad_file_stops_the_agent_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "[general]\ndaemon=maybe\n")
+    assert main(["-c", str(path)]) == 1
+    assert "cannot be interpreted: 'maybe'" in capsys.readouterr().err
+    assert main(["-c", str(tmp_path / "absent.conf")]) == 1
+    assert "absent.conf, No such file or directory" in capsys.readouterr().err
+
+
+def test_block_and_allow_help_list_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    for flag in ("-b", "-a"):
+        assert main([flag, "help"]) == 0
+        names = capsys.readouterr().out.split()
+        assert names[:3] == ["guest-sync", "guest-sync-delimited", "guest-ping"]
+        assert "guest-info" in names
+
+
+def test_rpcs_blocked_in_the_file_are_disabled(tmp_path: Path) -> None:
+    conf = write(tmp_path, "[general]\nblock-rpcs=guest-info\n")
+    with running_agent(tmp_path, "-c", str(conf)) as (_, sock):
+        client = SocketClient(sock)
+        assert client.execute("guest-info")["error"] == {
+            "class": "CommandNotFound",
+            "desc": "Command guest-info has been disabled",
+        }
+        assert client.execute("guest-ping") == {"return": {}}
+        client.close()
+
+
+DUMP_CASES = [
+    (),
+    ("-m", "isa-serial", "-r", "-d", "-v", "-l", "/tmp/x.log"),
+    ("-m", "unix-listen", "-p", "/tmp/q.sock", "-f", "/tmp/q.pid", "-t", "/tmp"),
+    ("-b", "guest-ping"),
+]
+
+
+@pytest.mark.qemu_ga
+@pytest.mark.parametrize("args", DUMP_CASES)
+def test_dump_matches_qemu_ga(args: tuple[str, ...], tmp_path: Path) -> None:
+    """The same lines as qemu-ga 7.2's ``-D``, plus ``allow-rpcs``, which it predates."""
+    env = {"QGA_CONF": str(tmp_path / "absent.conf")}
+    theirs = subprocess.run(
+        [qemu_ga_binary(), *args, "-D"], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    ours = dump_conf(*args, env=env)
+    assert ours.replace("allow-rpcs=\n", "") == theirs

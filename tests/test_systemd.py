@@ -1,0 +1,138 @@
+"""Under systemd: readiness (``Type=notify``), socket activation, the unit file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.qga_client import AGENT_COMMAND, SocketClient
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "systemd" / "trio-qga.service"
+
+
+def agent_command(tmp_path: Path, *extra: str) -> list[str]:
+    return [*AGENT_COMMAND, "-t", str(tmp_path), "-f", str(tmp_path / "agent.pid"), *extra]
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_ready_once_serving_and_stopping_on_sigterm(tmp_path: Path, abstract: bool) -> None:
+    """A stand-in for systemd's notification socket, as a path or in the abstract namespace."""
+    name = f"@trio-qga-test-{os.getpid()}" if abstract else str(tmp_path / "notify")
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind("\0" + name[1:] if abstract else name)
+    manager.settimeout(30)
+    sock = tmp_path / "qga.sock"
+    with manager:
+        agent = subprocess.Popen(
+            agent_command(tmp_path, "--transport", f"unix-listen:{sock}"),
+            env={**os.environ, "NOTIFY_SOCKET": name},
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert manager.recv(4096) == b"READY=1"
+            client = SocketClient(sock, timeout=0.5)  # serving already: no retry needed
+            assert client.execute("guest-ping") == {"return": {}}
+            client.close()
+            agent.send_signal(signal.SIGTERM)
+            assert manager.recv(4096) == b"STOPPING=1"
+            assert agent.wait(10) == 0
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+
+
+def activated(
+    tmp_path: Path, listener: socket.socket, *extra: str, fds: str = "1"
+) -> subprocess.Popen[bytes]:
+    """The agent started as systemd starts it: the socket as fd 3, LISTEN_PID its pid."""
+    return subprocess.Popen(
+        [
+            "sh",
+            "-c",
+            f'LISTEN_PID=$$ LISTEN_FDS={fds} exec "$@"',
+            "sh",
+            *agent_command(tmp_path, *extra),
+        ],
+        pass_fds=[3],
+        preexec_fn=lambda: os.dup2(listener.fileno(), 3),
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_socket_activation_serves_the_socket_systemd_passed(tmp_path: Path) -> None:
+    path = tmp_path / "activated.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    with listener:
+        # -m/-p are overridden by the passed socket, as in qemu-ga.
+        agent = activated(tmp_path, listener, "-m", "virtio-serial", "-p", "/nonexistent")
+        try:
+            client = SocketClient(path)
+            client.resync(1)
+            assert client.execute("guest-ping") == {"return": {}}
+            client.close()
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(10) == 0
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+            if agent.stderr:
+                agent.stderr.close()
+    assert path.exists()  # the socket belongs to systemd: the agent leaves it alone
+
+
+def test_socket_activation_with_more_than_one_socket_is_refused(tmp_path: Path) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "a.sock"))
+    listener.listen()
+    with listener:
+        agent = activated(tmp_path, listener, fds="2")
+        _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 1
+    assert b"trio-qga listens on one socket; systemd passed 2" in err
+
+
+def test_listen_fds_for_another_process_are_ignored(tmp_path: Path) -> None:
+    env = {**os.environ, "LISTEN_PID": "1", "LISTEN_FDS": "1"}
+    result = subprocess.run(
+        [*agent_command(tmp_path, "-m", "unix-listen"), "-D"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "method unix-listen needs a path" in result.stderr
+
+
+def test_unit_file_is_valid_for_systemd(tmp_path: Path) -> None:
+    text = UNIT.read_text()
+    assert "\nType=notify\n" in text
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert " -d" not in exec_start  # systemd supervises the process it starts
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        message = "systemd-analyze is not installed: cannot verify the unit file"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    # verify checks that ExecStart exists: point it at this checkout's script.
+    script = Path(sys.executable).parent / "trio-qga"
+    unit = tmp_path / "trio-qga.service"
+    unit.write_text(text.replace(exec_start, f"ExecStart={script}"))
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

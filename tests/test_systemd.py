@@ -92,6 +92,33 @@ def test_socket_activation_serves_the_socket_systemd_passed(tmp_path: Path) -> N
     assert path.exists()  # the socket belongs to systemd: the agent leaves it alone
 
 
+def test_socket_activation_by_systemd_s_own_tool(tmp_path: Path) -> None:
+    """systemd-socket-activate sets the variables as the service manager does."""
+    tool = shutil.which("systemd-socket-activate")
+    if tool is None:
+        pytest.skip(
+            "systemd-socket-activate is not installed; the protocol itself is tested "
+            "by test_socket_activation_serves_the_socket_systemd_passed"
+        )
+    path = tmp_path / "activated.sock"
+    agent = subprocess.Popen(
+        [tool, "-l", str(path), *agent_command(tmp_path)], stderr=subprocess.PIPE
+    )
+    try:
+        client = SocketClient(path)  # the tool starts the agent on the first connection
+        client.resync(1)
+        assert client.execute("guest-ping") == {"return": {}}
+        client.close()
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(10) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        if agent.stderr:
+            agent.stderr.close()
+
+
 def test_socket_activation_with_more_than_one_socket_is_refused(tmp_path: Path) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(tmp_path / "a.sock"))

@@ -237,8 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if _wants_list(args.block_rpcs) or _wants_list(args.allow_rpcs):
         from agent.api import build_registry
+        from agent.plugins import load_plugins
 
-        print("\n".join(command.name for command in build_registry()))
+        registry = build_registry()
+        load_plugins(registry)  # their commands can be blocked too
+        print("\n".join(command.name for command in registry))
         return 0
     try:
         listener = activated_socket()

@@ -179,6 +179,7 @@ def test_block_and_allow_help_list_the_commands(capsys: pytest.CaptureFixture[st
         names = capsys.readouterr().out.split()
         assert names[:3] == ["guest-sync", "guest-sync-delimited", "guest-ping"]
         assert "guest-info" in names
+        assert "guest-x-process-list" in names  # from the example plugin
 
 
 def test_rpcs_blocked_in_the_file_are_disabled(tmp_path: Path) -> None:

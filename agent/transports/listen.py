@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 
 import trio
 
+from agent.transports.socket_stream import SocketStream
 from agent.transports.types import StreamHandler
 
 log = logging.getLogger(__name__)
+
+ACCEPT_RETRY = 0.1  # seconds, when the process is out of descriptors or memory
+_RESOURCE_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 async def serve_listener(
@@ -23,10 +28,20 @@ async def serve_listener(
     A client that connects while another is served waits in the listen
     queue, as with qemu-ga. ``sock`` stays open: its owner closes it.
     """
-    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    sock.setblocking(False)
     task_status.started()
     while True:
-        stream = await listener.accept()
+        try:
+            connection, _ = sock.accept()
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        except OSError as err:
+            if err.errno not in _RESOURCE_SHORTAGE:
+                raise
+            log.warning("cannot accept a client: %s; retrying", err.strerror)
+            await trio.sleep(ACCEPT_RETRY)
+            continue
         log.debug("client connected")
-        await handler(stream)
+        await handler(SocketStream(connection))
         log.debug("client disconnected")

@@ -117,10 +117,18 @@ class Framer:
             text = self._utf8.decode(data)
         if self._carry:
             text, self._carry = self._carry + text, ""
-        return list(self._events(text))
+        elif text[:1] == "{" and self.idle:
+            # The usual read: one whole request, perhaps with more after it.
+            whole = self._decode_whole(text, 0)
+            if whole is not None:
+                value, end = whole
+                if end == len(text) or text[end:] == "\n":
+                    return [Message(value)]
+                return [Message(value), *self._events(text, end)]
+        return list(self._events(text, 0))
 
-    def _events(self, text: str) -> Iterator[Event]:
-        pos, n = 0, len(text)
+    def _events(self, text: str, pos: int) -> Iterator[Event]:
+        n = len(text)
         scanner = self._scanner
         while pos < n:
             if scanner.idle and not self._parts:

@@ -127,7 +127,11 @@ def started(agent: Agent, workdir: Path) -> Iterator[tuple[subprocess.Popen[byte
         yield proc, sock, startup
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:  # qemu-ga 7.2 sometimes ignores SIGTERM here
+            proc.kill()
+            proc.wait()
 
 
 def rss_kib(pid: int) -> int:

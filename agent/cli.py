@@ -119,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"mountinfo file listing what a freeze covers (default {DEFAULT_MOUNT_TABLE})",
     )
+    parser.add_argument(
+        "--list-plugins", action="store_true", help="show the plugins found, and exit"
+    )
+    parser.add_argument("--no-plugins", action="store_true", help="load no plugin")
+    parser.add_argument(
+        "--disable-plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="do not load this plugin (repeatable)",
+    )
     _add_system_commands(parser)
     return parser
 
@@ -192,6 +203,9 @@ def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) 
     for flag in ("verbose", "daemonize", "retry_path"):
         if getattr(args, flag):
             changes[flag] = True
+    if args.no_plugins:
+        changes["plugins"] = False
+    changes["disabled_plugins"] = base.disabled_plugins + tuple(args.disable_plugin)
     changes["blocked_rpcs"] = base.blocked_rpcs + _names(args.block_rpcs)
     if args.allow_rpcs is not None:
         changes["allowed_rpcs"] = (base.allowed_rpcs or ()) + _names(args.allow_rpcs)
@@ -235,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.version:
         print(f"trio-qga {VERSION} (QEMU guest agent protocol)")
         return 0
+    if args.list_plugins:
+        return list_plugins(tuple(args.disable_plugin))
     if _wants_list(args.block_rpcs) or _wants_list(args.allow_rpcs):
         from agent.api import build_registry
         from agent.plugins import load_plugins
@@ -261,6 +277,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         return _failed(launcher, [f"cannot open log file {config.logfile}: {err.strerror}"])
     return _serve(config, listener, launcher)
+
+
+def list_plugins(disabled: tuple[str, ...]) -> int:
+    """Print each plugin found, from which distribution, whether it loads, its commands."""
+    from agent.api import build_registry
+    from agent.plugins import load_plugins
+
+    logging.disable(logging.CRITICAL)  # the table says what the log would
+    found = load_plugins(build_registry(), disabled=disabled)
+    if not found:
+        print("no plugins installed (entry-point group trio_qga.commands)")
+    for plugin in found:
+        print(f"{plugin.name}\t{plugin.distribution}\t{plugin.target}\t{plugin.status}")
+        for command in plugin.commands:
+            print(f"\t{command}")
+    return 0
 
 
 def _serve(

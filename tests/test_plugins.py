@@ -8,6 +8,8 @@ import textwrap
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 from agent import Agent, AgentConfig
 from agent.models.schema import load_builtin
 from agent.plugins import ENTRY_POINT_GROUP, Plugin, load_plugins
@@ -189,3 +191,29 @@ def test_a_broken_installed_plugin_leaves_the_agent_serving(tmp_path: Path) -> N
     text = log.read_text()
     assert "plugin broken (broken-plugin 1.0) skipped: failed to import" in text
     assert "RuntimeError: boom" in text
+
+
+def test_list_plugins_shows_where_each_comes_from() -> None:
+    result = subprocess.run([*AGENT_COMMAND, "--list-plugins"], capture_output=True, text=True)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == "procinfo\ttrio-qga-procinfo 0.1.0\ttrio_qga_procinfo:plugin\tloaded"
+    assert lines[1:] == ["\tguest-x-process-list", "\tguest-x-service-status"]
+    disabled = subprocess.run(
+        [*AGENT_COMMAND, "--list-plugins", "--disable-plugin", "procinfo"],
+        capture_output=True,
+        text=True,
+    )
+    assert disabled.stdout.endswith("\tdisabled\n")
+
+
+@pytest.mark.parametrize("flags", [["--no-plugins"], ["--disable-plugin", "procinfo"]])
+def test_plugins_can_be_turned_off(tmp_path: Path, flags: list[str]) -> None:
+    with running_agent(tmp_path, *flags) as (_, sock):
+        client = SocketClient(sock)
+        try:
+            reply = client.execute("guest-x-process-list")
+            assert reply["error"]["class"] == "CommandNotFound"
+            assert client.execute("guest-ping") == {"return": {}}
+        finally:
+            client.close()

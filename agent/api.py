@@ -26,6 +26,7 @@ from agent.policy import CommandPolicy
 from agent.registry import HandlerSet, Registry
 from agent.session import serve_session
 from agent.store import HandleStore
+from agent.transports import serve_transport
 from agent.system import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
 
 
@@ -117,13 +118,33 @@ class Agent:
         self.context.store.close_all()
         await self.context.processes.aclose()  # guest-exec children are killed and reaped
 
-    async def serve(self, stream: trio.abc.Stream) -> None:
-        """Serve ``stream`` until the peer closes it, then close it."""
+    async def serve(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve ``stream`` until the peer closes it, then close it.
+
+        With ``await nursery.start(agent.serve, stream)`` the caller resumes once
+        the session has begun (a second client waits for the first, as with qemu-ga).
+        """
         async with self._one_client, self._background_for_session():
+            task_status.started()
             try:
                 await serve_session(stream, self.dispatcher)
             finally:
                 await trio.aclose_forcefully(stream)
+
+    async def serve_transport(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Open the configured transport and serve its clients until cancelled.
+
+        With ``await nursery.start(agent.serve_transport)`` the caller resumes once
+        the transport is open (the socket listening, the device open).
+        """
+        await serve_transport(self.config, self.serve, task_status=task_status)
 
     @contextlib.asynccontextmanager
     async def _background_for_session(self) -> AsyncIterator[None]:

@@ -69,3 +69,25 @@ def test_another_project_can_use_the_plugin(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_subprocess("-p", "trio")
     result.assert_outcomes(passed=1)
+
+
+async def test_serve_transport_inside_the_callers_nursery(tmp_path: Path) -> None:
+    sock = tmp_path / "qga.sock"
+    config = AgentConfig(method="unix-listen", path=str(sock), statedir=str(tmp_path), pidfile=None)
+    async with Agent(config) as agent, trio.open_nursery() as nursery:
+        await nursery.start(agent.serve_transport)
+        assert sock.exists()  # ready means listening
+        client = await QgaClient.connect_unix(str(sock), request_timeout=10)
+        await client.ping()
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+    assert not sock.exists()
+
+
+async def test_serve_reports_when_the_session_has_begun(tmp_path: Path) -> None:
+    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None))
+    client_end, agent_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.serve, agent_end)
+        assert agent._one_client.locked()  # the session holds the one client slot
+        await client_end.aclose()

@@ -26,8 +26,8 @@ from agent.policy import CommandPolicy
 from agent.registry import HandlerSet, Registry
 from agent.session import serve_session
 from agent.store import HandleStore
-from agent.transports import serve_transport
 from agent.system import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
+from agent.transports import serve_transport
 
 
 def build_registry(

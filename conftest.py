@@ -44,6 +44,18 @@ def freeze_guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ[name] = value
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_host_config_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Agents started by the tests ignore this machine's /etc/qemu/qemu-ga.conf."""
+    saved = os.environ.get("QGA_CONF")
+    os.environ["QGA_CONF"] = str(tmp_path_factory.mktemp("no-conf") / "absent.conf")
+    yield
+    if saved is None:
+        os.environ.pop("QGA_CONF", None)
+    else:
+        os.environ["QGA_CONF"] = saved
+
+
 @pytest.fixture(autouse=True)
 def no_refused_freeze(freeze_guard: Path) -> Iterator[None]:
     """Fail the test during which any agent tried to freeze outside the scratch."""

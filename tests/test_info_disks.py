@@ -20,9 +20,9 @@ import trio.testing
 
 import agent.handlers.disks as disks
 from agent import Agent, AgentConfig
-from agent.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV
+from agent.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV, check_allowed
 from agent.fsfreeze.mounts import parse_mountinfo
-from agent.sysinfo.fstrim import TrimRefused, block_mounts, check_allowed
+from agent.sysinfo.fstrim import TrimRefused, block_mounts
 from agent.system import SystemRoot
 from tests.qga_client import StreamClient
 from tests.test_info_blockdev import FakeSys
@@ -231,9 +231,10 @@ def test_trim_guard_refuses_what_it_does_not_list(
     monkeypatch.setenv(REFUSED_ENV, str(refused))
     for path in (Path("/"), tmp_path):
         with pytest.raises(TrimRefused, match=f"FITRIM on {path} refused"):
-            check_allowed(str(path), os.stat(path).st_dev)
+            check_allowed(str(path), os.stat(path).st_dev, "FITRIM", TrimRefused)
     assert refused.read_text().split() == ["/", str(tmp_path)]
-    check_allowed(str(scratch_ext4.mountpoint), os.stat(scratch_ext4.mountpoint).st_dev)
+    mountpoint = str(scratch_ext4.mountpoint)
+    check_allowed(mountpoint, os.stat(mountpoint).st_dev, "FITRIM", TrimRefused)
 
 
 async def test_fsinfo_mount_table_error(tmp_path: Path) -> None:

@@ -103,7 +103,13 @@ def _dev(device: int) -> str:
     return f"{os.major(device)}:{os.minor(device)}"
 
 
-def check_allowed(mountpoint: str, device: int) -> None:
+def check_allowed(
+    mountpoint: str,
+    device: int,
+    operation: str = "FIFREEZE",
+    refusal: type[PermissionError] = FreezeRefused,
+) -> None:
+    """The test guard, for FIFREEZE and for FITRIM (guest-fstrim) alike."""
     allowed = os.environ.get(ALLOW_ENV)
     if allowed is None:
         return
@@ -115,4 +121,4 @@ def check_allowed(mountpoint: str, device: int) -> None:
     if refused_log:
         with open(refused_log, "a") as log:
             log.write(f"{mountpoint}\n")
-    raise FreezeRefused(errno.EPERM, f"FIFREEZE on {mountpoint} refused: it is not in {ALLOW_ENV}")
+    raise refusal(errno.EPERM, f"{operation} on {mountpoint} refused: it is not in {ALLOW_ENV}")

@@ -8,14 +8,13 @@ the refusal is logged to ``TRIO_QGA_FREEZE_REFUSED`` for the test harness.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import stat
 import struct
 from collections.abc import Iterable
 
-from agent.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV
+from agent.fsfreeze.ioctl import check_allowed
 from agent.fsfreeze.mounts import Mount
 
 # linux/fs.h: _IOWR('X', 121, struct fstrim_range { u64 start, len, minlen; }).
@@ -34,28 +33,13 @@ def fitrim(mountpoint: str, minimum: int) -> tuple[int, int]:
     Blocks while the filesystem discards: call it in a worker thread."""
     fd = os.open(mountpoint, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        check_allowed(mountpoint, os.fstat(fd).st_dev)
+        check_allowed(mountpoint, os.fstat(fd).st_dev, "FITRIM", TrimRefused)
         request = bytearray(_RANGE.pack(0, _U64, minimum & _U64))
         fcntl.ioctl(fd, FITRIM, request)
     finally:
         os.close(fd)
     _, trimmed, used_minimum = _RANGE.unpack(request)
     return trimmed, used_minimum - (1 << 64) if used_minimum >> 63 else used_minimum
-
-
-def check_allowed(mountpoint: str, device: int) -> None:
-    allowed = os.environ.get(ALLOW_ENV)
-    if allowed is None:
-        return
-    path = os.path.realpath(mountpoint)
-    listed = {os.path.realpath(entry) for entry in allowed.split(os.pathsep) if entry}
-    if path in listed and os.path.ismount(path) and device != os.stat("/").st_dev:
-        return
-    refused_log = os.environ.get(REFUSED_ENV)
-    if refused_log:
-        with open(refused_log, "a") as log:
-            log.write(f"{mountpoint}\n")
-    raise TrimRefused(errno.EPERM, f"FITRIM on {mountpoint} refused: it is not in {ALLOW_ENV}")
 
 
 def block_mounts(mounts: Iterable[Mount]) -> list[tuple[Mount, int]]:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PING = b'{"execute":"guest-ping"}\n'
 PING_REPLY = b'{"return": {}}\n'
@@ -100,6 +101,15 @@ class Client:
 
     def line(self) -> bytes:
         return self.recv_until(b"\n")
+
+    def call(self, name: str, **arguments: object) -> Any:
+        """Run a command; its return value (RuntimeError for an error reply)."""
+        request = {"execute": name, "arguments": arguments}
+        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        reply = json.loads(self.line())
+        if "error" in reply:
+            raise RuntimeError(f"{name}: {reply['error']}")
+        return reply["return"]
 
     def close(self) -> None:
         self.sock.close()

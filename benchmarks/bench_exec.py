@@ -37,19 +37,10 @@ from benchmarks.bench_core import AGENTS, Client, started, sync
 MIB = 1024 * 1024
 
 
-class ExecClient:
+class ExecClient(Client):
     def __init__(self, sock: Path) -> None:
-        self.client = Client(sock, time.monotonic() + 10)
-        sync(self.client, 9)
-
-    def call(self, name: str, **arguments: object) -> Any:
-        self.client.sock.sendall(
-            json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n"
-        )
-        reply = json.loads(self.client.line())
-        if "error" in reply:
-            raise RuntimeError(f"{name}: {reply['error']}")
-        return reply["return"]
+        super().__init__(sock, time.monotonic() + 10)
+        sync(self, 9)
 
     def exec(self, path: str, *args: str, **extra: object) -> int:
         pid: int = self.call("guest-exec", path=path, arg=list(args), **extra)["pid"]
@@ -61,9 +52,6 @@ class ExecClient:
             if status["exited"]:
                 return status
             time.sleep(0.0005)  # as a host polls: often, without spinning the agent's CPU away
-
-    def close(self) -> None:
-        self.client.close()
 
 
 def start_latency(client: ExecClient) -> tuple[float, float]:

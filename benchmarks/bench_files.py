@@ -43,22 +43,10 @@ def status_kib(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field}")
 
 
-class FileClient:
+class FileClient(Client):
     def __init__(self, sock: Path) -> None:
-        self.client = Client(sock, time.monotonic() + 10)
-        sync(self.client, 7)
-
-    def call(self, name: str, **arguments: object) -> object:
-        self.client.sock.sendall(
-            json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n"
-        )
-        reply = json.loads(self.client.line())
-        if "error" in reply:
-            raise RuntimeError(f"{name}: {reply['error']}")
-        return reply["return"]
-
-    def close(self) -> None:
-        self.client.close()
+        super().__init__(sock, time.monotonic() + 10)
+        sync(self, 7)
 
 
 def read_file(client: FileClient, path: Path, count: int) -> int:

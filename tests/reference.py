@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.qga_client import wait_for_socket
+from tests.qga_client import running_agent, wait_for_socket
 
 
 def qemu_ga_binary() -> str:
@@ -60,3 +60,17 @@ def running_qemu_ga(workdir: Path, *extra: str) -> Iterator[Path]:
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def qemu_ga_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The real qemu-ga on a unix socket, for the tests of one module."""
+    with running_qemu_ga(tmp_path_factory.mktemp("qemu-ga")) as sock:
+        yield sock
+
+
+@pytest.fixture(scope="module")
+def our_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Our agent as a process on a unix socket, for the tests of one module."""
+    with running_agent(tmp_path_factory.mktemp("trio-qga")) as (_, sock):
+        yield sock

@@ -17,7 +17,6 @@ import trio.testing
 from agent import Agent
 from agent.client import AgentError, AgentTimeout, ClientError, CommandNotFound, QgaClient
 from tests.qga_client import running_agent
-from tests.reference import running_qemu_ga
 
 CLIENT_COMMAND = [sys.executable, "-m", "agent.client_cli"]
 
@@ -169,12 +168,6 @@ def test_cli_execute_and_errors(our_agent: Path, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------ the real qemu-ga --
-@pytest.fixture(scope="module")
-def qemu_ga_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with running_qemu_ga(tmp_path_factory.mktemp("qemu-ga")) as sock:
-        yield sock
-
-
 @pytest.mark.qemu_ga
 async def test_library_against_qemu_ga(qemu_ga_socket: Path, tmp_path: Path) -> None:
     async with await QgaClient.connect_unix(str(qemu_ga_socket), request_timeout=10) as client:

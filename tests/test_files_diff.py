@@ -9,29 +9,15 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.qga_client import SocketClient, running_agent
-from tests.reference import running_qemu_ga
+from tests.qga_client import SocketClient
 
 Step = tuple[str, dict[str, Any]]
 HELLO = base64.b64encode(b"hello world").decode()
-
-
-@pytest.fixture(scope="module")
-def qemu_ga_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with running_qemu_ga(tmp_path_factory.mktemp("qemu-ga")) as sock:
-        yield sock
-
-
-@pytest.fixture(scope="module")
-def our_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with running_agent(tmp_path_factory.mktemp("trio-qga")) as (_, sock):
-        yield sock
 
 
 def run_session(sock: Path, root: Path, steps: list[Step]) -> list[str]:

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.qga_client import SocketClient, running_agent
-from tests.reference import running_qemu_ga
+from tests.qga_client import SocketClient
 
 _ids = itertools.count(1000)
 NEWER_THAN_7_2 = {"guest-get-load", "guest-network-get-route"}
@@ -32,18 +31,6 @@ def deep_values() -> Iterator[None]:
     sys.setrecursionlimit(10_000)
     yield
     sys.setrecursionlimit(limit)
-
-
-@pytest.fixture(scope="module")
-def qemu_ga_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with running_qemu_ga(tmp_path_factory.mktemp("qemu-ga")) as sock:
-        yield sock
-
-
-@pytest.fixture(scope="module")
-def our_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with running_agent(tmp_path_factory.mktemp("trio-qga")) as (_, sock):
-        yield sock
 
 
 def exchange(sock: Path, data: bytes) -> list[tuple[bool, Any]]:

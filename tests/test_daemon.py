@@ -65,7 +65,11 @@ def test_daemon_is_detached_and_serving_when_the_launcher_returns(tmp_path: Path
     try:
         with daemon(tmp_path, "-l", str(tmp_path / "log")) as pid:
             # No waiting for the socket: the launcher exits once the agent serves.
-            client = SocketClient(tmp_path / "qga.sock", timeout=0.5)
+            probe = socket.socket(socket.AF_UNIX)
+            probe.connect(str(tmp_path / "qga.sock"))  # no retry: it must listen already
+            probe.close()
+            # The first reply may take a while on a loaded machine (models are built then).
+            client = SocketClient(tmp_path / "qga.sock", timeout=20)
             assert client.execute("guest-ping") == {"return": {}}
             client.close()
             assert pid != os.getpid()

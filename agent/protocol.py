@@ -120,14 +120,16 @@ class Framer:
         elif text[:1] == "{" and self.idle:
             # The usual read: one whole request, perhaps with more after it.
             whole = self._decode_whole(text, 0)
-            if whole is not None:
-                value, end = whole
-                if end == len(text) or text[end:] == "\n":
-                    return [Message(value)]
-                return [Message(value), *self._events(text, end)]
+            if whole is None:  # not whole: straight to the scanner, no second try
+                return list(self._events(text, 0, tried=0))
+            value, end = whole
+            if end == len(text) or text[end:] == "\n":
+                return [Message(value)]
+            return [Message(value), *self._events(text, end)]
         return list(self._events(text, 0))
 
-    def _events(self, text: str, pos: int) -> Iterator[Event]:
+    def _events(self, text: str, pos: int, tried: int = -1) -> Iterator[Event]:
+        """Events from ``text[pos:]``; ``tried`` is where the fast path already failed."""
         n = len(text)
         scanner = self._scanner
         while pos < n:
@@ -139,7 +141,7 @@ class Framer:
                     pos += 1
                     yield Flush()
                     continue
-                if text[pos] == "{":
+                if text[pos] == "{" and pos != tried:
                     fast = self._decode_whole(text, pos)
                     if fast is not None:
                         yield Message(fast[0])

@@ -40,8 +40,12 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
         if not data:
             return
         # Big requests (file writes) arrive faster in big reads; small ones
-        # should not pay for allocating a big buffer.
-        read_size = min(read_size * 2, MAX_READ) if len(data) == read_size else MIN_READ
+        # should not pay for allocating a big buffer. Halving rather than
+        # resetting keeps the size for a host that writes chunk after chunk.
+        if len(data) == read_size:
+            read_size = min(read_size * 2, MAX_READ)
+        elif len(data) < read_size // 2:
+            read_size = max(read_size // 2, MIN_READ)
         for event in framer.receive(data):
             if isinstance(event, Message):
                 call = dispatcher.prepare(event.value)

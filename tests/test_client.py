@@ -7,14 +7,13 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from agent import Agent
 from agent.client import AgentError, AgentTimeout, ClientError, CommandNotFound, QgaClient
 from tests.qga_client import running_agent
 
@@ -22,14 +21,9 @@ CLIENT_COMMAND = [sys.executable, "-m", "agent.client_cli"]
 
 
 @pytest.fixture
-async def client(agent: Agent) -> AsyncIterator[QgaClient]:
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        qga = QgaClient(client_end, request_timeout=10)
-        await qga.resync()
-        yield qga
-        await qga.aclose()
+def client(qga_client: QgaClient) -> QgaClient:
+    """The package's own pytest fixture: a client in sync with a fresh agent."""
+    return qga_client
 
 
 async def test_ping_sync_and_typed_info(client: QgaClient) -> None:

@@ -76,20 +76,25 @@ def test_socket_activation_serves_the_socket_systemd_passed(tmp_path: Path) -> N
     with listener:
         # -m/-p are overridden by the passed socket, as in qemu-ga.
         agent = activated(tmp_path, listener, "-m", "virtio-serial", "-p", "/nonexistent")
-        try:
-            client = SocketClient(path)
-            client.resync(1)
-            assert client.execute("guest-ping") == {"return": {}}
-            client.close()
-            agent.send_signal(signal.SIGTERM)
-            assert agent.wait(10) == 0
-        finally:
-            if agent.poll() is None:
-                agent.kill()
-                agent.wait()
-            if agent.stderr:
-                agent.stderr.close()
+        ping_then_stop(agent, path)
     assert path.exists()  # the socket belongs to systemd: the agent leaves it alone
+
+
+def ping_then_stop(agent: subprocess.Popen[bytes], path: Path) -> None:
+    """A session with the activated agent, then SIGTERM: it must exit cleanly."""
+    try:
+        client = SocketClient(path)
+        client.resync(1)
+        assert client.execute("guest-ping") == {"return": {}}
+        client.close()
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(10) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        if agent.stderr:
+            agent.stderr.close()
 
 
 def test_socket_activation_by_systemd_s_own_tool(tmp_path: Path) -> None:
@@ -104,19 +109,7 @@ def test_socket_activation_by_systemd_s_own_tool(tmp_path: Path) -> None:
     agent = subprocess.Popen(
         [tool, "-l", str(path), *agent_command(tmp_path)], stderr=subprocess.PIPE
     )
-    try:
-        client = SocketClient(path)  # the tool starts the agent on the first connection
-        client.resync(1)
-        assert client.execute("guest-ping") == {"return": {}}
-        client.close()
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(10) == 0
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait()
-        if agent.stderr:
-            agent.stderr.close()
+    ping_then_stop(agent, path)  # the tool starts the agent on the first connection
 
 
 def test_socket_activation_with_more_than_one_socket_is_refused(tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ async def serve_session(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None
     """Serve ``stream`` until the peer closes it. Every session starts with a clean parser."""
     try:
         await _serve(stream, dispatcher)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        log.debug("client went away")
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+        log.debug("client went away: %s", err)
 
 
 async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:

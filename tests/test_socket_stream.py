@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 import trio.testing
 
-from agent.transports.socket_stream import EAGER_RECEIVES, SocketStream
+from agent.transports.socket_stream import SocketStream
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 
 def stream_pair() -> tuple[SocketStream, SocketStream]:
@@ -58,25 +64,62 @@ async def test_receive_waits_and_can_be_cancelled(autojump_clock: trio.abc.Clock
     await right.aclose()
 
 
+async def clogged_stream_pair() -> tuple[SocketStream, SocketStream]:
+    """A pair where neither stream can send until the other one receives."""
+    left, right = socket.socketpair()
+    for sock in (left, right):
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sock.send(b"x" * 65536)
+    return SocketStream(left), SocketStream(right)
+
+
+async def made_stream_pair() -> tuple[SocketStream, SocketStream]:
+    return stream_pair()
+
+
+async def test_keeps_trio_stream_contract() -> None:
+    """Checkpoints, error translation, conflicts, half-close: as trio's own streams."""
+    await trio.testing.check_half_closeable_stream(made_stream_pair, clogged_stream_pair)
+
+
 def scheduler_passes() -> int:
     points: int = trio.lowlevel.current_task()._schedule_points
     return points
 
 
-async def test_a_flood_still_passes_through_the_scheduler() -> None:
-    """Data always waiting: receive yields every EAGER_RECEIVES calls, send every call."""
+async def test_every_operation_passes_through_the_scheduler() -> None:
+    """Even with data waiting, a flood cannot starve the other tasks."""
     left, right = stream_pair()
-    await left.send_all(b"x" * (EAGER_RECEIVES * 4))
+    await left.send_all(b"x" * 4)
     before = scheduler_passes()
-    for _ in range(EAGER_RECEIVES - 1):
+    for _ in range(4):
         assert await right.receive_some(1) == b"x"
-    assert scheduler_passes() == before  # the lean path: no pass yet
-    assert await right.receive_some(1) == b"x"
-    assert scheduler_passes() == before + 1
     await right.send_all(b"y")
-    assert scheduler_passes() == before + 2
+    assert scheduler_passes() == before + 5
     await left.aclose()
     await right.aclose()
+
+
+@pytest.mark.parametrize("code", [errno.ETIMEDOUT, errno.ECONNRESET, errno.EHOSTUNREACH, errno.EIO])
+async def test_every_socket_error_is_broken_resource_with_its_cause(code: int) -> None:
+    class Failing(socket.socket):
+        def recv(self, size: int, flags: int = 0) -> bytes:
+            raise OSError(code, os.strerror(code))
+
+        def send(self, data: Buffer, flags: int = 0) -> int:
+            raise OSError(code, os.strerror(code))
+
+    left, right = socket.socketpair()
+    stream = SocketStream(Failing(fileno=left.detach()))
+    for operation in (stream.receive_some(), stream.send_all(b"x")):
+        with pytest.raises(trio.BrokenResourceError) as caught:
+            await operation
+        assert isinstance(caught.value.__cause__, OSError)
+        assert caught.value.__cause__.errno == code
+    await stream.aclose()
+    right.close()
 
 
 async def test_peer_gone_is_broken_resource() -> None:

@@ -2,38 +2,61 @@
 
 virtio-serial ports and serial lines are opened once; the host comes and goes
 on the other side. Each conversation gets a fresh :class:`DeviceStream` (so a
-fresh parser in the session) over the same descriptor. Closing the stream
-ends the conversation, never the device: the transport closes that.
+fresh parser in the session) over the same :class:`Device`. Closing the
+stream ends the conversation, never the device: the transport closes that.
 
-A device error is not the end of a conversation but of the transport: the
-stream records it in :attr:`DeviceStream.failure` and raises
-``trio.BrokenResourceError`` (the stream contract), the session ends, and the
-transport raises the recorded error so that ``--retry-path`` can reopen the
-device.
+A device error is not the end of a conversation but of the transport. The
+stream raises it as ``trio.BrokenResourceError`` (the stream contract, the
+cause chained), which ends the session; the :class:`Device` keeps it, and
+the transport raises it once the conversation is over, so that
+``--retry-path`` can reopen the device.
 """
 
 from __future__ import annotations
 
 import os
 import select
+from collections.abc import Awaitable, Callable
 
 import trio
+
+from agent.transports.contract import OneAtATime, receive_size
 
 DEFAULT_READ = 64 * 1024
 
 
-class DeviceStream(trio.abc.Stream):
-    """One conversation over a device descriptor the stream does not own.
+class Device:
+    """The descriptors of an open device (not owned) and the first error met on them.
 
     ``fd_out`` is ``fd_in`` for a real device; the two may differ where a pair
     of pipes stands in for a device (tests).
     """
 
     def __init__(self, fd_in: int, fd_out: int | None = None) -> None:
-        self._fd_in = fd_in
-        self._fd_out = fd_in if fd_out is None else fd_out
+        self.fd_in = fd_in
+        self.fd_out = fd_in if fd_out is None else fd_out
+        self._failure: OSError | None = None
+
+    def fail(self, err: OSError) -> trio.BrokenResourceError:
+        """Keep ``err`` for the transport; the stream error to raise (from ``err``)."""
+        if self._failure is None:
+            self._failure = err
+        return trio.BrokenResourceError(f"device error: {err.strerror or err}")
+
+    def check(self) -> None:
+        """Raise the error the device met, if any: it cannot serve another conversation."""
+        if self._failure is not None:
+            raise self._failure
+
+
+class DeviceStream(trio.abc.Stream):
+    """One conversation over a :class:`Device`, with the contract of trio's ``FdStream``."""
+
+    def __init__(self, device: Device) -> None:
+        self._device = device
         self._closed = False
-        self.failure: OSError | None = None
+        self._sending = OneAtATime("sending")
+        self._receiving = OneAtATime("receiving")
 
     async def end_of_file(self) -> bool:
         """A read gave zero bytes: True ends the conversation, False reads again.
@@ -44,49 +67,60 @@ class DeviceStream(trio.abc.Stream):
         return True
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        while True:
-            self._check_open()
-            await trio.lowlevel.wait_readable(self._fd_in)
-            try:
-                data = os.read(self._fd_in, max_bytes or DEFAULT_READ)
-            except BlockingIOError:
-                continue
-            except OSError as err:
-                raise self._fail(err) from err
-            if data or await self.end_of_file():
-                return data
+        size = receive_size(max_bytes, DEFAULT_READ)
+        fd = self._device.fd_in
+        with self._receiving:
+            await trio.lowlevel.checkpoint()
+            while True:
+                self._check_open()
+                try:
+                    data = os.read(fd, size)
+                except BlockingIOError:
+                    await self._wait(trio.lowlevel.wait_readable, fd)
+                    continue
+                except OSError as err:
+                    raise self._device.fail(err) from err
+                if data or await self.end_of_file():
+                    return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self._check_open()
-        await trio.lowlevel.checkpoint()
-        with memoryview(data) as view:
-            sent = 0
-            while sent < len(view):
-                try:
-                    sent += os.write(self._fd_out, view[sent:])
-                except BlockingIOError:
-                    if hung_up(self._fd_out):
-                        # Nobody will take these bytes: the peer is gone.
-                        raise trio.BrokenResourceError("the host went away") from None
-                    await trio.lowlevel.wait_writable(self._fd_out)
-                except OSError as err:
-                    raise self._fail(err) from err
+        fd = self._device.fd_out
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            self._check_open()
+            with memoryview(data) as view:
+                sent = 0
+                while sent < len(view):
+                    try:
+                        sent += os.write(fd, view[sent:])
+                    except BlockingIOError:
+                        if hung_up(fd):
+                            # Nobody will take these bytes: the peer is gone.
+                            raise trio.BrokenResourceError("the host went away") from None
+                        await self._wait(trio.lowlevel.wait_writable, fd)
+                    except OSError as err:
+                        raise self._device.fail(err) from err
 
     async def wait_send_all_might_not_block(self) -> None:
-        self._check_open()
-        await trio.lowlevel.wait_writable(self._fd_out)
+        with self._sending:
+            await self._wait(trio.lowlevel.wait_writable, self._device.fd_out)
 
     async def aclose(self) -> None:
-        self._closed = True
+        if not self._closed:
+            self._closed = True
+            # A task of this conversation waiting on the device wakes up with
+            # ClosedResourceError; the descriptors stay open for the next one.
+            trio.lowlevel.notify_closing(self._device.fd_in)
+            trio.lowlevel.notify_closing(self._device.fd_out)
         await trio.lowlevel.checkpoint()
+
+    async def _wait(self, wait: Callable[[int], Awaitable[None]], fd: int) -> None:
+        self._check_open()
+        await wait(fd)
 
     def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the conversation is over")
-
-    def _fail(self, err: OSError) -> trio.BrokenResourceError:
-        self.failure = err
-        return trio.BrokenResourceError(f"device error: {err}")
 
 
 def hung_up(fd: int) -> bool:

@@ -8,6 +8,7 @@ import socket
 
 import trio
 
+from agent.transports.conversation import serve_conversation
 from agent.transports.socket_stream import SocketStream
 from agent.transports.types import StreamHandler
 
@@ -15,6 +16,29 @@ log = logging.getLogger(__name__)
 
 ACCEPT_RETRY = 0.1  # seconds, when the process is out of descriptors or memory
 _RESOURCE_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# What trio's SocketListener ignores: a connection that failed before it was
+# accepted (reset, refused by a firewall, ...) is no failure of the listener.
+_CLIENT_GONE = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+        "ECONNRESET",
+    )
+    if hasattr(errno, name)
+)
 
 
 async def serve_listener(
@@ -37,11 +61,14 @@ async def serve_listener(
             await trio.lowlevel.wait_readable(sock)
             continue
         except OSError as err:
+            if err.errno in _CLIENT_GONE:
+                log.debug("a client left before it was accepted: %s", err.strerror)
+                continue
             if err.errno not in _RESOURCE_SHORTAGE:
-                raise
+                raise  # the listening socket itself failed
             log.warning("cannot accept a client: %s; retrying", err.strerror)
             await trio.sleep(ACCEPT_RETRY)
             continue
         log.debug("client connected")
-        await handler(SocketStream(connection))
+        await serve_conversation(handler, SocketStream(connection))
         log.debug("client disconnected")

@@ -17,7 +17,8 @@ import trio_serial
 from trio_serial.posix import PosixSerialStream
 
 from agent.config import DEFAULT_BAUD_RATE
-from agent.transports.device import DeviceStream, hung_up
+from agent.transports.conversation import serve_conversation
+from agent.transports.device import Device, DeviceStream, hung_up
 from agent.transports.types import StreamHandler
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,11 @@ class LineStream(DeviceStream):
     """The conversation on a serial line."""
 
     async def end_of_file(self) -> bool:
-        # In raw mode an empty read is spurious unless the line hung up.
-        if hung_up(self._fd_in):
-            raise self._fail(OSError(errno.EIO, "the serial line hung up"))
+        # In raw mode an empty read is spurious unless the line hung up. A
+        # hang-up ends the conversation, and the transport raises it.
+        if hung_up(self._device.fd_in):
+            self._device.fail(OSError(errno.EIO, "the serial line hung up"))
+            return True
         await trio.lowlevel.checkpoint()
         return False
 
@@ -50,8 +53,7 @@ async def serve_isa_serial(
         await line.discard_input()
         log.info("serving serial line %s at %d baud", path, baud_rate)
         task_status.started()
+        device = Device(line.fd)
         while True:
-            stream = LineStream(line.fd)
-            await handler(stream)
-            if stream.failure is not None:
-                raise stream.failure
+            await serve_conversation(handler, LineStream(device))
+            device.check()

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 
 import trio
 
-from agent.transports.device import DeviceStream
+from agent.transports.conversation import serve_conversation
+from agent.transports.device import Device, DeviceStream
 from agent.transports.types import StreamHandler
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,8 @@ NO_HOST_BACKOFF = 0.1  # seconds, qemu-ga's
 class PortStream(DeviceStream):
     """One host conversation on a virtio-serial port."""
 
-    def __init__(
-        self, fd_in: int, fd_out: int | None = None, backoff: float = NO_HOST_BACKOFF
-    ) -> None:
-        super().__init__(fd_in, fd_out)
+    def __init__(self, device: Device, backoff: float = NO_HOST_BACKOFF) -> None:
+        super().__init__(device)
         self._backoff = backoff
         self._host_seen = False
 
@@ -76,9 +75,8 @@ async def serve_virtio_serial(
 
 async def serve_port(fd_in: int, fd_out: int, handler: StreamHandler) -> None:
     """Conversations one after another on an open port; raises the port's error."""
+    device = Device(fd_in, fd_out)
     while True:
-        stream = PortStream(fd_in, fd_out)
-        await handler(stream)
-        if stream.failure is not None:
-            raise stream.failure
+        await serve_conversation(handler, PortStream(device))
+        device.check()
         log.debug("host went away; waiting for the next one")

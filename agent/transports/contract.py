@@ -1,0 +1,42 @@
+"""What trio's stream contract asks of every stream a transport hands out, in one place."""
+
+from __future__ import annotations
+
+import operator
+from types import TracebackType
+
+import trio
+
+
+class OneAtATime:
+    """Entered by each send (or each receive); a second task entering raises
+    ``trio.BusyResourceError`` instead of interleaving bytes."""
+
+    __slots__ = ("_held", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._held = False
+
+    def __enter__(self) -> None:
+        if self._held:
+            raise trio.BusyResourceError(f"another task is already {self._what} on this stream")
+        self._held = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._held = False
+
+
+def receive_size(max_bytes: int | None, default: int) -> int:
+    """``max_bytes`` checked as trio's streams check it (a positive integer), or ``default``."""
+    if max_bytes is None:
+        return default
+    size = operator.index(max_bytes)
+    if size < 1:
+        raise ValueError("max_bytes must be >= 1")
+    return size

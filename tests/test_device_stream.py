@@ -1,0 +1,106 @@
+"""The streams of the device transports (virtio-serial, isa-serial) keep trio's
+stream contract; two pipes stand in for the device in each direction."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+import trio.testing
+
+from agent.transports.device import Device, DeviceStream
+from agent.transports.serial import LineStream
+from agent.transports.virtio import PortStream
+
+
+class ClosesDevice(DeviceStream):
+    """Closing a conversation leaves the device open; here the device is the
+    test's pipes, closed with the stream so that the peer sees it go."""
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            for fd in {self._device.fd_in, self._device.fd_out}:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+class OwnDevice(ClosesDevice):
+    pass
+
+
+class OwnPort(ClosesDevice, PortStream):
+    pass
+
+
+class OwnLine(ClosesDevice, LineStream):
+    pass
+
+
+StreamPairMaker = Callable[[], Awaitable[tuple[DeviceStream, DeviceStream]]]
+
+
+def pipe() -> tuple[int, int]:
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    return read, write
+
+
+def clog(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(fd, b"x" * 65536)
+
+
+def pair_maker(kind: type[ClosesDevice], clogged: bool = False) -> StreamPairMaker:
+    async def make() -> tuple[DeviceStream, DeviceStream]:
+        left_to_right, right_to_left = pipe(), pipe()
+        left = kind(Device(right_to_left[0], left_to_right[1]))
+        right = kind(Device(left_to_right[0], right_to_left[1]))
+        # One byte each way: on a virtio-serial port a host is attached from now on.
+        for sender, receiver in ((left, right), (right, left)):
+            await sender.send_all(b"!")
+            assert await receiver.receive_some(1) == b"!"
+        if clogged:
+            clog(left_to_right[1])
+            clog(right_to_left[1])
+        return left, right
+
+    return make
+
+
+@pytest.mark.parametrize("kind", [OwnDevice, OwnPort, OwnLine])
+async def test_keeps_trio_stream_contract(kind: type[ClosesDevice]) -> None:
+    await trio.testing.check_two_way_stream(pair_maker(kind), pair_maker(kind, clogged=True))
+
+
+async def test_a_device_error_is_broken_resource_and_kept_for_the_transport() -> None:
+    read, write = pipe()
+    os.close(read)  # writing now fails with EPIPE: the device is gone
+    device = Device(write)
+    stream = DeviceStream(device)
+    with pytest.raises(trio.BrokenResourceError) as caught:
+        await stream.send_all(b"x")
+    assert isinstance(caught.value.__cause__, BrokenPipeError)
+    await stream.aclose()
+    with pytest.raises(BrokenPipeError):
+        device.check()
+    os.close(write)
+
+
+async def test_a_hung_up_line_ends_the_conversation_and_the_device() -> None:
+    read, write = pipe()
+    os.close(write)  # the other end of the line is gone
+    device = Device(read)
+    stream = LineStream(device)
+    assert await stream.receive_some() == b""
+    with pytest.raises(OSError, match="the serial line hung up") as caught:
+        device.check()
+    assert caught.value.errno == errno.EIO
+    os.close(read)

@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-m", "--method", help="transport method (default virtio-serial)")
     parser.add_argument("-p", "--path", help="device or socket path")
     parser.add_argument("-l", "--logfile", help="append the log to LOGFILE (default stderr)")
-    parser.add_argument("-f", "--pidfile", help=f"pid file (default {DEFAULT_PIDFILE})")
+    parser.add_argument(
+        "-f", "--pidfile", help=f"pid file (default {DEFAULT_PIDFILE} with -d, else none)"
+    )
     parser.add_argument("-t", "--statedir", help=f"state directory (default {DEFAULT_STATEDIR})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
@@ -199,7 +201,7 @@ def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) 
     }
     changes = {name: value for name, value in given.items() if value is not None}
     if args.pidfile is not None:
-        changes["pidfile"] = args.pidfile or None  # -f '': no pid file
+        changes["pidfile"] = args.pidfile  # -f '': no pid file
     for flag in ("verbose", "daemonize", "retry_path"):
         if getattr(args, flag):
             changes[flag] = True
@@ -309,8 +311,8 @@ def _serve(
         with contextlib.ExitStack() as stack:
             if listener is not None:
                 stack.enter_context(listener)
-            if config.pidfile:
-                stack.enter_context(held_pidfile(config.pidfile))
+            if config.pidfile_path:
+                stack.enter_context(held_pidfile(config.pidfile_path))
             trio.run(
                 partial(
                     run,

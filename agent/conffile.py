@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent.config import DEFAULT_PATHS, AgentConfig
+from agent.config import DEFAULT_PATHS, DEFAULT_PIDFILE, AgentConfig
 
 DEFAULT_CONFIG_FILE = "/etc/qemu/qemu-ga.conf"
 GROUP = "general"
@@ -100,6 +100,8 @@ def dump(config: AgentConfig) -> str:
         value = getattr(config, key.field)
         if key.name == "path" and value is None:
             value = DEFAULT_PATHS.get(config.method)
+        if key.name == "pidfile" and value is None:
+            value = DEFAULT_PIDFILE  # as qemu-ga shows it, in the foreground too
         if key.kind == "boolean":
             lines.append(f"{key.name}={'true' if value else 'false'}")
         elif key.kind == "list":

@@ -29,7 +29,8 @@ class AgentConfig:
     method: str = DEFAULT_METHOD
     path: str | None = None  # None: the method's default path
     logfile: str | None = None  # None: standard error
-    pidfile: str | None = DEFAULT_PIDFILE
+    # None: none named, DEFAULT_PIDFILE when daemonized; "": no pid file at all.
+    pidfile: str | None = None
     statedir: str = DEFAULT_STATEDIR
     verbose: bool = False
     daemonize: bool = False  # -d: detach into the background
@@ -56,6 +57,17 @@ class AgentConfig:
     suspend_ram_command: tuple[str, ...] | None = None
     suspend_hybrid_command: tuple[str, ...] | None = None
     hwclock_command: tuple[str, ...] = ("/sbin/hwclock",)  # run with -w (or -s)
+
+    @property
+    def pidfile_path(self) -> str | None:
+        """The pid file to write and lock, if any.
+
+        As qemu-ga, an agent in the foreground writes none unless one is named
+        (``-f`` or the configuration file); a daemon writes qemu-ga's by default.
+        """
+        if self.pidfile is None:
+            return DEFAULT_PIDFILE if self.daemonize else None
+        return self.pidfile or None
 
     @property
     def resolved_path(self) -> str:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
-from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent
+from agent import AgentConfig, conffile
+from agent.cli import build_parser, config_from_args, main
+from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent, wait_for_socket
 
 
 def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -154,3 +155,45 @@ def test_python_dash_m_and_the_console_script() -> None:
     for command in (AGENT_COMMAND, [str(script)]):
         result = subprocess.run([*command, "-V"], capture_output=True, text=True, check=True)
         assert result.stdout.startswith("trio-qga 0.1.0")
+
+
+@pytest.mark.parametrize(
+    ("flags", "conf", "expected"),
+    [
+        ([], "", None),  # qemu-ga: no pid file in the foreground
+        (["-f", "/run/flag.pid"], "", "/run/flag.pid"),
+        ([], "pidfile=/run/conf.pid\n", "/run/conf.pid"),
+        (["-d"], "", "/var/run/qemu-ga.pid"),
+        (["-d", "-f", "/run/flag.pid"], "pidfile=/run/conf.pid\n", "/run/flag.pid"),
+        (["-d"], "pidfile=/run/conf.pid\n", "/run/conf.pid"),
+        (["-d", "-f", ""], "", None),
+    ],
+)
+def test_pid_file_only_when_named_or_daemonized(
+    tmp_path: Path, flags: list[str], conf: str, expected: str | None
+) -> None:
+    path = tmp_path / "qga.conf"
+    path.write_text("[general]\n" + conf)
+    args = build_parser().parse_args(flags)
+    config = config_from_args(args, AgentConfig(**conffile.load(str(path), required=True)))
+    assert config.pidfile_path == expected
+
+
+def test_pid_file_named_by_the_configuration_file_is_held_in_the_foreground(
+    tmp_path: Path,
+) -> None:
+    pidfile = tmp_path / "conf.pid"
+    conf = tmp_path / "qga.conf"
+    conf.write_text(f"[general]\npidfile={pidfile}\n")
+    sock = tmp_path / "qga.sock"
+    argv = ["-c", str(conf), "--transport", f"unix-listen:{sock}", "-t", str(tmp_path)]
+    proc = subprocess.Popen([*AGENT_COMMAND, *argv], stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(sock, proc)
+        assert pidfile.read_text().strip() == str(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        if proc.stderr:
+            proc.stderr.close()
+    assert not pidfile.exists()

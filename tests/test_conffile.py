@@ -105,6 +105,7 @@ def test_dump_reads_back_as_the_same_configuration(tmp_path: Path) -> None:
         method="isa-serial",
         path=" /dev/tty\\S1",
         logfile="/tmp/log",
+        pidfile="/run/agent.pid",
         daemonize=True,
         verbose=True,
         blocked_rpcs=("guest-exec", "guest-shutdown"),

@@ -228,18 +228,55 @@ async def test_remove_without_a_file_is_a_success(
     assert not keys_file(root, alice).parent.exists()
 
 
-@pytest.mark.parametrize("key", ["# ssh-rsa AAAA", "ssh-rsa AAAA\nssh-rsa BBBB", ""])
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [("# ssh-rsa AAAA", "is a comment"), ("ssh-rsa AAAA\nssh-rsa BBBB", "has a line break")],
+)
 @pytest.mark.parametrize(
     "command", ["guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys"]
 )
-async def test_invalid_keys_are_refused(
-    agent_config: AgentConfig, root: SystemRoot, alice: User, key: str, command: str
+async def test_invalid_keys_are_refused_without_quoting_them(
+    agent_config: AgentConfig, root: SystemRoot, alice: User, key: str, why: str, command: str
 ) -> None:
     reply = await call(agent_config, root, command, username="alice", keys=[KEY1, key])
     assert reply == {
-        "error": {"class": "GenericError", "desc": f"invalid OpenSSH public key: '{key}'"}
+        "error": {"class": "GenericError", "desc": f"invalid OpenSSH public key: keys[1] {why}"}
     }
     assert not keys_file(root, alice).parent.exists()
+
+
+# What `virsh set-user-sshkeys DOM USER [--remove] --file key.pub` sends: virsh
+# splits the file on newlines, and a .pub file ends with one.
+VIRSH_KEYS = [KEY2, ""]
+
+
+async def test_an_empty_key_from_virsh_is_skipped_when_adding(
+    agent_config: AgentConfig, root: SystemRoot, alice: User
+) -> None:
+    path = keys_file(root, alice)
+    reply = await call(
+        agent_config, root, "guest-ssh-add-authorized-keys", username="alice", keys=VIRSH_KEYS
+    )
+    assert reply == {"return": {}}
+    assert path.read_text() == f"{KEY2}\n"
+    path.write_text(f"{KEY1}\n")
+    await call(
+        agent_config, root, "guest-ssh-add-authorized-keys", username="alice", keys=VIRSH_KEYS
+    )
+    assert path.read_text() == f"{KEY1}\n{KEY2}\n"
+
+
+async def test_an_empty_key_from_virsh_is_skipped_when_removing(
+    agent_config: AgentConfig, root: SystemRoot, alice: User
+) -> None:
+    path = keys_file(root, alice)
+    path.parent.mkdir()
+    path.write_text(f"{KEY1}\n\n{KEY2}\n")
+    reply = await call(
+        agent_config, root, "guest-ssh-remove-authorized-keys", username="alice", keys=VIRSH_KEYS
+    )
+    assert reply == {"return": {}}
+    assert path.read_text() == f"{KEY1}\n\n"  # the blank line is not a key: kept
 
 
 async def test_errors_name_the_guest_paths(agent_config: AgentConfig, root: SystemRoot) -> None:
@@ -277,6 +314,7 @@ async def test_files_belong_to_the_user_not_the_agent(
     bob = User("bob", 4242, 4343, "/home/bob")
     root = scratch_root(tmp_path / "root", [bob])
     root.path(bob.home).mkdir(parents=True)
+    os.chown(root.path(bob.home), bob.uid, bob.gid)  # as useradd leaves it
     await call(agent_config, root, "guest-ssh-add-authorized-keys", username="bob", keys=[KEY1])
     path = keys_file(root, bob)
     for item in (path, path.parent):

@@ -2,31 +2,49 @@
 
 Passwords go to ``chpasswd`` (``-e`` when already crypted) through
 ``ctx.executor``, as qemu-ga does; the password travels on its stdin, never in
-an argument. Authorized keys live in ``~user/.ssh/authorized_keys`` under
-``ctx.root``: a missing ``.ssh`` is created 0700 and owned by the user, and the
-file is replaced atomically by a new one that is 0600 and owned by the user
-before it takes the old one's place. User accounts come from the system
-(``pwd``) or, under a custom root, from that root's ``/etc/passwd``.
+an argument, and never in a log line or an error text.
+
+Authorized keys live in ``~user/.ssh/authorized_keys`` under ``ctx.root``, in
+a directory the user controls: the work is done in a thread of its own with
+the user's file-system identity (``agent/fsidentity.py``), from directory
+descriptors, refusing links, FIFOs, devices and hard links the user may have
+planted (``agent/userfiles.py``), within :data:`USER_FILES_TIMEOUT`. A missing
+``.ssh`` is created 0700 and the file is replaced atomically by a new one that
+is 0600, both the user's. User accounts come from the system (``pwd``, in that
+thread: NSS may ask the network) or, under a custom root, from that root's
+``/etc/passwd``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 import pwd
-import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import trio
+
+from agent import userfiles
 from agent.context import AgentContext
 from agent.errors import GenericError, os_error_text
+from agent.fsidentity import Identity, acting_as, run_in_own_thread
 from agent.registry import HandlerSet
 from agent.system import SystemRoot, describe_failure
+from agent.userfiles import Refused
 from agent.wire_base64 import decode_base64
 
 handlers = HandlerSet()
 
 AUTHORIZED_KEYS = "authorized_keys"
+SSH_DIR = ".ssh"
+KEYS_FILE_LIMIT = 4 * 1024 * 1024  # bytes; a bigger authorized_keys is refused
+USER_FILES_TIMEOUT = 30.0  # seconds an ssh key command may take in a user's home
+
+_T = TypeVar("_T")
 
 
 # --- passwords ---------------------------------------------------------------------
@@ -68,17 +86,20 @@ class Account:
     uid: int
     gid: int
     home: str  # as the guest names it
+    groups: tuple[int, ...]  # every group the user is in, the primary one included
 
 
 def lookup_user(root: SystemRoot, name: str) -> Account:
-    """The account ``name``: from NSS for the real root, else the root's /etc/passwd."""
+    """The account ``name``: from NSS for the real root, else the root's /etc/passwd
+    (whose made-up users are in their primary group only)."""
     if root.root == Path("/"):
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
             entry = None
         if entry is not None:
-            return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+            groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+            return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, groups)
     else:
         try:
             lines = root.path("/etc/passwd").read_text().splitlines()
@@ -87,138 +108,173 @@ def lookup_user(root: SystemRoot, name: str) -> Account:
         for line in lines:
             fields = line.split(":")
             if len(fields) >= 7 and fields[0] == name:
-                return Account(name, int(fields[2]), int(fields[3]), fields[5])
+                uid, gid = int(fields[2]), int(fields[3])
+                return Account(name, uid, gid, fields[5], (gid,))
     raise GenericError(f"failed to lookup user '{name}': no such user")
+
+
+def identity_for(account: Account) -> Identity | None:
+    """The file-system identity to take for ``account``'s files; None when the
+    agent is not root (it can reach no more than its own files anyway) or the
+    account is root."""
+    if os.geteuid() != 0 or account.uid == 0:
+        return None
+    return Identity(account.uid, account.gid, account.groups)
 
 
 # --- authorized keys ---------------------------------------------------------------
 
 
-def _check_keys(keys: list[str]) -> None:
-    """qemu-ga's sanity check (one line, not a comment), and not empty."""
-    for key in keys:
-        if not key or key.startswith("#") or "\n" in key:
-            raise GenericError(f"invalid OpenSSH public key: '{key}'")
+def _wanted_keys(keys: list[str]) -> list[str]:
+    """The keys to add or remove: qemu-ga's sanity check (one line, not a comment),
+    and empty ones skipped (virsh sends one after the last line of a ``.pub``
+    file). The error names the key by its place: a key never goes into a text
+    that may be logged."""
+    for index, key in enumerate(keys):
+        if key.startswith("#"):
+            raise GenericError(f"invalid OpenSSH public key: keys[{index}] is a comment")
+        if "\n" in key:
+            raise GenericError(f"invalid OpenSSH public key: keys[{index}] has a line break")
+    return [key for key in keys if key]
 
 
-@dataclass(frozen=True)
 class KeysFile:
-    account: Account
-    ssh_dir: Path  # under the root
-    path: Path  # under the root
-    shown: str  # the file as the guest names it, for messages
+    """``~user/.ssh/authorized_keys``, reached from the home's descriptor."""
 
-    @classmethod
-    def of(cls, ctx: AgentContext, username: str) -> KeysFile:
-        account = lookup_user(ctx.root, username)
-        ssh_dir = ctx.root.path(account.home) / ".ssh"
-        shown = os.path.join(account.home, ".ssh", AUTHORIZED_KEYS)
-        return cls(account, ssh_dir, ssh_dir / AUTHORIZED_KEYS, shown)
+    def __init__(self, account: Account, home_fd: int) -> None:
+        self.account = account
+        self.home_fd = home_fd
+        self.shown_dir = os.path.join(account.home, SSH_DIR)
+        self.shown = os.path.join(self.shown_dir, AUTHORIZED_KEYS)
 
-    def read_lines(self) -> list[str]:
+    def _ssh_dir(self) -> int | None:
+        """``~/.ssh``'s descriptor; None when there is none."""
         try:
-            text = self.path.read_bytes().decode(errors="surrogateescape")
+            return userfiles.open_dir(self.home_fd, SSH_DIR, self.shown_dir, self.account.uid)
+        except FileNotFoundError:
+            return None
+
+    def read_lines(self) -> list[str] | None:
+        """The file's lines; None when there is no file."""
+        try:
+            dir_fd = self._ssh_dir()
+            if dir_fd is None:
+                return None
+            try:
+                data = userfiles.read_file(
+                    dir_fd, AUTHORIZED_KEYS, self.shown, self.account.uid, KEYS_FILE_LIMIT
+                )
+            finally:
+                os.close(dir_fd)
         except OSError as err:
             raise GenericError(
                 f"failed to read '{self.shown}': Failed to open file"
                 f" \u201c{self.shown}\u201d: {os_error_text(err)}"
             ) from err
-        return text.splitlines()
-
-    def make_ssh_dir(self) -> None:
-        """Create ``~/.ssh`` 0700, owned by the user (an existing one is left alone)."""
-        if self.ssh_dir.is_dir():
-            return
-        shown = os.path.dirname(self.shown)
-        try:
-            os.mkdir(self.ssh_dir, 0o700)
-        except OSError as err:
-            raise GenericError(
-                f"failed to create directory '{shown}': {os_error_text(err)}"
-            ) from err
-        try:
-            os.chown(self.ssh_dir, self.account.uid, self.account.gid)
-        except OSError as err:
-            raise GenericError(
-                f"failed to set ownership of directory '{shown}': {os_error_text(err)}"
-            ) from err
-        try:
-            os.chmod(self.ssh_dir, 0o700)
-        except OSError as err:
-            raise GenericError(
-                f"failed to set permissions of directory '{shown}': {os_error_text(err)}"
-            ) from err
+        return None if data is None else data.decode(errors="surrogateescape").splitlines()
 
     def write_lines(self, lines: list[str]) -> None:
-        """Replace the file with ``lines``: a new file, 0600 and the user's before the
-        rename, so the keys are never readable by others nor half written."""
+        """Replace the file with ``lines`` (creating ``~/.ssh`` 0700 if needed); the
+        new file is 0600 and the user's before it takes the old one's place."""
+        uid, gid = self.account.uid, self.account.gid
+        try:
+            dir_fd = self._ssh_dir()
+            if dir_fd is None:
+                dir_fd = userfiles.make_dir(self.home_fd, SSH_DIR, 0o700, self.shown_dir, uid, gid)
+        except OSError as err:
+            raise GenericError(
+                f"failed to create directory '{self.shown_dir}': {os_error_text(err)}"
+            ) from err
         data = "".join(line + "\n" for line in lines).encode(errors="surrogateescape")
         try:
-            # Not through a symlink planted as ~/.ssh: the user owns the home.
-            dir_fd = os.open(self.ssh_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            userfiles.replace_file(dir_fd, AUTHORIZED_KEYS, data, 0o600, uid, gid)
         except OSError as err:
-            raise GenericError(f"failed to write to '{self.shown}': {os_error_text(err)}") from err
-        temporary = f".{AUTHORIZED_KEYS}.{secrets.token_hex(6)}"
-        try:
-            fd = os.open(
-                temporary,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=dir_fd,
-            )
-            try:
-                os.fchown(fd, self.account.uid, self.account.gid)
-                os.fchmod(fd, 0o600)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temporary, AUTHORIZED_KEYS, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError as err:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary, dir_fd=dir_fd)
             raise GenericError(f"failed to write to '{self.shown}': {os_error_text(err)}") from err
         finally:
             os.close(dir_fd)
 
 
+@contextmanager
+def _opened_keys_file(root: SystemRoot, username: str) -> Iterator[KeysFile]:
+    """The user's keys file, with this thread acting as the user from the home on."""
+    account = lookup_user(root, username)
+    try:
+        home_fd = userfiles.open_home(root.root, account.home, account.uid)
+    except OSError as err:
+        raise GenericError(
+            f"failed to open home directory '{account.home}': {os_error_text(err)}"
+        ) from err
+    try:
+        identity = identity_for(account)
+        with nullcontext() if identity is None else acting_as(identity):
+            yield KeysFile(account, home_fd)
+    finally:
+        os.close(home_fd)
+
+
+async def _in_home(
+    ctx: AgentContext, command: str, username: str, work: Callable[[KeysFile], _T]
+) -> _T:
+    """``work`` on the user's keys file, off the event loop and within
+    :data:`USER_FILES_TIMEOUT`; planted entries are refused with their name."""
+
+    def job() -> _T:
+        try:
+            with _opened_keys_file(ctx.root, username) as keys_file:
+                return work(keys_file)
+        except Refused as err:
+            raise GenericError(str(err)) from err
+
+    with trio.move_on_after(USER_FILES_TIMEOUT):
+        return await run_in_own_thread(job, f"{command} {username}")
+    raise GenericError(
+        f"{command} for user '{username}' did not finish within {USER_FILES_TIMEOUT:g} s"
+    )
+
+
 @handlers.command("guest-ssh-get-authorized-keys")
-def guest_ssh_get_authorized_keys(ctx: AgentContext, username: str) -> dict[str, object]:
-    keys_file = KeysFile.of(ctx, username)
-    keys = [line.strip() for line in keys_file.read_lines()]
+async def guest_ssh_get_authorized_keys(ctx: AgentContext, username: str) -> dict[str, object]:
+    def get(keys_file: KeysFile) -> list[str]:
+        lines = keys_file.read_lines()
+        if lines is None:
+            raise GenericError(
+                f"failed to read '{keys_file.shown}': Failed to open file"
+                f" \u201c{keys_file.shown}\u201d: {os.strerror(errno.ENOENT)}"
+            )
+        return lines
+
+    lines = await _in_home(ctx, "guest-ssh-get-authorized-keys", username, get)
+    keys = [line.strip() for line in lines]
     return {"keys": [key for key in keys if key and not key.startswith("#")]}
 
 
 @handlers.command("guest-ssh-add-authorized-keys")
-def guest_ssh_add_authorized_keys(
+async def guest_ssh_add_authorized_keys(
     ctx: AgentContext, username: str, keys: list[str], reset: bool | None
 ) -> dict[str, object]:
-    _check_keys(keys)
-    keys_file = KeysFile.of(ctx, username)
-    lines: list[str] | None = None
-    if not reset:
-        with contextlib.suppress(GenericError):  # none yet: start a new file
-            lines = keys_file.read_lines()
-    if lines is None:
-        lines = []
-        keys_file.make_ssh_dir()
-    for key in keys:
-        if key not in lines:
-            lines.append(key)
-    keys_file.write_lines(lines)
+    wanted = _wanted_keys(keys)
+
+    def add(keys_file: KeysFile) -> None:
+        lines = ([] if reset else keys_file.read_lines()) or []
+        for key in wanted:
+            if key not in lines:
+                lines.append(key)
+        keys_file.write_lines(lines)
+
+    await _in_home(ctx, "guest-ssh-add-authorized-keys", username, add)
     return {}
 
 
 @handlers.command("guest-ssh-remove-authorized-keys")
-def guest_ssh_remove_authorized_keys(
+async def guest_ssh_remove_authorized_keys(
     ctx: AgentContext, username: str, keys: list[str]
 ) -> dict[str, object]:
-    _check_keys(keys)
-    keys_file = KeysFile.of(ctx, username)
-    if not os.path.lexists(keys_file.path):
-        return {}
-    unwanted = set(keys)
-    keys_file.write_lines([line for line in keys_file.read_lines() if line not in unwanted])
+    unwanted = set(_wanted_keys(keys))
+
+    def remove(keys_file: KeysFile) -> None:
+        lines = keys_file.read_lines()
+        if lines is not None:  # no file: nothing to remove
+            keys_file.write_lines([line for line in lines if line not in unwanted])
+
+    await _in_home(ctx, "guest-ssh-remove-authorized-keys", username, remove)
     return {}

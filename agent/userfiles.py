@@ -1,0 +1,208 @@
+"""Files in directories a guest user controls, handled so that nothing the user
+planted there is followed.
+
+Everything works from directory descriptors, one path component at a time:
+a symbolic link, a FIFO, a device or a hard link to someone else's file in a
+user's directory is refused with :class:`Refused`, never opened blocking and
+never followed. What counts is always what was opened (``fstat`` of the
+descriptor), so swapping an entry between a look and an open gains nothing;
+the look before the open (:func:`stat_entry`) only keeps the agent from
+opening a device at all. Files are replaced, never written in place: a new
+file in the same directory, complete and with its owner and mode set, renamed
+over the old name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+import secrets
+import stat
+from pathlib import Path
+
+MAX_LINKS = 40  # symbolic links followed on the way to a home directory, as the kernel
+_CHUNK = 64 * 1024
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+class Refused(Exception):
+    """An entry the agent will not use; the text names it and says why."""
+
+    def __init__(self, shown: str, reason: str) -> None:
+        super().__init__(f"refusing '{shown}': {reason}")
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _check_owner(status: os.stat_result, shown: str, uid: int) -> None:
+    if status.st_uid not in (0, uid):
+        raise Refused(shown, f"it belongs to uid {status.st_uid}, neither the user nor root")
+
+
+def _check_file(status: os.stat_result, shown: str, uid: int) -> None:
+    """A regular file of the user's or root's, with no other name (a second name
+    is a hard link, maybe to a file the user may not read)."""
+    if not stat.S_ISREG(status.st_mode):
+        raise Refused(shown, f"it is {_kind(status.st_mode)}, not a regular file")
+    if status.st_nlink != 1:
+        raise Refused(shown, f"it has {status.st_nlink} hard links")
+    _check_owner(status, shown, uid)
+
+
+def stat_entry(dir_fd: int, name: str) -> os.stat_result:
+    """The entry ``name`` itself (a link is not followed); a look before an open."""
+    return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def open_dir(dir_fd: int, name: str, shown: str, uid: int) -> int:
+    """The directory ``name`` in ``dir_fd``, not through a link, owned by ``uid``
+    or root; a descriptor the caller closes."""
+    try:
+        fd = os.open(name, _DIRECTORY, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise Refused(shown, "it is a symbolic link") from err
+        if err.errno == errno.ENOTDIR:
+            raise Refused(shown, "it is not a directory") from err
+        raise
+    try:
+        _check_owner(os.fstat(fd), shown, uid)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _sealed(status: os.stat_result) -> bool:
+    """A directory only root can change: its links are the administrator's."""
+    return status.st_uid == 0 and not status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def open_home(root: Path, home: str, uid: int) -> int:
+    """The home directory ``home`` (as the guest names it; under ``root``, the
+    system root, which is the agent's own), a descriptor the caller closes.
+
+    Its path comes from the administrator, but may cross places others can
+    write: a symbolic link on the way is followed only in a directory only root
+    can change, and every directory on the way belongs to root or the user.
+    """
+    path = posixpath.normpath(posixpath.join("/", home))
+    for _ in range(MAX_LINKS + 1):
+        fd = os.open(root, _DIRECTORY)
+        try:
+            walked = "/"
+            parts = [part for part in path.split("/") if part]
+            for index, name in enumerate(parts):
+                here = posixpath.join(walked, name)
+                if stat.S_ISLNK(stat_entry(fd, name).st_mode):
+                    if not _sealed(os.fstat(fd)):
+                        raise Refused(here, "it is a symbolic link in a directory others can write")
+                    target = os.readlink(name, dir_fd=fd)
+                    path = posixpath.normpath(posixpath.join(walked, target, *parts[index + 1 :]))
+                    break
+                child = open_dir(fd, name, here, uid)
+                os.close(fd)
+                fd, walked = child, here
+            else:
+                home_fd, fd = fd, -1
+                return home_fd
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    raise Refused(home, "too many levels of symbolic links")
+
+
+def make_dir(dir_fd: int, name: str, mode: int, shown: str, uid: int, gid: int) -> int:
+    """Create the directory ``name`` with ``mode``, owned by ``uid``:``gid``; a
+    descriptor of it. One made meanwhile by someone else is used if it passes
+    :func:`open_dir`'s checks (it is then left as it is)."""
+    try:
+        os.mkdir(name, mode, dir_fd=dir_fd)
+    except FileExistsError:
+        return open_dir(dir_fd, name, shown, uid)
+    fd = open_dir(dir_fd, name, shown, uid)
+    try:
+        _own(fd, uid, gid)
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _own(fd: int, uid: int, gid: int) -> None:
+    """Give what ``fd`` is to ``uid``:``gid`` unless it is theirs already (as it
+    is when made with the user's file-system identity)."""
+    status = os.fstat(fd)
+    if (status.st_uid, status.st_gid) != (uid, gid):
+        os.fchown(fd, uid, gid)
+
+
+def read_file(dir_fd: int, name: str, shown: str, uid: int, limit: int) -> bytes | None:
+    """The content of the regular file ``name`` (None when there is none), if it
+    belongs to ``uid`` or root, has one link, and holds at most ``limit`` bytes."""
+    try:
+        _check_file(stat_entry(dir_fd, name), shown, uid)
+    except FileNotFoundError:
+        return None
+    try:
+        fd = os.open(name, _READ, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise Refused(shown, "it is a symbolic link") from err
+        raise
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        _check_file(os.fstat(fd), shown, uid)
+        while size <= limit:
+            chunk = os.read(fd, min(_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise Refused(shown, f"it is larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def replace_file(dir_fd: int, name: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+    """Put a new file with ``data`` in place of ``name``: written under a random
+    name in the same directory, owned by ``uid``:``gid`` with ``mode`` and synced
+    before it is renamed over ``name``, which is never opened (a link planted
+    there is replaced, not followed)."""
+    temporary = f".{name}.{secrets.token_hex(6)}"
+    try:
+        fd = os.open(temporary, _CREATE, mode, dir_fd=dir_fd)
+        try:
+            _own(fd, uid, gid)
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=dir_fd)
+        raise

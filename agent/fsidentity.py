@@ -89,7 +89,8 @@ def acting_as(identity: Identity) -> Iterator[None]:
     """Within the block, this thread reaches files as ``identity`` would.
 
     Only in a thread made for the purpose (see :func:`run_in_own_thread`): the
-    main thread, which runs the event loop, is refused.
+    main thread, which runs the event loop, is refused. A thread started within
+    the block inherits the identity, as a child process would.
     """
     if threading.current_thread() is threading.main_thread():
         raise RuntimeError("the file-system identity is never changed on the main thread")

@@ -58,6 +58,8 @@ def _check_owner(status: os.stat_result, shown: str, uid: int) -> None:
 def _check_file(status: os.stat_result, shown: str, uid: int) -> None:
     """A regular file of the user's or root's, with no other name (a second name
     is a hard link, maybe to a file the user may not read)."""
+    if stat.S_ISLNK(status.st_mode):
+        raise Refused(shown, "it is a symbolic link")
     if not stat.S_ISREG(status.st_mode):
         raise Refused(shown, f"it is {_kind(status.st_mode)}, not a regular file")
     if status.st_nlink != 1:
@@ -76,10 +78,8 @@ def open_dir(dir_fd: int, name: str, shown: str, uid: int) -> int:
     try:
         fd = os.open(name, _DIRECTORY, dir_fd=dir_fd)
     except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise Refused(shown, "it is a symbolic link") from err
-        if err.errno == errno.ENOTDIR:
-            raise Refused(shown, "it is not a directory") from err
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW and O_DIRECTORY said no
+            raise Refused(shown, _not_a_directory(dir_fd, name)) from err
         raise
     try:
         _check_owner(os.fstat(fd), shown, uid)
@@ -87,6 +87,16 @@ def open_dir(dir_fd: int, name: str, shown: str, uid: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _not_a_directory(dir_fd: int, name: str) -> str:
+    try:
+        mode = stat_entry(dir_fd, name).st_mode
+    except OSError:
+        return "it is not a directory"
+    if stat.S_ISLNK(mode):
+        return "it is a symbolic link"
+    return f"it is {_kind(mode)}, not a directory"
 
 
 def _sealed(status: os.stat_result) -> bool:

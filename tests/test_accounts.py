@@ -7,8 +7,10 @@ in a scratch root whose /etc/passwd lists made-up users.
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import stat
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +19,8 @@ import pytest
 import trio
 import trio.testing
 
-from agent import Agent, AgentConfig
+from agent import Agent, AgentConfig, userfiles
+from agent.handlers import accounts
 from agent.system import CommandResult, SystemRoot
 from tests.qga_client import StreamClient
 from tests.system_fakes import OK, RecordingExecutor, User, exited, scratch_root
@@ -319,3 +322,31 @@ async def test_files_belong_to_the_user_not_the_agent(
     path = keys_file(root, bob)
     for item in (path, path.parent):
         assert (item.stat().st_uid, item.stat().st_gid) == (4242, 4343)
+
+
+async def test_a_hung_home_costs_a_thread_not_the_agent(
+    agent_config: AgentConfig, root: SystemRoot, alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that never returns (a dead NFS home, a FUSE server that does not
+    answer) gives an error in bounded time; the agent answers on."""
+    keys_file(root, alice).parent.mkdir()
+    release = threading.Event()
+
+    def hung_read(*args: object) -> bytes:
+        release.wait(60)
+        raise OSError(errno.EIO, "released")
+
+    monkeypatch.setattr(userfiles, "read_file", hung_read)
+    monkeypatch.setattr(accounts, "USER_FILES_TIMEOUT", 0.5)
+    try:
+        with trio.fail_after(60):
+            async with served(agent_config, RecordingExecutor(), root) as client:
+                reply = await client.execute("guest-ssh-get-authorized-keys", {"username": "alice"})
+                assert reply["error"] == {
+                    "class": "GenericError",
+                    "desc": "guest-ssh-get-authorized-keys for user 'alice' did not finish"
+                    " within 0.5 s",
+                }
+                assert await client.execute("guest-ping") == {"return": {}}
+    finally:
+        release.set()

@@ -139,33 +139,50 @@ def _wanted_keys(keys: list[str]) -> list[str]:
 
 
 class KeysFile:
-    """``~user/.ssh/authorized_keys``, reached from the home's descriptor."""
+    """``~user/.ssh/authorized_keys``, reached from the home's descriptor; ``~/.ssh``
+    is opened once, so a read and the write after it are in the same directory."""
 
     def __init__(self, account: Account, home_fd: int) -> None:
         self.account = account
         self.home_fd = home_fd
         self.shown_dir = os.path.join(account.home, SSH_DIR)
         self.shown = os.path.join(self.shown_dir, AUTHORIZED_KEYS)
+        self._dir_fd: int | None = None
 
-    def _ssh_dir(self) -> int | None:
+    def close(self) -> None:
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    def _existing_ssh_dir(self) -> int | None:
         """``~/.ssh``'s descriptor; None when there is none."""
-        try:
-            return userfiles.open_dir(self.home_fd, SSH_DIR, self.shown_dir, self.account.uid)
-        except FileNotFoundError:
-            return None
+        if self._dir_fd is None:
+            try:
+                self._dir_fd = userfiles.open_dir(
+                    self.home_fd, SSH_DIR, self.shown_dir, self.account.uid
+                )
+            except FileNotFoundError:
+                return None
+        return self._dir_fd
+
+    def _ssh_dir(self) -> int:
+        """``~/.ssh``'s descriptor, made 0700 and the user's when there was none."""
+        existing = self._existing_ssh_dir()
+        if existing is not None:
+            return existing
+        uid, gid = self.account.uid, self.account.gid
+        self._dir_fd = userfiles.make_dir(self.home_fd, SSH_DIR, 0o700, self.shown_dir, uid, gid)
+        return self._dir_fd
 
     def read_lines(self) -> list[str] | None:
         """The file's lines; None when there is no file."""
         try:
-            dir_fd = self._ssh_dir()
+            dir_fd = self._existing_ssh_dir()
             if dir_fd is None:
                 return None
-            try:
-                data = userfiles.read_file(
-                    dir_fd, AUTHORIZED_KEYS, self.shown, self.account.uid, KEYS_FILE_LIMIT
-                )
-            finally:
-                os.close(dir_fd)
+            data = userfiles.read_file(
+                dir_fd, AUTHORIZED_KEYS, self.shown, self.account.uid, KEYS_FILE_LIMIT
+            )
         except OSError as err:
             raise GenericError(
                 f"failed to read '{self.shown}': Failed to open file"
@@ -176,22 +193,18 @@ class KeysFile:
     def write_lines(self, lines: list[str]) -> None:
         """Replace the file with ``lines`` (creating ``~/.ssh`` 0700 if needed); the
         new file is 0600 and the user's before it takes the old one's place."""
-        uid, gid = self.account.uid, self.account.gid
         try:
             dir_fd = self._ssh_dir()
-            if dir_fd is None:
-                dir_fd = userfiles.make_dir(self.home_fd, SSH_DIR, 0o700, self.shown_dir, uid, gid)
         except OSError as err:
             raise GenericError(
                 f"failed to create directory '{self.shown_dir}': {os_error_text(err)}"
             ) from err
         data = "".join(line + "\n" for line in lines).encode(errors="surrogateescape")
+        uid, gid = self.account.uid, self.account.gid
         try:
             userfiles.replace_file(dir_fd, AUTHORIZED_KEYS, data, 0o600, uid, gid)
         except OSError as err:
             raise GenericError(f"failed to write to '{self.shown}': {os_error_text(err)}") from err
-        finally:
-            os.close(dir_fd)
 
 
 @contextmanager
@@ -204,11 +217,13 @@ def _opened_keys_file(root: SystemRoot, username: str) -> Iterator[KeysFile]:
         raise GenericError(
             f"failed to open home directory '{account.home}': {os_error_text(err)}"
         ) from err
+    keys_file = KeysFile(account, home_fd)
     try:
         identity = identity_for(account)
         with nullcontext() if identity is None else acting_as(identity):
-            yield KeysFile(account, home_fd)
+            yield keys_file
     finally:
+        keys_file.close()
         os.close(home_fd)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import logging
 import os
 import stat
 import threading
@@ -350,3 +351,36 @@ async def test_a_hung_home_costs_a_thread_not_the_agent(
                 assert await client.execute("guest-ping") == {"return": {}}
     finally:
         release.set()
+
+
+async def test_no_password_key_or_file_content_reaches_the_log(
+    agent_config: AgentConfig,
+    root: SystemRoot,
+    alice: User,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At debug level, through successes and every kind of failure: the log never
+    holds a password, a key, or what a keys file holds."""
+    caplog.set_level(logging.DEBUG)
+    password, secret_key = "pw-MARKER-1", "ssh-ed25519 AAAAkeyMARKER2 x@y"
+    content = "ssh-rsa AAAAcontentMARKER3 z@w"
+    path = keys_file(root, alice)
+    path.parent.mkdir()
+    path.write_text(content + "\n")
+    (tmp_path / "elsewhere").write_text("secret MARKER4\n")
+    failing = RecordingExecutor(default=exited(1, b"chpasswd: line 1: failure"))
+    async with served(agent_config, failing, root) as client:
+        for crypted in (False, True):
+            arguments = {"username": "alice", "password": b64(password), "crypted": crypted}
+            await client.execute("guest-set-user-password", arguments)
+        await client.execute("guest-set-user-password", {**arguments, "password": "!!MARKER5"})
+        await client.execute("guest-ssh-get-authorized-keys", {"username": "alice"})
+        for keys in ([secret_key], [f"# {secret_key}"], [f"{secret_key}\nMARKER6"]):
+            for command in ("guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys"):
+                await client.execute(command, {"username": "alice", "keys": keys})
+        path.unlink()
+        path.symlink_to(tmp_path / "elsewhere")
+        await client.execute("guest-ssh-get-authorized-keys", {"username": "alice"})
+    assert caplog.records  # the session logged at debug level
+    assert "MARKER" not in caplog.text

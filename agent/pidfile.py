@@ -1,7 +1,8 @@
 """The pid file: written at start, locked while the agent runs, removed at exit.
 
 The lock (as qemu-ga's lockf) keeps a second agent from starting on the same
-pid file, and from overwriting the pid of the one that holds it.
+pid file, and from overwriting the pid of the one that holds it. A link, FIFO
+or someone else's file planted under its name is refused (``agent/ownfiles.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import fcntl
 import os
 from collections.abc import Iterator
 
+from agent.ownfiles import open_own_file
+
 
 class PidfileError(Exception):
     """The pid file is held by another process or cannot be written."""
@@ -19,7 +22,7 @@ class PidfileError(Exception):
 @contextlib.contextmanager
 def held_pidfile(path: str) -> Iterator[None]:
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_own_file(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise PidfileError(f"cannot open pid file {path}: {err.strerror}") from err
     try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import GenericError, os_error_text
+from agent.ownfiles import read_own_file
 
 FIRST_HANDLE = 1000
 STATE_FILE = "qga.state"
@@ -46,7 +47,7 @@ class HandleCounter:
 
     def _load(self) -> int:
         try:
-            text = self.path.read_text()
+            text = read_own_file(self.path).decode(errors="replace")
         except FileNotFoundError:
             return FIRST_HANDLE
         except OSError as err:

@@ -50,21 +50,29 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def _check_owner(status: os.stat_result, shown: str, uid: int) -> None:
+def _owner_problem(status: os.stat_result, uid: int) -> str | None:
     if status.st_uid not in (0, uid):
-        raise Refused(shown, f"it belongs to uid {status.st_uid}, neither the user nor root")
+        return f"it belongs to uid {status.st_uid}, neither the user nor root"
+    return None
+
+
+def file_problem(status: os.stat_result, uid: int) -> str | None:
+    """Why ``status`` is not a file to use for ``uid``, or None: it must be a
+    regular file of ``uid``'s or root's with no other name (a second name is a
+    hard link, maybe to a file ``uid`` may not read)."""
+    if stat.S_ISLNK(status.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISREG(status.st_mode):
+        return f"it is {_kind(status.st_mode)}, not a regular file"
+    if status.st_nlink != 1:
+        return f"it has {status.st_nlink} hard links"
+    return _owner_problem(status, uid)
 
 
 def _check_file(status: os.stat_result, shown: str, uid: int) -> None:
-    """A regular file of the user's or root's, with no other name (a second name
-    is a hard link, maybe to a file the user may not read)."""
-    if stat.S_ISLNK(status.st_mode):
-        raise Refused(shown, "it is a symbolic link")
-    if not stat.S_ISREG(status.st_mode):
-        raise Refused(shown, f"it is {_kind(status.st_mode)}, not a regular file")
-    if status.st_nlink != 1:
-        raise Refused(shown, f"it has {status.st_nlink} hard links")
-    _check_owner(status, shown, uid)
+    problem = file_problem(status, uid)
+    if problem is not None:
+        raise Refused(shown, problem)
 
 
 def stat_entry(dir_fd: int, name: str) -> os.stat_result:
@@ -81,11 +89,10 @@ def open_dir(dir_fd: int, name: str, shown: str, uid: int) -> int:
         if err.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW and O_DIRECTORY said no
             raise Refused(shown, _not_a_directory(dir_fd, name)) from err
         raise
-    try:
-        _check_owner(os.fstat(fd), shown, uid)
-    except BaseException:
+    problem = _owner_problem(os.fstat(fd), uid)
+    if problem is not None:
         os.close(fd)
-        raise
+        raise Refused(shown, problem)
     return fd
 
 

@@ -5,13 +5,18 @@ agent that starts and finds it knows the guest may still be frozen and starts
 in the frozen state (qemu-ga does the same). qemu-ga leaves it empty; trio-qga
 writes the mountpoints it freezes, as a JSON list, so that the thaw after a
 restart knows what to thaw. An empty or unreadable marker means "unknown":
-the thaw then covers every freezable filesystem of the mount table.
+the thaw then covers every freezable filesystem of the mount table. A link or
+FIFO planted under its name (a shared state directory) is never followed nor
+read, and is not written through (``agent/ownfiles.py``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+from agent.ownfiles import open_own_file, read_own_file
 
 MARKER_NAME = "qga.state.isfrozen"
 
@@ -26,7 +31,7 @@ class FrozenMarker:
     def mountpoints(self) -> list[str] | None:
         """What the marker says was frozen; None when it does not say (qemu-ga's)."""
         try:
-            value = json.loads(self.path.read_bytes())
+            value = json.loads(read_own_file(self.path))
         except (OSError, ValueError):
             return None
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
@@ -40,7 +45,8 @@ class FrozenMarker:
         (after a reboot nothing is frozen; qemu-ga's default state directory,
         /var/run, does not even survive one).
         """
-        with open(self.path, "w") as marker:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        with os.fdopen(open_own_file(self.path, flags), "w") as marker:
             json.dump(mountpoints, marker)
 
     def remove(self) -> None:

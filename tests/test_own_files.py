@@ -1,0 +1,118 @@
+"""The agent's files under predictable names, in a state directory others can write.
+
+A user of a guest whose agent keeps its pid file and state in a shared
+directory (``--statedir /tmp``) can plant something under those names before
+the agent starts. Nothing planted is followed, opened blocking, truncated or
+written through; the agent reports the name and why. qemu-ga 7.2 opens its
+pid file and frozen marker through links (``open(O_CREAT)``, ``fopen("w")``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.errors import GenericError
+from agent.fsfreeze.marker import FrozenMarker
+from agent.ownfiles import PlantedFile, open_own_file
+from agent.pidfile import PidfileError, held_pidfile
+from agent.store import HandleCounter
+
+PRECIOUS = b"root:$6$precious:19000:0:99999:7:::\n"
+
+
+@pytest.fixture
+def precious(tmp_path: Path) -> Path:
+    """A file that must stay as it is (standing in for /etc/shadow)."""
+    path = tmp_path / "precious"
+    path.write_bytes(PRECIOUS)
+    path.chmod(0o600)
+    return path
+
+
+def link_to(target: Path) -> Callable[[Path], None]:
+    return lambda path: path.symlink_to(target)
+
+
+def hard_link_to(target: Path) -> Callable[[Path], None]:
+    return lambda path: os.link(target, path)
+
+
+def fifo(path: Path) -> None:
+    os.mkfifo(path, 0o600)
+
+
+PLANTS = {
+    "symlink": ("it is a symbolic link", link_to),
+    "hard link": ("it has 2 hard links", hard_link_to),
+    "fifo": ("it is a FIFO, not a regular file", lambda _: fifo),
+}
+
+
+@pytest.fixture(params=list(PLANTS))
+def planted(request: pytest.FixtureRequest, precious: Path) -> tuple[Callable[[Path], None], str]:
+    reason, make = PLANTS[request.param]
+    return make(precious), reason
+
+
+def test_a_planted_pid_file_is_refused(
+    tmp_path: Path, precious: Path, planted: tuple[Callable[[Path], None], str]
+) -> None:
+    plant, reason = planted
+    path = tmp_path / "trio-qga.pid"
+    plant(path)
+    with pytest.raises(PidfileError) as caught, held_pidfile(str(path)):
+        pass
+    assert str(caught.value) == f"cannot open pid file {path}: refused, {reason}"
+    assert precious.read_bytes() == PRECIOUS
+
+
+def test_a_planted_handle_counter_is_refused(
+    tmp_path: Path, precious: Path, planted: tuple[Callable[[Path], None], str]
+) -> None:
+    plant, reason = planted
+    plant(tmp_path / "qga.state")
+    with pytest.raises(GenericError) as caught:
+        HandleCounter(str(tmp_path))
+    assert caught.value.desc == f"cannot read {tmp_path / 'qga.state'}: refused, {reason}"
+    assert precious.read_bytes() == PRECIOUS
+
+
+def test_a_planted_frozen_marker_is_neither_read_nor_written_through(
+    tmp_path: Path, precious: Path, planted: tuple[Callable[[Path], None], str]
+) -> None:
+    plant, reason = planted
+    marker = FrozenMarker(str(tmp_path))
+    plant(marker.path)
+    assert marker.mountpoints() is None  # "unknown": the thaw covers every filesystem
+    with pytest.raises(PlantedFile) as caught:
+        marker.write(["/mnt"])
+    assert caught.value.strerror == f"refused, {reason}"
+    assert precious.read_bytes() == PRECIOUS
+
+
+def test_own_files_are_still_made_read_and_truncated(tmp_path: Path) -> None:
+    marker = FrozenMarker(str(tmp_path))
+    marker.write(["/mnt/a", "/mnt/b"])
+    marker.write(["/mnt/c"])
+    assert marker.mountpoints() == ["/mnt/c"]
+    with held_pidfile(str(tmp_path / "agent.pid")):
+        assert (tmp_path / "agent.pid").read_text() == f"{os.getpid()}\n"
+    counter = HandleCounter(str(tmp_path))
+    assert HandleCounter(str(tmp_path)).take() == counter.take()  # read back from the file
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a file of another user's needs root to make")
+def test_a_file_of_another_users_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "qga.state.isfrozen"
+    path.write_text("[]")
+    os.chown(path, 4242, 4242)
+    with pytest.raises(PlantedFile) as caught:
+        open_own_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    assert caught.value.strerror == "refused, it belongs to uid 4242, neither the user nor root"
+    assert path.read_text() == "[]"
+    assert stat.S_ISREG(path.lstat().st_mode)

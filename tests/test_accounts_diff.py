@@ -9,7 +9,9 @@ the scratch user's home and the test's own root-only files; where it hangs
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -166,3 +168,31 @@ def test_planted_attacks_qemu_ga_falls_for_are_refused(
         assert client.execute("guest-ping") == {"return": {}}
         client.close()
     assert (theirs, ours) == (QEMU_GA[attack], "refused")
+
+
+def test_verbose_logs_hold_no_password(tmp_path: Path) -> None:
+    """qemu-ga -v logs each request as it came, password included; trio-qga -v
+    does not. The password holds a newline, so both refuse it before chpasswd
+    would run: no password of this machine changes."""
+    raw = f"pw-{secrets.token_hex(8)}\nx"
+    password = base64.b64encode(raw.encode()).decode()
+    request = {"username": "nobody", "password": password, "crypted": False}
+    logs = {name: tmp_path / f"{name}.log" for name in ("qemu-ga", "trio-qga")}
+    (tmp_path / "trio-qga").mkdir()
+    with (
+        running_qemu_ga(tmp_path / "qemu-ga", "-v", "-l", str(logs["qemu-ga"])) as theirs,
+        running_agent((tmp_path / "trio-qga").resolve(), "-v", "-l", str(logs["trio-qga"])) as (
+            _,
+            ours,
+        ),
+    ):
+        for sock in (theirs, ours):
+            client = SocketClient(sock)
+            reply = client.execute("guest-set-user-password", request)
+            client.close()
+            assert reply["error"]["desc"] == "forbidden characters in raw password"
+    theirs_log, ours_log = (logs[name].read_text() for name in ("qemu-ga", "trio-qga"))
+    assert password in theirs_log
+    assert "guest-set-user-password" in ours_log  # -v logged the command...
+    assert password not in ours_log  # ...but not its password
+    assert raw.split("\n")[0] not in ours_log

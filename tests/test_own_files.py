@@ -3,14 +3,17 @@
 A user of a guest whose agent keeps its pid file and state in a shared
 directory (``--statedir /tmp``) can plant something under those names before
 the agent starts. Nothing planted is followed, opened blocking, truncated or
-written through; the agent reports the name and why. qemu-ga 7.2 opens its
-pid file and frozen marker through links (``open(O_CREAT)``, ``fopen("w")``).
+written through; the agent reports the name and why. qemu-ga 7.2 writes its
+pid file through a link (recorded below).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from agent.fsfreeze.marker import FrozenMarker
 from agent.ownfiles import PlantedFile, open_own_file
 from agent.pidfile import PidfileError, held_pidfile
 from agent.store import HandleCounter
+from tests.reference import qemu_ga_binary
 
 PRECIOUS = b"root:$6$precious:19000:0:99999:7:::\n"
 
@@ -116,3 +120,35 @@ def test_a_file_of_another_users_is_refused(tmp_path: Path) -> None:
     assert caught.value.strerror == "refused, it belongs to uid 4242, neither the user nor root"
     assert path.read_text() == "[]"
     assert stat.S_ISREG(path.lstat().st_mode)
+
+
+def test_qemu_ga_writes_its_pid_through_a_planted_link(tmp_path: Path, precious: Path) -> None:
+    """The record of what qemu-ga 7.2 does (it writes its pid file only with -d):
+    the link's target, here a scratch file, is truncated and gets its pid."""
+    link = tmp_path / "qemu-ga.pid"
+    link.symlink_to(precious)
+    sock = tmp_path / "qemu-ga.sock"
+    argv = [qemu_ga_binary(), "-d", "-m", "unix-listen", "-p", str(sock), "-t", str(tmp_path)]
+    subprocess.run([*argv, "-f", str(link)], check=True, timeout=60)
+    deadline = time.monotonic() + 60
+    while precious.read_bytes() == PRECIOUS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    written = precious.read_text()
+    pid = int(written)
+    try:
+        assert written == f"{pid}\n"
+    finally:
+        _stop(pid)
+
+
+def _stop(pid: int) -> None:
+    """Stop the qemu-ga daemon this test started (not our child: it forked twice)."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -118,7 +119,7 @@ QEMU_GA = {
     "get through a linked authorized_keys": "root-only content in the reply",
     "add through a linked authorized_keys": "root-only content in a file of the user's",
     "add through a linked ~/.ssh": "wrote into the root-owned directory",
-    "get from a FIFO": f"no reply within {LEASH:g} s",
+    "get from a FIFO": f"no reply within {LEASH:g} s, SIGTERM stopped it",
 }
 
 
@@ -131,8 +132,7 @@ def _outcome(sock: Path, user: ScratchUser, root_only: RootOnly, attack: str) ->
     try:
         reply = client.execute(command, {"username": user.name, **arguments})
     except TimeoutError:
-        _kill_hung(client)
-        return f"no reply within {LEASH:g} s"
+        return f"no reply within {LEASH:g} s, {_stop_hung(client)}"
     finally:
         client.close()
     secret = root_only.content.strip().decode()
@@ -146,14 +146,31 @@ def _outcome(sock: Path, user: ScratchUser, root_only: RootOnly, attack: str) ->
     return "refused"
 
 
-def _kill_hung(client: SocketClient) -> None:
-    """The agent at the other end of ``client`` (one this test started), blocked in
-    open() of the FIFO: SIGTERM cannot stop it, SIGKILL does."""
+def _stop_hung(client: SocketClient) -> str:
+    """Stop the agent at the other end of ``client`` (one this test started), which
+    does not answer: SIGTERM, then SIGKILL if SIGTERM did not stop it in time.
+    What it took, for the record."""
     credentials = client.sock.getsockopt(
         socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
     )
     pid, _, _ = struct.unpack("3i", credentials)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + LEASH
+    while time.monotonic() < deadline:
+        if _gone(pid):
+            return "SIGTERM stopped it"
+        time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
+    return "SIGTERM ignored"
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as proc_stat:
+            return proc_stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS))

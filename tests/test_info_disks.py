@@ -166,6 +166,7 @@ async def test_fsinfo_of_the_scratch_filesystem(
         "disk": [],  # a loop device lies on a file, not a disk (qemu-ga gives [] too)
         "used-bytes": used,
         "total-bytes": used + usage.f_bavail * usage.f_frsize,
+        "total-bytes-privileged": usage.f_blocks * usage.f_frsize,
     }
 
 

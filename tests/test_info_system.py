@@ -192,7 +192,7 @@ async def test_load_is_proc_loadavg(agent_client: StreamClient) -> None:
         after = (await read("/proc/loadavg")).split()[:3]
         if before == after:
             break
-    ours = [f"{load[key]:.2f}" for key in ("load1", "load5", "load15")]
+    ours = [f"{load[key]:.2f}" for key in ("load1m", "load5m", "load15m")]
     assert ours in (before, after)
 
 

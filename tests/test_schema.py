@@ -63,9 +63,9 @@ def _qemu_definitions() -> dict[str, Any]:
 def test_names_and_member_types_match_qemu_ga_7_2() -> None:
     """Every command of qemu-ga 7.2 is in our schema with the same members and types.
 
-    Ours follows the current QEMU schema where it moved on since 7.2:
-    ``capture-output`` became an alternate and ``disk`` of GuestFilesystemInfo
-    became optional.
+    Ours follows the current QEMU schema where it moved on since 7.2 (see
+    docs/schema-audit.md): ``capture-output`` became an alternate (8.0) and
+    GuestFilesystemInfo gained ``total-bytes-privileged`` (9.1).
     """
     qemu = _qemu_definitions()
     ours = load_builtin()
@@ -88,10 +88,51 @@ def test_names_and_member_types_match_qemu_ga_7_2() -> None:
             continue  # guest-get-devices is Windows-only
         assert name in ours.types, name
         theirs_type = definition.get("data")
+        mine_type = ours.types[name]["data"]
         if name == "GuestFilesystemInfo":
-            assert isinstance(theirs_type, dict)
-            theirs_type = {("*disk" if k == "disk" else k): v for k, v in theirs_type.items()}
-        assert ours.types[name].get("data") == theirs_type, name
+            mine_type = dict(mine_type)
+            assert mine_type.pop("*total-bytes-privileged") == "uint64"
+        assert mine_type == theirs_type, name
+
+
+def test_members_qemu_renamed_or_added_after_7_2() -> None:
+    """What the current QEMU (10.0 and later) has that 7.2 has not, letter for letter."""
+    types = load_builtin().types
+    assert types["GuestLoadAverage"]["data"] == {
+        "load1m": "number",
+        "load5m": "number",
+        "load15m": "number",
+    }
+    assert types["GuestExecCaptureOutput"]["data"] == {
+        "flag": "bool",
+        "mode": "GuestExecCaptureOutputMode",
+    }
+
+
+def _referenced(expr: object) -> set[str]:
+    """The type names a QAPI type expression or member dict mentions."""
+    if isinstance(expr, str):
+        return {expr}
+    if isinstance(expr, list):
+        return set().union(*map(_referenced, expr))
+    if isinstance(expr, dict):
+        return set().union(*map(_referenced, expr.values()))
+    return set()
+
+
+def test_every_referenced_type_is_defined_and_every_type_is_used() -> None:
+    defs = load_builtin()
+    builtin = {"str", "bool", "number", "any", "null", "int", "size"}
+    builtin |= {f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)}
+    used: set[str] = set()
+    for command in defs.commands.values():
+        used |= _referenced(command.data) | _referenced(command.returns)
+    for definition in defs.types.values():
+        if "enum" in definition:
+            continue
+        used |= _referenced(definition.get("data")) | _referenced(definition.get("base"))
+    assert used - builtin - set(defs.types) == set()
+    assert set(defs.types) - used == set()
 
 
 @pytest.mark.parametrize(

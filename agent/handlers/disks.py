@@ -65,6 +65,7 @@ def _fsinfo(ctx: AgentContext) -> list[dict[str, Any]]:
             # As df: the total a non-root user can reach (what is used plus what is available).
             info["used-bytes"] = used * usage.f_frsize
             info["total-bytes"] = (used + usage.f_bavail) * usage.f_frsize
+            info["total-bytes-privileged"] = usage.f_blocks * usage.f_frsize
         filesystems.append(info)
     # qemu-ga builds its list by prepending: the last mount comes first.
     filesystems.reverse()

@@ -59,7 +59,7 @@ def guest_get_load(ctx: AgentContext) -> dict[str, object]:
         load1, load5, load15 = os.getloadavg()
     except OSError as err:
         raise GenericError(f"cannot query load average: {os_error_text(err)}") from err
-    return {"load1": load1, "load5": load5, "load15": load15}
+    return {"load1m": load1, "load5m": load5, "load15m": load15}
 
 
 @handlers.command("guest-get-osinfo")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import itertools
 import json
+import logging
 import math
 import stat
 import time
@@ -119,19 +120,33 @@ async def test_freeze_list_freezes_only_those(tmp_path: Path, scratch: Scratch) 
         assert await client.execute("guest-fsfreeze-thaw") == {"return": 1}
 
 
-async def test_freeze_list_refuses_what_it_cannot_freeze(tmp_path: Path, scratch: Scratch) -> None:
+async def test_freeze_list_ignores_what_it_cannot_freeze(
+    tmp_path: Path, scratch: Scratch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.fsfreeze.freezer")
+    invalid = [scratch.tmpfs, scratch.base, scratch.ext4 / "shared"]
     async with serve(scratch_config(tmp_path, scratch)) as (client, _):
-        for path, desc in [
-            (scratch.tmpfs, f"'{scratch.tmpfs}' is a tmpfs filesystem, which cannot be frozen"),
-            (scratch.base, f"'{scratch.base}' is not a mounted filesystem"),
-            (scratch.ext4 / "shared", f"'{scratch.ext4}/shared' is not a mounted filesystem"),
-        ]:
+        for path in invalid:
             reply = await client.execute(
                 "guest-fsfreeze-freeze-list", {"mountpoints": [str(scratch.xfs), str(path)]}
             )
-            assert reply == error(desc)
-            assert await write_to(scratch.xfs).finished(5)  # nothing was frozen
+            assert reply == {"return": 1}
+            assert await write_to(scratch.xfs).still_blocked(0.5)
+            assert await client.execute("guest-fsfreeze-thaw") == {"return": 1}
+        reply = await client.execute(
+            "guest-fsfreeze-freeze-list", {"mountpoints": [str(path) for path in invalid]}
+        )
+        assert reply == {"return": 0}
         assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
+    ignored = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert (
+        f"guest-fsfreeze-freeze-list: ignoring '{scratch.tmpfs}': a tmpfs filesystem, "
+        "which cannot be frozen" in ignored
+    )
+    assert (
+        f"guest-fsfreeze-freeze-list: ignoring '{scratch.base}': not a mounted filesystem"
+        in ignored
+    )
 
 
 async def test_a_failure_part_way_thaws_what_was_frozen(tmp_path: Path, scratch: Scratch) -> None:

@@ -23,7 +23,7 @@ from agent.errors import GenericError
 from agent.fsfreeze.freezer import Freezer
 from agent.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV, check_allowed
 from agent.fsfreeze.marker import MARKER_NAME
-from agent.fsfreeze.mounts import Mount, NotFreezable, freeze_plan, parse_mountinfo
+from agent.fsfreeze.mounts import Mount, freeze_plan, parse_mountinfo, unfreezable
 from agent.fsfreeze.state import (
     TRANSITIONS,
     FreezeEvent,
@@ -125,12 +125,15 @@ def test_plan_for_a_list_checks_each_mountpoint() -> None:
     plan = freeze_plan(mounts, [FAKE, f"{FAKE}/data/deep/er/", f"{FAKE}/srv"])
     # Sorted children first; /srv is the device of FAKE again: frozen once.
     assert [m.mountpoint for m in plan] == [f"{FAKE}/data/deep/er", FAKE]
-    with pytest.raises(NotFreezable, match="is not a mounted filesystem"):
-        freeze_plan(mounts, [f"{FAKE}/data/deep"])
-    with pytest.raises(NotFreezable, match="is not a mounted filesystem"):
-        freeze_plan(mounts, ["relative/path"])
-    with pytest.raises(NotFreezable, match="is a tmpfs filesystem, which cannot be frozen"):
-        freeze_plan(mounts, [f"{FAKE}/run"])
+    # What no freeze can cover is left out, each with its reason for the log.
+    invalid = [f"{FAKE}/data/deep", "relative/path", f"{FAKE}/run"]
+    assert [m.mountpoint for m in freeze_plan(mounts, [*invalid, FAKE])] == [FAKE]
+    assert freeze_plan(mounts, invalid) == []
+    assert unfreezable(mounts, [*invalid, FAKE]) == {
+        f"{FAKE}/data/deep": "not a mounted filesystem",
+        "relative/path": "not a mounted filesystem",
+        f"{FAKE}/run": "a tmpfs filesystem, which cannot be frozen",
+    }
     assert freeze_plan(mounts, []) == []
 
 
@@ -532,9 +535,7 @@ async def test_commands_while_frozen(fake_agent_client: StreamClient) -> None:
     assert await client.execute("guest-fsfreeze-thaw") == {"return": 1}
     assert await client.execute("guest-fsfreeze-thaw") == {"return": 0}
     reply = await client.execute("guest-fsfreeze-freeze-list", {"mountpoints": ["/nowhere"]})
-    assert reply == {
-        "error": {"class": "GenericError", "desc": "'/nowhere' is not a mounted filesystem"}
-    }
+    assert reply == {"return": 0}  # ignored, as the schema says
     assert await client.execute("guest-fsfreeze-freeze-list", {"mountpoints": []}) == {"return": 0}
     assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
 

@@ -26,9 +26,9 @@ from agent.fsfreeze.mounts import (
     DEFAULT_MOUNT_TABLE,
     Mount,
     MountTableError,
-    NotFreezable,
     freeze_plan,
     read_mount_table,
+    unfreezable,
 )
 from agent.fsfreeze.state import FreezeEvent, FreezeMachine, FreezeState
 from agent.fsfreeze.watchdog_client import Watchdog, WatchdogError
@@ -137,9 +137,11 @@ class Freezer:
     async def _plan(self, mountpoints: Sequence[str] | None) -> list[Mount]:
         try:
             table = await trio.to_thread.run_sync(read_mount_table, self.mount_table)
-            return freeze_plan(table, mountpoints)
-        except (MountTableError, NotFreezable) as err:
+        except MountTableError as err:
             raise GenericError(str(err)) from err
+        for path, reason in unfreezable(table, mountpoints or ()).items():
+            log.info("guest-fsfreeze-freeze-list: ignoring '%s': %s", path, reason)
+        return freeze_plan(table, mountpoints)
 
     async def _freeze(self, plan: list[Mount]) -> int:
         self._machine.fire(FreezeEvent.FREEZE)

@@ -103,10 +103,11 @@ def visible(mounts: Iterable[Mount]) -> dict[str, Mount]:
 def freeze_plan(mounts: Sequence[Mount], mountpoints: Sequence[str] | None) -> list[Mount]:
     """What a freeze covers, children before parents, one mount per device.
 
-    ``mountpoints`` None means every freezable filesystem. Given ones must each
-    be a freezable filesystem of the table, else :class:`NotFreezable` says why.
-    Deepest mountpoints come first: a filesystem is frozen before the one it
-    is mounted on (and whose image file it may live in).
+    ``mountpoints`` None means every freezable filesystem. Of given ones, those
+    no freeze can cover are left out (see :func:`unfreezable`): the schema says
+    "Invalid mount points are ignored", and qemu-ga ignores them. Deepest
+    mountpoints come first: a filesystem is frozen before the one it is mounted
+    on (and whose image file it may live in).
     """
     by_path = visible(mounts)
     if mountpoints is None:
@@ -114,7 +115,11 @@ def freeze_plan(mounts: Sequence[Mount], mountpoints: Sequence[str] | None) -> l
         # Of two mounts of one device, keep the filesystem's own (root "/") one.
         chosen.sort(key=lambda mount: mount.root != "/")
     else:
-        chosen = [_requested(by_path, path) for path in mountpoints]
+        chosen = [
+            by_path[os.path.normpath(path)]
+            for path in mountpoints
+            if _why_not(by_path, path) is None
+        ]
     order = {mount.mountpoint: index for index, mount in enumerate(by_path.values())}
     plan: dict[int, Mount] = {}
     for mount in chosen:
@@ -122,14 +127,16 @@ def freeze_plan(mounts: Sequence[Mount], mountpoints: Sequence[str] | None) -> l
     return sorted(plan.values(), key=lambda m: (m.depth, order[m.mountpoint]), reverse=True)
 
 
-class NotFreezable(ValueError):
-    """A mountpoint given to freeze-list that no freeze can cover."""
+def unfreezable(mounts: Sequence[Mount], mountpoints: Sequence[str]) -> dict[str, str]:
+    """The given mountpoints no freeze can cover, each with the reason why."""
+    by_path = visible(mounts)
+    return {path: reason for path in mountpoints if (reason := _why_not(by_path, path))}
 
 
-def _requested(by_path: dict[str, Mount], path: str) -> Mount:
+def _why_not(by_path: dict[str, Mount], path: str) -> str | None:
     mount = by_path.get(os.path.normpath(path)) if path.startswith("/") else None
     if mount is None:
-        raise NotFreezable(f"'{path}' is not a mounted filesystem")
+        return "not a mounted filesystem"
     if not mount.freezable:
-        raise NotFreezable(f"'{path}' is a {mount.fstype} filesystem, which cannot be frozen")
-    return mount
+        return f"a {mount.fstype} filesystem, which cannot be frozen"
+    return None

@@ -18,6 +18,7 @@ import trio.testing
 
 from agent import Agent, AgentConfig
 from agent.handlers.system import OS_RELEASE_ENV, logged_in_users
+from agent.protocol import encode_return
 from agent.sysinfo.osrelease import os_release_info, parse_os_release, unquote
 from agent.sysinfo.procfs import parse_cpustats, parse_diskstats
 from agent.system import SystemRoot
@@ -208,6 +209,17 @@ def test_users_are_listed_once_with_their_earliest_login() -> None:
         {"user": "alice", "login-time": 100.0},
         {"user": "bob", "login-time": 150.0},
     ]
+
+
+def test_a_whole_login_time_is_printed_as_qemu_ga_prints_it() -> None:
+    sessions = [
+        SimpleNamespace(name="alice", started=1795694444.0),
+        SimpleNamespace(name="bob", started=1795694444.25),
+    ]
+    assert encode_return(logged_in_users(sessions)) == (
+        b'{"return": [{"user": "alice", "login-time": 1795694444}, '
+        b'{"user": "bob", "login-time": 1795694444.25}]}\n'
+    )
 
 
 async def test_users_match_utmp(agent_client: StreamClient) -> None:

@@ -106,7 +106,14 @@ def logged_in_users(sessions: Iterable[Any]) -> list[dict[str, object]]:
         started = float(session.started)
         if session.name not in earliest or started < earliest[session.name]:
             earliest[session.name] = started
-    return [{"user": name, "login-time": started} for name, started in earliest.items()]
+    return [
+        {"user": name, "login-time": _as_printed(started)} for name, started in earliest.items()
+    ]
+
+
+def _as_printed(seconds: float) -> float | int:
+    """qemu-ga prints a double with ``%.17g``: a whole number has no ``.0``."""
+    return int(seconds) if seconds.is_integer() else seconds
 
 
 @handlers.command("guest-get-cpustats")

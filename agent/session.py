@@ -14,6 +14,7 @@ import trio
 
 from agent.dispatch import Dispatcher
 from agent.protocol import Flush, Framer, Message, ParseError, encode_error
+from agent.wirelog import for_session
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
     framer = Framer(config.max_message_size, config.max_depth)
     pending: list[bytes] = []
     read_size = MIN_READ
+    wire = for_session()  # None unless -v
     while True:
         data = await stream.receive_some(read_size)
         if not data:
@@ -48,8 +50,12 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
             read_size = max(read_size // 2, MIN_READ)
         for event in framer.receive(data):
             if isinstance(event, Message):
+                if wire:
+                    wire.request(len(data), event.value)
                 call = dispatcher.prepare(event.value)
                 if isinstance(call, bytes):
+                    if wire:
+                        wire.reply(call)
                     pending.append(call)
                     continue
                 log.debug("executing %s", call.command.name)
@@ -59,6 +65,8 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
                     reply = await dispatcher.run(call)
                 else:
                     reply = dispatcher.run_sync(call)
+                if wire and reply is not None:
+                    wire.reply(reply)
                 if isinstance(reply, bytes):
                     pending.append(reply)
                 elif reply is not None:
@@ -66,6 +74,9 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
             elif isinstance(event, ParseError):
                 log.debug("parse error: %s", event.reason)
                 pending.append(encode_error("GenericError", event.reason))
+                if wire:
+                    wire.parse_error()
+                    wire.reply(pending[-1])
             elif isinstance(event, Flush):
                 log.debug("0xFF: parser flushed")
         if pending:

@@ -1,0 +1,106 @@
+"""The -v log of requests and replies: qemu-ga's "read data" line, secrets redacted."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from agent import Agent, AgentConfig
+from agent.wirelog import for_session
+from tests.qga_client import StreamClient
+
+SECRET = b"hunter2-very-secret"
+SECRET_B64 = base64.b64encode(SECRET).decode()
+
+
+@pytest.fixture
+async def debug_client(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[StreamClient]:
+    """An agent whose session starts with debug logging on (as with -v)."""
+    caplog.set_level(logging.DEBUG)
+    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None))
+    client_end, agent_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent.serve, agent_end)
+        yield StreamClient(client_end)
+        await client_end.aclose()
+
+
+def wire_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "agent.wirelog"]
+
+
+async def test_each_request_and_reply_is_logged(
+    debug_client: StreamClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    request = b'{"execute": "guest-sync", "arguments": {"id": 7}}'
+    await debug_client.send(request)
+    assert await debug_client.reply() == {"return": 7}
+    assert wire_lines(caplog) == [
+        f'read data, count: {len(request)}, data: {{"execute": "guest-sync", '
+        '"arguments": {"id": 7}}',
+        'sent reply, count: 14, data: {"return": 7}',
+    ]
+
+
+async def test_error_replies_give_class_and_text(
+    debug_client: StreamClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    await debug_client.execute("guest-nope")
+    await debug_client.send(b'{"execute": ]')
+    await debug_client.reply()
+    lines = wire_lines(caplog)
+    assert "guest-nope failed: CommandNotFound: The command guest-nope has not been found" in (
+        lines
+    )
+    assert any(line.startswith("request failed: GenericError: ") for line in lines)
+
+
+async def test_secrets_and_content_never_reach_the_log(
+    debug_client: StreamClient, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # Arguments checked before any handler runs: nothing is changed on this machine.
+    await debug_client.execute("guest-set-user-password", {"username": "x", "password": SECRET_B64})
+    await debug_client.execute("guest-ssh-add-authorized-keys", {"keys": [SECRET.decode()]})
+    await debug_client.execute("guest-ssh-remove-authorized-keys", {"keys": SECRET.decode()})
+    await debug_client.execute("guest-file-write", "not-an-object")  # type: ignore[arg-type]
+    path = tmp_path / "file"
+    handle = (await debug_client.execute("guest-file-open", {"path": str(path), "mode": "w+"}))[
+        "return"
+    ]
+    await debug_client.execute("guest-file-write", {"handle": handle, "buf-b64": SECRET_B64})
+    await debug_client.execute("guest-file-seek", {"handle": handle, "offset": 0, "whence": 0})
+    read = await debug_client.execute("guest-file-read", {"handle": handle})
+    assert read["return"]["buf-b64"] == SECRET_B64
+    started = await debug_client.execute(
+        "guest-exec",
+        {"path": "/bin/cat", "input-data": SECRET_B64, "capture-output": "separated"},
+    )
+    with trio.fail_after(60):
+        while True:
+            status = await debug_client.execute("guest-exec-status", started["return"])
+            if status["return"]["exited"]:
+                break
+            await trio.sleep(0.05)
+    assert status["return"]["out-data"] == SECRET_B64
+    text = "\n".join(wire_lines(caplog))
+    for secret in (SECRET_B64, SECRET.decode()):
+        assert secret not in caplog.text  # not in any record, whoever logged it
+    assert '"password": "<redacted>"' in text
+    assert '"keys": "<redacted>"' in text
+    assert '"arguments": "<redacted>"' in text
+    assert '"buf-b64": "<redacted>"' in text
+    assert '"input-data": "<redacted>"' in text
+    assert '"out-data": "<redacted>"' in text
+
+
+def test_no_wire_log_without_debug(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    assert for_session() is None

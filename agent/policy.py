@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 from agent.registry import Command
 
-FROZEN_REASON = "the agent is in frozen state"
+# Since QEMU 9.1 qemu-ga gives this one reason for every disabled command: blocked,
+# not allowed, or not allowed while frozen (7.2 said "the agent is in frozen state"
+# for the last and nothing for the first).
+NOT_ALLOWED = "the command is not allowed"
 
 
 @dataclass(frozen=True)
@@ -24,11 +27,11 @@ class CommandPolicy:
         return cls(frozenset(blocked), None if allowed is None else frozenset(allowed))
 
     def disabled_reason(self, command: Command, frozen: bool) -> str | None:
-        """None when ``command`` may run; else why not ("" for blocked by config)."""
+        """None when ``command`` may run; else why not, in qemu-ga's (9.1 and later) words."""
         if command.name in self.blocked:
-            return ""
+            return NOT_ALLOWED
         if self.allowed is not None and command.name not in self.allowed:
-            return ""
+            return NOT_ALLOWED
         if frozen and not command.allowed_while_frozen:
-            return FROZEN_REASON
+            return NOT_ALLOWED
         return None

@@ -189,7 +189,7 @@ def test_rpcs_blocked_in_the_file_are_disabled(tmp_path: Path) -> None:
         client = SocketClient(sock)
         assert client.execute("guest-info")["error"] == {
             "class": "CommandNotFound",
-            "desc": "Command guest-info has been disabled",
+            "desc": "Command guest-info has been disabled: the command is not allowed",
         }
         assert client.execute("guest-ping") == {"return": {}}
         client.close()

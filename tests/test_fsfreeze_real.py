@@ -211,7 +211,7 @@ async def test_an_agent_started_with_the_marker_is_frozen_and_thaws(
     async with serve(scratch_config(tmp_path, scratch)) as (client, _):
         assert await client.execute("guest-fsfreeze-status") == {"return": "frozen"}
         assert await client.execute("guest-fsfreeze-freeze") == error(
-            "Command guest-fsfreeze-freeze has been disabled: the agent is in frozen state",
+            "Command guest-fsfreeze-freeze has been disabled: the command is not allowed",
             "CommandNotFound",
         )
         assert await blocked.still_blocked(0.3)

@@ -528,7 +528,7 @@ async def test_commands_while_frozen(fake_agent_client: StreamClient) -> None:
         assert reply == {
             "error": {
                 "class": "CommandNotFound",
-                "desc": f"Command {name} has been disabled: the agent is in frozen state",
+                "desc": f"Command {name} has been disabled: the command is not allowed",
             }
         }
     assert await client.execute("guest-sync", {"id": 1}) == {"return": 1}

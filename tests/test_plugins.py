@@ -13,7 +13,7 @@ import pytest
 from agent import Agent, AgentConfig
 from agent.models.schema import load_builtin
 from agent.plugins import ENTRY_POINT_GROUP, Plugin, load_plugins
-from agent.policy import FROZEN_REASON, CommandPolicy
+from agent.policy import NOT_ALLOWED, CommandPolicy
 from agent.registry import HandlerSet, Registry
 from tests.qga_client import AGENT_COMMAND, SocketClient, StreamClient, running_agent
 
@@ -119,9 +119,13 @@ def test_plugin_commands_obey_the_policy() -> None:
     load_plugins(registry, entry_points=lambda: entry_points(hello="HELLO"))
     command = registry.get("guest-x-hello")
     assert command is not None
-    assert CommandPolicy().disabled_reason(command, frozen=True) == FROZEN_REASON
-    assert CommandPolicy.from_lists(blocked=["guest-x-hello"]).disabled_reason(command, False) == ""
-    assert CommandPolicy.from_lists(allowed=["guest-ping"]).disabled_reason(command, False) == ""
+    assert CommandPolicy().disabled_reason(command, frozen=True) == NOT_ALLOWED
+    assert CommandPolicy.from_lists(blocked=["guest-x-hello"]).disabled_reason(command, False) == (
+        NOT_ALLOWED
+    )
+    assert CommandPolicy.from_lists(allowed=["guest-ping"]).disabled_reason(command, False) == (
+        NOT_ALLOWED
+    )
 
 
 # -------------------------------------------- the installed example plugin --

@@ -256,8 +256,22 @@ async def test_set_time_errors(agent_config: AgentConfig) -> None:
         assert reply["error"]["desc"] == "Failed to set time to guest: Invalid argument"
         reply = await client.execute("guest-set-time")
         assert reply["error"]["desc"].startswith(
-            "hwclock failed to set hardware clock to system time: /sbin/hwclock -s failed"
+            "child process has failed to set hardware clock to system time: /sbin/hwclock -s failed"
         )
+
+
+@pytest.mark.parametrize(
+    "time", [-(10**9) - 1, 3155760000 * 10**9, 2**63 - 1, 101 * 365 * 86400 * 10**9]
+)
+async def test_set_time_refuses_a_year_outside_1970_to_2069(
+    agent_config: AgentConfig, time: int
+) -> None:
+    clock, executor = FakeClock(), RecordingExecutor(default=OK)
+    async with served(agent_config, executor, clock=clock) as client:
+        reply = await client.execute("guest-set-time", {"time": time})
+    assert reply == {"error": {"class": "GenericError", "desc": "Invalid time"}}
+    assert clock.settings == []
+    assert executor.commands == []
 
 
 def test_the_commands_come_from_the_command_line() -> None:

@@ -291,7 +291,7 @@ async def test_blocked_and_allowed_rpcs(tmp_path: Any) -> None:
     async with trio.open_nursery() as nursery:
         client, _ = await serve_test_agent(nursery, config)
         assert await client.execute("test-quiet") == error(
-            "Command test-quiet has been disabled", "CommandNotFound"
+            "Command test-quiet has been disabled: the command is not allowed", "CommandNotFound"
         )
         nursery.cancel_scope.cancel()
     config = AgentConfig(statedir=str(tmp_path), allowed_rpcs=("guest-ping",))
@@ -299,7 +299,7 @@ async def test_blocked_and_allowed_rpcs(tmp_path: Any) -> None:
         client, _ = await serve_test_agent(nursery, config)
         assert await client.execute("guest-ping") == {"return": {}}
         assert await client.execute("test-broken") == error(
-            "Command test-broken has been disabled", "CommandNotFound"
+            "Command test-broken has been disabled: the command is not allowed", "CommandNotFound"
         )
         nursery.cancel_scope.cancel()
 
@@ -309,7 +309,7 @@ async def test_frozen_refuses_commands_not_allowed_while_frozen(tmp_path: Any) -
         (tmp_path / MARKER_NAME).touch()  # as qemu-ga: start frozen
         client, _ = await serve_test_agent(nursery, AgentConfig(statedir=str(tmp_path)))
         assert await client.execute("test-broken") == error(
-            "Command test-broken has been disabled: the agent is in frozen state",
+            "Command test-broken has been disabled: the command is not allowed",
             "CommandNotFound",
         )
         assert await client.execute("guest-ping") == {"return": {}}

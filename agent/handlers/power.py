@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
@@ -248,13 +249,32 @@ async def guest_set_time(ctx: AgentContext, time: int | None) -> dict[str, objec
     """Set the clock to ``time`` and the RTC from it (``hwclock -w``), or, without
     ``time``, the clock from the RTC (``hwclock -s``), as qemu-ga does."""
     if time is not None:
+        if not _plausible(time):
+            raise GenericError("Invalid time")
         try:
             ctx.clock.set_time_ns(time)
         except OSError as err:
             raise GenericError(f"Failed to set time to guest: {os_error_text(err)}") from err
     argv = [*ctx.config.hwclock_command, "-w" if time is not None else "-s"]
-    failure = "hwclock failed to set hardware clock to system time"
-    result = await _run(ctx, argv, failure)
+    result = await _run(ctx, argv, "child process has failed to set hardware clock")
+    if result.returncode < 0:
+        raise GenericError(f"child process has terminated abnormally: {_detail(argv, result)}")
     if result.returncode:
-        raise GenericError(f"{failure}: {_detail(argv, result)}")
+        raise GenericError(
+            "child process has failed to set hardware clock to system time: "
+            + _detail(argv, result)
+        )
     return {}
+
+
+def _plausible(time_ns: int) -> bool:
+    """qemu-ga refuses a time whose year is not within 1970 to 2069.
+
+    Its seconds are C's division, truncated toward zero (-1 ns is 1970).
+    """
+    seconds = abs(time_ns) // 1_000_000_000 * (1 if time_ns >= 0 else -1)
+    try:
+        year = datetime.fromtimestamp(seconds, UTC).year
+    except (OverflowError, OSError, ValueError):
+        return False
+    return 1970 <= year < 2070

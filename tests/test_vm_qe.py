@@ -1,0 +1,452 @@
+"""QEMU's own QE checks that need a guest, against trio-qga and qemu-ga side by side.
+
+tp-qemu's ``qemu_guest_agent`` test, the acceptance test QEMU's downstream QE
+runs, has checks that change the guest. They run here in ONE VM
+(``../shared/vm/run-in-vm --cpus 2``, TCG when KVM does not work), with trio-qga
+on the virtio-serial port and Debian's qemu-ga 7.2 on the ISA serial line
+(``vm_qe_guest.py``): every check runs against both, one after the other, and
+their answers are compared. Where they differ on purpose (texts that changed in
+QEMU 9.1, commands newer than 7.2, qemu-ga's own flaws) the test says so.
+
+The checks: guest-get-fsinfo shows the virtio disk's ``serial`` given on the QEMU
+command line; a plain guest-fsfreeze-freeze freezes the guest's disk (a write
+waits until the thaw) and, while frozen, file commands, guest-exec and
+guest-shutdown answer "disabled"; guest-fsfreeze-freeze-list without
+mountpoints, with an invalid one, and with none valid; the fsfreeze hook's log
+lines; guest-set-time (the clock and the RTC move) and an invalid time refused;
+guest-set-user-password plain and crypted on a scratch user, and the request in
+both -v logs (the password only in qemu-ga's); guest-set-vcpus; the
+"operation-failed" answer of guest-set-memory-blocks for a block that cannot go
+offline; guest-network-get-interfaces after an address change; guest-get-load
+rising under load (trio-qga only: qemu-ga 7.2 has no guest-get-load).
+
+run-in-vm has no option for a disk: a ``qemu-system-x86_64`` wrapper first in
+PATH adds a virtio disk with a ``serial`` (an ext4 image made here), and the
+guest loads virtio_blk and ext4 from the same Debian kernel package as
+run-in-vm's kernel (fetched once with ``apt-get download``, cached beside it)
+and starts udev, from which both agents read the serial. There is no network
+card (run-in-vm gives the guest ``lo`` only), so the address change is on ``lo``.
+Nothing here touches the host: the freezes, clock, users, CPUs and memory are
+the guest's, and the freeze guard in the guest allows only the guest's disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.reference import qemu_ga_binary
+from tests.test_vm import HostEnd
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_IN_VM = Path(os.environ.get("RUN_IN_VM", ROOT.parent / "shared" / "vm" / "run-in-vm"))
+CACHE = Path(
+    os.environ.get("RUN_IN_VM_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qga-vm"
+)
+EXTRA_MODULES = ("virtio_blk", "crc32c_generic", "ext4")
+SERIAL = "QGA-QE-0001"
+MOUNTPOINT = "/mnt/qe"
+DISK = "/dev/vda"
+UDEVD = "/lib/systemd/systemd-udevd"
+BOOT_DEADLINE = 300.0  # TCG on a busy 2-core host: boot, udev, import trio
+AGENTS = ("trio", "qemu")
+Y2031 = 1_924_992_000  # 2031-01-01T00:00:00Z
+Y2100 = 4_102_444_800  # outside qemu-ga's 1970..2069
+USER = "qeuser"
+CRYPTED = "$6$trioqga$0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789./"
+
+
+def require(condition: bool, message: str) -> None:
+    """Fail under CI (which installs everything), skip loudly elsewhere."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def extra_modules() -> list[str]:
+    """virtio_blk and ext4 for run-in-vm's kernel, with their dependencies, in load order.
+
+    Fetched once from the kernel's Debian package and cached beside run-in-vm's kernel.
+    """
+    subprocess.run([str(RUN_IN_VM), "--setup", "-q"], check=True, capture_output=True)
+    version = (CACHE / "kernel" / "version").read_text().strip()
+    tree = CACHE / "qe-modules" / version
+    order = tree / "load-order"
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "qe-modules.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not order.exists():
+            _fetch_modules(version, tree)
+    return [str(tree / name) for name in order.read_text().split()]
+
+
+def _fetch_modules(version: str, tree: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        subprocess.run(
+            [
+                "apt-get",
+                "download",
+                "-qq",
+                "-o",
+                "APT::Sandbox::User=root",
+                f"linux-image-{version}",
+            ],
+            cwd=tmp,
+            check=True,
+            capture_output=True,
+        )
+        [deb] = Path(tmp).glob("*.deb")
+        unpacked = Path(tmp) / "x"
+        subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True)
+        subprocess.run(["busybox", "depmod", "-b", str(unpacked), version], check=True)
+        modules = unpacked / "lib" / "modules" / version
+        staged = Path(tmp) / "tree"
+        staged.mkdir()
+        names = _load_order(modules / "modules.dep", EXTRA_MODULES)
+        for name in names:
+            shutil.copy(modules / name, staged / Path(name).name)
+        (staged / "load-order").write_text("\n".join(Path(name).name for name in names) + "\n")
+        if tree.exists():
+            shutil.rmtree(tree)
+        staged.rename(tree)
+
+
+def _load_order(modules_dep: Path, names: tuple[str, ...]) -> list[str]:
+    """The module files of ``names`` and their dependencies, each after what it needs."""
+    depends: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in modules_dep.read_text().splitlines():
+        module, _, dependencies = line.partition(":")
+        depends[module] = dependencies.split()
+        by_name[Path(module).name.split(".ko")[0].replace("-", "_")] = module
+    order: list[str] = []
+
+    def visit(module: str) -> None:
+        if module not in order:
+            for dependency in depends[module]:
+                visit(dependency)
+            order.append(module)
+
+    for name in names:
+        visit(by_name[name])
+    return order
+
+
+def qemu_wrapper(directory: Path, image: Path) -> Path:
+    """A qemu-system-x86_64 first in PATH that adds the disk run-in-vm cannot."""
+    real = shutil.which("qemu-system-x86_64")
+    require(real is not None, "qemu-system-x86_64 missing: run-in-vm --setup installs it")
+    wrapper = directory / "qemu-system-x86_64"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'exec {real} "$@" -drive file={image},if=none,id=qe,format=raw'
+        f" -device virtio-blk-pci,drive=qe,serial={SERIAL}\n"
+    )
+    wrapper.chmod(0o755)
+    return directory
+
+
+@dataclass
+class Guest:
+    ends: dict[str, HostEnd]
+    process: subprocess.Popen[bytes]
+    output: Path
+
+    def call(self, agent: str, name: str, arguments: dict[str, Any] | None = None) -> Any:
+        reply = self.ends[agent].execute(name, arguments)
+        assert "return" in reply, f"{agent} {name}: {reply}"
+        return reply["return"]
+
+    def error(self, agent: str, name: str, arguments: dict[str, Any] | None = None) -> Any:
+        reply = self.ends[agent].execute(name, arguments)
+        assert "error" in reply, f"{agent} {name}: {reply}"
+        return reply["error"]
+
+    def sh(self, script: str, via: str = "trio") -> str:
+        """Run ``script`` in the guest through ``via``'s guest-exec; its output."""
+        pid = self.call(
+            via, "guest-exec", {"path": "/bin/sh", "arg": ["-c", script], "capture-output": True}
+        )["pid"]
+        deadline = time.monotonic() + 60
+        while not (status := self.call(via, "guest-exec-status", {"pid": pid}))["exited"]:
+            assert time.monotonic() < deadline, f"{script!r} still running"
+            time.sleep(0.05)
+        output = base64.b64decode(status.get("out-data", "")).decode()
+        output += base64.b64decode(status.get("err-data", "")).decode()
+        assert status.get("exitcode") == 0, f"{script!r} failed: {status} {output}"
+        return output
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
+    require(RUN_IN_VM.is_file(), f"run-in-vm not found at {RUN_IN_VM} (set RUN_IN_VM)")
+    require(shutil.which("mkfs.ext4") is not None, "mkfs.ext4 missing (e2fsprogs)")
+    require(Path(UDEVD).exists(), f"{UDEVD} missing: scripts/setup --test installs udev")
+    qemu_ga = qemu_ga_binary()
+    work = tmp_path_factory.mktemp("vm-qe")
+    image = work / "disk.img"
+    with open(image, "wb") as disk:
+        disk.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    (work / "bin").mkdir()
+    env = dict(os.environ)
+    env["PATH"] = f"{qemu_wrapper(work / 'bin', image)}:{env['PATH']}"
+    env["TRIO_QGA_FREEZE_ALLOW"] = MOUNTPOINT  # the guard, in the guest: only the disk
+    env.pop("TRIO_QGA_FREEZE_REFUSED", None)
+    config = {
+        "modules": extra_modules(),
+        "disk": DISK,
+        "mountpoint": MOUNTPOINT,
+        "virtio": "/dev/virtio-ports/org.qemu.guest_agent.0",
+        "isa": "/dev/ttyS1",
+        "qemu_ga": str(qemu_ga),
+    }
+    sockets = {"trio": work / "virtio.sock", "qemu": work / "isa.sock"}
+    output = work / "run-in-vm.out"
+    with open(output, "wb") as out:
+        process = subprocess.Popen(
+            [
+                str(RUN_IN_VM),
+                "--cpus",
+                "2",
+                "--timeout",
+                str(int(BOOT_DEADLINE + 300)),
+                "--qga-socket",
+                str(sockets["trio"]),
+                "--isa-socket",
+                str(sockets["qemu"]),
+                "--",
+                sys.executable,
+                str(ROOT / "tests" / "vm_qe_guest.py"),
+                json.dumps(config),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    ends = {agent: HostEnd(path) for agent, path in sockets.items()}
+    try:
+        deadline = time.monotonic() + BOOT_DEADLINE
+        for end in ends.values():
+            end.connect(deadline)
+            end.sync(deadline)
+        yield Guest(ends, process, output)
+    finally:
+        for end in ends.values():
+            if end.sock is not None:
+                end.close()
+        process.terminate()
+        process.wait(60)
+
+
+def frozen_state(guest: Guest, agent: str) -> str:
+    return str(guest.call(agent, "guest-fsfreeze-status"))
+
+
+@pytest.fixture
+def thawed(guest: Guest) -> Iterator[None]:
+    """Whatever a check does, it leaves no agent frozen."""
+    yield
+    for agent in AGENTS:
+        if frozen_state(guest, agent) == "frozen":
+            guest.call(agent, "guest-fsfreeze-thaw")
+
+
+def disabled(agent: str, name: str) -> dict[str, str]:
+    """The reply to a command disabled while frozen: QEMU 9.1's text for trio-qga."""
+    reason = "the command is not allowed" if agent == "trio" else "the agent is in frozen state"
+    return {"class": "CommandNotFound", "desc": f"Command {name} has been disabled: {reason}"}
+
+
+def test_fsinfo_shows_the_virtio_serial(guest: Guest) -> None:
+    for agent in AGENTS:
+        [fs] = [
+            fs for fs in guest.call(agent, "guest-get-fsinfo") if fs["mountpoint"] == MOUNTPOINT
+        ]
+        [disk] = fs["disk"]
+        assert disk["serial"] == SERIAL, agent
+        assert disk["bus-type"] == "virtio", agent
+        assert disk["dev"] == DISK, agent
+        assert fs["type"] == "ext4", agent
+
+
+@pytest.mark.usefixtures("thawed")
+def test_freeze_then_file_commands_and_shutdown_are_disabled(guest: Guest) -> None:
+    for agent in AGENTS:
+        assert guest.call(agent, "guest-fsfreeze-freeze") == 1, agent  # the disk: all there is
+        assert frozen_state(guest, agent) == "frozen"
+        # The disk really is frozen: a write there waits until the thaw. It runs
+        # through the other agent (this one refuses guest-exec while frozen).
+        other = "qemu" if agent == "trio" else "trio"
+        write = {"path": "/bin/sh", "arg": ["-c", f"echo {agent} > {MOUNTPOINT}/{agent}"]}
+        writer = guest.call(other, "guest-exec", write)
+        time.sleep(2)
+        assert not guest.call(other, "guest-exec-status", writer)["exited"]
+        for name, arguments in [
+            ("guest-file-open", {"path": f"{MOUNTPOINT}/x", "mode": "w"}),
+            ("guest-shutdown", None),
+            ("guest-fsfreeze-freeze", None),
+            ("guest-exec", {"path": "/bin/true"}),
+        ]:
+            assert guest.error(agent, name, arguments) == disabled(agent, name), agent
+        assert guest.call(agent, "guest-fsfreeze-thaw") == 1, agent
+        assert frozen_state(guest, agent) == "thawed"
+        deadline = time.monotonic() + 60
+        while not guest.call(other, "guest-exec-status", writer)["exited"]:
+            assert time.monotonic() < deadline, "the write never finished after the thaw"
+            time.sleep(0.1)
+        assert guest.sh(f"cat {MOUNTPOINT}/{agent}") == f"{agent}\n"
+
+
+@pytest.mark.usefixtures("thawed")
+def test_freeze_list_without_mountpoints_and_with_invalid_ones(guest: Guest) -> None:
+    for agent in AGENTS:
+        assert guest.call(agent, "guest-fsfreeze-freeze-list") == 1, agent
+        assert guest.call(agent, "guest-fsfreeze-thaw") == 1, agent
+        # tp-qemu's ["/", "/invalid"]: the guest's / (an overlay) cannot be frozen either.
+        mixed = {"mountpoints": [MOUNTPOINT, "/invalid"]}
+        assert guest.call(agent, "guest-fsfreeze-freeze-list", mixed) == 1, agent
+        assert guest.call(agent, "guest-fsfreeze-thaw") == 1, agent
+        nothing = {"mountpoints": ["/", "/invalid"]}
+        guest.sh(f": > /run/qe/{agent}-hook.log")
+        assert guest.call(agent, "guest-fsfreeze-freeze-list", nothing) == 0, agent
+        assert frozen_state(guest, agent) == "thawed"
+    # Where they differ: qemu-ga runs the freeze hook before it finds nothing to
+    # freeze, and never the thaw hook; trio-qga runs neither.
+    assert hook_log(guest, "trio") == []
+    assert hook_log(guest, "qemu") == ["qemu fsfreeze hook: freeze"]
+
+
+def test_fsfreeze_hook_log_lines(guest: Guest) -> None:
+    """The hook runs with freeze before the freeze and with thaw after the thaw."""
+    for agent in AGENTS:
+        guest.sh(f": > /run/qe/{agent}-hook.log")
+        assert guest.call(agent, "guest-fsfreeze-freeze") == 1
+        assert guest.call(agent, "guest-fsfreeze-thaw") == 1
+        assert hook_log(guest, agent) == [
+            f"{agent} fsfreeze hook: {verb}" for verb in ("freeze", "thaw")
+        ]
+
+
+def hook_log(guest: Guest, agent: str) -> list[str]:
+    lines = guest.sh(f"cat /run/qe/{agent}-hook.log").splitlines()
+    return [line.split(" ", 1)[1] for line in lines]  # without the time
+
+
+def test_set_time_and_an_invalid_time(guest: Guest) -> None:
+    for offset, agent in enumerate(AGENTS):
+        moment = Y2031 + offset * 86400
+        assert guest.call(agent, "guest-set-time", {"time": moment * 10**9}) == {}, agent
+        assert moment <= int(guest.sh("date +%s")) < moment + 120, agent
+        assert moment <= int(guest.sh('date -d "$(hwclock -r)" +%s')) < moment + 120, agent
+    refused = {
+        agent: guest.error(agent, "guest-set-time", {"time": Y2100 * 10**9}) for agent in AGENTS
+    }
+    assert refused["trio"] == {"class": "GenericError", "desc": "Invalid time"}
+    assert refused["qemu"] == refused["trio"]
+    assert int(guest.sh("date +%s")) < Y2100  # refused before the clock moved
+    assert abs(time.time() - Y2031) > 86400  # and this host's clock never moved
+
+
+def test_set_user_password_plain_and_crypted(guest: Guest) -> None:
+    guest.sh(f"useradd -m -s /bin/sh {USER}")
+    shadow = f"grep '^{USER}:' /etc/shadow | cut -d: -f2"
+    for agent in AGENTS:
+        before = guest.sh(shadow).strip()
+        password = base64.b64encode(f"{agent} pass".encode()).decode()
+        arguments = {"username": USER, "password": password, "crypted": False}
+        assert guest.call(agent, "guest-set-user-password", arguments) == {}
+        hashed = guest.sh(shadow).strip()
+        assert hashed.startswith("$"), agent
+        assert hashed != before, agent
+        crypted = base64.b64encode(CRYPTED.encode()).decode()
+        arguments = {"username": USER, "password": crypted, "crypted": True}
+        assert guest.call(agent, "guest-set-user-password", arguments) == {}
+        assert guest.sh(shadow).strip() == CRYPTED, agent
+        guest.sh(f"usermod -p '!' {USER}")
+        # Both -v logs show the request (tp-qemu's check); only qemu-ga's shows the password.
+        received = read_data(guest.sh(f"tr -d '\\377' < /run/qe/{agent}.log"))
+        assert "guest-set-user-password" in received, agent
+        assert (password in received) is (agent == "qemu"), agent
+    assert '"password": "<redacted>"' in guest.sh("cat /run/qe/trio.log")
+
+
+def read_data(log: str) -> str:
+    """What the ``read data, count: N, data: ...`` lines of an agent's log say it read,
+    joined (qemu-ga logs each read of a serial line, often a few bytes)."""
+    record = r"\n(?:[\d.]+: |\d{4}-\d\d-\d\d )"  # the next line of qemu-ga's or ours
+    pieces = re.findall(rf"read data, count: \d+, data: (.*?)(?={record}|\Z)", log, re.S)
+    return "".join(pieces)
+
+
+def test_set_vcpus(guest: Guest) -> None:
+    for agent in AGENTS:
+        vcpus = guest.call(agent, "guest-get-vcpus")  # qemu-ga lists them last first
+        assert sorted(cpu["logical-id"] for cpu in vcpus) == [0, 1], agent
+        off = {"vcpus": [{"logical-id": 1, "online": False}]}
+        assert guest.call(agent, "guest-set-vcpus", off) == 1, agent
+        assert guest.sh("cat /sys/devices/system/cpu/cpu1/online").strip() == "0", agent
+        on = {"vcpus": [{"logical-id": 1, "online": True}]}
+        assert guest.call(agent, "guest-set-vcpus", on) == 1, agent
+        assert guest.sh("nproc").strip() == "2", agent
+
+
+def test_set_memory_blocks_reports_a_block_that_cannot_go_offline(guest: Guest) -> None:
+    """Block 0 holds the kernel: offlining it fails, reported per block as operation-failed."""
+    replies = {}
+    for agent in AGENTS:
+        blocks = guest.call(agent, "guest-get-memory-blocks")
+        first = min(block["phys-index"] for block in blocks)
+        replies[agent] = guest.call(
+            agent, "guest-set-memory-blocks", {"mem-blks": [{"phys-index": first, "online": False}]}
+        )
+        assert guest.sh(f"cat /sys/devices/system/memory/memory{first}/online").strip() == "1"
+    assert replies["trio"] == replies["qemu"]
+    [answer] = replies["trio"]
+    assert answer["response"] == "operation-failed"
+    assert answer["error-code"] > 0
+
+
+def test_network_interfaces_after_an_address_change(guest: Guest) -> None:
+    guest.sh("ip addr add 192.0.2.7/24 dev lo")
+    try:
+        for agent in AGENTS:
+            [lo] = [
+                i for i in guest.call(agent, "guest-network-get-interfaces") if i["name"] == "lo"
+            ]
+            assert {"ip-address": "192.0.2.7", "ip-address-type": "ipv4", "prefix": 24} in lo[
+                "ip-addresses"
+            ], agent
+    finally:
+        guest.sh("ip addr del 192.0.2.7/24 dev lo")
+
+
+def test_load_rises_under_load(guest: Guest) -> None:
+    """qemu-ga 7.2 predates guest-get-load (QEMU 10.0)."""
+    assert guest.error("qemu", "guest-get-load")["class"] == "CommandNotFound"
+    before = guest.call("trio", "guest-get-load")["load1m"]
+    busy = "for i in 1 2 3; do timeout 60 sh -c 'while :; do :; done' >/dev/null 2>&1 &"
+    guest.sh(busy + " echo $! >> /run/qe/busy; done")
+    deadline = time.monotonic() + 60
+    while (load := guest.call("trio", "guest-get-load"))["load1m"] < before + 0.3:
+        assert time.monotonic() < deadline, f"load1m stayed at {load} (was {before})"
+        time.sleep(1)
+    guest.sh("kill $(cat /run/qe/busy); rm /run/qe/busy")

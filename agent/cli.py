@@ -138,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Options naming the commands that power actions and guest-set-time run (shell-quoted).
 SYSTEM_COMMANDS = {
-    "poweroff_command": "of guest-shutdown (powerdown)",
-    "halt_command": "of guest-shutdown mode=halt",
-    "reboot_command": "of guest-shutdown mode=reboot",
+    "poweroff_command": "of guest-shutdown (powerdown; /sbin/poweroff when present)",
+    "halt_command": "of guest-shutdown mode=halt (/sbin/halt when present)",
+    "reboot_command": "of guest-shutdown mode=reboot (/sbin/reboot when present)",
     "suspend_disk_command": "of guest-suspend-disk",
     "suspend_ram_command": "of guest-suspend-ram",
     "suspend_hybrid_command": "of guest-suspend-hybrid",

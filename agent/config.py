@@ -49,6 +49,8 @@ class AgentConfig:
     mount_table: str = DEFAULT_MOUNT_TABLE  # what guest-fsfreeze-freeze may freeze
     thaw_timeout: float | None = None  # seconds frozen before an auto-thaw; None: never
     # Commands for the power and clock commands (qemu-ga's, right for a systemd guest).
+    # By default, as qemu-ga 10.2, /sbin/poweroff, /sbin/halt or /sbin/reboot when
+    # present (BusyBox guests have no shutdown), else these.
     poweroff_command: tuple[str, ...] = (*SHUTDOWN, "-P", *SHUTDOWN_WHEN)
     halt_command: tuple[str, ...] = (*SHUTDOWN, "-H", *SHUTDOWN_WHEN)
     reboot_command: tuple[str, ...] = (*SHUTDOWN, "-r", *SHUTDOWN_WHEN)

@@ -50,10 +50,10 @@ async def served(
     ("mode", "flag"), [(None, "-P"), ("powerdown", "-P"), ("halt", "-H"), ("reboot", "-r")]
 )
 async def test_shutdown_runs_qemu_gas_command_and_sends_no_reply(
-    agent_config: AgentConfig, mode: str | None, flag: str
+    agent_config: AgentConfig, mode: str | None, flag: str, tmp_path: Path
 ) -> None:
     executor = RecordingExecutor(default=OK)
-    async with served(agent_config, executor) as client:
+    async with served(agent_config, executor, root=tmp_path) as client:  # no /sbin/poweroff
         arguments = {} if mode is None else {"mode": mode}
         await client.send(
             json.dumps({"execute": "guest-shutdown", "arguments": arguments}).encode()
@@ -61,6 +61,26 @@ async def test_shutdown_runs_qemu_gas_command_and_sends_no_reply(
         await client.expect_silence()
         assert await client.execute("guest-ping") == {"return": {}}
     assert executor.commands == [(*SHUTDOWN, flag, *WHEN)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "command"), [(None, "poweroff"), ("halt", "halt"), ("reboot", "reboot")]
+)
+async def test_shutdown_runs_the_modes_own_command_when_present(
+    agent_config: AgentConfig, mode: str | None, command: str, tmp_path: Path
+) -> None:
+    """As qemu-ga 10.2: a BusyBox guest has /sbin/poweroff, halt and reboot, no shutdown."""
+    (tmp_path / "sbin").mkdir()
+    for name in ("poweroff", "halt", "reboot"):
+        (tmp_path / "sbin" / name).touch(mode=0o755)
+    executor = RecordingExecutor(default=OK)
+    async with served(agent_config, executor, root=tmp_path) as client:
+        arguments = {} if mode is None else {"mode": mode}
+        await client.send(
+            json.dumps({"execute": "guest-shutdown", "arguments": arguments}).encode()
+        )
+        assert await client.execute("guest-ping") == {"return": {}}
+    assert executor.commands == [(f"/sbin/{command}",)]
 
 
 async def test_shutdown_commands_are_configurable(agent_config: AgentConfig) -> None:
@@ -95,8 +115,10 @@ async def test_a_failed_shutdown_is_an_error_reply(
     assert reply["error"]["desc"].startswith(text)
 
 
-async def test_a_missing_shutdown_program_is_an_error_reply(agent_config: AgentConfig) -> None:
-    async with served(agent_config, RecordingExecutor()) as client:
+async def test_a_missing_shutdown_program_is_an_error_reply(
+    agent_config: AgentConfig, tmp_path: Path
+) -> None:
+    async with served(agent_config, RecordingExecutor(), root=tmp_path) as client:
         reply = await client.execute("guest-shutdown", {"mode": "halt"})
     assert reply["error"]["desc"] == (
         "child process has failed to shutdown: cannot run /sbin/shutdown: No such file or directory"

@@ -14,6 +14,7 @@ command (``--suspend-ram-command`` ...) replaces the search.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import trio
 
+from agent.config import AgentConfig
 from agent.context import AgentContext
 from agent.errors import GenericError, os_error_text
 from agent.registry import HandlerSet
@@ -28,6 +30,13 @@ from agent.system import CommandResult, describe_failure
 
 log = logging.getLogger(__name__)
 handlers = HandlerSet()
+
+_SHUTDOWN_FIELDS = {
+    "powerdown": "poweroff_command",
+    "halt": "halt_command",
+    "reboot": "reboot_command",
+}
+_DEFAULTS = AgentConfig()
 
 SYS_POWER_STATE = "/sys/power/state"
 SYS_POWER_DISK = "/sys/power/disk"
@@ -39,14 +48,15 @@ def _detail(argv: Sequence[str], result: CommandResult) -> str:
 
 @handlers.command("guest-shutdown")
 async def guest_shutdown(ctx: AgentContext, mode: str | None) -> None:
-    commands = {
-        "powerdown": ctx.config.poweroff_command,
-        "halt": ctx.config.halt_command,
-        "reboot": ctx.config.reboot_command,
-    }
-    argv = commands.get("powerdown" if mode is None else mode)
-    if argv is None:
+    field = _SHUTDOWN_FIELDS.get("powerdown" if mode is None else mode)
+    if field is None:
         raise GenericError("mode is invalid (valid values are: halt|powerdown|reboot")
+    argv = getattr(ctx.config, field)
+    if argv == getattr(_DEFAULTS, field):
+        # qemu-ga 10.2: the mode's own command when there is one (BusyBox has no shutdown).
+        own = "/sbin/" + field.removesuffix("_command")
+        if os.access(ctx.root.path(own), os.X_OK):
+            argv = (own,)
     log.info("guest-shutdown called, mode: %s", mode or "powerdown")
     result = await _run(ctx, argv, "child process has failed to shutdown")
     if result.returncode < 0:

@@ -8,16 +8,14 @@ names, types, no extra members), so a mismatch names the member at fault.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-import trio.testing
 from pydantic import TypeAdapter
 
-from agent import Agent, AgentConfig
+from agent import AgentConfig
 from agent.models.builder import ModelFactory
 from agent.models.schema import load_builtin
 from tests.qga_client import StreamClient
@@ -53,14 +51,10 @@ def _adapter(command: str) -> TypeAdapter[Any]:
 
 
 @pytest.fixture
-async def host_client(tmp_path: Path) -> AsyncIterator[StreamClient]:
-    """An agent that reads this machine's real mount table (never freezes: read-only use)."""
-    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None))
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        yield StreamClient(client_end)
-        await client_end.aclose()
+def agent_config(tmp_path: Path) -> AgentConfig:
+    """This machine's real mount table, so that guest-get-fsinfo has something to say
+    (read-only use: nothing here freezes)."""
+    return AgentConfig(statedir=str(tmp_path), pidfile=None)
 
 
 async def _checked(client: StreamClient, command: str, **arguments: Any) -> Any:
@@ -71,27 +65,27 @@ async def _checked(client: StreamClient, command: str, **arguments: Any) -> Any:
 
 
 @pytest.mark.parametrize("command", READ_ONLY)
-async def test_read_only_reply_matches_the_schema(host_client: StreamClient, command: str) -> None:
-    await _checked(host_client, command)
+async def test_read_only_reply_matches_the_schema(agent_client: StreamClient, command: str) -> None:
+    await _checked(agent_client, command)
 
 
-async def test_file_replies_match_the_schema(host_client: StreamClient, tmp_path: Path) -> None:
+async def test_file_replies_match_the_schema(agent_client: StreamClient, tmp_path: Path) -> None:
     path = tmp_path / "data"
-    handle = await _checked(host_client, "guest-file-open", path=str(path), mode="w+")
+    handle = await _checked(agent_client, "guest-file-open", path=str(path), mode="w+")
     buf = base64.b64encode(b"hello").decode()
-    await _checked(host_client, "guest-file-write", handle=handle, **{"buf-b64": buf})
-    await _checked(host_client, "guest-file-seek", handle=handle, offset=0, whence="set")
-    assert (await _checked(host_client, "guest-file-read", handle=handle))["buf-b64"] == buf
-    await _checked(host_client, "guest-file-close", handle=handle)
+    await _checked(agent_client, "guest-file-write", handle=handle, **{"buf-b64": buf})
+    await _checked(agent_client, "guest-file-seek", handle=handle, offset=0, whence="set")
+    assert (await _checked(agent_client, "guest-file-read", handle=handle))["buf-b64"] == buf
+    await _checked(agent_client, "guest-file-close", handle=handle)
 
 
-async def test_exec_replies_match_the_schema(host_client: StreamClient) -> None:
+async def test_exec_replies_match_the_schema(agent_client: StreamClient) -> None:
     started = await _checked(
-        host_client, "guest-exec", path="/bin/echo", arg=["hi"], **{"capture-output": True}
+        agent_client, "guest-exec", path="/bin/echo", arg=["hi"], **{"capture-output": True}
     )
     with trio.fail_after(60):
         while True:
-            status = await _checked(host_client, "guest-exec-status", **started)
+            status = await _checked(agent_client, "guest-exec-status", **started)
             if status["exited"]:
                 break
             await trio.sleep(0.05)

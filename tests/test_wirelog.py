@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
-import trio.testing
 
-from agent import Agent, AgentConfig
 from agent.wirelog import for_session
 from tests.qga_client import StreamClient
 
@@ -20,17 +17,15 @@ SECRET_B64 = base64.b64encode(SECRET).decode()
 
 
 @pytest.fixture
-async def debug_client(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> AsyncIterator[StreamClient]:
-    """An agent whose session starts with debug logging on (as with -v)."""
+def debug_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG)
-    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None))
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        yield StreamClient(client_end)
-        await client_end.aclose()
+    return caplog
+
+
+@pytest.fixture
+def debug_client(debug_log: pytest.LogCaptureFixture, agent_client: StreamClient) -> StreamClient:
+    """A client of an agent whose session started with debug logging on (as with -v)."""
+    return agent_client
 
 
 def wire_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -367,7 +367,8 @@ def test_set_time_and_an_invalid_time(guest: Guest) -> None:
 
 
 def test_set_user_password_plain_and_crypted(guest: Guest) -> None:
-    guest.sh(f"useradd -m -s /bin/sh {USER}")
+    # No subordinate ids: /etc/subuid is the host's, which other tests may be changing.
+    guest.sh(f"useradd -K SUB_UID_COUNT=0 -K SUB_GID_COUNT=0 -m -s /bin/sh {USER}")
     shadow = f"grep '^{USER}:' /etc/shadow | cut -d: -f2"
     for agent in AGENTS:
         before = guest.sh(shadow).strip()

@@ -34,9 +34,20 @@ _PARTIAL_WORD = re.compile(r"[A-Za-z]+\Z")
 _MAX_HELD = 1024  # longest token kept back, waiting for the rest of it
 _STRAY = re.compile(r"[^ \t\n\r{}\[\]:,\"']{1,16}")
 _KEYWORDS = frozenset(("true", "false", "null"))
-# Recovery: the characters that can end it or move its bracket count.
-_RECOVERY_STOP = re.compile(r"[\n\udcff\"'{}\[\]]")
-_RECOVERY_STRING = {'"': re.compile(r'[^"\n\udcff]*'), "'": re.compile(r"[^'\n\udcff]*")}
+# Recovery: what can end it or move its bracket count (runs of brackets in one step).
+_RECOVERY_STOP = re.compile(r"[\n\udcff\"']|[{\[]+|[}\]]+")
+_RECOVERY_STRING = {q: re.compile(rf"(?:[^{q}\\\n\udcff]|\\[^\n\udcff])*") for q in ('"', "'")}
+# Brackets and quotes a bad message's recovery follows; past them, it skips to the line end.
+RECOVERY_BUDGET = 4096
+
+
+# A byte that was not UTF-8, as surrogateescape decodes it: never sent back as
+# such (a lone surrogate, which strict JSON parsers refuse) but as \xNN.
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _show_byte(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()) - 0xDC00:02x}"
 
 
 class _Expect(enum.Enum):
@@ -80,6 +91,8 @@ class MessageScanner:
         self._recovering = False
         self._recovery_depth = 0
         self._recovery_at_top = False
+        self._recovery_budget = RECOVERY_BUDGET
+        self._recovery_escape = False  # in a string, the last read ended with a backslash
 
     @property
     def idle(self) -> bool:
@@ -264,6 +277,7 @@ class MessageScanner:
 
     def _fail(self, pos: int, reason: str, *, prefixed: bool = True) -> Step:
         self._enter_recovery()
+        reason = _BAD_BYTE.sub(_show_byte, reason)
         return Step(pos, error=f"JSON parse error, {reason}" if prefixed else reason)
 
     # ----------------------------------------------------------- recovery --
@@ -272,7 +286,10 @@ class MessageScanner:
 
         Inside a message, recovery ends when its brackets close, at a newline
         or at 0xFF. Between messages (junk such as ``garbage``) it ends at a
-        newline, 0xFF or the ``{`` of the next message.
+        newline, 0xFF or the ``{`` of the next message. Following the brackets
+        costs a Python step per string or run of brackets, so it has a budget
+        (``RECOVERY_BUDGET`` brackets and quotes): past it, the rest of the
+        message is skipped to the next newline or 0xFF at memchr speed.
         """
         depth = len(self._stack)
         in_string = self._in_string
@@ -285,10 +302,20 @@ class MessageScanner:
     def _recover(self, text: str, pos: int) -> Step:
         n = len(text)
         while pos < n:
+            if self._recovery_budget <= 0:
+                return self._skip_line(text, pos)
             if self._in_string:
+                if self._recovery_escape and text[pos] not in "\n" + FLUSH_CHAR:
+                    pos += 1  # escaped by the backslash that ended the last read
+                self._recovery_escape = False
                 end = _RECOVERY_STRING[self._in_string].match(text, pos).end()  # type: ignore[union-attr]
                 if end >= n:
                     return Step(n)
+                if text[end] == "\\":  # before a newline or 0xFF, or ending the text
+                    if end + 1 == n:
+                        self._recovery_escape = True
+                        return Step(n)
+                    end += 1
                 self._in_string = ""
                 if text[end] in "\"'":
                     pos = end + 1
@@ -298,27 +325,45 @@ class MessageScanner:
             if found is None:
                 return Step(n)
             pos = found.start()
-            c = found.group()
+            token = found.group()
+            c = token[0]
             if c == "\n":
                 self.reset()
                 return Step(pos + 1)
             if c == FLUSH_CHAR:
                 self.reset()
                 return Step(pos + 1, flush=True)
+            # Counted per character, so that the budget runs out at the same
+            # place however the input is split into reads.
+            count = min(len(token), self._recovery_budget)
+            self._recovery_budget -= count
             if c in "\"'":
                 self._in_string = c
             elif c in "{[":
-                if self._recovery_at_top and c == "{":
+                if self._recovery_at_top and "{" in token[:count]:
                     self.reset()
-                    return Step(pos)
-                self._recovery_depth += 1
-            elif self._recovery_depth > 0:
-                self._recovery_depth -= 1
-                if self._recovery_depth == 0 and not self._recovery_at_top:
-                    self.reset()
-                    return Step(pos + 1)
-            pos += 1
+                    return Step(pos + token.index("{"))
+                self._recovery_depth += count
+            elif self._recovery_at_top or self._recovery_depth > count:
+                self._recovery_depth = max(0, self._recovery_depth - count)
+            else:
+                end = pos + self._recovery_depth
+                self.reset()
+                return Step(end)
+            pos += count
         return Step(n)
+
+    def _skip_line(self, text: str, pos: int) -> Step:
+        """Past the budget: on to the next newline or 0xFF, at memchr speed."""
+        newline = text.find("\n", pos)
+        flush = text.find(FLUSH_CHAR, pos, None if newline < 0 else newline)
+        if flush >= 0:
+            self.reset()
+            return Step(flush + 1, flush=True)
+        if newline >= 0:
+            self.reset()
+            return Step(newline + 1)
+        return Step(len(text))
 
 
 _VALUE_STATES = frozenset((_Expect.VALUE, _Expect.FIRST_ELEMENT))

@@ -281,7 +281,33 @@ class _Absent(enum.Enum):
 NO_ID = _Absent.ABSENT
 RequestId = object  # any JSON value, or NO_ID
 
-_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+_json_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encode(value: object) -> str:
+    """JSON text of ``value``, always valid for a strict parser.
+
+    A str may hold lone surrogates (a file name's undecodable bytes, as
+    ``os`` decodes them with surrogateescape); ``ensure_ascii`` would write
+    them as ``\\udcXX`` escapes, which strict JSON parsers refuse. Such
+    characters go out as U+FFFD. Real non-BMP characters are one code point
+    in a str, untouched, and go out as a valid surrogate pair.
+    """
+    text = _json_encode(value)
+    if "\\ud" in text:  # rare: one memchr-speed search on the common path
+        return _json_encode(_replace_surrogates(value))
+    return text
+
+
+def _replace_surrogates(value: object) -> object:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_replace_surrogates(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)

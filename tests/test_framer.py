@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import agent.json_scanner as scanner_module
 import agent.protocol as protocol_module
-from agent.protocol import Event, Flush, Framer, Message, ParseError
+from agent.protocol import (
+    NO_ID,
+    Event,
+    Flush,
+    Framer,
+    Message,
+    ParseError,
+    encode_error,
+    encode_return,
+)
 
 PING = {"execute": "guest-ping"}
 
@@ -293,3 +304,113 @@ def test_json_like_noise_never_raises(text: str) -> None:
     framer = Framer(max_depth=8)
     framer.receive(text.encode("utf-8", "surrogateescape"))
     assert framer.receive(b'\xff\n{"execute":"guest-ping"}')[-1] == Message(PING)
+
+
+def strict_json(line: bytes) -> object:
+    """``line`` parsed as a strict host would: UTF-8 only, no lone surrogate."""
+    value = json.loads(line.decode("utf-8", "strict"))
+    json.dumps(value, ensure_ascii=False).encode("utf-8", "strict")  # raises on a lone one
+    return value
+
+
+def replies_to(events: list[Event]) -> list[bytes]:
+    """What the session sends for the framer's events (an id echoed where there is one)."""
+    replies = []
+    for event in events:
+        if isinstance(event, ParseError):
+            replies.append(encode_error("GenericError", event.reason))
+        elif isinstance(event, Message):
+            value = event.value
+            request_id = value.get("id", NO_ID) if isinstance(value, dict) else NO_ID
+            replies.append(encode_error("GenericError", "any", request_id))
+    return replies
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_any_input_gives_replies_a_strict_parser_accepts(chunks: list[bytes]) -> None:
+    framer = Framer(max_size=4096, max_depth=32)
+    for chunk in chunks:
+        for reply in replies_to(framer.receive(chunk)):
+            strict_json(reply)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="{}[]:,\"'\\ \nabx\xff\xfe\xc3", max_size=80))
+def test_bad_bytes_in_json_like_input_give_strict_replies(text: str) -> None:
+    framer = Framer(max_depth=8)
+    data = text.encode("latin-1")
+    for reply in replies_to(framer.receive(data)):
+        strict_json(reply)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, st.text(st.characters(codec=None), max_size=20))
+def test_encoder_output_is_strict_json_whatever_the_strings(value: object, text: str) -> None:
+    # Strings from the OS may hold lone surrogates (surrogateescape): U+FFFD on the wire.
+    for reply in (encode_return([value, text], text), encode_error("GenericError", text, value)):
+        strict_json(reply)
+
+
+def test_invalid_utf8_after_an_escaped_quote_is_still_one_error() -> None:
+    # Recovery skips strings as JSON does: \" does not end them.
+    data = b'{"execute":"guest-ping","id":"x\xfe\\"}\xfe"}\n{"execute":"guest-ping"}'
+    assert all_ways(data) == [
+        ParseError("JSON parse error, invalid UTF-8 sequence in string"),
+        *messages(PING),
+    ]
+
+
+def test_bad_bytes_are_shown_as_hex_escapes() -> None:
+    assert feed([b"\xfe\xc3x\n"]) == [ParseError("JSON parse error, stray '\\xfe\\xc3x'")]
+    assert feed([b'{"id":"\\\xfe"}\n']) == [
+        ParseError("JSON parse error, invalid escape '\\\\xfe'")
+    ]
+
+
+def test_recovery_follows_brackets_within_its_budget_then_skips_the_line() -> None:
+    def tail(strings: int) -> bytes:
+        return b'{"a":x,"b":[' + b'"s",' * strings + b'"s"]}{"execute":"guest-ping","id":1}\n'
+
+    within = tail(100) + b'{"execute":"guest-ping","id":2}'
+    assert all_ways(within) == [
+        ParseError("JSON parse error, invalid keyword 'x'"),
+        *messages({**PING, "id": 1}, {**PING, "id": 2}),
+    ]
+    beyond = tail(scanner_module.RECOVERY_BUDGET) + b'{"execute":"guest-ping","id":2}'
+    assert all_ways(beyond) == [
+        ParseError("JSON parse error, invalid keyword 'x'"),
+        *messages({**PING, "id": 2}),
+    ]
+
+
+class CountingPattern:
+    """A compiled pattern that counts its searches (each one is a Python step)."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self.searches = 0
+
+    def search(self, text: str, pos: int) -> re.Match[str] | None:
+        self.searches += 1
+        return self.pattern.search(text, pos)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"[" * (4 << 20), b'{"a":' * (1 << 20), b"[]" * (2 << 20), b'"s",' * (1 << 20)],
+    ids=["open brackets", "deep objects", "bracket pairs", "strings"],
+)
+def test_a_long_bad_message_is_skipped_in_bounded_steps(
+    tail: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting = CountingPattern(scanner_module._RECOVERY_STOP)
+    monkeypatch.setattr(scanner_module, "_RECOVERY_STOP", counting)
+    framer = Framer()
+    events: list[Event] = []
+    data = b'{"a":x ' + tail + b'\n{"execute":"guest-ping"}'
+    for start in range(0, len(data), 1 << 16):
+        events += framer.receive(data[start : start + (1 << 16)])
+    assert events == [ParseError("JSON parse error, invalid keyword 'x'"), *messages(PING)]
+    # Past the budget, the rest goes by memchr to the newline, not a step per bracket.
+    assert counting.searches <= scanner_module.RECOVERY_BUDGET

@@ -32,6 +32,9 @@ class OpenFile:
     fd: int
     path: str
     mode: str
+    # An error that stopped a write after part of it was done (a full disk):
+    # that write answered its short count, the next write on the handle answers this.
+    write_error: OSError | None = None
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1  # the integer is reused by the OS at once

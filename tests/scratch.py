@@ -18,8 +18,10 @@ import os
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import trio
@@ -58,8 +60,8 @@ def _run(*command: str) -> None:
     subprocess.run(command, check=True, capture_output=True)
 
 
-def _unavailable(message: str) -> None:
-    message = f"scratch filesystems unavailable ({message}): fsfreeze tests need root and loop"
+def _unavailable(message: str, needs: str = "fsfreeze tests need root and loop") -> NoReturn:
+    message = f"scratch filesystems unavailable ({message}): {needs}"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -101,6 +103,22 @@ def unmount_scratch(scratch: Scratch) -> None:
         if os.path.ismount(mountpoint):
             # Lazy: a thread of a failed test may still hold a file open.
             subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@contextmanager
+def small_tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``1m``) at ``mountpoint``, to fill up; unmounted after."""
+    if os.geteuid() != 0:
+        _unavailable("not root", "full-disk tests need root to mount a small tmpfs")
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    try:
+        _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mountpoint))
+    except (OSError, subprocess.CalledProcessError) as err:
+        _unavailable(str(getattr(err, "stderr", b"") or err), "full-disk tests need a tmpfs")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 @pytest.fixture(scope="session")

@@ -158,6 +158,9 @@ async def guest_file_write(
     elif not 0 <= count <= len(data):
         raise GenericError(f"value '{count}' is invalid for argument count")
     try:
+        if opened.write_error is not None:
+            error, opened.write_error = opened.write_error, None
+            raise error
         written = await _io(count, _write, opened, data, count)
     except OSError as err:
         raise GenericError(f"failed to write to file: {os_error_text(err)}") from err
@@ -165,8 +168,14 @@ async def guest_file_write(
 
 
 def _write(opened: OpenFile, data: bytes, count: int) -> int:
-    """Write ``count`` bytes; a descriptor that stops taking data (a full pipe)
-    gives a short count rather than an error, so the host can send the rest."""
+    """Write ``count`` bytes, as write(2) reports progress.
+
+    A descriptor that stops taking data (a full pipe) gives a short count, so
+    the host can send the rest. So does an error after part of the data is
+    written (a full disk, a quota, EIO): the count says what landed, and the
+    error is kept for the next write on the handle. An error before any
+    progress is raised at once.
+    """
     view = memoryview(data)[:count]
     written = 0
     try:
@@ -174,6 +183,11 @@ def _write(opened: OpenFile, data: bytes, count: int) -> int:
             try:
                 written += os.write(opened.fd, view[written:])
             except BlockingIOError:
+                break
+            except OSError as err:
+                if not written:
+                    raise
+                opened.write_error = err
                 break
     finally:
         view.release()

@@ -1,0 +1,189 @@
+"""Faults in the guest: full disks, damaged state, hostile bytes.
+
+Each case runs against our agent and, where it can, against the real qemu-ga
+on the same input, so the difference stays visible: qemu-ga's behaviour is
+asserted as found, ours as it should be.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import os
+import resource
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.qga_client import SocketClient, StreamClient
+from tests.scratch import small_tmpfs
+
+MiB = 1 << 20
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def strict_json(line: bytes) -> Any:
+    """``line`` parsed as a strict host would: UTF-8 only, no lone surrogate."""
+    value = json.loads(line.decode("utf-8", "strict"))
+    json.dumps(value, ensure_ascii=False).encode("utf-8", "strict")  # raises on a lone one
+    return value
+
+
+def raw_replies(sock: Path, data: bytes, sync_id: int) -> list[bytes]:
+    """The reply lines to ``data`` on a fresh connection, up to a guest-sync's."""
+    client = SocketClient(sock)
+    try:
+        client.resync(sync_id)
+        client.send(data)
+        return client.replies_until_sync(sync_id + 1)
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------- disk full --
+@pytest.fixture
+def full_disks(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Two 1 MiB filesystems, one per agent."""
+    with small_tmpfs(tmp_path / "ours", "1m") as ours, small_tmpfs(tmp_path / "qemu", "1m") as qemu:
+        yield ours, qemu
+
+
+def write_session(sock: Path, path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Open ``path``, write 4 MiB then 1 KiB, close; the replies and the file's size."""
+    client = SocketClient(sock)
+    try:
+        handle = client.execute("guest-file-open", {"path": str(path), "mode": "w"})["return"]
+        replies = [
+            client.execute("guest-file-write", {"handle": handle, "buf-b64": b64(data)})
+            for data in (b"x" * (4 * MiB), b"y" * 1024)
+        ]
+        client.execute("guest-file-close", {"handle": handle})
+    finally:
+        client.close()
+    return replies, path.stat().st_size
+
+
+def test_disk_full_answers_what_landed_then_the_error(
+    full_disks: tuple[Path, Path], our_socket: Path, qemu_ga_socket: Path
+) -> None:
+    ours_dir, qemu_dir = full_disks
+    ours, landed = write_session(our_socket, ours_dir / "big")
+    assert 0 < landed < 4 * MiB
+    # As write(2): the short count is what is in the file, the error comes next.
+    assert ours == [
+        {"return": {"count": landed, "eof": False}},
+        {
+            "error": {
+                "class": "GenericError",
+                "desc": "failed to write to file: No space left on device",
+            }
+        },
+    ]
+    # qemu-ga answers only the error, although part of the data is in the file.
+    theirs, their_landed = write_session(qemu_ga_socket, qemu_dir / "big")
+    assert "error" in theirs[0]
+    assert "No space left on device" in theirs[0]["error"]["desc"]
+    assert their_landed > 0
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[int]:
+    """RLIMIT_FSIZE of 1 MiB for this process, SIGXFSZ ignored: writes past it get EFBIG."""
+    saved_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    saved_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MiB, saved_limit[1]))
+    try:
+        yield MiB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, saved_limit)
+        signal.signal(signal.SIGXFSZ, saved_handler)
+
+
+async def test_file_too_big_answers_what_landed_then_the_error(
+    agent_client: StreamClient, tmp_path: Path, file_size_limit: int
+) -> None:
+    handle = await open_handle(agent_client, tmp_path / "big")
+    data = b64(b"z" * (2 * file_size_limit))
+    first = await agent_client.execute("guest-file-write", {"handle": handle, "buf-b64": data})
+    assert first == {"return": {"count": file_size_limit, "eof": False}}
+    again = await agent_client.execute("guest-file-write", {"handle": handle, "buf-b64": data})
+    assert again["error"]["desc"] == "failed to write to file: File too large"
+    # The error is given once; the next write tries again (and fails again, at once).
+    third = await agent_client.execute("guest-file-write", {"handle": handle, "buf-b64": data})
+    assert third["error"]["desc"] == "failed to write to file: File too large"
+    assert (tmp_path / "big").stat().st_size == file_size_limit
+
+
+@pytest.mark.parametrize("code", [errno.EDQUOT, errno.EIO], ids=["EDQUOT", "EIO"])
+async def test_other_errors_after_progress_are_kept_for_the_next_write(
+    agent_client: StreamClient, tmp_path: Path, code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No quota or failing disk here: the file's second write fails as theirs would.
+    real_write = os.write
+    handle = await open_handle(agent_client, tmp_path / "f")
+    calls = 0
+
+    def failing_write(fd: int, data: Any) -> int:
+        nonlocal calls
+        if os.path.samestat(os.fstat(fd), os.stat(tmp_path / "f")):
+            calls += 1
+            if calls > 1:
+                raise OSError(code, os.strerror(code))
+            data = bytes(data[:100])
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", failing_write)
+    first = await agent_client.execute(
+        "guest-file-write", {"handle": handle, "buf-b64": b64(b"a" * 1000)}
+    )
+    monkeypatch.undo()
+    assert first == {"return": {"count": 100, "eof": False}}
+    second = await agent_client.execute(
+        "guest-file-write", {"handle": handle, "buf-b64": b64(b"b")}
+    )
+    assert second["error"]["desc"] == f"failed to write to file: {os.strerror(code)}"
+    third = await agent_client.execute("guest-file-write", {"handle": handle, "buf-b64": b64(b"b")})
+    assert third == {"return": {"count": 1, "eof": False}}
+    assert (tmp_path / "f").read_bytes() == b"a" * 100 + b"b"
+
+
+async def open_handle(client: StreamClient, path: Path) -> int:
+    reply = await client.execute("guest-file-open", {"path": str(path), "mode": "w"})
+    handle: int = reply["return"]
+    return handle
+
+
+# ----------------------------------------------------------- hostile bytes --
+INVALID_UTF8_AFTER_ESCAPED_QUOTE = b'{"execute":"guest-ping","id":"x\xfe\\"}\xfe"}\n'
+
+
+def test_invalid_utf8_in_a_string_gets_one_strict_error(
+    our_socket: Path, qemu_ga_socket: Path
+) -> None:
+    ours = raw_replies(our_socket, INVALID_UTF8_AFTER_ESCAPED_QUOTE, 7000)
+    assert [strict_json(line) for line in ours] == [
+        {
+            "error": {
+                "class": "GenericError",
+                "desc": "JSON parse error, invalid UTF-8 sequence in string",
+            }
+        }
+    ]
+    # qemu-ga answers the same request with several errors.
+    theirs = raw_replies(qemu_ga_socket, INVALID_UTF8_AFTER_ESCAPED_QUOTE, 7000)
+    assert len(theirs) > 1
+    assert all("error" in strict_json(line) for line in theirs)
+
+
+def test_bad_bytes_outside_strings_are_shown_escaped(our_socket: Path) -> None:
+    ours = raw_replies(our_socket, b"\xfe\xc3\n", 7100)
+    assert [strict_json(line) for line in ours] == [
+        {"error": {"class": "GenericError", "desc": "JSON parse error, stray '\\xfe\\xc3'"}}
+    ]

@@ -5,23 +5,38 @@ that reconnects goes on using the handles it opened. Ids never repeat, even
 across restarts: the counter lives in the state directory (qemu-ga's
 ``qga.state`` file, same format, so a switch between the two agents keeps
 it) and is saved before a handle is handed out.
+
+The state file is read when the agent starts. A damaged one (not qemu-ga's
+format, unreadable) is moved aside as ``qga.state.corrupt-TIME`` and the
+counter goes on from the clock (microseconds since 1970), above any handle an
+earlier run can have counted to. A missing or read-only state directory does
+not stop the agent: it says so at start, and every guest-file-open answers
+the reason until the directory is usable.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import GenericError, os_error_text
 from agent.ownfiles import read_own_file
 
+log = logging.getLogger(__name__)
+
 FIRST_HANDLE = 1000
+# Handles are the schema's int (int64); qemu-ga aborts when its counter gets here.
+COUNTER_END = 2**63 - 1
 STATE_FILE = "qga.state"
 DEFAULT_MAX_HANDLES = 1024
+_COUNTER_LINE = re.compile(r"^\s*fd_counter\s*=\s*([0-9]{1,19})\s*$", re.MULTILINE)
 
 
 @dataclass(eq=False)
@@ -41,29 +56,80 @@ class OpenFile:
         os.close(fd)
 
 
+class DamagedState(ValueError):
+    """The state file holds no counter in qemu-ga's format."""
+
+
 class HandleCounter:
     """The next handle id, persisted in ``statedir/qga.state``."""
 
     def __init__(self, statedir: str) -> None:
         self.path = Path(statedir) / STATE_FILE
-        self._next = max(FIRST_HANDLE, self._load())
+        try:
+            self._next = max(FIRST_HANDLE, self._load())
+        except (OSError, DamagedState) as err:
+            self._next = self._recover(err)
 
     def _load(self) -> int:
         try:
-            text = read_own_file(self.path).decode(errors="replace")
+            data = read_own_file(self.path)  # a planted link or FIFO is refused
         except FileNotFoundError:
+            if not self.path.parent.is_dir():
+                log.warning(
+                    "state directory %s does not exist: guest-file-open will fail until it does",
+                    self.path.parent,
+                )
+            elif not os.access(self.path.parent, os.W_OK):
+                log.warning(
+                    "state directory %s is not writable: guest-file-open will fail until it is",
+                    self.path.parent,
+                )
             return FIRST_HANDLE
-        except OSError as err:
-            raise GenericError(f"cannot read {self.path}: {os_error_text(err)}") from err
-        for line in text.splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "fd_counter" and value.strip().isdigit():
-                return int(value)
-        return FIRST_HANDLE
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DamagedState(f"not UTF-8 text ({err.reason} at byte {err.start})") from err
+        found = _COUNTER_LINE.search(text)
+        if found is None:
+            raise DamagedState("no fd_counter=NUMBER line")
+        return int(found.group(1))
 
-    def take(self) -> int:
-        """A fresh id; the one after it is on disk before this one is returned."""
+    def _recover(self, err: OSError | DamagedState) -> int:
+        """Keep the damaged file aside; go on from a counter no earlier run reached."""
+        reason = os_error_text(err) if isinstance(err, OSError) else str(err)
+        aside = self.path.with_name(
+            f"{STATE_FILE}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        )
+        try:
+            os.replace(self.path, aside)
+            kept = f"moved aside to {aside}"
+        except OSError as move_error:
+            kept = f"could not be moved aside: {os_error_text(move_error)}"
+        counter = max(FIRST_HANDLE, time.time_ns() // 1000)
+        log.error(
+            "state file %s is damaged (%s); %s; handles go on from the clock, at %d",
+            self.path,
+            reason,
+            kept,
+            counter,
+        )
+        return counter
+
+    def take(self, in_use: Container[int] = ()) -> int:
+        """A fresh id; the one after it is on disk before this one is returned.
+
+        At the counter's end (which only a hand-edited state file reaches) it
+        wraps to the lowest handle not open, rather than stop or hand out an
+        id the schema cannot carry.
+        """
         handle = self._next
+        if handle >= COUNTER_END:
+            log.warning(
+                "handle counter at its end (2^63-1): handles start again at %d", FIRST_HANDLE
+            )
+            handle = FIRST_HANDLE
+        while handle in in_use:
+            handle += 1
         self._save(handle + 1)
         self._next = handle + 1
         return handle
@@ -93,8 +159,7 @@ class HandleStore:
     """Open files by handle, with a limit on how many may be open at once."""
 
     def __init__(self, statedir: str, max_handles: int = DEFAULT_MAX_HANDLES) -> None:
-        self._statedir = statedir
-        self._counter: HandleCounter | None = None  # read on first use
+        self._counter = HandleCounter(statedir)  # read at start, to report a damaged file
         self.max_handles = max_handles
         self._files: dict[int, OpenFile] = {}
 
@@ -115,9 +180,7 @@ class HandleStore:
         """Store an open descriptor under a new handle (closing it if none can be had)."""
         try:
             self.check_room()
-            if self._counter is None:
-                self._counter = HandleCounter(self._statedir)
-            handle = self._counter.take()
+            handle = self._counter.take(in_use=self._files)
         except BaseException:
             os.close(fd)
             raise

@@ -106,13 +106,15 @@ def unmount_scratch(scratch: Scratch) -> None:
 
 
 @contextmanager
-def small_tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` (``1m``) at ``mountpoint``, to fill up; unmounted after."""
+def small_tmpfs(mountpoint: Path, size: str, *, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``1m``) at ``mountpoint``, to fill up (or read-only, to
+    fail writes); unmounted after."""
     if os.geteuid() != 0:
         _unavailable("not root", "full-disk tests need root to mount a small tmpfs")
     mountpoint.mkdir(parents=True, exist_ok=True)
     try:
-        _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mountpoint))
+        options = f"size={size},mode=0755" + (",ro" if read_only else "")
+        _run("mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint))
     except (OSError, subprocess.CalledProcessError) as err:
         _unavailable(str(getattr(err, "stderr", b"") or err), "full-disk tests need a tmpfs")
     try:

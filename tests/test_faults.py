@@ -13,13 +13,21 @@ import json
 import os
 import resource
 import signal
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
+from agent import Agent, AgentConfig
+from agent.store import COUNTER_END, FIRST_HANDLE, HandleCounter
 from tests.qga_client import SocketClient, StreamClient
+from tests.reference import qemu_ga_binary, running_qemu_ga
 from tests.scratch import small_tmpfs
 
 MiB = 1 << 20
@@ -154,8 +162,9 @@ async def test_other_errors_after_progress_are_kept_for_the_next_write(
     assert (tmp_path / "f").read_bytes() == b"a" * 100 + b"b"
 
 
-async def open_handle(client: StreamClient, path: Path) -> int:
-    reply = await client.execute("guest-file-open", {"path": str(path), "mode": "w"})
+async def open_handle(client: StreamClient, path: Path, mode: str = "w") -> int:
+    reply = await client.execute("guest-file-open", {"path": str(path), "mode": mode})
+    assert "return" in reply, reply
     handle: int = reply["return"]
     return handle
 
@@ -187,3 +196,148 @@ def test_bad_bytes_outside_strings_are_shown_escaped(our_socket: Path) -> None:
     assert [strict_json(line) for line in ours] == [
         {"error": {"class": "GenericError", "desc": "JSON parse error, stray '\\xfe\\xc3'"}}
     ]
+
+
+# ---------------------------------------------------------- damaged state --
+DAMAGED_STATE = bytes(range(256))[::-1] * 4  # random-looking bytes, not UTF-8, no counter
+
+
+def qemu_ga_exit_status(statedir: Path, workdir: Path) -> tuple[int, str]:
+    """qemu-ga started on ``statedir``: its exit status and log, when it stops by itself."""
+    proc = subprocess.run(
+        [
+            qemu_ga_binary(),
+            "-m",
+            "unix-listen",
+            "-p",
+            str(workdir / "qemu-ga.sock"),
+            "-t",
+            str(statedir),
+            "-f",
+            str(workdir / "qemu-ga.pid"),
+        ],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    return proc.returncode, proc.stderr.decode(errors="replace")
+
+
+@asynccontextmanager
+async def served(statedir: Path) -> AsyncIterator[tuple[Agent, StreamClient]]:
+    agent = Agent(AgentConfig(statedir=str(statedir), pidfile=None, mount_table=os.devnull))
+    client_end, agent_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent.serve, agent_end)
+        yield agent, StreamClient(client_end)
+        await client_end.aclose()
+    agent.context.store.close_all()
+
+
+async def test_a_damaged_state_file_is_reported_kept_aside_and_handles_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "qga.state"
+    state.write_bytes(DAMAGED_STATE)
+    (tmp_path / "f").write_bytes(b"x")
+    start = time.time_ns() // 1000
+    async with served(tmp_path) as (_, client):
+        # Said at start, before any request.
+        assert any(
+            "is damaged" in record.getMessage() and record.levelname == "ERROR"
+            for record in caplog.records
+        )
+        aside = [name for name in os.listdir(tmp_path) if name.startswith("qga.state.corrupt-")]
+        assert len(aside) == 1
+        assert (tmp_path / aside[0]).read_bytes() == DAMAGED_STATE
+        first = await open_handle(client, tmp_path / "f")
+        second = await open_handle(client, tmp_path / "f")
+    # From the clock: above anything a counter from 1000 could have reached.
+    assert start <= first < second
+    assert state.read_text() == f"[global]\nfd_counter={second + 1}\n"
+
+
+def test_qemu_ga_stops_with_status_0_on_a_damaged_state_file(tmp_path: Path) -> None:
+    (tmp_path / "qga.state").write_bytes(DAMAGED_STATE)
+    status, log = qemu_ga_exit_status(tmp_path, tmp_path)
+    assert status == 0
+    assert "failed to load persistent state" in log
+
+
+async def test_a_missing_state_dir_starts_and_file_opens_give_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    missing = tmp_path / "missing"
+    async with served(missing) as (agent, client):
+        assert any("does not exist" in record.getMessage() for record in caplog.records)
+        assert await client.execute("guest-ping") == {"return": {}}
+        reply = await client.execute("guest-file-open", {"path": str(tmp_path / "f")})
+        assert reply["error"]["desc"] == (
+            f"failed to save the handle counter in {missing}/qga.state: No such file or directory"
+        )
+        assert len(agent.context.store) == 0
+        missing.mkdir()  # usable again: file commands work at once
+        assert await open_handle(client, tmp_path / "f") == 1000
+    status, log = qemu_ga_exit_status(tmp_path / "also-missing", tmp_path)
+    assert status == 0  # qemu-ga gives up, and says it succeeded
+    assert "unable to create state file" in log
+
+
+async def test_a_read_only_state_dir_starts_and_file_opens_give_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    with small_tmpfs(tmp_path / "ro", "1m", read_only=True) as statedir:
+        async with served(statedir) as (agent, client):
+            assert any("is not writable" in record.getMessage() for record in caplog.records)
+            reply = await client.execute("guest-file-open", {"path": str(tmp_path / "f")})
+            assert reply["error"]["desc"] == (
+                f"failed to save the handle counter in {statedir}/qga.state: Read-only file system"
+            )
+            assert len(agent.context.store) == 0
+        status, log = qemu_ga_exit_status(statedir, tmp_path)
+        assert status == 0
+        assert "unable to create state file" in log
+
+
+# ------------------------------------------------------ counter at its end --
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_the_counter_at_its_end_wraps_and_keeps_no_unreturned_handle(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "qga.state").write_text(f"[global]\nfd_counter={COUNTER_END - 1}\n")
+    (tmp_path / "f").write_bytes(b"x")
+    before = open_descriptors()
+    async with served(tmp_path) as (agent, client):
+        handles = [await open_handle(client, tmp_path / "f", "r") for _ in range(3)]
+        assert handles == [COUNTER_END - 1, FIRST_HANDLE, FIRST_HANDLE + 1]
+        assert sorted(opened.handle for opened in agent.context.store) == sorted(handles)
+        for handle in handles:
+            reply = await client.execute("guest-file-read", {"handle": handle})
+            assert reply["return"]["buf-b64"] == b64(b"x")
+            assert await client.execute("guest-file-close", {"handle": handle}) == {"return": {}}
+    assert open_descriptors() == before
+
+
+def test_a_wrapped_counter_skips_handles_still_open(tmp_path: Path) -> None:
+    (tmp_path / "qga.state").write_text(f"[global]\nfd_counter={COUNTER_END}\n")
+    counter = HandleCounter(str(tmp_path))
+    assert counter.take(in_use={FIRST_HANDLE, FIRST_HANDLE + 1}) == FIRST_HANDLE + 2
+    assert counter.take(in_use={FIRST_HANDLE + 3}) == FIRST_HANDLE + 4
+
+
+def test_qemu_ga_restarts_handles_at_0_past_a_32_bit_counter(tmp_path: Path) -> None:
+    # qemu-ga reads fd_counter as a 32-bit int: past it, handles 0, 1, ... again.
+    (tmp_path / "qga.state").write_text(f"[global]\nfd_counter={COUNTER_END - 1}\n")
+    (tmp_path / "f").write_bytes(b"x")
+    with running_qemu_ga(tmp_path) as sock:
+        client = SocketClient(sock)
+        try:
+            reply = client.execute("guest-file-open", {"path": str(tmp_path / "f")})
+        finally:
+            client.close()
+    assert reply == {"return": 0}

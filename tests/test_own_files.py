@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import GenericError
 from agent.fsfreeze.marker import FrozenMarker
 from agent.ownfiles import PlantedFile, open_own_file
 from agent.pidfile import PidfileError, held_pidfile
@@ -76,13 +75,22 @@ def test_a_planted_pid_file_is_refused(
 
 
 def test_a_planted_handle_counter_is_refused(
-    tmp_path: Path, precious: Path, planted: tuple[Callable[[Path], None], str]
+    tmp_path: Path,
+    precious: Path,
+    planted: tuple[Callable[[Path], None], str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     plant, reason = planted
-    plant(tmp_path / "qga.state")
-    with pytest.raises(GenericError) as caught:
-        HandleCounter(str(tmp_path))
-    assert caught.value.desc == f"cannot read {tmp_path / 'qga.state'}: refused, {reason}"
+    state = tmp_path / "qga.state"
+    plant(state)
+    # Refused as a damaged state file: said, moved aside (renamed, not followed),
+    # and replaced by the agent's own file.
+    counter = HandleCounter(str(tmp_path))
+    assert f"is damaged (refused, {reason})" in caplog.text
+    handle = counter.take()
+    assert stat.S_ISREG(state.lstat().st_mode)
+    assert state.lstat().st_nlink == 1
+    assert state.read_text() == f"[global]\nfd_counter={handle + 1}\n"
     assert precious.read_bytes() == PRECIOUS
 
 

@@ -88,7 +88,7 @@ class HandleCounter:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise DamagedState(f"not UTF-8 text ({err.reason} at byte {err.start})") from err
+            raise DamagedState(f"not UTF-8: {err.reason} at byte {err.start}") from err
         found = _COUNTER_LINE.search(text)
         if found is None:
             raise DamagedState("no fd_counter=NUMBER line")

@@ -6,6 +6,7 @@ import ast
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -414,3 +415,57 @@ def test_a_long_bad_message_is_skipped_in_bounded_steps(
     assert events == [ParseError("JSON parse error, invalid keyword 'x'"), *messages(PING)]
     # Past the budget, the rest goes by memchr to the newline, not a step per bracket.
     assert counting.searches <= scanner_module.RECOVERY_BUDGET
+
+
+@pytest.mark.parametrize(
+    "elements",
+    [
+        b"0," * (1 << 20),
+        b'"abc",' * (1 << 18),
+        b'{"a":1,"b":true},' * (1 << 16),
+        b"[1,2]," * (1 << 18),
+    ],
+    ids=["numbers", "strings", "small objects", "small arrays"],
+)
+def test_runs_of_simple_elements_take_no_step_per_token(
+    elements: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = 0
+    for name in ("_scan_scalar", "_scan_string"):  # a Python step per token
+        method = getattr(scanner_module.MessageScanner, name)
+
+        def counting(self: Any, *args: Any, _method: Any = method) -> Any:
+            nonlocal steps
+            steps += 1
+            return _method(self, *args)
+
+        monkeypatch.setattr(scanner_module.MessageScanner, name, counting)
+    data = b'{"execute":"guest-ping","id":[' + elements + b"0]}"
+    chunks = [data[start : start + (1 << 16)] for start in range(0, len(data), 1 << 16)]
+    events = feed(chunks)
+    assert events == messages(json.loads(data))
+    # A few steps per read (the element cut by its end), not one per element.
+    assert steps <= 4 * len(chunks)
+
+
+json_tokens = st.lists(
+    st.sampled_from(
+        [
+            *("{", "}", "[", "]", ":", ",", " ", "\n", '"a"', '"b\\n"', '"c', "1", "-2.5e3"),
+            *("01", "true", "nul", "'x'", "\\", "\x01", "\udcfe", "\udcff", '{"k":', '"k":1,'),
+            "0,",
+        ]
+    ),
+    max_size=40,
+).map(lambda tokens: "".join(tokens).encode("utf-8", "surrogateescape"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_tokens, st.data())
+def test_runs_give_the_events_of_token_by_token_scanning(data: bytes, draw: st.DataObject) -> None:
+    cut = draw.draw(st.integers(0, len(data)))
+    chunks = [data[:cut], data[cut:]]
+    with_runs = feed(chunks, max_depth=4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scanner_module, "_RUN_STATES", {"[": frozenset(), "{": frozenset()})
+        assert feed(chunks, max_depth=4) == with_runs

@@ -19,6 +19,13 @@ import trio
 Reply = dict[str, Any]
 
 
+def strict_json(line: bytes) -> Any:
+    """``line`` parsed as a strict host would: UTF-8 only, no lone surrogate."""
+    value = json.loads(line.decode("utf-8", "strict"))
+    json.dumps(value, ensure_ascii=False).encode("utf-8", "strict")  # raises on a lone one
+    return value
+
+
 def reply_lines(data: bytes) -> list[bytes]:
     return [line for line in data.split(b"\n") if line]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import json
 import os
 import resource
 import signal
@@ -26,7 +25,7 @@ import trio.testing
 
 from agent import Agent, AgentConfig
 from agent.store import COUNTER_END, FIRST_HANDLE, HandleCounter
-from tests.qga_client import SocketClient, StreamClient
+from tests.qga_client import SocketClient, StreamClient, strict_json
 from tests.reference import qemu_ga_binary, running_qemu_ga
 from tests.scratch import small_tmpfs
 
@@ -35,13 +34,6 @@ MiB = 1 << 20
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def strict_json(line: bytes) -> Any:
-    """``line`` parsed as a strict host would: UTF-8 only, no lone surrogate."""
-    value = json.loads(line.decode("utf-8", "strict"))
-    json.dumps(value, ensure_ascii=False).encode("utf-8", "strict")  # raises on a lone one
-    return value
 
 
 def raw_replies(sock: Path, data: bytes, sync_id: int) -> list[bytes]:

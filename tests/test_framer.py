@@ -24,6 +24,7 @@ from agent.protocol import (
     encode_error,
     encode_return,
 )
+from tests.qga_client import strict_json
 
 PING = {"execute": "guest-ping"}
 
@@ -305,13 +306,6 @@ def test_json_like_noise_never_raises(text: str) -> None:
     framer = Framer(max_depth=8)
     framer.receive(text.encode("utf-8", "surrogateescape"))
     assert framer.receive(b'\xff\n{"execute":"guest-ping"}')[-1] == Message(PING)
-
-
-def strict_json(line: bytes) -> object:
-    """``line`` parsed as a strict host would: UTF-8 only, no lone surrogate."""
-    value = json.loads(line.decode("utf-8", "strict"))
-    json.dumps(value, ensure_ascii=False).encode("utf-8", "strict")  # raises on a lone one
-    return value
 
 
 def replies_to(events: list[Event]) -> list[bytes]:

@@ -65,7 +65,9 @@ _RUNS = _runs(f"{_SCALAR}|{_FLAT}")
 _RUNS_AT_DEPTH_LIMIT = _runs(_SCALAR)  # no room for one more level
 # Recovery: what can end it or move its bracket count (runs of brackets in one step).
 _RECOVERY_STOP = re.compile(r"[\n\udcff\"']|[{\[]+|[}\]]+")
-_RECOVERY_STRING = {q: re.compile(rf"(?:[^{q}\\\n\udcff]|\\[^\n\udcff])*") for q in ('"', "'")}
+_RECOVERY_STRING = {
+    q: re.compile(rf"[^{q}\\\n\udcff]*+(?:\\[^\n\udcff][^{q}\\\n\udcff]*+)*+") for q in ('"', "'")
+}
 # Brackets and quotes a bad message's recovery follows; past them, it skips to the line end.
 RECOVERY_BUDGET = 4096
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import errno
+import json
 import os
 import resource
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -37,12 +39,26 @@ def b64(data: bytes) -> str:
 
 
 def raw_replies(sock: Path, data: bytes, sync_id: int) -> list[bytes]:
-    """The reply lines to ``data`` on a fresh connection, up to a guest-sync's."""
-    client = SocketClient(sock)
+    """The reply lines to ``data`` on a fresh connection, up to a guest-sync's.
+
+    ``data`` and the guest-sync are sent from a thread while the replies are
+    read: an agent that answers a long input with many replies must not block
+    on a full socket. A 0xFF goes before the guest-sync: qemu-ga needs it to
+    answer anything after bad input.
+    """
+    client = SocketClient(sock, timeout=60)
+    sync = json.dumps({"execute": "guest-sync", "arguments": {"id": sync_id + 1}}).encode()
     try:
         client.resync(sync_id)
-        client.send(data)
-        return client.replies_until_sync(sync_id + 1)
+        sender = threading.Thread(target=client.send, args=(data + b"\xff" + sync,))
+        sender.start()
+        try:
+            lines = []
+            while (line := client.line()) != json.dumps({"return": sync_id + 1}).encode():
+                lines.append(line)
+            return lines
+        finally:
+            sender.join()
     finally:
         client.close()
 
@@ -333,3 +349,28 @@ def test_qemu_ga_restarts_handles_at_0_past_a_32_bit_counter(tmp_path: Path) -> 
         finally:
             client.close()
     assert reply == {"return": 0}
+
+
+# ------------------------------------------------------- pathological input --
+LONG_BAD_MESSAGES = {
+    "open brackets": b"[" * (4 * MiB),
+    "deep objects": b'{"a":' * MiB,
+    "bracket pairs after an error": b'{"a":x,"b":' + b"[]" * (2 * MiB),
+}
+
+
+@pytest.mark.parametrize("data", LONG_BAD_MESSAGES.values(), ids=LONG_BAD_MESSAGES.keys())
+def test_a_long_bad_message_gets_one_error(data: bytes, our_socket: Path) -> None:
+    # Its cost is measured in benchmarks/bench_pathological.py.
+    ours = raw_replies(our_socket, data + b"\n", 7200)
+    assert len(ours) == 1
+    assert "error" in strict_json(ours[0])
+
+
+@pytest.mark.parametrize("shape", ["open brackets", "deep objects"])
+def test_qemu_ga_answers_a_piece_of_a_long_bad_message_with_many_errors(
+    shape: str, qemu_ga_socket: Path
+) -> None:
+    # 64 KiB of it, to keep qemu-ga's time short (the benchmark gives it the rest).
+    theirs = raw_replies(qemu_ga_socket, LONG_BAD_MESSAGES[shape][: 64 * 1024] + b"\n", 7300)
+    assert len(theirs) > 10

@@ -6,6 +6,12 @@ connection that started it, as with qemu-ga. Its output is kept up to
 ``OUTPUT_LIMIT`` bytes per stream; the rest is read and dropped, so a chatty
 child never stalls on a full pipe.
 
+A child counts as finished when it has exited and its captured output is at
+its end, or ``DRAIN_GRACE`` seconds after it exited, whichever comes first: a
+daemon it left behind holding stdout (``sh -c 'sleep 25 & echo started'``)
+cannot keep its exit from being reported (qemu-ga never reports it). What
+comes later is dropped and the pipes are closed.
+
 A child that has exited is not reaped until guest-exec-status has reported
 its exit: until then its pid cannot be reused, so the pid a host holds
 always names the process it started. The exit is observed with a pidfd and
@@ -19,19 +25,50 @@ behind.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import trio
 
-from agent.errors import GenericError
+from agent.errors import GenericError, os_error_text
+
+log = logging.getLogger(__name__)
+ChildType = TypeVar("ChildType")
 
 OUTPUT_LIMIT = 16 * 1024 * 1024  # per stream, as qemu-ga
 READ_SIZE = 64 * 1024
 MAX_PROCESSES = 1024  # known (running or unreported) at once
 REAP_TIMEOUT = 5.0  # seconds to wait for killed children when the agent stops
+DRAIN_GRACE = 1.0  # seconds after a child's exit for its pipes to reach their end
+
+
+async def spawn(argv: list[str], **options: Any) -> trio.Process:
+    """Start ``argv`` (``options`` as for :func:`trio.lowlevel.open_process`),
+    with qemu-ga's error texts. A program without a ``#!`` line runs with the
+    shell, as execvp() and so qemu-ga (glib) do."""
+    path = argv[0]
+    try:
+        try:
+            return await trio.lowlevel.open_process(argv, **options)
+        except OSError as error:
+            if error.errno != errno.ENOEXEC:
+                raise
+            return await trio.lowlevel.open_process(["/bin/sh", *argv], **options)
+    except OSError as error:
+        cwd = options.get("cwd")
+        if cwd is not None and error.filename == cwd:
+            raise GenericError(f"cannot run in '{cwd}': {os_error_text(error)}") from error
+        raise GenericError(
+            "Guest agent command failed, error was"
+            f" 'Failed to execute child process \u201c{path}\u201d ({os_error_text(error)})'"
+        ) from error
+    except ValueError as error:  # a NUL in an argument or variable
+        raise GenericError(f"Guest agent command failed, error was '{error}'") from error
 
 
 @dataclass(eq=False)
@@ -107,6 +144,13 @@ class ExecProcess:
                         if stream is not None and capture is not None:
                             draining.start_soon(self._drain, stream, capture)
                     self.status = await self._wait_for_exit()
+                    draining.cancel_scope.deadline = trio.current_time() + DRAIN_GRACE
+                if draining.cancel_scope.cancelled_caught:
+                    log.info(
+                        "guest-exec %d exited, but something it started still holds its"
+                        " output: reported without what comes later",
+                        self.pid,
+                    )
                 self.finished = True
                 self.finished_event.set()
                 # qemu-ga does not wait for stdin either: a child that exited
@@ -146,17 +190,27 @@ class ExecProcess:
         self.process.poll()
 
 
+class Child(Protocol):
+    """What the store needs of a child, whichever command started it."""
+
+    pid: int
+    process: trio.Process
+
+    def kill(self) -> None: ...
+
+
 class ProcessStore:
-    """guest-exec children by pid, until their exit has been reported."""
+    """Children (of guest-exec and of the streaming exec) by pid, until their exit
+    has been reported."""
 
     def __init__(self, max_processes: int = MAX_PROCESSES) -> None:
         self.max_processes = max_processes
-        self._processes: dict[int, ExecProcess] = {}
+        self._processes: dict[int, Child] = {}
 
     def __len__(self) -> int:
         return len(self._processes)
 
-    def __iter__(self) -> Iterator[ExecProcess]:
+    def __iter__(self) -> Iterator[Child]:
         return iter(list(self._processes.values()))
 
     def check_room(self) -> None:
@@ -166,17 +220,18 @@ class ProcessStore:
                 " collect the finished ones with guest-exec-status"
             )
 
-    def add(self, process: ExecProcess) -> None:
+    def add(self, process: Child) -> None:
         self._processes[process.pid] = process
 
-    def get(self, pid: int) -> ExecProcess:
-        try:
-            return self._processes[pid]
-        except KeyError:
-            raise GenericError("Invalid parameter 'pid'") from None
+    def get(self, pid: int, kind: type[ChildType]) -> ChildType:
+        """The child ``pid`` started by the command that makes ``kind``."""
+        child = self._processes.get(pid)
+        if not isinstance(child, kind):
+            raise GenericError("Invalid parameter 'pid'")
+        return child
 
-    def remove(self, pid: int) -> ExecProcess:
-        return self._processes.pop(pid)
+    def remove(self, pid: int) -> None:
+        self._processes.pop(pid, None)
 
     async def aclose(self) -> None:
         """Kill every child still known and reap it (when the agent stops)."""

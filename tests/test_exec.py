@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -171,8 +173,12 @@ async def test_an_exited_child_is_reaped_only_once_reported(agent_client: Stream
     assert process_state(pid) is None
 
 
-async def test_exited_waits_for_captured_output_to_close(agent_client: StreamClient) -> None:
-    # The shell exits at once; a grandchild keeps stdout open for a while (qemu-ga waits too).
+async def test_exited_waits_for_captured_output_to_close(
+    agent_client: StreamClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shell exits at once; a grandchild keeps stdout open for a while (qemu-ga
+    # waits too), here well within the grace period.
+    monkeypatch.setattr(processes_module, "DRAIN_GRACE", 10.0)
     pid = await exec_ok(
         agent_client, "/bin/sh", "-c", "(sleep 0.3; echo late) &", **{"capture-output": True}
     )
@@ -182,6 +188,57 @@ async def test_exited_waits_for_captured_output_to_close(agent_client: StreamCli
     }
     status = await wait_status(agent_client, pid)
     assert base64.b64decode(status["out-data"]) == b"late\n"
+
+
+DAEMON = "sleep 25 & echo $! > {pidfile}; echo started"
+
+
+def kill_daemon(pidfile: Path) -> None:
+    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+async def test_a_daemon_holding_stdout_does_not_hide_the_exit(
+    agent_client: StreamClient, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    fds_before = len(os.listdir("/proc/self/fd"))
+    try:
+        started = trio.current_time()
+        pid = await exec_ok(
+            agent_client,
+            "/bin/sh",
+            "-c",
+            DAEMON.format(pidfile=pidfile),
+            **{"capture-output": True},
+        )
+        status = await wait_status(agent_client, pid)
+        assert trio.current_time() - started < processes_module.DRAIN_GRACE + 8
+        assert status["exitcode"] == 0
+        assert base64.b64decode(status["out-data"]) == b"started\n"
+        assert process_state(int(pidfile.read_text())) not in (None, "Z")  # still running
+        assert len(os.listdir("/proc/self/fd")) == fds_before  # the pipes are closed
+    finally:
+        kill_daemon(pidfile)
+
+
+@pytest.mark.qemu_ga
+async def test_qemu_ga_never_reports_a_child_whose_daemon_holds_stdout(
+    qemu_ga_socket: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    stream = await trio.open_unix_socket(str(qemu_ga_socket))
+    client = StreamClient(stream)
+    try:
+        pid = await exec_ok(
+            client, "/bin/sh", "-c", DAEMON.format(pidfile=pidfile), **{"capture-output": True}
+        )
+        await trio.sleep(processes_module.DRAIN_GRACE + 2)
+        reply = await client.execute("guest-exec-status", {"pid": pid})
+        assert reply == {"return": {"exited": False}}  # and so until the daemon ends
+    finally:
+        kill_daemon(pidfile)
+        await stream.aclose()
 
 
 async def test_a_running_child_does_not_block_the_agent(agent_client: StreamClient) -> None:

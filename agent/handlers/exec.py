@@ -3,21 +3,21 @@
 guest-exec starts the child and replies with its pid at once; the child is fed
 and drained in the background (``agent/processes.py``). guest-exec-status
 reports ``exited: false`` until the child has ended and closed its captured
-output, then reports everything once and forgets the child, as qemu-ga does.
+output, then reports everything once and forgets the child, as qemu-ga does
+(but a daemon the child left holding its output delays that by at most
+``DRAIN_GRACE``, see ``agent/processes.py``).
 """
 
 from __future__ import annotations
 
-import errno
 import subprocess
 from collections.abc import Sequence
 
 import pybase64
-import trio
 
 from agent.context import AgentContext
-from agent.errors import GenericError, os_error_text
-from agent.processes import Capture, ExecProcess
+from agent.errors import GenericError
+from agent.processes import Capture, ExecProcess, spawn
 from agent.protocol import VerbatimString
 from agent.registry import HandlerSet
 from agent.wire_base64 import decode_base64
@@ -71,50 +71,24 @@ async def guest_exec(
     ctx.processes.check_room()
     if not ctx.tasks.running:
         raise GenericError("the agent is not running: guest-exec cannot start a process")
-    argv = [path, *(arg or ())]
-    try:
-        try:
-            process = await _spawn(argv, data is not None, out, err, merged, environ)
-        except OSError as error:
-            if error.errno != errno.ENOEXEC:
-                raise
-            # No #! line: run it with the shell, as execvp() and so qemu-ga (glib) do.
-            process = await _spawn(["/bin/sh", *argv], data is not None, out, err, merged, environ)
-    except OSError as error:
-        raise GenericError(
-            "Guest agent command failed, error was"
-            f" 'Failed to execute child process \u201c{path}\u201d ({os_error_text(error)})'"
-        ) from error
-    except ValueError as error:  # a NUL in an argument or variable
-        raise GenericError(f"Guest agent command failed, error was '{error}'") from error
+    process = await spawn(
+        [path, *(arg or ())],
+        # qemu-ga gives a child without input-data /dev/null as its stdin.
+        stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE if out else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE if err else subprocess.DEVNULL,
+        env=environ,
+        process_group=0,  # its own group: killed whole when the agent stops
+    )
     child = ExecProcess(process, Capture() if out else None, Capture() if err else None)
     ctx.processes.add(child)
     ctx.tasks.start_soon(child.supervise, data, name=f"guest-exec {child.pid}")
     return {"pid": child.pid}
 
 
-async def _spawn(
-    argv: list[str],
-    has_input: bool,
-    out: bool,
-    err: bool,
-    merged: bool,
-    environ: dict[str, str] | None,
-) -> trio.Process:
-    return await trio.lowlevel.open_process(
-        argv,
-        # qemu-ga gives a child without input-data /dev/null as its stdin.
-        stdin=subprocess.PIPE if has_input else subprocess.DEVNULL,
-        stdout=subprocess.PIPE if out else subprocess.DEVNULL,
-        stderr=subprocess.STDOUT if merged else subprocess.PIPE if err else subprocess.DEVNULL,
-        env=environ,
-        process_group=0,  # its own group: killed whole when the agent stops
-    )
-
-
 @handlers.command("guest-exec-status")
 def guest_exec_status(ctx: AgentContext, pid: int) -> dict[str, object]:
-    child = ctx.processes.get(pid)
+    child = ctx.processes.get(pid, ExecProcess)
     if not child.finished:
         return {"exited": False}
     ctx.processes.remove(pid)

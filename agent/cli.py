@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="thaw filesystems frozen for longer than this (default: never)",
     )
     parser.add_argument(
+        "--exec-idle-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="kill a streaming-exec program whose output nobody read for this long (default 600)",
+    )
+    parser.add_argument(
         "--mount-table",
         metavar="FILE",
         help=f"mountinfo file listing what a freeze covers (default {DEFAULT_MOUNT_TABLE})",
@@ -196,6 +202,7 @@ def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) 
         "max_handles": args.max_handles,
         "fsfreeze_hook": args.fsfreeze_hook,
         "thaw_timeout": args.thaw_timeout,
+        "exec_idle_timeout": args.exec_idle_timeout,
         "mount_table": args.mount_table,
         **{field: getattr(args, field) for field in SYSTEM_COMMANDS},
     }

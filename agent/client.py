@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import pybase64
 import trio
 
+from agent.client_run import Execution, start
 from agent.models.builder import ModelFactory
 from agent.models.schema import SchemaDefs, load_builtin
 from agent.protocol import Flush, Framer, Message, ParseError
@@ -317,6 +318,19 @@ class QgaClient:
     async def fsfreeze_thaw(self) -> int:
         count: int = await self.execute("guest-fsfreeze-thaw")
         return count
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        terminal: tuple[int, int] | None = None,
+    ) -> Execution:
+        """Start a guest program whose output streams while it runs; iterate the
+        :class:`~agent.client_run.Execution` for it, await it for the status."""
+        return await start(self, argv, env=env, cwd=cwd, stdin=stdin, terminal=terminal)
 
     async def exec(
         self,

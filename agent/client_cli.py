@@ -1,5 +1,7 @@
 """``trio-qga-client``: drive a guest agent from the host (the modern ``qemu-ga-client``).
 
+trio-qga-client --address /tmp/qga.sock run -- make -C /src check
+trio-qga-client --address /tmp/qga.sock run -t -- /bin/bash
 trio-qga-client --address /tmp/qga.sock ping
 trio-qga-client --address /tmp/qga.sock get /var/log/syslog ./syslog
 trio-qga-client --address /tmp/qga.sock exec /bin/uname -a
@@ -17,6 +19,7 @@ from typing import Any, TextIO
 import trio
 
 from agent.client import AgentError, ClientError, CommandNotFound, Progress, QgaClient
+from agent.run_command import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress bar for get/put (auto: on a terminal, for files over 1 MiB)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", help="run a guest program as over ssh: live output, stdin, exit status"
+    )
+    run.add_argument("-t", action="store_true", help="on a terminal (interactive)")
+    run.add_argument("--env", action="append", default=[], metavar="K=V", help="(repeatable)")
+    run.add_argument("--cwd", metavar="DIR", help="the program's directory in the guest")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- PROGRAM ARGS")
     commands.add_parser("ping", help="is the agent alive?")
     commands.add_parser("sync", help="guest-sync with a random id")
     commands.add_parser("info", help="version and commands (JSON)")
@@ -48,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     freeze = commands.add_parser("fsfreeze", help="guest filesystem freeze")
     freeze.add_argument("action", choices=("status", "freeze", "thaw"))
     freeze.add_argument("mountpoints", nargs="*", help="freeze only these")
-    run = commands.add_parser("exec", help="run a guest program, print its output")
-    run.add_argument("path")
-    run.add_argument("args", nargs=argparse.REMAINDER)
+    exec_ = commands.add_parser("exec", help="run a guest program, print its output at the end")
+    exec_.add_argument("path")
+    exec_.add_argument("args", nargs=argparse.REMAINDER)
     execute = commands.add_parser("execute", help="any command, arguments as JSON")
     execute.add_argument("name")
     execute.add_argument("arguments", nargs="?", default="{}", help="a JSON object")
@@ -75,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _run(args: argparse.Namespace) -> int:
     async with await QgaClient.connect_unix(args.address, request_timeout=args.timeout) as client:
         command: str = args.command
+        if command == "run":
+            argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            return await run_command(client, argv, terminal=args.t, env=args.env, cwd=args.cwd)
         if command == "ping":
             await client.ping()
         elif command == "sync":

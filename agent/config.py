@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from agent.fsfreeze.mounts import DEFAULT_MOUNT_TABLE
 from agent.protocol import MAX_DEPTH, MAX_MESSAGE_SIZE
 from agent.store import DEFAULT_MAX_HANDLES
+from agent.streaming import DEFAULT_IDLE_TIMEOUT
 
 # qemu-ga's defaults.
 DEFAULT_METHOD = "virtio-serial"
@@ -48,6 +49,8 @@ class AgentConfig:
     max_depth: int = MAX_DEPTH
     mount_table: str = DEFAULT_MOUNT_TABLE  # what guest-fsfreeze-freeze may freeze
     thaw_timeout: float | None = None  # seconds frozen before an auto-thaw; None: never
+    # Seconds a streaming-exec program may go unread before it is killed.
+    exec_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     # Commands for the power and clock commands (qemu-ga's, right for a systemd guest).
     # By default, as qemu-ga 10.2, /sbin/poweroff, /sbin/halt or /sbin/reboot when
     # present (BusyBox guests have no shutdown), else these.

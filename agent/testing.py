@@ -7,6 +7,15 @@ project whose tests run under pytest-trio can write::
         await qga_client.ping()
         assert (await qga_client.info()).version
 
+A test suite in a VM harness streams a guest program's output into its own log
+with the client's ``run`` (the same as ``trio-qga-client run``)::
+
+    async def test_guest_suite(qga_client):
+        execution = await qga_client.run(["make", "-C", "/src", "check"])
+        async for chunk in execution:        # while the program runs
+            print(chunk.data.decode(errors="replace"), end="")
+        assert (await execution).exitcode == 0
+
 ``qga_client`` is a :class:`agent.client.QgaClient` connected over an in-memory
 stream to ``qga_agent``, a fresh :class:`agent.Agent` built from ``qga_config``
 (state in the test's temporary directory, no pid file, and an empty mount

@@ -130,9 +130,13 @@ def test_guest_info_has_qemu_ga_shape(qemu_ga_socket: Path, our_socket: Path) ->
     for command in ours["return"]["supported_commands"]:
         assert set(command) == {"name", "enabled", "success-response"}
         if command["name"] not in theirs_by_name:
-            # A plugin's extension (the example plugin is installed) or a command
-            # of a QEMU newer than the reference qemu-ga 7.2.
-            assert command["name"].startswith("guest-x-") or command["name"] in NEWER_THAN_7_2
+            # A plugin's extension (the example plugin is installed), our own
+            # downstream extension (QAPI's __RFQDN_ prefix) or a command of a
+            # QEMU newer than the reference qemu-ga 7.2.
+            assert (
+                command["name"].startswith(("guest-x-", "__io.github.trio-qga_"))
+                or command["name"] in NEWER_THAN_7_2
+            )
             continue
         assert command == theirs_by_name[command["name"]]
 

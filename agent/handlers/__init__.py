@@ -10,6 +10,7 @@ from agent.handlers import (
     hardware,
     network,
     power,
+    stream_exec,
     system,
 )
 from agent.registry import HandlerSet
@@ -22,6 +23,7 @@ BUILTIN: tuple[HandlerSet, ...] = (
     network.handlers,
     disks.handlers,
     exec.handlers,
+    stream_exec.handlers,
     power.handlers,
     accounts.handlers,
     hardware.handlers,

@@ -1,0 +1,339 @@
+"""The streaming exec extension and ``run``: live output, stdin, exit status, terminals.
+
+Against the agent in memory (the package's ``qga_client`` fixture), as a process on
+a unix socket (memory measured, the CLI driven as a user would), and against the
+real qemu-ga, where ``run`` falls back to guest-exec polling.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+
+from agent.client import AgentError, QgaClient
+from agent.client_run import Chunk, Execution
+from agent.config import AgentConfig
+from tests.qga_client import running_agent
+
+PREFIX = "__io.github.trio-qga_"
+CLIENT_COMMAND = [sys.executable, "-m", "agent.client_cli"]
+
+
+async def until(execution: Execution, text: bytes) -> bytes:
+    """Output of ``execution`` until ``text`` has come (or the program ended)."""
+    seen = b""
+    with trio.fail_after(20):
+        async for chunk in execution:
+            seen += chunk.data
+            if text in seen:
+                break
+    return seen
+
+
+# ------------------------------------------------------------- in memory --
+async def test_lines_reach_the_host_while_the_program_runs(
+    qga_client: QgaClient, tmp_path: Path
+) -> None:
+    # The program waits for a file the test creates only once the first line is in.
+    mark = tmp_path / "mark"
+    script = f"echo one; while [ ! -e {mark} ]; do sleep 0.01; done; echo two"
+    execution = await qga_client.run(["/bin/sh", "-c", script])
+    assert await until(execution, b"one\n") == b"one\n"
+    mark.touch()
+    result = await execution
+    assert (result.stdout, result.exitcode) == (b"two\n", 0)
+
+
+async def test_a_line_every_100_ms_comes_spread_over_time(qga_client: QgaClient) -> None:
+    script = "for i in 1 2 3 4 5; do echo line $i; sleep 0.1; done"
+    execution = await qga_client.run(["/bin/sh", "-c", script])
+    arrivals: list[tuple[float, bytes]] = []
+    async for chunk in execution:
+        arrivals += [(trio.current_time(), line) for line in chunk.data.splitlines()]
+    assert [line for _, line in arrivals] == [b"line %d" % i for i in range(1, 6)]
+    # Four sleeps of 0.1 s lie between the first line and the last.
+    assert arrivals[-1][0] - arrivals[0][0] >= 0.35
+
+
+async def test_cat_echoes_stdin_piece_by_piece(qga_client: QgaClient) -> None:
+    execution = await qga_client.run(["cat"])
+    for piece in (b"first\n", b"second\n", b"\x00\xffbinary\n"):
+        await execution.write(piece)
+        assert await until(execution, piece) == piece
+    await execution.close_stdin()
+    assert (await execution).exitcode == 0
+
+
+async def test_stdout_and_stderr_stay_apart(qga_client: QgaClient) -> None:
+    execution = await qga_client.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"])
+    chunks: list[Chunk] = [chunk async for chunk in execution]
+    assert b"".join(c.data for c in chunks if c.stream == "stdout") == b"out\n"
+    assert b"".join(c.data for c in chunks if c.stream == "stderr") == b"err\n"
+    assert (await execution).exitcode == 3
+
+
+@pytest.mark.parametrize(
+    ("script", "exitcode", "signal_number", "shell_status"),
+    [
+        ("exit 0", 0, None, 0),
+        ("exit 7", 7, None, 7),
+        ("kill -TERM $$", None, signal.SIGTERM, 128 + signal.SIGTERM),
+        ("kill -KILL $$", None, signal.SIGKILL, 128 + signal.SIGKILL),
+    ],
+)
+async def test_exit_codes_and_signals(
+    qga_client: QgaClient,
+    script: str,
+    exitcode: int | None,
+    signal_number: int | None,
+    shell_status: int,
+) -> None:
+    result = await (await qga_client.run(["/bin/sh", "-c", script]))
+    assert (result.exitcode, result.signal, result.shell_status) == (
+        exitcode,
+        signal_number,
+        shell_status,
+    )
+
+
+async def test_a_signal_reaches_the_program(qga_client: QgaClient) -> None:
+    script = "trap 'echo got INT; exit 9' INT; echo ready; while :; do sleep 0.05; done"
+    execution = await qga_client.run(["/bin/sh", "-c", script])
+    await until(execution, b"ready\n")
+    await execution.send_signal(signal.SIGINT)
+    result = await execution
+    assert (result.stdout, result.exitcode) == (b"got INT\n", 9)
+
+
+async def test_a_shell_on_a_terminal_has_a_tty_of_the_size_given(qga_client: QgaClient) -> None:
+    execution = await qga_client.run(["/bin/sh"], terminal=(33, 101))
+    await execution.write(b"tty; stty size; exit 4\n")
+    result = await execution
+    lines = result.stdout.replace(b"\r\n", b"\n").splitlines()
+    assert any(line.startswith(b"/dev/pts/") for line in lines), lines
+    assert b"33 101" in lines
+    assert result.exitcode == 4
+
+
+async def test_a_terminal_resize_reaches_the_program(qga_client: QgaClient) -> None:
+    script = "trap 'stty size' WINCH; echo ready; while :; do sleep 0.05; done"
+    execution = await qga_client.run(["/bin/sh", "-c", script], terminal=(24, 80))
+    await until(execution, b"ready")
+    await execution.resize(50, 132)
+    assert b"50 132" in await until(execution, b"50 132")
+    await execution.send_signal(signal.SIGKILL)
+    assert (await execution).signal == signal.SIGKILL
+
+
+async def test_env_and_cwd(qga_client: QgaClient, tmp_path: Path) -> None:
+    execution = await qga_client.run(
+        ["/bin/sh", "-c", 'echo "$GREETING $(pwd)"; test -n "$PATH"'],
+        env=["GREETING=hello"],
+        cwd=str(tmp_path),
+    )
+    result = await execution
+    assert (result.stdout, result.exitcode) == (f"hello {tmp_path}\n".encode(), 0)
+
+
+async def test_a_missing_directory_or_program_is_a_clear_error(
+    qga_client: QgaClient, tmp_path: Path
+) -> None:
+    with pytest.raises(AgentError, match=r"cannot run in .*No such file or directory"):
+        await qga_client.run(["/bin/true"], cwd=str(tmp_path / "nowhere"))
+    with pytest.raises(AgentError, match="Failed to execute child process"):
+        await qga_client.run([str(tmp_path / "nothing")])
+
+
+async def test_reads_are_repeatable_from_an_offset_and_past_data_is_dropped(
+    qga_client: QgaClient,
+) -> None:
+    start = {"path": "/bin/sh", "arg": ["-c", "echo hi; cat >/dev/null"]}  # ends with stdin
+    pid = (await qga_client.execute(PREFIX + "exec-start", start))["pid"]
+    read = PREFIX + "exec-read"
+    first = await qga_client.execute(read, {"pid": pid, "wait": 10})
+    while not first["out-data"]:  # the echo may not have run yet
+        first = await qga_client.execute(read, {"pid": pid, "wait": 10})
+    again = await qga_client.execute(read, {"pid": pid, "wait": 0})
+    assert base64.b64decode(again["out-data"]) == base64.b64decode(first["out-data"]) == b"hi\n"
+    with pytest.raises(AgentError, match="invalid out offset 9: the agent holds 0 to 3"):
+        await qga_client.execute(read, {"pid": pid, "out-offset": 9})
+    await qga_client.execute(PREFIX + "exec-close-stdin", {"pid": pid})
+    last = await qga_client.execute(read, {"pid": pid, "out-offset": 3, "wait": 10})
+    while not last["exited"]:
+        last = await qga_client.execute(read, {"pid": pid, "out-offset": 3, "wait": 10})
+    assert last == {"out-data": "", "err-data": "", "exited": True, "exitcode": 0}
+    with pytest.raises(AgentError, match="Invalid parameter 'pid'"):  # forgotten once told
+        await qga_client.execute(read, {"pid": pid})
+
+
+async def test_guest_exec_status_does_not_know_streaming_pids(qga_client: QgaClient) -> None:
+    execution = await qga_client.run(["/bin/sleep", "30"])
+    with pytest.raises(AgentError, match="Invalid parameter 'pid'"):
+        await qga_client.execute("guest-exec-status", {"pid": execution.pid})
+    await execution.send_signal(signal.SIGKILL)
+    await execution
+
+
+async def test_a_daemon_holding_stdout_does_not_hide_the_exit(qga_client: QgaClient) -> None:
+    started = trio.current_time()
+    execution = await qga_client.run(["/bin/sh", "-c", "sleep 25 & echo started"])
+    result = await execution
+    assert (result.stdout, result.exitcode) == (b"started\n", 0)
+    assert trio.current_time() - started < 15
+
+
+async def test_the_commands_are_listed_in_guest_info(qga_client: QgaClient) -> None:
+    commands = await qga_client.commands()
+    for name in ("start", "read", "write", "close-stdin", "resize", "signal"):
+        assert commands[f"{PREFIX}exec-{name}"] is True
+    assert "guest-exec" in commands
+
+
+@pytest.fixture
+def qga_config(tmp_path: Path) -> AgentConfig:
+    return AgentConfig(
+        statedir=str(tmp_path), pidfile=None, mount_table=os.devnull, exec_idle_timeout=0.5
+    )
+
+
+async def test_a_program_nobody_reads_is_killed_and_reaped(
+    qga_client: QgaClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "agent.streaming")
+    pid = (await qga_client.execute(PREFIX + "exec-start", {"path": "/bin/sleep", "arg": ["30"]}))[
+        "pid"
+    ]
+    with trio.fail_after(20):
+        while True:
+            if not psutil.pid_exists(pid):  # killed, then reaped: gone
+                break
+            await trio.sleep(0.05)
+    assert f"exec {pid}: its output was not read for 0.5 s: killed" in caplog.text
+    with pytest.raises(AgentError, match="Invalid parameter 'pid'"):
+        await qga_client.execute(PREFIX + "exec-read", {"pid": pid})
+
+
+# --------------------------------------------------- the agent as a process --
+@pytest.fixture
+def agent_process(tmp_path: Path) -> Iterator[tuple[psutil.Process, Path]]:
+    with running_agent(tmp_path) as (proc, sock):
+        yield psutil.Process(proc.pid), sock
+
+
+async def test_a_host_that_stops_reading_does_not_grow_the_agent(
+    agent_process: tuple[psutil.Process, Path],
+) -> None:
+    agent, sock = agent_process
+    async with await QgaClient.connect_unix(str(sock)) as client:
+        await client.ping()
+        before = agent.memory_info().rss
+        # 'yes' writes as fast as it can; the host reads once, then not for 3 s.
+        execution = await client.run(["yes", "0123456789abcdef" * 64])
+        await until(execution, b"\n")
+        await trio.sleep(3)
+        program = next(p for p in agent.children() if p.pid == execution.pid)
+        cpu_then = sum(program.cpu_times()[:2])
+        await trio.sleep(1)
+        cpu_now = sum(program.cpu_times()[:2])
+        grown = agent.memory_info().rss - before
+        print(f"\nagent RSS grew {grown / 2**20:.1f} MiB; 'yes' used {cpu_now - cpu_then:.2f} s")
+        assert grown < 16 * 2**20  # the cap is 1 MiB per stream; Python's heap moves a bit
+        assert cpu_now - cpu_then < 0.1  # blocked on its full pipe
+        assert program.status() == psutil.STATUS_SLEEPING
+        got = 0
+        with trio.fail_after(30):
+            async for chunk in execution:  # and it streams again once read
+                got += len(chunk.data)
+                if got > 4 * 2**20:
+                    break
+        await execution.send_signal(signal.SIGKILL)
+        assert (await execution).signal == signal.SIGKILL
+
+
+def client_cli(
+    sock: Path, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*CLIENT_COMMAND, "--address", str(sock), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_cli_run_streams_forwards_stdin_and_exits_with_the_status(
+    agent_process: tuple[psutil.Process, Path],
+) -> None:
+    _, sock = agent_process
+    result = client_cli(
+        sock, "run", "--", "/bin/sh", "-c", "cat; echo err >&2; exit 5", stdin=b"in\n"
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (5, b"in\n", b"err\n")
+    killed = client_cli(sock, "run", "--", "/bin/sh", "-c", "kill -TERM $$")
+    assert killed.returncode == 128 + signal.SIGTERM
+    env = client_cli(sock, "run", "--env", "A=1", "--cwd", "/", "--", "/bin/sh", "-c", "echo $A")
+    assert env.stdout == b"1\n"
+
+
+def test_cli_run_t_gives_a_terminal_of_our_size(
+    agent_process: tuple[psutil.Process, Path],
+) -> None:
+    _, sock = agent_process
+    environ = {**os.environ, "COLUMNS": "101", "LINES": "33"}
+    result = client_cli(sock, "run", "-t", "--", "/bin/sh", "-c", "stty size", env=environ)
+    assert (result.returncode, result.stdout) == (0, b"33 101\r\n")
+
+
+def test_cli_forwards_ctrl_c_to_the_program(agent_process: tuple[psutil.Process, Path]) -> None:
+    _, sock = agent_process
+    script = "trap 'echo got INT; exit 9' INT; echo ready; while :; do sleep 0.05; done"
+    with subprocess.Popen(
+        [*CLIENT_COMMAND, "--address", str(sock), "run", "--", "/bin/sh", "-c", script],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    ) as client:
+        try:
+            assert client.stdout is not None
+            assert client.stdout.readline() == b"ready\n"
+            client.send_signal(signal.SIGINT)  # what Ctrl-C does to the client
+            assert client.stdout.read() == b"got INT\n"
+            assert client.wait(30) == 9
+        finally:
+            if client.poll() is None:
+                client.kill()
+
+
+# ------------------------------------------------------ the real qemu-ga --
+@pytest.mark.qemu_ga
+async def test_run_falls_back_to_guest_exec_against_qemu_ga(qemu_ga_socket: Path) -> None:
+    async with await QgaClient.connect_unix(str(qemu_ga_socket), request_timeout=10) as client:
+        execution = await client.run(
+            ["/bin/sh", "-c", 'cat; echo "$A" >&2; pwd; exit 3'],
+            env=["A=1"],
+            cwd="/",
+            stdin=b"in\n",
+        )
+        assert not execution.streaming
+        result = await execution
+        assert (result.stdout, result.stderr, result.exitcode) == (b"in\n/\n", b"1\n", 3)
+
+
+@pytest.mark.qemu_ga
+def test_cli_run_against_qemu_ga_says_the_output_comes_at_the_end(qemu_ga_socket: Path) -> None:
+    started = time.monotonic()
+    result = client_cli(qemu_ga_socket, "run", "--", "/bin/sh", "-c", "cat; exit 4", stdin=b"x")
+    assert (result.returncode, result.stdout) == (4, b"x")
+    assert b"the output will come when the program has ended" in result.stderr
+    assert time.monotonic() - started < 30

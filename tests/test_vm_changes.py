@@ -48,6 +48,22 @@ def run_in_vm() -> Path:
     pytest.skip(message)
 
 
+def vm_agent_command(script: Path, sock: Path, *options: str) -> list[str]:
+    """run-in-vm (with ``options``) serving trio-qga on the virtio port, wired to ``sock``."""
+    return [
+        str(script),
+        *options,
+        "--timeout",
+        str(int(BOOT_TIMEOUT + 120)),
+        "--qga-socket",
+        str(sock),
+        "--",
+        sys.executable,
+        str(ROOT / "tests" / "vm_agent.py"),
+        PORT,
+    ]
+
+
 @dataclass
 class Vm:
     process: subprocess.Popen[bytes]
@@ -90,19 +106,7 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
     started = time.monotonic()
     with open(output, "wb") as out:
         process = subprocess.Popen(
-            [
-                str(script),
-                "--cpus",
-                "2",
-                "--timeout",
-                str(int(BOOT_TIMEOUT + 120)),
-                "--qga-socket",
-                str(sock),
-                "--",
-                sys.executable,
-                str(ROOT / "tests" / "vm_agent.py"),
-                PORT,
-            ],
+            vm_agent_command(script, sock, "--cpus", "2"),
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -97,6 +97,11 @@ async def _forward_signals(
 
 
 def _window_size() -> tuple[int, int]:
+    """(rows, cols) of our terminal; without one, $LINES/$COLUMNS or 24x80."""
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            columns, lines = os.get_terminal_size(fd)
+            return lines, columns
     columns, lines = shutil.get_terminal_size()
     return lines, columns
 

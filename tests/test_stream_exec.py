@@ -10,9 +10,12 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ import trio
 from agent.client import AgentError, QgaClient
 from agent.client_run import Chunk, Execution
 from agent.config import AgentConfig
+from agent.streaming import set_window_size, take_terminal
 from tests.qga_client import running_agent
 
 PREFIX = "__io.github.trio-qga_"
@@ -294,6 +298,54 @@ def test_cli_run_t_gives_a_terminal_of_our_size(
     environ = {**os.environ, "COLUMNS": "101", "LINES": "33"}
     result = client_cli(sock, "run", "-t", "--", "/bin/sh", "-c", "stty size", env=environ)
     assert (result.returncode, result.stdout) == (0, b"33 101\r\n")
+
+
+def read_until(fd: int, text: bytes, timeout: float = 30) -> bytes:
+    """What the terminal ``fd`` gives until ``text`` has come."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{text!r} never came: {seen!r}"
+        if select.select([fd], [], [], left)[0]:
+            seen += os.read(fd, 4096)
+    return seen
+
+
+def test_cli_run_t_is_an_interactive_terminal(agent_process: tuple[psutil.Process, Path]) -> None:
+    _, sock = agent_process
+    master, slave = os.openpty()
+    set_window_size(slave, 33, 101)
+    saved = termios.tcgetattr(slave)
+    try:
+        with subprocess.Popen(
+            [*CLIENT_COMMAND, "--address", str(sock), "run", "-t", "--", "/bin/sh"],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=take_terminal,  # our terminal is the client's, as in a shell
+        ) as client:
+            try:
+                read_until(master, b"# ")  # the guest shell's prompt
+                os.write(master, b"tty; stty size\r")
+                assert re.search(rb"/dev/pts/\d+\r\n33 101\r\n", read_until(master, b"33 101"))
+                set_window_size(master, 50, 132)  # the kernel sends the client SIGWINCH
+                for _ in range(30):  # until the resize has reached the guest
+                    os.write(master, b"stty size\r")
+                    if b"50 132" in read_until(master, b"# "):
+                        break
+                else:
+                    pytest.fail("the new size never reached the guest")
+                os.write(master, b"exit 3\r")
+                assert client.wait(30) == 3
+            finally:
+                if client.poll() is None:
+                    client.kill()
+        assert termios.tcgetattr(slave) == saved  # raw mode undone
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_cli_forwards_ctrl_c_to_the_program(agent_process: tuple[psutil.Process, Path]) -> None:

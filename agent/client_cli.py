@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 import trio
 
 from agent.client import AgentError, ClientError, CommandNotFound, Progress, QgaClient
+from agent.client_run import NotSupported
 from agent.run_command import run_command
 
 
@@ -77,9 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as err:
         print(f"trio-qga-client: {err}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as err:  # a local file, or bad JSON arguments
+    except (OSError, ValueError, NotSupported) as err:  # a local file, bad JSON, run -t
         print(f"trio-qga-client: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
 
 
 async def _run(args: argparse.Namespace) -> int:

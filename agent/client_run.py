@@ -170,7 +170,7 @@ class StreamingExecution(Execution):
                 "pid": self.pid,
                 "out-offset": self.offsets["out"],
                 "err-offset": self.offsets["err"],
-                "wait": self.wait_seconds,
+                "wait": min(self.wait_seconds, self.client.timeout / 2),
             },
         )
         chunks = []

@@ -389,3 +389,8 @@ def test_cli_run_against_qemu_ga_says_the_output_comes_at_the_end(qemu_ga_socket
     assert (result.returncode, result.stdout) == (4, b"x")
     assert b"the output will come when the program has ended" in result.stderr
     assert time.monotonic() - started < 30
+    terminal = client_cli(qemu_ga_socket, "run", "-t", "--", "/bin/sh")
+    assert terminal.returncode == 1
+    assert terminal.stderr.endswith(
+        b"trio-qga-client: a terminal needs the streaming exec extension of trio-qga\n"
+    )

@@ -49,7 +49,11 @@ async def run_command(
         )
         if not os.isatty(0):
             stdin = await trio.to_thread.run_sync(sys.stdin.buffer.read)
-    size = _window_size() if terminal else None
+    size = None
+    if terminal:
+        size = _window_size()
+        if "TERM" in os.environ and not any(item.startswith("TERM=") for item in env):
+            env = [f"TERM={os.environ['TERM']}", *env]  # as ssh passes it
     execution = await client.run(argv, env=env, cwd=cwd, terminal=size, stdin=stdin)
     with _raw_mode(terminal and os.isatty(0)), trio.CancelScope() as give_up:
         async with trio.open_nursery() as nursery:

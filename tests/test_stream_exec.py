@@ -291,13 +291,14 @@ def test_cli_run_streams_forwards_stdin_and_exits_with_the_status(
     assert env.stdout == b"1\n"
 
 
-def test_cli_run_t_gives_a_terminal_of_our_size(
+def test_cli_run_t_gives_a_terminal_of_our_size_and_type(
     agent_process: tuple[psutil.Process, Path],
 ) -> None:
     _, sock = agent_process
-    environ = {**os.environ, "COLUMNS": "101", "LINES": "33"}
-    result = client_cli(sock, "run", "-t", "--", "/bin/sh", "-c", "stty size", env=environ)
-    assert (result.returncode, result.stdout) == (0, b"33 101\r\n")
+    environ = {**os.environ, "COLUMNS": "101", "LINES": "33", "TERM": "vt220"}
+    script = 'stty size; echo "$TERM"'
+    result = client_cli(sock, "run", "-t", "--", "/bin/sh", "-c", script, env=environ)
+    assert (result.returncode, result.stdout) == (0, b"33 101\r\nvt220\r\n")
 
 
 def read_until(fd: int, text: bytes, timeout: float = 30) -> bytes:

@@ -45,6 +45,15 @@ async def until(execution: Execution, text: bytes) -> bytes:
     return seen
 
 
+async def until_gone(pid: int) -> None:
+    """Until process ``pid`` is no more: killed, then reaped."""
+    with trio.fail_after(20):
+        while True:
+            if not psutil.pid_exists(pid):
+                break
+            await trio.sleep(0.05)
+
+
 # ------------------------------------------------------------- in memory --
 async def test_lines_reach_the_host_while_the_program_runs(
     qga_client: QgaClient, tmp_path: Path
@@ -218,11 +227,7 @@ async def test_a_program_nobody_reads_is_killed_and_reaped(
     pid = (await qga_client.execute(PREFIX + "exec-start", {"path": "/bin/sleep", "arg": ["30"]}))[
         "pid"
     ]
-    with trio.fail_after(20):
-        while True:
-            if not psutil.pid_exists(pid):  # killed, then reaped: gone
-                break
-            await trio.sleep(0.05)
+    await until_gone(pid)
     assert f"exec {pid}: its output was not read for 0.5 s: killed" in caplog.text
     with pytest.raises(AgentError, match="Invalid parameter 'pid'"):
         await qga_client.execute(PREFIX + "exec-read", {"pid": pid})
@@ -263,6 +268,16 @@ async def test_a_host_that_stops_reading_does_not_grow_the_agent(
                     break
         await execution.send_signal(signal.SIGKILL)
         assert (await execution).signal == signal.SIGKILL
+
+
+async def test_exec_idle_timeout_option(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+    with running_agent(tmp_path, "--exec-idle-timeout", "1", "-l", str(log)) as (_, sock):
+        async with await QgaClient.connect_unix(str(sock)) as client:
+            start = {"path": "/bin/sleep", "arg": ["30"]}
+            pid = (await client.execute(PREFIX + "exec-start", start))["pid"]
+            await until_gone(pid)
+    assert f"exec {pid}: its output was not read for 1 s: killed" in log.read_text()
 
 
 def client_cli(

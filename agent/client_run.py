@@ -70,8 +70,10 @@ async def start(
     terminal: tuple[int, int] | None = None,
 ) -> Execution:
     """Start ``argv`` in the guest. ``env``: ``NAME=VALUE`` added to the guest's
-    environment; ``stdin``: written first (with the fallback, all the input there
-    is); ``terminal``: run on a pseudo-terminal of (rows, cols)."""
+    environment; ``stdin``: all of the program's input (written, then its stdin is
+    closed; without it, stdin stays open for :meth:`Execution.write`, or is
+    /dev/null with the fallback); ``terminal``: run on a pseudo-terminal of
+    (rows, cols)."""
     if not argv:
         raise ValueError("no program to run")
     if START in await client.commands():
@@ -84,8 +86,9 @@ async def start(
             arguments["terminal"] = {"rows": terminal[0], "cols": terminal[1]}
         pid = (await client.execute(START, arguments))["pid"]
         execution: Execution = StreamingExecution(client, pid)
-        if stdin:
+        if stdin is not None:
             await execution.write(stdin)
+            await execution.close_stdin()
     else:
         if terminal is not None:
             raise NotSupported("a terminal needs the streaming exec extension of trio-qga")

@@ -88,6 +88,11 @@ async def test_cat_echoes_stdin_piece_by_piece(qga_client: QgaClient) -> None:
     assert (await execution).exitcode == 0
 
 
+async def test_stdin_given_at_the_start_is_all_the_input(qga_client: QgaClient) -> None:
+    result = await (await qga_client.run(["/bin/sh", "-c", "wc -c"], stdin=b"x" * 300_000))
+    assert (result.stdout.strip(), result.exitcode) == (b"300000", 0)
+
+
 async def test_stdout_and_stderr_stay_apart(qga_client: QgaClient) -> None:
     execution = await qga_client.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"])
     chunks: list[Chunk] = [chunk async for chunk in execution]

@@ -56,12 +56,15 @@ async def run_command(
             env = [f"TERM={os.environ['TERM']}", *env]  # as ssh passes it
     execution = await client.run(argv, env=env, cwd=cwd, terminal=size, stdin=stdin)
     with _raw_mode(terminal and os.isatty(0)), trio.CancelScope() as give_up:
-        async with trio.open_nursery() as nursery:
-            if isinstance(execution, StreamingExecution):
-                nursery.start_soon(_forward_stdin, execution)
-                nursery.start_soon(_forward_signals, execution, terminal, give_up)
-            await _print_output(execution, sys.stdout.buffer, sys.stderr.buffer)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                if isinstance(execution, StreamingExecution):
+                    nursery.start_soon(_forward_stdin, execution)
+                    nursery.start_soon(_forward_signals, execution, terminal, give_up)
+                await _print_output(execution, sys.stdout.buffer, sys.stderr.buffer)
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _first(group) from None  # the CLI reports a lost agent, not a group
     if give_up.cancelled_caught:
         return 128 + signal.SIGINT  # gave up on the program
     return (await execution).shell_status
@@ -98,6 +101,13 @@ async def _forward_signals(
                     give_up.cancel()
                     return
                 await execution.send_signal(signal.SIGINT)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error of a group (the others, if any, follow from it: the same
+    broken connection seen by the output and the stdin tasks)."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _window_size() -> tuple[int, int]:

@@ -19,6 +19,7 @@ import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -192,6 +193,27 @@ async def test_reads_are_repeatable_from_an_offset_and_past_data_is_dropped(
     assert last == {"out-data": "", "err-data": "", "exited": True, "exitcode": 0}
     with pytest.raises(AgentError, match="Invalid parameter 'pid'"):  # forgotten once told
         await qga_client.execute(read, {"pid": pid})
+
+
+async def test_bad_requests_get_clear_errors(qga_client: QgaClient) -> None:
+    execution = await qga_client.run(["cat"])
+    pid = execution.pid
+    bad: list[tuple[str, dict[str, Any], str]] = [
+        ("exec-read", {"wait": -1}, "invalid wait -1: it must be 0 or more seconds"),
+        ("exec-read", {"err-offset": -1}, "invalid err offset -1: the agent holds 0 to 0"),
+        ("exec-resize", {"rows": 1, "cols": 1}, "the program does not run on a terminal"),
+        ("exec-signal", {"signal": 0}, "invalid signal 0"),
+        ("exec-write", {"data": "!!"}, "Base64 data contains invalid characters"),
+    ]
+    for command, arguments, error in bad:
+        with pytest.raises(AgentError) as raised:
+            await qga_client.execute(PREFIX + command, {"pid": pid, **arguments})
+        assert raised.value.desc.startswith(error), raised.value.desc
+    await execution.close_stdin()
+    with pytest.raises(AgentError, match="stdin is closed"):
+        await execution.write(b"late")
+    assert (await execution).exitcode == 0
+    await qga_client.ping()  # and the agent serves on
 
 
 async def test_guest_exec_status_does_not_know_streaming_pids(qga_client: QgaClient) -> None:

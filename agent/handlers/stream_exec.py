@@ -104,7 +104,7 @@ async def exec_read(
 ) -> dict[str, object]:
     wait = DEFAULT_WAIT if wait is None else wait
     if not wait >= 0:
-        raise GenericError(f"invalid wait {wait}: it must be 0 or more seconds")
+        raise GenericError(f"invalid wait {wait:g}: it must be 0 or more seconds")
     child = ctx.processes.get(pid, StreamProcess)
     out, err = await child.read(out_offset or 0, err_offset or 0, wait)
     reply: dict[str, object] = {

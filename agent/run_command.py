@@ -6,7 +6,9 @@ to it, Ctrl-C is forwarded to it as SIGINT, and we exit with its status
 our terminal goes raw (Ctrl-C is then a byte for the guest's terminal to
 turn into SIGINT) and window size changes follow. Against an agent without
 the streaming extension (qemu-ga) the output comes when the program has
-ended, and our stdin (when it is not a terminal) is read whole first.
+ended, and our stdin (when it is not a terminal) is read whole first. Leaving
+before the program ends (the third Ctrl-C, our stdout closed) sends it SIGHUP,
+as the end of an ssh session does.
 """
 
 from __future__ import annotations
@@ -23,11 +25,21 @@ from typing import BinaryIO
 
 import trio
 
-from agent.client import QgaClient
-from agent.client_run import BUSY_WAIT, READ_WAIT, START, Execution, StreamingExecution
+from agent.client import ClientError, QgaClient
+from agent.client_run import (
+    BUSY_WAIT,
+    READ_WAIT,
+    START,
+    Execution,
+    NotSupported,
+    StreamingExecution,
+)
 
 STDIN_READ = 64 * 1024
 GIVE_UP_AFTER = 3  # Ctrl-C: the third one leaves without waiting for the program
+# Seconds for the SIGHUP of a program we leave: the client first resynchronises,
+# behind the long poll we cancelled.
+HANG_UP_WAIT = READ_WAIT + 10
 
 
 async def run_command(
@@ -64,10 +76,20 @@ async def run_command(
                 await _print_output(execution, sys.stdout.buffer, sys.stderr.buffer)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            raise _first(group) from None  # the CLI reports a lost agent, not a group
+            error = _first(group)
+            if isinstance(error, OSError):  # ours (stdout closed): the agent is fine
+                await _hang_up(execution)
+            raise error from None  # the CLI reports a lost agent, not a group
     if give_up.cancelled_caught:
-        return 128 + signal.SIGINT  # gave up on the program
+        await _hang_up(execution)
+        return 128 + signal.SIGINT
     return (await execution).shell_status
+
+
+async def _hang_up(execution: Execution) -> None:
+    """Leaving before the program ends: SIGHUP it, as sshd's end of a session does."""
+    with trio.move_on_after(HANG_UP_WAIT), contextlib.suppress(ClientError, NotSupported):
+        await execution.send_signal(signal.SIGHUP)
 
 
 async def _print_output(execution: Execution, stdout: BinaryIO, stderr: BinaryIO) -> None:

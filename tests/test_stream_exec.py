@@ -432,6 +432,33 @@ def test_cli_forwards_ctrl_c_to_the_program(agent_process: tuple[psutil.Process,
                 client.kill()
 
 
+def test_cli_gives_up_on_the_third_ctrl_c_and_hangs_up(
+    agent_process: tuple[psutil.Process, Path], tmp_path: Path
+) -> None:
+    _, sock = agent_process
+    hung_up = tmp_path / "hung-up"
+    script = (
+        f"trap 'echo INT' INT; trap 'touch {hung_up}; exit 1' HUP; echo ready;"
+        " while :; do sleep 0.05; done"
+    )
+    with subprocess.Popen(
+        [*CLIENT_COMMAND, "--address", str(sock), "run", "--", "/bin/sh", "-c", script],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    ) as client:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"ready\n"
+        for _ in range(2):  # forwarded, and ignored by the program
+            client.send_signal(signal.SIGINT)
+            assert client.stdout.readline() == b"INT\n"
+        client.send_signal(signal.SIGINT)
+        assert client.wait(30) == 128 + signal.SIGINT
+    deadline = time.monotonic() + 20
+    while not hung_up.exists():
+        assert time.monotonic() < deadline, "the program never got SIGHUP"
+        time.sleep(0.05)
+
+
 # ------------------------------------------------------ the real qemu-ga --
 @pytest.mark.qemu_ga
 async def test_run_falls_back_to_guest_exec_against_qemu_ga(qemu_ga_socket: Path) -> None:

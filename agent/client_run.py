@@ -16,6 +16,7 @@ and stdin can only be given up front. Everything goes through
 
 from __future__ import annotations
 
+import abc
 import shlex
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Sequence
@@ -104,14 +105,15 @@ def _wrapped(argv: Sequence[str], env: Sequence[str], cwd: str | None) -> list[s
     return ["/bin/sh", "-c", script, "sh", *env, *argv]
 
 
-class Execution:
+class Execution(abc.ABC):
     """A guest program started by :func:`start`. Iterate it for its output (once);
     await it for its :class:`RunResult`."""
 
     streaming = True
-    pid: int
 
-    def __init__(self) -> None:
+    def __init__(self, client: QgaClient, pid: int) -> None:
+        self.client = client
+        self.pid = pid
         self._result: RunResult | None = None
         self._chunks: deque[Chunk] = deque()
 
@@ -125,9 +127,9 @@ class Execution:
             self._chunks.extend(await self._poll())
         return self._chunks.popleft()
 
+    @abc.abstractmethod
     async def _poll(self) -> list[Chunk]:
         """One exchange: the output that came; sets ``_result`` at the end."""
-        raise NotImplementedError
 
     async def wait(self) -> RunResult:
         """Wait for the end; output not taken by iteration is in the result."""
@@ -143,26 +145,28 @@ class Execution:
     def __await__(self) -> Generator[Any, None, RunResult]:
         return self.wait().__await__()
 
+    @abc.abstractmethod
     async def write(self, data: bytes) -> None:
-        raise NotSupported("stdin after the start needs the streaming exec extension")
+        """Write all of ``data`` to the program's stdin."""
 
+    @abc.abstractmethod
     async def close_stdin(self) -> None:
-        """Nothing to do without the extension: the input was given at the start."""
+        """Close the program's stdin (on a terminal: type end-of-file)."""
 
+    @abc.abstractmethod
     async def send_signal(self, number: int) -> None:
-        raise NotSupported("signals need the streaming exec extension of trio-qga")
+        """Send signal ``number`` to the program's process group."""
 
+    @abc.abstractmethod
     async def resize(self, rows: int, cols: int) -> None:
-        raise NotSupported("a terminal needs the streaming exec extension of trio-qga")
+        """Set the size of the program's terminal."""
 
 
 class StreamingExecution(Execution):
     """Through the streaming exec extension."""
 
     def __init__(self, client: QgaClient, pid: int) -> None:
-        super().__init__()
-        self.client = client
-        self.pid = pid
+        super().__init__(client, pid)
         self.offsets = {"out": 0, "err": 0}
         self.wait_seconds = READ_WAIT
 
@@ -187,7 +191,7 @@ class StreamingExecution(Execution):
         return chunks
 
     async def write(self, data: bytes) -> None:
-        """Write all of ``data`` to the program's stdin (in pieces if it is slow)."""
+        """In pieces if the program is slow to take it."""
         view = memoryview(data)
         while view:
             encoded = pybase64.b64encode(view[: 1 << 20]).decode("ascii")
@@ -214,9 +218,7 @@ class PolledExecution(Execution):
     streaming = False
 
     def __init__(self, client: QgaClient, pid: int) -> None:
-        super().__init__()
-        self.client = client
-        self.pid = pid
+        super().__init__(client, pid)
         self._delay = FALLBACK_POLL
 
     @classmethod
@@ -241,3 +243,15 @@ class PolledExecution(Execution):
             if data:
                 chunks.append(Chunk(stream, data))  # type: ignore[arg-type]
         return chunks
+
+    async def write(self, data: bytes) -> None:
+        raise NotSupported("stdin after the start needs the streaming exec extension")
+
+    async def close_stdin(self) -> None:
+        """Nothing to do: the input was all given at the start."""
+
+    async def send_signal(self, number: int) -> None:
+        raise NotSupported("signals need the streaming exec extension of trio-qga")
+
+    async def resize(self, rows: int, cols: int) -> None:
+        raise NotSupported("a terminal needs the streaming exec extension of trio-qga")

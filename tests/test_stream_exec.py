@@ -30,6 +30,7 @@ from agent.client_run import Chunk, Execution
 from agent.config import AgentConfig
 from agent.streaming import set_window_size, take_terminal
 from tests.qga_client import running_agent
+from tests.test_exec import DAEMON, kill_daemon
 
 PREFIX = "__io.github.trio-qga_"
 CLIENT_COMMAND = [sys.executable, "-m", "agent.client_cli"]
@@ -224,12 +225,24 @@ async def test_guest_exec_status_does_not_know_streaming_pids(qga_client: QgaCli
     await execution
 
 
-async def test_a_daemon_holding_stdout_does_not_hide_the_exit(qga_client: QgaClient) -> None:
+async def test_a_daemon_holding_stdout_does_not_hide_the_exit(
+    qga_client: QgaClient, tmp_path: Path
+) -> None:
+    fds = len(os.listdir("/proc/self/fd"))
+    pidfile = tmp_path / "daemon.pid"
     started = trio.current_time()
-    execution = await qga_client.run(["/bin/sh", "-c", "sleep 25 & echo started"])
-    result = await execution
-    assert (result.stdout, result.exitcode) == (b"started\n", 0)
-    assert trio.current_time() - started < 15
+    execution = await qga_client.run(["/bin/sh", "-c", DAEMON.format(pidfile=pidfile)])
+    try:
+        result = await execution
+        assert (result.stdout, result.exitcode) == (b"started\n", 0)
+        assert trio.current_time() - started < 15
+        with trio.fail_after(10):  # the pipes are closed once the exit is collected
+            while True:
+                if len(os.listdir("/proc/self/fd")) == fds:
+                    break
+                await trio.sleep(0.01)
+    finally:
+        kill_daemon(pidfile)
 
 
 async def test_the_commands_are_listed_in_guest_info(qga_client: QgaClient) -> None:

@@ -29,12 +29,14 @@ SECRET_ARGUMENTS: dict[str, frozenset[str]] = {
     "guest-ssh-remove-authorized-keys": frozenset({"keys"}),
     "guest-file-write": frozenset({"buf-b64"}),
     "guest-exec": frozenset({"input-data"}),
+    "__io.github.trio-qga_exec-write": frozenset({"data"}),  # what is typed: passwords too
 }
 # ... and in the reply.
 SECRET_RETURNS: dict[str, frozenset[str]] = {
     "guest-ssh-get-authorized-keys": frozenset({"keys"}),
     "guest-file-read": frozenset({"buf-b64"}),
     "guest-exec-status": frozenset({"out-data", "err-data"}),
+    "__io.github.trio-qga_exec-read": frozenset({"out-data", "err-data"}),
 }
 
 

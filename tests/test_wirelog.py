@@ -85,6 +85,19 @@ async def test_secrets_and_content_never_reach_the_log(
                 break
             await trio.sleep(0.05)
     assert status["return"]["out-data"] == SECRET_B64
+    stream = "__io.github.trio-qga_exec-"  # the streaming exec: stdin in, output out
+    pid = (await debug_client.execute(stream + "start", {"path": "/bin/cat"}))["return"]["pid"]
+    await debug_client.execute(stream + "write", {"pid": pid, "data": SECRET_B64})
+    await debug_client.execute(stream + "close-stdin", {"pid": pid})
+    out, offset = b"", 0
+    with trio.fail_after(60):
+        while True:
+            reply = await debug_client.execute(stream + "read", {"pid": pid, "out-offset": offset})
+            out += base64.b64decode(reply["return"]["out-data"])
+            offset = len(out)
+            if reply["return"]["exited"]:
+                break
+    assert out == SECRET
     text = "\n".join(wire_lines(caplog))
     for secret in (SECRET_B64, SECRET.decode()):
         assert secret not in caplog.text  # not in any record, whoever logged it
@@ -94,6 +107,7 @@ async def test_secrets_and_content_never_reach_the_log(
     assert '"buf-b64": "<redacted>"' in text
     assert '"input-data": "<redacted>"' in text
     assert '"out-data": "<redacted>"' in text
+    assert '"data": "<redacted>"' in text
 
 
 def test_no_wire_log_without_debug(caplog: pytest.LogCaptureFixture) -> None:

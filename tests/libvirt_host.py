@@ -1,0 +1,235 @@
+"""libvirt for the tests: its daemons, started by the suite, and throw-away TCG domains.
+
+:class:`LibvirtHost` starts ``virtlogd`` and ``libvirtd`` (as root) in a private mount
+namespace where ``/etc/libvirt``, ``/run/libvirt``, ``/var/lib/libvirt`` and
+``/var/log/libvirt`` are bind mounts of a temporary directory. The daemons get their own
+configuration and state and leave no trace in this machine's libvirt: QEMU runs as root
+with no relabelling (nothing here changes owner), no cgroups and no namespace of its own
+(there is no systemd). As QEMU's user is root, libvirt sees ``/dev/kvm`` usable whatever
+its mode, so it does not probe QEMU's capabilities again on every call (it does when
+``/dev/kvm`` is root-only and QEMU runs as ``libvirt-qemu``: 72 s per ``virsh create``);
+the domains are ``type='qemu'`` (TCG) anyway. The probe's result is kept in run-in-vm's
+cache directory. Clients reach the daemons at ``qemu:///system?socket=DIR/run/libvirt-sock``.
+
+:class:`GuestDomain` boots as ``../shared/vm/run-in-vm`` does: its cached kernel, an
+initramfs with its ``guest-init`` (``tests/libvirt-initramfs``) and this machine's root
+over 9p under a tmpfs overlay; the command comes through the same exchange directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+ROOT = Path(__file__).resolve().parent.parent
+INITRAMFS = ROOT / "tests" / "libvirt-initramfs"
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+UNSHARE = ("unshare", "--mount", "--propagation", "private")
+DAEMON_DEADLINE = 120.0  # seconds for libvirtd to answer (its first QEMU probe is slow)
+
+LIBVIRTD_CONF = """\
+unix_sock_rw_perms = "0700"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+log_outputs = "3:file:{log}/libvirtd.log"
+"""
+QEMU_CONF = """\
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+namespaces = []
+cgroup_controllers = []
+"""
+LAUNCH = """\
+set -e
+mount --bind "$1/etc" /etc/libvirt
+mount --bind "$1/run" /run/libvirt
+mount --bind "$1/lib" /var/lib/libvirt
+mount --bind "$1/log" /var/log/libvirt
+mount --bind "$2" /var/cache/libvirt
+virtlogd -p "$1/virtlogd.pid" &
+exec libvirtd -p "$1/libvirtd.pid"
+"""
+
+
+def vm_cache() -> Path:
+    """run-in-vm's cache directory (its kernel, and what the libvirt tests add)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qga-vm"
+    return Path(os.environ.get("RUN_IN_VM_CACHE", default))
+
+
+class LibvirtHost:
+    """virtlogd and libvirtd of our own, stopped by pid."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.uri = f"qemu:///system?socket={base}/run/libvirt-sock"
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self._made_run_dir = False
+
+    def start(self) -> None:
+        for sub in ("etc", "run", "lib", "log"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        (self.base / "etc" / "libvirtd.conf").write_text(
+            LIBVIRTD_CONF.format(log=self.base / "log")
+        )
+        (self.base / "etc" / "qemu.conf").write_text(QEMU_CONF)
+        caps = vm_cache() / "libvirt-test" / "libvirt-cache"
+        caps.mkdir(parents=True, exist_ok=True)
+        run_dir = Path("/run/libvirt")  # the mount point must exist
+        if not run_dir.exists():
+            run_dir.mkdir()
+            self._made_run_dir = True
+        with open(self.base / "daemons.log", "wb") as output:
+            self.daemon = subprocess.Popen(
+                [*UNSHARE, "sh", "-c", LAUNCH, "sh", str(self.base), str(caps)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + DAEMON_DEADLINE
+        while self.virsh("version").returncode != 0:
+            if self.daemon.poll() is not None or time.monotonic() > deadline:
+                log = (self.base / "daemons.log").read_text(errors="replace")
+                raise RuntimeError(f"libvirtd did not start: {log[-2000:]}")
+            time.sleep(0.2)
+
+    def virsh(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["virsh", "-c", self.uri, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def stop(self) -> None:
+        """Destroy what still runs, then stop libvirtd and virtlogd by their pids."""
+        if self.daemon is not None and self.daemon.poll() is None:
+            for name in self.virsh("list", "--name").stdout.split():
+                self.virsh("destroy", name)
+            self.daemon.send_signal(signal.SIGTERM)  # unshare and sh exec'd: it is libvirtd
+            try:
+                self.daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        pidfile = self.base / "virtlogd.pid"
+        if pidfile.exists():
+            pid = int(pidfile.read_text())
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            _wait_gone(pid, 30)
+        if self._made_run_dir:
+            Path("/run/libvirt").rmdir()
+
+
+def _wait_gone(pid: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def build_initramfs(out: Path, run_in_vm: Path) -> None:
+    env = {**os.environ, "RUN_IN_VM": str(run_in_vm)}
+    subprocess.run([str(INITRAMFS), str(out)], env=env, check=True, capture_output=True)
+
+
+class GuestDomain:
+    """One transient domain: run-in-vm's boot, a libvirt-owned agent channel, a small
+    ext4 second disk, user networking; ``command`` runs in the guest on every boot."""
+
+    MAC = "52:54:00:51:71:0a"  # the same for every test domain: their replies compare
+    HOSTNAME = "libvirt-guest"
+
+    def __init__(self, name: str, base: Path, initrd: Path, command: list[str]) -> None:
+        self.name = name
+        self.base = base
+        self.initrd = initrd
+        self.command = command
+        self.console = base / "console.log"
+
+    def prepare(self) -> Path:
+        """Write the exchange directory, the disk and the domain XML; the XML's path."""
+        exchange = self.base / "x"
+        exchange.mkdir(parents=True)
+        (exchange / "argv").write_bytes(
+            b"".join(arg.encode() + b"\0" for arg in [str(ROOT), *self.command])
+        )
+        env = [f"PATH={GUEST_PATH}", "HOME=/root", "LANG=C.UTF-8"]
+        (exchange / "env").write_bytes(b"".join(kv.encode() + b"\0" for kv in env))
+        (exchange / "hostname").write_text(self.HOSTNAME + "\n")
+        (exchange / "shares").write_text("")
+        disk = self.base / "disk.img"
+        with open(disk, "wb") as image:
+            image.truncate(64 << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True)
+        xml = self.base / "domain.xml"
+        xml.write_text(self.xml(exchange, disk))
+        return xml
+
+    def xml(self, exchange: Path, disk: Path) -> str:
+        kernel = vm_cache() / "kernel" / "kernel"
+        out, err = self.base / "stdout", self.base / "stderr"
+        return f"""\
+<domain type='qemu'>
+  <name>{self.name}</name>
+  <memory unit='MiB'>512</memory>
+  <vcpu>2</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{self.initrd}</initrd>
+    <cmdline>console=ttyS0 quiet loglevel=4 panic=-1 rdinit=/init</cmdline>
+  </os>
+  <features><acpi/></features>
+  <cpu mode='maximum'/>
+  <on_reboot>restart</on_reboot>
+  <devices>
+    <emulator>{shutil.which("qemu-system-x86_64")}</emulator>
+    <filesystem type='mount' accessmode='squash' multidevs='remap'>
+      <source dir='/'/><target dir='hostroot'/><readonly/>
+    </filesystem>
+    <filesystem type='mount' accessmode='squash' multidevs='remap'>
+      <source dir={quoteattr(str(exchange))}/><target dir='runinvm'/>
+    </filesystem>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' discard='unmap'/>
+      <source file={quoteattr(str(disk))}/><target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='user'><mac address='{self.MAC}'/><model type='virtio'/></interface>
+    <channel type='unix'>
+      <source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <serial type='file'><source path={quoteattr(str(self.console))}/><target port='0'/></serial>
+    <console type='file'><source path={quoteattr(str(out))}/><target type='virtio'/></console>
+    <console type='file'><source path={quoteattr(str(err))}/><target type='virtio'/></console>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+    def boots(self) -> int:
+        """How many times the guest came up to its command (guest-init says so)."""
+        if not self.console.exists():
+            return 0
+        return self.console.read_text(errors="replace").count("ready, running command")
+
+    def guest_output(self) -> str:
+        """The command's stdout and stderr, for failure messages."""
+        parts = []
+        for name in ("stdout", "stderr"):
+            path = self.base / name
+            if path.exists():
+                parts.append(path.read_text(errors="replace")[-3000:])
+        return "\n".join(parts)

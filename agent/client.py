@@ -20,7 +20,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import pybase64
 import trio
@@ -76,58 +76,37 @@ class ExecResult:
         return self.exitcode or 0
 
 
-class QgaClient:
-    """One connection to a guest agent. Requests are sent one at a time."""
+class Channel(Protocol):
+    """How requests reach an agent: a stream of our own, or a host that owns the channel."""
 
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        *,
-        request_timeout: float = 30.0,
-        schema: SchemaDefs | None = None,
-    ) -> None:
-        """``request_timeout``: seconds any one exchange with the agent may take."""
+    chunk: int  # bytes per guest-file-read/-write when copying files
+
+    async def exchange(self, command: str, request: dict[str, Any], *, reply: bool) -> Any:
+        """Send ``request``; the agent's reply (a JSON object), or None when ``reply`` is
+        false (commands that send none). Raises :class:`ClientError`."""
+        ...
+
+    async def resync(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class StreamChannel:
+    """The protocol over a byte stream: framing, 0xFF resync, a timeout per exchange."""
+
+    chunk = CHUNK
+
+    def __init__(self, stream: trio.abc.Stream, timeout: float) -> None:
         self.stream = stream
-        self.timeout = request_timeout
+        self.timeout = timeout
         self._framer = Framer(max_size=MAX_REPLY)
         self._events: list[Message | ParseError | Flush] = []
         self._lock = trio.Lock()
         self._in_sync = False
-        defs = schema or load_builtin()
-        self._commands = defs.commands
-        self._models = ModelFactory(defs)
-
-    @classmethod
-    async def connect_unix(
-        cls, path: str, *, request_timeout: float = 30.0, schema: SchemaDefs | None = None
-    ) -> QgaClient:
-        """Connect to a unix socket (a QEMU chardev or an agent listening) and resync."""
-        try:
-            with trio.fail_after(request_timeout):
-                stream = await trio.open_unix_socket(path)
-        except trio.TooSlowError as err:
-            raise AgentTimeout(f"connecting to {path} timed out") from err
-        except OSError as err:
-            raise ClientError(f"cannot connect to {path}: {err.strerror or err}") from err
-        client = cls(stream, request_timeout=request_timeout, schema=schema)
-        await client.resync()
-        return client
-
-    async def __aenter__(self) -> QgaClient:
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         await self.stream.aclose()
 
-    # ------------------------------------------------------------ protocol --
     async def resync(self) -> None:
         """Flush the agent's parser and drop stale replies (the protocol's handshake)."""
         async with self._lock:
@@ -148,28 +127,16 @@ class QgaClient:
                     break
         self._in_sync = True
 
-    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """Run ``command``; its raw return value (JSON), or :class:`AgentError`."""
-        request: dict[str, Any] = {"execute": command}
-        if arguments:
-            request["arguments"] = arguments
-        definition = self._commands.get(command)
-        quiet = definition is not None and not definition.success_response
+    async def exchange(self, command: str, request: dict[str, Any], *, reply: bool) -> Any:
         async with self._lock:
             if not self._in_sync:
                 await self._resync()
             self._in_sync = False  # until the reply is in: a timeout leaves us out of step
             with self._exchange(command):
                 await self.stream.send_all(_json(request))
-                reply = None if quiet else await self._next_message(command)
+                answer = await self._next_message(command) if reply else None
             self._in_sync = True
-        if reply is None:
-            return None
-        if "error" in reply:
-            error = reply["error"]
-            kind = CommandNotFound if error.get("class") == "CommandNotFound" else AgentError
-            raise kind(command, str(error.get("class")), str(error.get("desc")))
-        return reply.get("return")
+        return answer
 
     @contextlib.contextmanager
     def _exchange(self, what: str) -> Iterator[None]:
@@ -181,16 +148,6 @@ class QgaClient:
             raise AgentTimeout(f"{what}: no reply within {self.timeout} s") from err
         except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
             raise ClientError(f"{what}: the connection to the agent is broken") from err
-
-    async def call(self, command: str, **arguments: Any) -> Any:
-        """Run ``command`` (arguments by their wire names with ``-`` as ``_``) and
-        return its result validated by the schema's model."""
-        wire = {name.replace("_", "-"): value for name, value in arguments.items()}
-        value = await self.execute(command, wire)
-        definition = self._commands.get(command)
-        if definition is None or value is None:
-            return value
-        return self._models.command(definition).returns.validate_python(value)
 
     async def _next_message(self, command: str) -> dict[str, Any]:
         while True:
@@ -209,6 +166,105 @@ class QgaClient:
                 raise ClientError("the agent closed the connection")
             self._events = self._framer.receive(data)
         return self._events.pop(0)
+
+
+class QgaClient:
+    """One connection to a guest agent. Requests are sent one at a time."""
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream | Channel,
+        *,
+        request_timeout: float = 30.0,
+        schema: SchemaDefs | None = None,
+    ) -> None:
+        """``transport``: a stream to the agent, or a :class:`Channel` (such as
+        :class:`agent.client_libvirt.LibvirtChannel`). ``request_timeout``: seconds any
+        one exchange with the agent may take."""
+        if isinstance(transport, trio.abc.Stream):
+            transport = StreamChannel(transport, request_timeout)
+        self.channel: Channel = transport
+        self.timeout = request_timeout
+        defs = schema or load_builtin()
+        self._commands = defs.commands
+        self._models = ModelFactory(defs)
+
+    @classmethod
+    async def connect_unix(
+        cls, path: str, *, request_timeout: float = 30.0, schema: SchemaDefs | None = None
+    ) -> QgaClient:
+        """Connect to a unix socket (a QEMU chardev or an agent listening) and resync."""
+        try:
+            with trio.fail_after(request_timeout):
+                stream = await trio.open_unix_socket(path)
+        except trio.TooSlowError as err:
+            raise AgentTimeout(f"connecting to {path} timed out") from err
+        except OSError as err:
+            raise ClientError(f"cannot connect to {path}: {err.strerror or err}") from err
+        client = cls(stream, request_timeout=request_timeout, schema=schema)
+        await client.resync()
+        return client
+
+    @classmethod
+    async def connect_libvirt(
+        cls,
+        uri: str,
+        domain: str,
+        *,
+        request_timeout: float = 30.0,
+        schema: SchemaDefs | None = None,
+    ) -> QgaClient:
+        """The agent of libvirt domain ``domain`` at ``uri``, through libvirt (which owns
+        the channel). Needs libvirt-python (the ``libvirt`` extra)."""
+        from agent.client_libvirt import LibvirtChannel  # optional: libvirt-python
+
+        channel = await LibvirtChannel.open(uri, domain, request_timeout)
+        return cls(channel, request_timeout=request_timeout, schema=schema)
+
+    async def __aenter__(self) -> QgaClient:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.channel.aclose()
+
+    # ------------------------------------------------------------ protocol --
+    async def resync(self) -> None:
+        """Flush the agent's parser and drop stale replies (the protocol's handshake)."""
+        await self.channel.resync()
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run ``command``; its raw return value (JSON), or :class:`AgentError`."""
+        request: dict[str, Any] = {"execute": command}
+        if arguments:
+            request["arguments"] = arguments
+        definition = self._commands.get(command)
+        quiet = definition is not None and not definition.success_response
+        reply = await self.channel.exchange(command, request, reply=not quiet)
+        if reply is None:
+            return None
+        if "error" in reply:
+            error = reply["error"]
+            kind = CommandNotFound if error.get("class") == "CommandNotFound" else AgentError
+            raise kind(command, str(error.get("class")), str(error.get("desc")))
+        return reply.get("return")
+
+    async def call(self, command: str, **arguments: Any) -> Any:
+        """Run ``command`` (arguments by their wire names with ``-`` as ``_``) and
+        return its result validated by the schema's model."""
+        wire = {name.replace("_", "-"): value for name, value in arguments.items()}
+        value = await self.execute(command, wire)
+        definition = self._commands.get(command)
+        if definition is None or value is None:
+            return value
+        return self._models.command(definition).returns.validate_python(value)
 
     # ------------------------------------------------------------- commands --
     async def ping(self) -> None:
@@ -249,7 +305,9 @@ class QgaClient:
             total = await self._size(handle)
             done = 0
             while True:
-                reply = await self.execute("guest-file-read", {"handle": handle, "count": CHUNK})
+                reply = await self.execute(
+                    "guest-file-read", {"handle": handle, "count": self.channel.chunk}
+                )
                 data = pybase64.b64decode(reply["buf-b64"], validate=True)
                 if len(data) != reply["count"]:
                     raise ClientError(f"guest-file-read: count {reply['count']}, got {len(data)}")
@@ -280,12 +338,12 @@ class QgaClient:
         """Write ``data`` to guest file ``path`` (created or truncated)."""
         handle = await self.execute("guest-file-open", {"path": path, "mode": mode})
         try:
-            done = 0
+            done, chunk = 0, self.channel.chunk
             with memoryview(data) as view:
                 while done < len(data):
-                    chunk = pybase64.b64encode(view[done : done + CHUNK]).decode("ascii")
+                    piece = pybase64.b64encode(view[done : done + chunk]).decode("ascii")
                     reply = await self.execute(
-                        "guest-file-write", {"handle": handle, "buf-b64": chunk}
+                        "guest-file-write", {"handle": handle, "buf-b64": piece}
                     )
                     if reply["count"] == 0:
                         raise ClientError(f"guest-file-write: the guest took no data at {done}")

@@ -14,7 +14,14 @@ import pytest
 import trio
 import trio.testing
 
-from agent.client import AgentError, AgentTimeout, ClientError, CommandNotFound, QgaClient
+from agent.client import (
+    AgentError,
+    AgentTimeout,
+    ClientError,
+    CommandNotFound,
+    QgaClient,
+    StreamChannel,
+)
 from tests.qga_client import running_agent
 
 CLIENT_COMMAND = [sys.executable, "-m", "agent.client_cli"]
@@ -95,11 +102,12 @@ async def test_timeout_leaves_the_client_out_of_step_then_resyncs(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     client_end, _silent_agent = trio.testing.memory_stream_pair()
-    qga = QgaClient(client_end, request_timeout=2)
-    qga._in_sync = True  # as after a resync
+    channel = StreamChannel(client_end, timeout=2)
+    qga = QgaClient(channel)
+    channel._in_sync = True  # as after a resync
     with pytest.raises(AgentTimeout):
         await qga.ping()  # nobody answers
-    assert not qga._in_sync
+    assert not channel._in_sync
 
 
 async def test_closed_connection_is_a_client_error() -> None:

@@ -1,0 +1,218 @@
+"""The client's many-guest logic (agent.fleet) against fake guests, and how the libvirt
+transport reads libvirt's errors. The same code against real domains: test_libvirt.py."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from agent.client import AgentError, AgentTimeout, ClientError
+from agent.client_cli import match_domains
+from agent.client_libvirt import _error_reply
+from agent.fleet import Freezable, freeze_all, run_all
+
+
+async def test_run_all_keeps_order_limits_concurrency_and_times_out_each(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    running = peak = 0
+
+    async def operation(name: str) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            if name == "broken":
+                raise ClientError("the agent closed the connection")
+            await trio.sleep(100 if name == "stuck" else 1)
+            return name.upper()
+        finally:
+            running -= 1
+
+    names = ["a", "stuck", "b", "broken", "c"]
+    results = await run_all(names, operation, limit=2, each=10)
+    assert [r.target for r in results] == names
+    assert [(r.ok, r.value, r.error) for r in results] == [
+        (True, "A", None),
+        (False, None, "no result within 10 s"),
+        (True, "B", None),
+        (False, None, "the agent closed the connection"),
+        (True, "C", None),
+    ]
+    assert peak == 2
+    assert results[1].seconds == pytest.approx(10)
+
+
+class FakeGuest:
+    """A guest's agent as freeze_all sees it; records what was done to it."""
+
+    def __init__(self, freeze_delay: float = 0.0, refuse: bool = False) -> None:
+        self.freeze_delay = freeze_delay
+        self.refuse = refuse
+        self.frozen = False
+        self.thaws = 0
+        self.connected = False
+
+    async def fsfreeze_freeze(self, mountpoints: list[str] | None = None) -> int:
+        await trio.sleep(self.freeze_delay)
+        if self.refuse:
+            raise AgentError("guest-fsfreeze-freeze", "GenericError", "failed to freeze /")
+        self.frozen = True
+        return 2
+
+    async def fsfreeze_thaw(self) -> int:
+        self.thaws += 1
+        was, self.frozen = self.frozen, False
+        return 2 if was else 0
+
+
+def fleet(**guests: FakeGuest) -> Any:
+    @asynccontextmanager
+    async def connect(name: str) -> AsyncIterator[Freezable]:
+        guest = guests[name]
+        guest.connected = True
+        try:
+            yield guest
+        finally:
+            guest.connected = False
+
+    return connect
+
+
+async def test_freeze_all_runs_the_command_while_all_are_frozen() -> None:
+    guests = {name: FakeGuest() for name in ("a", "b", "c")}
+    seen: list[bool] = []
+
+    async def command() -> int:
+        seen.extend(guest.frozen for guest in guests.values())
+        return 0
+
+    outcome = await freeze_all(list(guests), fleet(**guests), command=command, limit=2, each=5)
+    assert seen == [True, True, True]
+    assert outcome.all_frozen
+    assert outcome.command_status == 0
+    assert [(r.ok, r.detail) for r in outcome.results] == [(True, {"frozen": 2, "thawed": 2})] * 3
+    assert all(not g.frozen and g.thaws == 1 and not g.connected for g in guests.values())
+
+
+async def test_a_refused_freeze_thaws_the_others_and_skips_the_command() -> None:
+    guests = {"a": FakeGuest(), "bad": FakeGuest(refuse=True), "c": FakeGuest()}
+    ran = False
+
+    async def command() -> int:
+        nonlocal ran
+        ran = True
+        return 0
+
+    outcome = await freeze_all(list(guests), fleet(**guests), command=command, limit=3, each=5)
+    assert not ran
+    assert not outcome.all_frozen
+    assert outcome.command_status is None
+    bad = outcome.results[1]
+    assert (bad.ok, bad.error) == (False, "freeze: GenericError: failed to freeze /")
+    assert guests["bad"].thaws == 0  # the agent thawed what it froze
+    assert (guests["a"].thaws, guests["c"].thaws) == (1, 1)
+    assert not any(g.frozen for g in guests.values())
+
+
+async def test_the_deadline_thaws_every_guest_a_freeze_reached(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    guests = {"a": FakeGuest(), "slow": FakeGuest(freeze_delay=50)}
+    outcome = await freeze_all(list(guests), fleet(**guests), limit=2, each=100, deadline=10)
+    assert not outcome.all_frozen
+    assert outcome.results[1].error == "freeze: the deadline passed"
+    assert (guests["a"].thaws, guests["slow"].thaws) == (1, 1)  # its freeze may have landed
+
+
+async def test_a_command_past_the_deadline_is_stopped_and_all_thawed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    guests = {"a": FakeGuest(), "b": FakeGuest()}
+
+    async def command() -> int:
+        await trio.sleep(60)
+        return 0
+
+    outcome = await freeze_all(
+        list(guests), fleet(**guests), command=command, limit=2, each=5, deadline=20
+    )
+    assert outcome.all_frozen
+    assert (outcome.command_status, outcome.command_error) == (None, "the deadline passed")
+    assert all(g.thaws == 1 and not g.frozen for g in guests.values())
+
+
+async def test_cancelled_from_outside_still_thaws() -> None:
+    guests = {"a": FakeGuest(), "b": FakeGuest()}
+    started = trio.Event()
+
+    async def command() -> int:
+        started.set()
+        await trio.sleep_forever()
+        return 0
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: freeze_all(list(guests), fleet(**guests), command=command, limit=2, each=5)
+        )
+        await started.wait()
+        nursery.cancel_scope.cancel()
+    assert all(g.thaws == 1 and not g.frozen for g in guests.values())
+
+
+def test_domains_by_name_and_glob_in_order_each_once() -> None:
+    running = ["db1", "web1", "web2"]
+    assert match_domains(["web*", "db1", "web1", "stopped"], running) == [
+        "web1",
+        "web2",
+        "db1",
+        "stopped",
+    ]
+    with pytest.raises(ClientError, match=r"no running domain matches 'mail\*'"):
+        match_domains(["mail*"], running)
+
+
+class FakeLibvirtError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+    def get_error_code(self) -> int:
+        return self.code
+
+    def get_error_message(self) -> str:
+        return self.message
+
+
+FAKE_LIBVIRT = types.SimpleNamespace(VIR_ERR_INTERNAL_ERROR=1, VIR_ERR_AGENT_UNRESPONSIVE=86)
+
+
+@pytest.mark.parametrize(
+    ("desc", "kind"),
+    [
+        ("The command guest-nope has not been found", "CommandNotFound"),
+        ("Command guest-exec has been disabled", "CommandNotFound"),
+        ("failed to open file '/x' (mode: 'r'): No such file or directory", "GenericError"),
+    ],
+)
+def test_libvirt_error_texts_become_error_replies(desc: str, kind: str) -> None:
+    err = FakeLibvirtError(1, f"internal error: unable to execute QEMU agent command 'x': {desc}")
+    assert _error_reply("x", err, FAKE_LIBVIRT, True) == {"error": {"class": kind, "desc": desc}}
+
+
+def test_libvirt_transport_errors() -> None:
+    gone = FakeLibvirtError(86, "Guest agent is not responding: QEMU guest agent is not connected")
+    with pytest.raises(ClientError, match="not connected") as raised:
+        _error_reply("guest-ping", gone, FAKE_LIBVIRT, True)
+    assert not isinstance(raised.value, AgentTimeout)
+    slow = FakeLibvirtError(86, "Guest agent is not responding: Guest agent not available for now")
+    with pytest.raises(AgentTimeout):
+        _error_reply("guest-ping", slow, FAKE_LIBVIRT, True)
+    assert _error_reply("guest-shutdown", slow, FAKE_LIBVIRT, False) is None  # sent no reply
+    with pytest.raises(ClientError, match="Domain not found"):
+        _error_reply("guest-ping", FakeLibvirtError(42, "Domain not found"), FAKE_LIBVIRT, True)

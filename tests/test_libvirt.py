@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
+from agent.client import AgentError, CommandNotFound, QgaClient
 from tests.libvirt_host import GuestDomain, LibvirtHost, build_initramfs
 from tests.reference import qemu_ga_binary
 from tests.test_vm import run_in_vm_script
@@ -149,7 +151,8 @@ class Comparison:
 
 # ----------------------------------------------------------------- fixtures --
 def _cell(outcome: Outcome) -> str:
-    return outcome.shown if len(outcome.shown) <= 60 else outcome.shown[:57] + "..."
+    text = " ".join(outcome.shown.split())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @pytest.fixture(scope="module")
@@ -383,7 +386,73 @@ def test_virsh_drives_both_agents_alike(
         comparison.run(guests, name, check)
     with capsys.disabled():
         print(f"\nlibvirt checks, {time.monotonic() - started:.1f} s:\n{comparison.table()}")
-    assert comparison.problems() == []
+    problems = comparison.problems()
+    assert not problems, "\n".join(problems)
+
+
+CLIENT = [sys.executable, "-m", "agent.client_cli"]
+COPY_TIMEOUT = 120.0  # seconds for one exchange with a TCG guest on a busy host
+
+
+async def test_client_over_libvirt(guests: dict[str, Guest], tmp_path: Path) -> None:
+    """QgaClient and trio-qga-client through libvirt, on the same domains."""
+    pytest.importorskip("libvirt", reason="libvirt-python: scripts/setup --test installs it")
+    guest = guests["trio-qga"]
+    client = await QgaClient.connect_libvirt(
+        guest.host.uri, guest.domain.name, request_timeout=COPY_TIMEOUT
+    )
+    async with client:
+        await client.ping()
+        assert (await client.info()).version == "0.1.0"
+        piece = client.channel.chunk
+        content = os.urandom(3 * piece + 3)  # four of the transport's pieces
+        seen: list[int] = []
+        assert await client.write_file("/run/big", content, lambda d, t: seen.append(d)) == len(
+            content
+        )
+        assert seen == [piece, 2 * piece, 3 * piece, len(content)]
+        assert await client.read_file("/run/big") == content
+        result = await client.exec("/bin/sh", ["-c", "echo hi; echo oops >&2; exit 3"])
+        assert (result.stdout, result.stderr, result.shell_status) == (b"hi\n", b"oops\n", 3)
+        assert await client.fsfreeze_freeze([SCRATCH]) == 1
+        assert await client.fsfreeze_status() == "frozen"
+        assert await client.fsfreeze_thaw() == 1
+        with pytest.raises(CommandNotFound):
+            await client.execute("guest-no-such-command")
+        with pytest.raises(AgentError, match="No such file") as missing:
+            await client.read_file("/nonexistent/file")
+        assert missing.value.error_class == "GenericError"
+
+    names = {agent: g.domain.name for agent, g in guests.items()}
+    each = ["--connect", guest.host.uri, "--domain", f"qga-test-*-{os.getpid()}"]
+    info = await trio.run_process([*CLIENT, *each, "--json", "info"], capture_stdout=True)
+    versions = {r["domain"]: r["result"]["version"] for r in json.loads(info.stdout)["results"]}
+    assert versions == {names["qemu-ga"]: "7.2.22", names["trio-qga"]: "0.1.0"}
+
+    frozen_check = " && ".join(
+        f"virsh -c '{guest.host.uri}' qemu-agent-command {name} "
+        """'{"execute":"guest-fsfreeze-status"}' | grep -q frozen"""
+        for name in names.values()
+    )
+    cycle = await trio.run_process(
+        [*CLIENT, *each, "--json", "fsfreeze", "freeze-thaw", "--run", frozen_check],
+        capture_stdout=True,
+    )
+    report = json.loads(cycle.stdout)
+    assert (report["all_frozen"], report["command_status"], report["failed"]) == (True, 0, 0)
+    assert {r["thawed"] for r in report["results"]} == {1}
+
+    one_missing = ["--domain", names["trio-qga"], "--domain", "qga-test-no-such-domain"]
+    ping = await trio.run_process(
+        [*CLIENT, "--connect", guest.host.uri, *one_missing, "ping"],
+        capture_stdout=True,
+        check=False,
+    )
+    assert ping.returncode == 1
+    lines = ping.stdout.decode()
+    assert re.search(rf"{names['trio-qga']} +ok", lines)
+    assert re.search(r"qga-test-no-such-domain +FAILED", lines)
+    assert "2 domains: 1 ok, 1 failed" in lines
 
 
 POWER_DEADLINE = 240.0  # seconds for a guest to reboot (boot, then its agent) or power off
@@ -429,4 +498,5 @@ def test_power_through_the_agent(
     with capsys.disabled():
         print(f"\nlibvirt power checks, {time.monotonic() - started:.1f} s; all checks:")
         print(comparison.table())
-    assert power.problems() == []
+    problems = power.problems()
+    assert not problems, "\n".join(problems)

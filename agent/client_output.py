@@ -104,6 +104,8 @@ def summary(value: Any) -> str:
     """A result on one line."""
     if value is None:
         return "ok"
+    if isinstance(value, dict) and "supported_commands" in value:  # guest-info
+        return f"version {value.get('version')}, {len(value['supported_commands'])} commands"
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= 100 else line[:97] + "..."

@@ -3,6 +3,8 @@ transport reads libvirt's errors. The same code against real domains: test_libvi
 
 from __future__ import annotations
 
+import io
+import json
 import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +16,8 @@ import trio
 from agent.client import AgentError, AgentTimeout, ClientError
 from agent.client_cli import match_domains
 from agent.client_libvirt import _error_reply
-from agent.fleet import Freezable, freeze_all, run_all
+from agent.client_output import show_results
+from agent.fleet import Freezable, TargetResult, freeze_all, run_all
 
 
 async def test_run_all_keeps_order_limits_concurrency_and_times_out_each(
@@ -216,3 +219,28 @@ def test_libvirt_transport_errors() -> None:
     assert _error_reply("guest-shutdown", slow, FAKE_LIBVIRT, False) is None  # sent no reply
     with pytest.raises(ClientError, match="Domain not found"):
         _error_reply("guest-ping", FakeLibvirtError(42, "Domain not found"), FAKE_LIBVIRT, True)
+
+
+def test_results_as_lines_and_summary_or_as_json() -> None:
+    results = [
+        TargetResult("web1", True, {"version": "0.1.0", "supported_commands": [{}, {}]}),
+        TargetResult("web2", False, error="no result within 600 s", seconds=600),
+    ]
+    text = io.StringIO()
+    show_results(results, text, as_json=False, extra={"all_frozen": False})
+    lines = [line.split() for line in text.getvalue().splitlines()]
+    assert lines[1][:2] == ["web1", "ok"]
+    assert "version 0.1.0, 2 commands" in text.getvalue()
+    assert lines[2][:2] == ["web2", "FAILED"]
+    assert text.getvalue().splitlines()[-2:] == ["all_frozen: False", "2 domains: 1 ok, 1 failed"]
+    document = io.StringIO()
+    show_results(results, document, as_json=True, extra={"all_frozen": False})
+    parsed = json.loads(document.getvalue())
+    assert (parsed["ok"], parsed["failed"], parsed["all_frozen"]) == (1, 1, False)
+    assert parsed["results"][1] == {
+        "domain": "web2",
+        "ok": False,
+        "result": None,
+        "error": "no result within 600 s",
+        "seconds": 600,
+    }

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import trio
 
-from agent.client import AgentError, AgentTimeout, ClientError
+from agent.client import AgentError, AgentTimeout, ClientError, QgaClient
 from agent.client_cli import match_domains
-from agent.client_libvirt import _error_reply
+from agent.client_libvirt import NO_REPLY_WAIT, LibvirtChannel, LibvirtConnection, _error_reply
 from agent.client_output import show_results
 from agent.fleet import Freezable, TargetResult, freeze_all, run_all
 
@@ -244,3 +244,27 @@ def test_results_as_lines_and_summary_or_as_json() -> None:
         "error": "no result within 600 s",
         "seconds": 600,
     }
+
+
+async def test_a_command_without_reply_goes_after_a_ping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through libvirt, guest-shutdown's only answer is libvirt's timeout: it is taken as
+    delivered once a guest-ping has just been answered."""
+    libvirt = pytest.importorskip("libvirt", reason="libvirt-python: scripts/setup --test")
+    libvirt_qemu = pytest.importorskip("libvirt_qemu")
+    sent: list[tuple[str, int]] = []
+
+    def agent_command(domain: object, text: str, seconds: int, flags: int) -> str:
+        command = json.loads(text)["execute"]
+        sent.append((command, seconds))
+        if command == "guest-shutdown":
+            err = libvirt.libvirtError("virDomainQemuAgentCommand() failed")
+            message = "Guest agent is not responding: Guest agent not available for now"
+            err.err = (libvirt.VIR_ERR_AGENT_UNRESPONSIVE, 10, message, 2, None, None, None, 0, 0)
+            raise err
+        return '{"return": {}}'
+
+    monkeypatch.setattr(libvirt_qemu, "qemuAgentCommand", agent_command)
+    connection = LibvirtConnection("test:///default", None, trio.CapacityLimiter(1))
+    client = QgaClient(LibvirtChannel(connection, None, 7), request_timeout=7)
+    assert await client.execute("guest-shutdown") is None
+    assert sent == [("guest-ping", 7), ("guest-shutdown", NO_REPLY_WAIT)]

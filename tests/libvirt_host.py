@@ -13,7 +13,8 @@ cache directory. Clients reach the daemons at ``qemu:///system?socket=DIR/run/li
 
 :class:`GuestDomain` boots as ``../shared/vm/run-in-vm`` does: its cached kernel, an
 initramfs with its ``guest-init`` (``tests/libvirt-initramfs``) and this machine's root
-over 9p under a tmpfs overlay; the command comes through the same exchange directory.
+over 9p under a tmpfs overlay, and the modules of ``EXTRA_MODULES`` (``vm_modules``);
+the command comes through the same exchange directory.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ import time
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
+from tests.vm_modules import CACHE, extra_modules
+
 ROOT = Path(__file__).resolve().parent.parent
 INITRAMFS = ROOT / "tests" / "libvirt-initramfs"
+# crc32c_generic by name: ext4 needs it, and the kernel has no modprobe to load it with
+EXTRA_MODULES = ("virtio_blk", "virtio_net", "crc32c_generic", "ext4")
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UNSHARE = ("unshare", "--mount", "--propagation", "private")
 DAEMON_DEADLINE = 120.0  # seconds for libvirtd to answer (its first QEMU probe is slow)
@@ -59,12 +64,6 @@ exec libvirtd -p "$1/libvirtd.pid"
 """
 
 
-def vm_cache() -> Path:
-    """run-in-vm's cache directory (its kernel, and what the libvirt tests add)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qga-vm"
-    return Path(os.environ.get("RUN_IN_VM_CACHE", default))
-
-
 class LibvirtHost:
     """virtlogd and libvirtd of our own, stopped by pid."""
 
@@ -81,7 +80,7 @@ class LibvirtHost:
             LIBVIRTD_CONF.format(log=self.base / "log")
         )
         (self.base / "etc" / "qemu.conf").write_text(QEMU_CONF)
-        caps = vm_cache() / "libvirt-test" / "libvirt-cache"
+        caps = CACHE / "libvirt-cache"
         caps.mkdir(parents=True, exist_ok=True)
         run_dir = Path("/run/libvirt")  # the mount point must exist
         if not run_dir.exists():
@@ -140,8 +139,10 @@ def _wait_gone(pid: int, seconds: float) -> None:
 
 
 def build_initramfs(out: Path, run_in_vm: Path) -> None:
+    """run-in-vm's initramfs with the modules a disk, a network card and ext4 need."""
+    modules = extra_modules(run_in_vm, EXTRA_MODULES)
     env = {**os.environ, "RUN_IN_VM": str(run_in_vm)}
-    subprocess.run([str(INITRAMFS), str(out)], env=env, check=True, capture_output=True)
+    subprocess.run([str(INITRAMFS), str(out), *modules], env=env, check=True, capture_output=True)
 
 
 class GuestDomain:
@@ -178,7 +179,7 @@ class GuestDomain:
         return xml
 
     def xml(self, exchange: Path, disk: Path) -> str:
-        kernel = vm_cache() / "kernel" / "kernel"
+        kernel = CACHE / "kernel" / "kernel"
         out, err = self.base / "stdout", self.base / "stderr"
         return f"""\
 <domain type='qemu'>

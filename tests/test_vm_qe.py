@@ -33,14 +33,12 @@ the guest's, and the freeze guard in the guest allows only the guest's disk.
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,13 +49,10 @@ import pytest
 
 from tests.reference import qemu_ga_binary
 from tests.test_vm import HostEnd
+from tests.vm_modules import extra_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_IN_VM = Path(os.environ.get("RUN_IN_VM", ROOT.parent / "shared" / "vm" / "run-in-vm"))
-CACHE = Path(
-    os.environ.get("RUN_IN_VM_CACHE")
-    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qga-vm"
-)
 EXTRA_MODULES = ("virtio_blk", "crc32c_generic", "ext4")
 SERIAL = "QGA-QE-0001"
 MOUNTPOINT = "/mnt/qe"
@@ -78,75 +73,6 @@ def require(condition: bool, message: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
-
-
-def extra_modules() -> list[str]:
-    """virtio_blk and ext4 for run-in-vm's kernel, with their dependencies, in load order.
-
-    Fetched once from the kernel's Debian package and cached beside run-in-vm's kernel.
-    """
-    subprocess.run([str(RUN_IN_VM), "--setup", "-q"], check=True, capture_output=True)
-    version = (CACHE / "kernel" / "version").read_text().strip()
-    tree = CACHE / "qe-modules" / version
-    order = tree / "load-order"
-    tree.parent.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "qe-modules.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not order.exists():
-            _fetch_modules(version, tree)
-    return [str(tree / name) for name in order.read_text().split()]
-
-
-def _fetch_modules(version: str, tree: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        subprocess.run(
-            [
-                "apt-get",
-                "download",
-                "-qq",
-                "-o",
-                "APT::Sandbox::User=root",
-                f"linux-image-{version}",
-            ],
-            cwd=tmp,
-            check=True,
-            capture_output=True,
-        )
-        [deb] = Path(tmp).glob("*.deb")
-        unpacked = Path(tmp) / "x"
-        subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True)
-        subprocess.run(["busybox", "depmod", "-b", str(unpacked), version], check=True)
-        modules = unpacked / "lib" / "modules" / version
-        staged = Path(tmp) / "tree"
-        staged.mkdir()
-        names = _load_order(modules / "modules.dep", EXTRA_MODULES)
-        for name in names:
-            shutil.copy(modules / name, staged / Path(name).name)
-        (staged / "load-order").write_text("\n".join(Path(name).name for name in names) + "\n")
-        if tree.exists():
-            shutil.rmtree(tree)
-        staged.rename(tree)
-
-
-def _load_order(modules_dep: Path, names: tuple[str, ...]) -> list[str]:
-    """The module files of ``names`` and their dependencies, each after what it needs."""
-    depends: dict[str, list[str]] = {}
-    by_name: dict[str, str] = {}
-    for line in modules_dep.read_text().splitlines():
-        module, _, dependencies = line.partition(":")
-        depends[module] = dependencies.split()
-        by_name[Path(module).name.split(".ko")[0].replace("-", "_")] = module
-    order: list[str] = []
-
-    def visit(module: str) -> None:
-        if module not in order:
-            for dependency in depends[module]:
-                visit(dependency)
-            order.append(module)
-
-    for name in names:
-        visit(by_name[name])
-    return order
 
 
 def qemu_wrapper(directory: Path, image: Path) -> Path:
@@ -211,7 +137,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     env["TRIO_QGA_FREEZE_ALLOW"] = MOUNTPOINT  # the guard, in the guest: only the disk
     env.pop("TRIO_QGA_FREEZE_REFUSED", None)
     config = {
-        "modules": extra_modules(),
+        "modules": extra_modules(RUN_IN_VM, EXTRA_MODULES),
         "disk": DISK,
         "mountpoint": MOUNTPOINT,
         "virtio": "/dev/virtio-ports/org.qemu.guest_agent.0",

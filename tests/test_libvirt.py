@@ -423,6 +423,13 @@ async def test_client_over_libvirt(guests: dict[str, Guest], tmp_path: Path) -> 
             await client.read_file("/nonexistent/file")
         assert missing.value.error_class == "GenericError"
 
+    script = ["/bin/sh", "-c", "echo streamed; exit 4"]
+    one = ["--connect", guest.host.uri, "--domain", guest.domain.name]
+    run = await trio.run_process(
+        [*CLIENT, *one, "run", "--", *script], capture_stdout=True, check=False
+    )
+    assert (run.returncode, run.stdout) == (4, b"streamed\n")  # the run subcommand too
+
     names = {agent: g.domain.name for agent, g in guests.items()}
     each = ["--connect", guest.host.uri, "--domain", f"qga-test-*-{os.getpid()}"]
     info = await trio.run_process([*CLIENT, *each, "--json", "info"], capture_stdout=True)

@@ -11,6 +11,7 @@ harness serves a socket or serial port it opened itself.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable
 
 import trio
@@ -19,6 +20,7 @@ from agent.config import AgentConfig
 from agent.context import AgentContext, AgentState
 from agent.dispatch import Dispatcher
 from agent.fsfreeze.freezer import Freezer
+from agent.fsguard import FsGuard, FsTimeout
 from agent.handlers import BUILTIN
 from agent.models.schema import SchemaDefs, load_builtin
 from agent.plugins import load_plugins
@@ -28,6 +30,8 @@ from agent.session import serve_session
 from agent.store import HandleStore
 from agent.system import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
 from agent.transports import serve_transport
+
+log = logging.getLogger(__name__)
 
 
 def build_registry(
@@ -63,11 +67,13 @@ class Agent:
         directory and a fake clock);
         ``freezer`` replaces the one built from ``config`` (tests pass fake ioctls)."""
         self.config = config or AgentConfig()
+        fs = FsGuard(self.config.fs_timeout)
         freezer = freezer or Freezer(
             self.config.statedir,
             mount_table=self.config.mount_table,
             hook=self.config.fsfreeze_hook,
             thaw_timeout=self.config.thaw_timeout,
+            fs=fs,
         )
         registry = build_registry(handlers, schema)
         self.plugins = (
@@ -86,6 +92,7 @@ class Agent:
             executor=executor or ProcessExecutor(),
             root=root or SystemRoot(),
             clock=clock or SystemClock(),
+            fs=fs,
         )
         self.dispatcher = Dispatcher(self.context)
         self._one_client = trio.Lock()
@@ -115,7 +122,10 @@ class Agent:
         and no filesystem is left frozen (the thaw is shielded from cancellation).
         """
         await self.context.state.freezer.aclose()
-        self.context.store.close_all()
+        try:  # a close flushes, which waits on a hung NFS or FUSE server
+            await self.context.fs.call(None, self.context.store.close_all, fail_fast=False)
+        except FsTimeout as err:
+            log.warning("open files not closed yet: %s", err)
         await self.context.processes.aclose()  # guest-exec children are killed and reaped
 
     async def serve(

@@ -20,6 +20,7 @@ from agent import conffile, daemon
 from agent.config import DEFAULT_BAUD_RATE, DEFAULT_PIDFILE, DEFAULT_STATEDIR, AgentConfig
 from agent.fsfreeze.hook import DEFAULT_HOOK
 from agent.fsfreeze.mounts import DEFAULT_MOUNT_TABLE
+from agent.fsguard import DEFAULT_FS_TIMEOUT
 from agent.logs import setup_logging
 from agent.pidfile import PidfileError, held_pidfile
 from agent.sdnotify import Notifier
@@ -123,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="kill a streaming-exec program whose output nobody read for this long (default 600)",
     )
     parser.add_argument(
+        "--fs-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="give up on a filesystem call (open, read, statvfs, FIFREEZE, ...) after"
+        f" this long and answer all the same (default {DEFAULT_FS_TIMEOUT:g})",
+    )
+    parser.add_argument(
         "--mount-table",
         metavar="FILE",
         help=f"mountinfo file listing what a freeze covers (default {DEFAULT_MOUNT_TABLE})",
@@ -203,6 +211,7 @@ def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) 
         "fsfreeze_hook": args.fsfreeze_hook,
         "thaw_timeout": args.thaw_timeout,
         "exec_idle_timeout": args.exec_idle_timeout,
+        "fs_timeout": args.fs_timeout,
         "mount_table": args.mount_table,
         **{field: getattr(args, field) for field in SYSTEM_COMMANDS},
     }

@@ -36,7 +36,7 @@ class Key:
 
     name: str
     field: str
-    kind: Literal["string", "boolean", "list"]
+    kind: Literal["string", "boolean", "list", "seconds"]
 
 
 KEYS = (
@@ -51,6 +51,7 @@ KEYS = (
     Key("retry-path", "retry_path", "boolean"),
     Key("block-rpcs", "blocked_rpcs", "list"),
     Key("allow-rpcs", "allowed_rpcs", "list"),
+    Key("fs-timeout", "fs_timeout", "seconds"),  # trio-qga's own
 )
 
 
@@ -106,6 +107,8 @@ def dump(config: AgentConfig) -> str:
             lines.append(f"{key.name}={'true' if value else 'false'}")
         elif key.kind == "list":
             lines.append(f"{key.name}={','.join(value or ())}")
+        elif key.kind == "seconds":
+            lines.append(f"{key.name}={value:g}")
         elif value is not None:
             lines.append(f"{key.name}={_escape(value)}")
     return "\n".join(lines) + "\n"
@@ -134,6 +137,14 @@ def _parse(key: Key, text: str) -> object:
         if text in ("false", "0"):
             return False
         raise ValueError(f"key '{key.name}' has a value that cannot be interpreted: '{text}'")
+    if key.kind == "seconds":
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = 0.0
+        if not 0 < seconds < float("inf"):
+            raise ValueError(f"key '{key.name}' is not a positive number of seconds: '{text}'")
+        return seconds
     value = _unescape(key, text)
     if key.kind == "list":
         # qemu-ga splits on ','; ';' (GLib's own list separator) is taken too.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.fsfreeze.mounts import DEFAULT_MOUNT_TABLE
+from agent.fsguard import DEFAULT_FS_TIMEOUT
 from agent.protocol import MAX_DEPTH, MAX_MESSAGE_SIZE
 from agent.store import DEFAULT_MAX_HANDLES
 from agent.streaming import DEFAULT_IDLE_TIMEOUT
@@ -51,6 +52,7 @@ class AgentConfig:
     thaw_timeout: float | None = None  # seconds frozen before an auto-thaw; None: never
     # Seconds a streaming-exec program may go unread before it is killed.
     exec_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    fs_timeout: float = DEFAULT_FS_TIMEOUT  # seconds a filesystem call may block
     # Commands for the power and clock commands (qemu-ga's, right for a systemd guest).
     # By default, as qemu-ga 10.2, /sbin/poweroff, /sbin/halt or /sbin/reboot when
     # present (BusyBox guests have no shutdown), else these.

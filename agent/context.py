@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from agent.config import AgentConfig
 from agent.fsfreeze.freezer import Freezer
+from agent.fsguard import FsGuard
 from agent.policy import CommandPolicy
 from agent.processes import ProcessStore
 from agent.registry import Registry
@@ -40,3 +41,4 @@ class AgentContext:
     clock: Clock = field(default_factory=SystemClock)  # sets the system time
     processes: ProcessStore = field(default_factory=ProcessStore)  # guest-exec children
     tasks: BackgroundTasks = field(default_factory=BackgroundTasks)  # outlive their command
+    fs: FsGuard = field(default_factory=FsGuard)  # filesystem calls with a deadline

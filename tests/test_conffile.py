@@ -37,6 +37,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         "retry-path=false\n"
         "block-rpcs=guest-exec,guest-file-open\n"
         "allow-rpcs=guest-ping;guest-info\n"
+        "fs-timeout=2.5\n"
         "[other]\n"
         "method=ignored\n",
     )
@@ -52,6 +53,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         "retry_path": False,
         "blocked_rpcs": ("guest-exec", "guest-file-open"),
         "allowed_rpcs": ("guest-ping", "guest-info"),
+        "fs_timeout": 2.5,
     }
 
 
@@ -78,6 +80,11 @@ def test_glib_key_file_rules(tmp_path: Path) -> None:
         ("[general]\nverbose=yes\n", "key 'verbose' has a value that cannot be interpreted: 'yes'"),
         ("[general]\npath=a\\qb\n", "key 'path' contains an invalid escape sequence: '\\q'"),
         ("pidfile=/x\n", "the file does not start with a group"),
+        ("[general]\nfs-timeout=0\n", "key 'fs-timeout' is not a positive number of seconds: '0'"),
+        (
+            "[general]\nfs-timeout=soon\n",
+            "key 'fs-timeout' is not a positive number of seconds: 'soon'",
+        ),
         (
             "[general]\njust words\n",
             "line 2 is not a key-value pair, group or comment: 'just words\\n'",
@@ -110,6 +117,7 @@ def test_dump_reads_back_as_the_same_configuration(tmp_path: Path) -> None:
         verbose=True,
         blocked_rpcs=("guest-exec", "guest-shutdown"),
         allowed_rpcs=("guest-ping",),
+        fs_timeout=0.25,
     )
     path = write(tmp_path, dump(config))
     assert dataclasses.replace(AgentConfig(), **load(str(path), required=True)) == config
@@ -127,6 +135,7 @@ def test_dump_of_the_defaults_is_qemu_ga_s() -> None:
         "retry-path=false\n"
         "block-rpcs=\n"
         "allow-rpcs=\n"
+        "fs-timeout=10\n"
     )
 
 
@@ -141,9 +150,11 @@ def test_flags_win_over_the_file_and_lists_add_up(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "[general]\nmethod=unix-listen\npath=/tmp/file.sock\nverbose=true\n"
-        "block-rpcs=guest-exec\nstatedir=/from/file\n",
+        "block-rpcs=guest-exec\nstatedir=/from/file\nfs-timeout=3\n",
     )
-    text = dump_conf("-c", str(path), "-p", "/tmp/flag.sock", "-b", "guest-info", "-r")
+    text = dump_conf(
+        "-c", str(path), "-p", "/tmp/flag.sock", "-b", "guest-info", "-r", "--fs-timeout", "0.5"
+    )
     assert text.splitlines() == [
         "[general]",
         "daemon=false",
@@ -155,6 +166,7 @@ def test_flags_win_over_the_file_and_lists_add_up(tmp_path: Path) -> None:
         "retry-path=true",
         "block-rpcs=guest-exec,guest-info",
         "allow-rpcs=",
+        "fs-timeout=0.5",
     ]
 
 
@@ -206,10 +218,11 @@ DUMP_CASES = [
 @pytest.mark.qemu_ga
 @pytest.mark.parametrize("args", DUMP_CASES)
 def test_dump_matches_qemu_ga(args: tuple[str, ...], tmp_path: Path) -> None:
-    """The same lines as qemu-ga 7.2's ``-D``, plus ``allow-rpcs``, which it predates."""
+    """The same lines as qemu-ga 7.2's ``-D``, plus ``allow-rpcs``, which it predates,
+    and trio-qga's own ``fs-timeout`` (which qemu-ga ignores in a file)."""
     env = {"QGA_CONF": str(tmp_path / "absent.conf")}
     theirs = subprocess.run(
         [qemu_ga_binary(), *args, "-D"], capture_output=True, text=True, env=env, check=True
     ).stdout
     ours = dump_conf(*args, env=env)
-    assert ours.replace("allow-rpcs=\n", "") == theirs
+    assert ours.replace("allow-rpcs=\n", "").replace("fs-timeout=10\n", "") == theirs

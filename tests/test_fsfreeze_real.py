@@ -183,8 +183,12 @@ async def test_a_freeze_timing_out_part_way_thaws_what_was_frozen(
         sent = time.monotonic()
         reply = await client.execute("guest-fsfreeze-freeze")
         assert reply == error("command guest-fsfreeze-freeze timed out after 1.0 s")
-        # xfs was frozen (an ioctl under way cannot be interrupted) and thawed;
-        # ext4, next, was never touched.
+        # The reply did not wait for the xfs ioctl (an ioctl under way cannot be
+        # interrupted): its thread was abandoned, and thaws xfs once FIFREEZE is
+        # through. ext4, next, was never touched.
+        with trio.fail_after(10):
+            while not ioctls.frozen:  # noqa: ASYNC110
+                await trio.sleep(0.05)
         assert ioctls.frozen == [str(scratch.xfs)]
         assert await write_to(scratch.xfs).finished(5)
         assert await write_to(scratch.ext4).finished(5)
@@ -201,23 +205,38 @@ async def test_marker_lists_what_is_frozen_until_the_thaw(tmp_path: Path, scratc
 
 
 @pytest.mark.parametrize("marker_text", ["", "<garbage>", None], ids=["qemu-ga", "bad", "ours"])
-async def test_an_agent_started_with_the_marker_is_frozen_and_thaws(
-    tmp_path: Path, scratch: Scratch, marker_text: str | None
+async def test_a_marker_left_frozen_is_checked_and_thawed_at_start(
+    tmp_path: Path, scratch: Scratch, marker_text: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The thaw attempt that checks the marker thaws what it finds frozen, as the
+    watchdog would have done when the agent that froze it went away."""
     assert LinuxIoctls().freeze(str(scratch.ext4), None)  # as a previous agent left it
     marker = tmp_path / MARKER_NAME
     marker.write_text(json.dumps([str(scratch.ext4)]) if marker_text is None else marker_text)
     blocked = write_to(scratch.ext4)
+    assert await blocked.still_blocked(0.3)
     async with serve(scratch_config(tmp_path, scratch)) as (client, _):
-        assert await client.execute("guest-fsfreeze-status") == {"return": "frozen"}
-        assert await client.execute("guest-fsfreeze-freeze") == error(
-            "Command guest-fsfreeze-freeze has been disabled: the command is not allowed",
-            "CommandNotFound",
-        )
-        assert await blocked.still_blocked(0.3)
-        assert await client.execute("guest-fsfreeze-thaw") == {"return": 1}
+        assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
         assert await blocked.finished(10)
         assert not marker.exists()
+        assert await client.execute("guest-fsfreeze-thaw") == {"return": 0}
+    assert f"{scratch.ext4}: was frozen, thawed" in caplog.text
+    if marker_text is not None:  # it does not say: every freezable mount was checked
+        assert f"{scratch.xfs}: not frozen" in caplog.text
+
+
+async def test_a_stale_marker_is_found_out_at_start(
+    tmp_path: Path, scratch: Scratch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed between writing the marker and freezing: nothing is frozen."""
+    marker = tmp_path / MARKER_NAME
+    marker.write_text(json.dumps([str(scratch.xfs), str(scratch.ext4)]))
+    async with serve(scratch_config(tmp_path, scratch)) as (client, _):
+        assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
+        assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
+        assert await client.execute("guest-fsfreeze-thaw") == {"return": 2}
+    assert f"{scratch.xfs}: not frozen; {scratch.ext4}: not frozen" in caplog.text
+    assert "starting thawed" in caplog.text
 
 
 async def test_auto_thaw_after_the_timeout(tmp_path: Path, scratch: Scratch) -> None:

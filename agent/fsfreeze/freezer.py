@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
@@ -32,6 +33,7 @@ from agent.fsfreeze.mounts import (
 )
 from agent.fsfreeze.state import FreezeEvent, FreezeMachine, FreezeState
 from agent.fsfreeze.watchdog_client import Watchdog, WatchdogError
+from agent.fsguard import FsGuard, FsTimeout
 from agent.logholding import hold_logs, release_logs
 
 log = logging.getLogger(__name__)
@@ -53,14 +55,17 @@ class Freezer:
         thaw_timeout: float | None = None,
         ioctls: FreezeIoctls | None = None,
         watchdog: bool = True,
+        fs: FsGuard | None = None,
     ) -> None:
         """``ioctls`` None means the real kernel calls; ``watchdog`` starts the
-        watchdog process before each freeze (pointless with fake ioctls)."""
+        watchdog process before each freeze (pointless with fake ioctls); ``fs``
+        gives each FIFREEZE and FITHAW its deadline."""
         self.mount_table = mount_table
         self.hook = hook
         self.thaw_timeout = thaw_timeout
         self._ioctls: FreezeIoctls = ioctls or LinuxIoctls()
         self._use_watchdog = watchdog
+        self._fs = fs or FsGuard()
         self._watchdog: Watchdog | None = None
         self._marker = FrozenMarker(statedir)
         self._lock = trio.Lock()  # one freeze or thaw at a time
@@ -72,10 +77,11 @@ class Freezer:
         self._machine = FreezeMachine()
         if self._marker.exists():
             # As qemu-ga: a previous agent froze and did not thaw.
+            # Until run() has checked what it claims (_verify_marker).
             self._machine = FreezeMachine(FreezeState.FROZEN)
             self._frozen = self._marker.mountpoints()
             hold_logs()
-            log.warning("%s exists: starting in the frozen state", self._marker.path)
+            log.warning("%s exists: checking what is frozen", self._marker.path)
 
     @property
     def state(self) -> FreezeState:
@@ -117,8 +123,14 @@ class Freezer:
             await self._thaw_logging_errors("stopping")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Thaw when the auto-thaw timeout expires; runs as long as the agent."""
+        """Thaw when the auto-thaw timeout expires; runs as long as the agent.
+
+        First, a marker left by an earlier agent is checked against the filesystems.
+        """
         if self.frozen:  # from the marker
+            async with self._lock:
+                await self._verify_marker()
+        if self.frozen:
             self._arm_auto_thaw()
         task_status.started()
         while True:
@@ -131,6 +143,39 @@ class Freezer:
                 self.thaw_timeout,
             )
             await self._thaw_logging_errors("auto-thaw")
+
+    async def _verify_marker(self) -> None:
+        """What an earlier agent's marker claims, checked by a thaw attempt per
+        mountpoint it lists (all freezable ones when it does not say): FITHAW
+        answers EINVAL when nothing is frozen. The agent starts thawed unless a
+        mountpoint cannot be checked (an error or a hung mount); then it starts
+        frozen with those, for guest-fsfreeze-thaw to try again."""
+        listed = self._frozen if self._frozen is not None else await self._all_freezable()
+        found, unknown = [], []
+        for mountpoint in listed:
+            try:
+                was_frozen = await self._fs.call(mountpoint, partial(self._ioctls.thaw, mountpoint))
+            except (OSError, FsTimeout) as err:
+                unknown.append(mountpoint)
+                text = os_error_text(err) if isinstance(err, OSError) else str(err)
+                found.append(f"{mountpoint}: cannot tell ({text})")
+            else:
+                found.append(
+                    f"{mountpoint}: {'was frozen, thawed' if was_frozen else 'not frozen'}"
+                )
+        log.warning(
+            "%s lists %d filesystem(s): %s",
+            self._marker.path,
+            len(listed),
+            "; ".join(found) or "none",
+        )
+        if unknown:
+            self._frozen = unknown
+            log.warning("starting frozen: guest-fsfreeze-thaw tries %s again", ", ".join(unknown))
+            return
+        self._machine.fire(FreezeEvent.THAW)
+        await self._thaw([])
+        log.warning("starting thawed")
 
     # ---------------------------------------------------------------- freeze --
 
@@ -156,7 +201,7 @@ class Freezer:
             if self._use_watchdog:
                 self._watchdog = await self._start_watchdog(plan)
             for mount in plan:
-                if await trio.to_thread.run_sync(self._freeze_one, mount):
+                if await self._freeze_guarded(mount):
                     frozen.append(mount.mountpoint)
             done = bool(frozen)
         finally:
@@ -172,6 +217,23 @@ class Freezer:
         self._arm_auto_thaw()
         log.info("froze %d filesystem(s): %s", len(frozen), ", ".join(frozen))
         return len(frozen)
+
+    async def _freeze_guarded(self, mount: Mount) -> bool:
+        """FIFREEZE under the deadline; one that ends after it is undone then."""
+        try:
+            return await self._fs.call(
+                mount.mountpoint,
+                partial(self._freeze_one, mount),
+                discard=partial(self._undo_late_freeze, mount.mountpoint),
+            )
+        except FsTimeout as err:
+            raise GenericError(f"failed to freeze {mount.mountpoint}: {err}") from err
+
+    def _undo_late_freeze(self, mountpoint: str, frozen: bool) -> None:
+        """In the abandoned thread, once its FIFREEZE came back after all."""
+        if frozen:
+            thawed = self._thaw_one(mountpoint)
+            log.warning("%s froze after its freeze was given up: thawed %s", mountpoint, thawed)
 
     def _freeze_one(self, mount: Mount) -> bool:
         """In a worker thread: FIFREEZE one filesystem."""
@@ -215,7 +277,10 @@ class Freezer:
                 mountpoints = await self._all_freezable()
             count = 0
             for mountpoint in reversed(mountpoints):  # parents first
-                count += await trio.to_thread.run_sync(self._thaw_one, mountpoint)
+                try:
+                    count += await self._fs.call(mountpoint, partial(self._thaw_one, mountpoint))
+                except FsTimeout as err:
+                    log.error("cannot thaw %s: %s", mountpoint, err)
             try:
                 self._marker.remove()
             except OSError as err:

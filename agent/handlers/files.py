@@ -3,9 +3,12 @@
 Files are raw, unbuffered descriptors, so whatever a write reports as written
 is already in the kernel: a client that disconnects, or an agent stopped by
 SIGTERM, loses nothing. They are opened non-blocking, as qemu-ga sets them,
-so a FIFO or a device cannot hang the agent. Reads and writes of more than
-``INLINE_IO_LIMIT`` bytes run in a worker thread, so a slow disk does not
-stop the agent from answering signals, timers or the next client.
+so a FIFO or a device cannot hang the agent. Every call that can wait on a
+filesystem (open, and the I/O of regular files and block devices) runs in a
+worker thread under ``--fs-timeout`` (``agent.fsguard``): a hung mount gets an
+error naming the path, and a handle whose call hung fails at once until that
+call comes back. Small reads and writes of pipes and character devices run
+inline: they never wait.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 import pybase64
@@ -21,6 +25,7 @@ import trio
 
 from agent.context import AgentContext
 from agent.errors import GenericError, os_error_text
+from agent.fsguard import FsTimeout
 from agent.protocol import VerbatimString
 from agent.registry import HandlerSet
 from agent.store import OpenFile
@@ -53,12 +58,36 @@ WHENCE = {"set": os.SEEK_SET, "cur": os.SEEK_CUR, "end": os.SEEK_END}
 _T = TypeVar("_T")
 
 
-async def _io(size: int, function: Callable[..., _T], *args: object) -> _T:
-    """Small transfers inline; big ones in a thread (never abandoned, so the
-    descriptor cannot be closed under it)."""
-    if size <= INLINE_IO_LIMIT:
-        return function(*args)
-    return await trio.to_thread.run_sync(function, *args)
+async def _io(
+    ctx: AgentContext, opened: OpenFile, size: int, function: Callable[..., _T], *args: object
+) -> _T:
+    """A call on an open file: under the deadline when it may wait on a filesystem.
+
+    A call that times out is abandoned and marks the handle hung until it
+    comes back (the descriptor stays open under it: only guest-file-close,
+    after the store has let go of the handle, closes it).
+    """
+    if opened.hung:
+        raise GenericError(
+            f"handle {opened.handle} ('{opened.path}'): an earlier call on it did not"
+            f" answer within {ctx.fs.timeout:g} s and has not come back; close the handle"
+        )
+    if not opened.may_block:
+        if size <= INLINE_IO_LIMIT:
+            return function(*args)
+        return await trio.to_thread.run_sync(function, *args)
+
+    def came_back() -> None:
+        opened.hung = False
+
+    try:
+        return await ctx.fs.call_on_path(
+            opened.path, partial(function, *args), on_late_end=came_back
+        )
+    except FsTimeout as err:
+        if err.mount is None or err.mount not in ctx.fs.hung:  # not a known-hung failing fast
+            opened.hung = True
+        raise GenericError(f"file '{opened.path}' (handle {opened.handle}): {err}") from err
 
 
 @handlers.command("guest-file-open")
@@ -71,33 +100,47 @@ async def guest_file_open(ctx: AgentContext, path: str, mode: str | None) -> int
         raise GenericError("invalid path: it contains a NUL character")
     ctx.store.check_room()
     try:
-        # A thread: open() itself can block, on a network filesystem for one.
-        fd = await trio.to_thread.run_sync(_open, path, flags)
-    except OSError as err:
-        raise GenericError(
-            f"failed to open file '{path}' (mode: '{mode}'): {os_error_text(err)}"
-        ) from err
-    return ctx.store.add(fd, path, mode).handle
+        # open() itself can block, on a network filesystem for one.
+        fd, may_block = await ctx.fs.call_on_path(
+            path, partial(_open, path, flags), discard=_close_late
+        )
+    except (OSError, FsTimeout) as err:
+        text = os_error_text(err) if isinstance(err, OSError) else str(err)
+        raise GenericError(f"failed to open file '{path}' (mode: '{mode}'): {text}") from err
+    opened = ctx.store.add(fd, path, mode)
+    opened.may_block = may_block
+    return opened.handle
 
 
-def _open(path: str, flags: int) -> int:
+def _open(path: str, flags: int) -> tuple[int, bool]:
+    """The descriptor, and whether its I/O may wait on a filesystem."""
     fd = os.open(path, flags, NEW_FILE_MODE)
     try:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, stat.S_ISREG(mode) or stat.S_ISBLK(mode)
+
+
+def _close_late(opened: tuple[int, bool]) -> None:
+    """An open that completed after its command had given up on it."""
+    os.close(opened[0])
 
 
 @handlers.command("guest-file-close")
-def guest_file_close(ctx: AgentContext, handle: int) -> dict[str, object]:
+async def guest_file_close(ctx: AgentContext, handle: int) -> dict[str, object]:
     opened = ctx.store.remove(handle)
     try:
-        opened.close()
-    except OSError as err:
-        raise GenericError(f"failed to close handle: {os_error_text(err)}") from err
+        if opened.may_block:  # close() flushes: on NFS or FUSE it asks the server
+            await ctx.fs.call_on_path(opened.path, opened.close, fail_fast=False)
+        else:
+            opened.close()
+    except (OSError, FsTimeout) as err:
+        text = os_error_text(err) if isinstance(err, OSError) else f"{err} (closed later)"
+        raise GenericError(f"failed to close handle: {text}") from err
     return {}
 
 
@@ -108,7 +151,7 @@ async def guest_file_read(ctx: AgentContext, handle: int, count: int | None) -> 
     if not 0 <= count <= READ_COUNT_MAX:
         raise GenericError(f"value '{count}' is invalid for argument count")
     try:
-        data, eof = await _io(count, _read, opened, count)
+        data, eof = await _io(ctx, opened, count, _read, opened, count)
     except OSError as err:
         raise GenericError(f"failed to read file: {os_error_text(err)}") from err
     return {
@@ -161,7 +204,7 @@ async def guest_file_write(
         if opened.write_error is not None:
             error, opened.write_error = opened.write_error, None
             raise error
-        written = await _io(count, _write, opened, data, count)
+        written = await _io(ctx, opened, count, _write, opened, data, count)
     except OSError as err:
         raise GenericError(f"failed to write to file: {os_error_text(err)}") from err
     return {"count": written, "eof": False}
@@ -195,7 +238,7 @@ def _write(opened: OpenFile, data: bytes, count: int) -> int:
 
 
 @handlers.command("guest-file-seek")
-def guest_file_seek(
+async def guest_file_seek(
     ctx: AgentContext, handle: int, offset: int, whence: int | str
 ) -> dict[str, object]:
     opened = ctx.store.get(handle)
@@ -206,7 +249,8 @@ def guest_file_seek(
     else:
         raise GenericError(f"invalid whence code {whence}")
     try:
-        position = os.lseek(opened.fd, offset, code)
+        # Inline for pipes and devices; SEEK_END asks a FUSE or NFS server for the size.
+        position = await _io(ctx, opened, 0, _seek, opened, offset, code)
     except OSError as err:
         raise GenericError(f"failed to seek file: {os_error_text(err)}") from err
     return {"eof": False, "position": position}  # qemu-ga's order
@@ -217,8 +261,16 @@ async def guest_file_flush(ctx: AgentContext, handle: int) -> dict[str, object]:
     """Written data is in the kernel already; flush also makes it durable on disk."""
     opened = ctx.store.get(handle)
     try:
-        await trio.to_thread.run_sync(os.fsync, opened.fd)
+        await _io(ctx, opened, INLINE_IO_LIMIT + 1, _fsync, opened)
     except OSError as err:
         if err.errno not in (errno.EINVAL, errno.EROFS):  # pipes, devices: nothing to sync
             raise GenericError(f"failed to flush file: {os_error_text(err)}") from err
     return {}
+
+
+def _seek(opened: OpenFile, offset: int, whence: int) -> int:
+    return os.lseek(opened.fd, offset, whence)
+
+
+def _fsync(opened: OpenFile) -> None:
+    os.fsync(opened.fd)

@@ -3,14 +3,19 @@
 The mount table comes from ``ctx.config.mount_table`` (the kernel's
 /proc/self/mountinfo by default; tests list only their scratch filesystems),
 /sys is read through ``ctx.root``. All of it runs in worker threads: /sys
-walks read many files, statvfs and FITRIM can take long.
+walks read many files, statvfs and FITRIM can take long, and on a hung mount
+never return. Each statvfs and FITRIM has the ``--fs-timeout`` deadline
+(``agent.fsguard``): guest-get-fsinfo lists a mount that did not answer without
+its figures, guest-fstrim gives it an error entry, and both go on with the rest.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -18,18 +23,21 @@ import trio
 from agent.context import AgentContext
 from agent.errors import GenericError
 from agent.fsfreeze.mounts import Mount, MountTableError, read_mount_table
+from agent.fsguard import FsTimeout
 from agent.registry import HandlerSet
 from agent.sysinfo import fstrim
 from agent.sysinfo.blockdev import DiskListError, SysBlock, sys_dev_block
 
 handlers = HandlerSet()
+log = logging.getLogger(__name__)
 
 
 @handlers.command("guest-get-disks")
 async def guest_get_disks(ctx: AgentContext) -> list[dict[str, Any]]:
+    """/sys only: no mount is touched. The walk has the deadline all the same."""
     try:
-        return await trio.to_thread.run_sync(SysBlock(ctx.root).disks)
-    except DiskListError as err:
+        return await ctx.fs.call(None, SysBlock(ctx.root).disks)
+    except (DiskListError, FsTimeout) as err:
         raise GenericError(str(err)) from err
 
 
@@ -42,34 +50,45 @@ def _mounts(ctx: AgentContext) -> list[tuple[Mount, int]]:
 
 @handlers.command("guest-get-fsinfo")
 async def guest_get_fsinfo(ctx: AgentContext) -> list[dict[str, Any]]:
-    return await trio.to_thread.run_sync(_fsinfo, ctx)
-
-
-def _fsinfo(ctx: AgentContext) -> list[dict[str, Any]]:
-    sysblock = SysBlock(ctx.root)
-    filesystems = []
-    for mount, device in _mounts(ctx):
-        name, disks = sysblock.device_disks(sys_dev_block(device))
-        info: dict[str, Any] = {
-            "name": name,
-            "mountpoint": mount.mountpoint,
-            "type": mount.fstype,
-            "disk": disks,
-        }
-        try:
-            usage = os.statvfs(mount.mountpoint)
-        except OSError:
-            pass
-        else:
-            used = usage.f_blocks - usage.f_bfree
-            # As df: the total a non-root user can reach (what is used plus what is available).
-            info["used-bytes"] = used * usage.f_frsize
-            info["total-bytes"] = (used + usage.f_bavail) * usage.f_frsize
-            info["total-bytes-privileged"] = usage.f_blocks * usage.f_frsize
-        filesystems.append(info)
+    mounts = await trio.to_thread.run_sync(_mounts, ctx)
+    try:
+        filesystems = await ctx.fs.call(None, partial(_describe, SysBlock(ctx.root), mounts))
+    except FsTimeout as err:
+        raise GenericError(f"/sys: {err}") from err
+    async with trio.open_nursery() as nursery:  # at once: a hung mount costs one deadline
+        for info in filesystems:
+            nursery.start_soon(_add_usage, ctx, info)
     # qemu-ga builds its list by prepending: the last mount comes first.
     filesystems.reverse()
     return filesystems
+
+
+def _describe(sysblock: SysBlock, mounts: list[tuple[Mount, int]]) -> list[dict[str, Any]]:
+    """Each mount's name, type and disks, from the mount table and /sys alone."""
+    filesystems = []
+    for mount, device in mounts:
+        name, disks = sysblock.device_disks(sys_dev_block(device))
+        filesystems.append(
+            {"name": name, "mountpoint": mount.mountpoint, "type": mount.fstype, "disk": disks}
+        )
+    return filesystems
+
+
+async def _add_usage(ctx: AgentContext, info: dict[str, Any]) -> None:
+    """``used-bytes`` and ``total-bytes``, when statvfs answers in time."""
+    mountpoint = info["mountpoint"]
+    try:
+        usage = await ctx.fs.call(mountpoint, partial(os.statvfs, mountpoint))
+    except OSError:
+        return
+    except FsTimeout as err:
+        log.warning("guest-get-fsinfo: %s: listed without its sizes", err)
+        return
+    used = usage.f_blocks - usage.f_bfree
+    # As df: the total a non-root user can reach (what is used plus what is available).
+    info["used-bytes"] = used * usage.f_frsize
+    info["total-bytes"] = (used + usage.f_bavail) * usage.f_frsize
+    info["total-bytes-privileged"] = usage.f_blocks * usage.f_frsize
 
 
 # The trim call, replaceable in tests: (mountpoint, minimum) -> (trimmed, minimum).
@@ -79,17 +98,19 @@ trim_filesystem: Trim = fstrim.fitrim
 
 @handlers.command("guest-fstrim")
 async def guest_fstrim(ctx: AgentContext, minimum: int | None) -> dict[str, Any]:
-    return await trio.to_thread.run_sync(_fstrim, ctx, minimum or 0)
-
-
-def _fstrim(ctx: AgentContext, minimum: int) -> dict[str, Any]:
+    """One filesystem after the other, as qemu-ga (a trim is heavy I/O). A trim
+    that runs past the deadline is reported as an error and goes on in the kernel."""
     paths = []
-    for mount, _ in _mounts(ctx):
+    for mount, _ in await trio.to_thread.run_sync(_mounts, ctx):
         result: dict[str, Any] = {"path": mount.mountpoint}
         try:
-            trimmed, used_minimum = trim_filesystem(mount.mountpoint, minimum)
+            trimmed, used_minimum = await ctx.fs.call(
+                mount.mountpoint, partial(trim_filesystem, mount.mountpoint, minimum or 0)
+            )
         except OSError as err:
             result["error"] = _trim_error(err)
+        except FsTimeout as err:
+            result["error"] = f"failed to trim: {err}"
         else:
             result["trimmed"] = trimmed
             result["minimum"] = used_minimum

@@ -33,6 +33,8 @@ from agent.transports import serve_transport
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT = 1.0  # seconds for the open files to close when the agent stops
+
 
 def build_registry(
     handlers: Iterable[HandlerSet] = BUILTIN, schema: SchemaDefs | None = None
@@ -123,7 +125,12 @@ class Agent:
         """
         await self.context.state.freezer.aclose()
         try:  # a close flushes, which waits on a hung NFS or FUSE server
-            await self.context.fs.call(None, self.context.store.close_all, fail_fast=False)
+            await self.context.fs.call(
+                None,
+                self.context.store.close_all,
+                fail_fast=False,
+                limit=min(self.config.fs_timeout, CLOSE_TIMEOUT),
+            )
         except FsTimeout as err:
             log.warning("open files not closed yet: %s", err)
         await self.context.processes.aclose()  # guest-exec children are killed and reaped

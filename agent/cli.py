@@ -329,7 +329,7 @@ def _serve(
                 stack.enter_context(listener)
             if config.pidfile_path:
                 stack.enter_context(held_pidfile(config.pidfile_path))
-            trio.run(
+            stuck = trio.run(
                 partial(
                     run,
                     config,
@@ -344,6 +344,14 @@ def _serve(
         for cause in _leaves(err):
             log.debug("details", exc_info=cause)
         return _failed(launcher, [str(cause) for cause in _leaves(err)])
+    if stuck:
+        # Python would not wait for them (trio's worker threads are daemon
+        # threads); skipping its shutdown makes sure nothing else does. The
+        # kernel still holds the process until those calls return: a FUSE or
+        # NFS request the server has taken cannot be interrupted.
+        log.warning("stopped; %d filesystem call(s) still stuck in the kernel", stuck)
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
@@ -369,10 +377,11 @@ async def run(
     listener: socket.socket | None = None,
     on_ready: Callable[[], None] = lambda: None,
     on_stopping: Callable[[], None] = lambda: None,
-) -> None:
+) -> int:
     """Serve ``config``'s transport (or systemd's ``listener``) until SIGTERM or SIGINT.
 
     ``on_ready`` runs once the transport is open, ``on_stopping`` on a signal.
+    Returns how many filesystem calls were left stuck (abandoned threads).
     """
     from agent.api import Agent  # after logging is set up: building it may log
 
@@ -386,3 +395,4 @@ async def run(
                 on_stopping()
                 nursery.cancel_scope.cancel()
                 break
+    return agent.context.fs.stuck

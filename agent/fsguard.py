@@ -177,8 +177,10 @@ class FsGuard:
         discard: Callable[[_T], object] | None = None,
         on_late_end: Callable[[], None] = lambda: None,
         fail_fast: bool = True,
+        limit: float | None = None,
     ) -> _T:
-        """``function()`` in a worker thread, abandoned after the deadline.
+        """``function()`` in a worker thread, abandoned after the deadline
+        (``limit`` seconds, else the guard's timeout).
 
         ``mount`` (a mountpoint; None for no particular one) is checked first
         (:meth:`check`, unless ``fail_fast`` is false: a close must be tried)
@@ -189,7 +191,8 @@ class FsGuard:
         if fail_fast:
             self.check(mount)
         call = _Call(function, discard)
-        with trio.move_on_after(self.timeout):
+        timeout = self.timeout if limit is None else limit
+        with trio.move_on_after(timeout):
             try:
                 result = await trio.to_thread.run_sync(
                     call.run, abandon_on_cancel=True, limiter=self._limiter
@@ -204,12 +207,12 @@ class FsGuard:
         if mount is not None:
             self.hung.mark(mount)
         log.warning(
-            "%s did not answer within %g s (--fs-timeout); %d call(s) now stuck",
+            "%s did not answer within %g s; %d call(s) now stuck",
             mount or "a filesystem",
-            self.timeout,
+            timeout,
             self._stuck,
         )
-        raise FsTimeout(mount, self.timeout)
+        raise FsTimeout(mount, timeout)
 
     def _abandon(self, call: _Call[_T], mount: str | None, on_late_end: Callable[[], None]) -> None:
         def late_end() -> None:

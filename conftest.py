@@ -25,7 +25,7 @@ from agent import Agent, AgentConfig
 from agent.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV
 from tests.qga_client import StreamClient
 
-pytest_plugins = ["tests.scratch", "tests.reference", "tests.scratch_user"]
+pytest_plugins = ["tests.scratch", "tests.reference", "tests.scratch_user", "tests.hung_mounts"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -42,10 +42,12 @@ _T = TypeVar("_T")
 
 
 class FsTimeout(Exception):
-    """A filesystem did not answer in time, or is known not to."""
+    """A filesystem did not answer in time, or (``fast``: failed at once) is known not to."""
 
     def __init__(self, mount: str | None, timeout: float, reason: str | None = None) -> None:
         self.mount = mount
+        self.timeout = timeout
+        self.fast = reason is not None
         where = f"the filesystem at {mount}" if mount else "the filesystem"
         super().__init__(reason or f"{where} did not answer within {timeout:g} s")
 
@@ -239,13 +241,20 @@ class FsGuard:
         """:meth:`call` for a file at ``path``: the mount table is read only when
         a mount is known to hang (to fail fast) or after a timeout (to mark it)."""
         mount = self.mount_of(path) if self.hung else None
+
+        def late_end() -> None:  # the mount answers again
+            if mount is None and (found := self.mount_of(path)) is not None:
+                self.hung.clear(found)
+            on_late_end()
+
         try:
             return await self.call(
-                mount, function, discard=discard, on_late_end=on_late_end, fail_fast=fail_fast
+                mount, function, discard=discard, on_late_end=late_end, fail_fast=fail_fast
             )
         except FsTimeout as err:
-            if err.mount is None and (found := self.mount_of(path)) is not None:
+            if not err.fast and err.mount is None and (found := self.mount_of(path)) is not None:
                 self.hung.mark(found)
+                raise FsTimeout(found, err.timeout) from None
             raise
 
     def mount_of(self, path: str) -> str | None:

@@ -43,7 +43,7 @@ ChildType = TypeVar("ChildType")
 OUTPUT_LIMIT = 16 * 1024 * 1024  # per stream, as qemu-ga
 READ_SIZE = 64 * 1024
 MAX_PROCESSES = 1024  # known (running or unreported) at once
-REAP_TIMEOUT = 5.0  # seconds to wait for killed children when the agent stops
+REAP_TIMEOUT = 2.0  # seconds to wait for killed children when the agent stops
 DRAIN_GRACE = 1.0  # seconds after a child's exit for its pipes to reach their end
 
 

@@ -75,7 +75,8 @@ def _describe(sysblock: SysBlock, mounts: list[tuple[Mount, int]]) -> list[dict[
 
 
 async def _add_usage(ctx: AgentContext, info: dict[str, Any]) -> None:
-    """``used-bytes`` and ``total-bytes``, when statvfs answers in time."""
+    """``used-bytes``, ``total-bytes`` and ``total-bytes-privileged``, when statvfs
+    answers in time."""
     mountpoint = info["mountpoint"]
     try:
         usage = await ctx.fs.call(mountpoint, partial(os.statvfs, mountpoint))
@@ -94,18 +95,28 @@ async def _add_usage(ctx: AgentContext, info: dict[str, Any]) -> None:
 # The trim call, replaceable in tests: (mountpoint, minimum) -> (trimmed, minimum).
 Trim = Callable[[str, int], tuple[int, int]]
 trim_filesystem: Trim = fstrim.fitrim
+# Discarding the free space of a big filesystem takes minutes on some disks.
+TRIM_TIMEOUT = 300.0
 
 
 @handlers.command("guest-fstrim")
 async def guest_fstrim(ctx: AgentContext, minimum: int | None) -> dict[str, Any]:
-    """One filesystem after the other, as qemu-ga (a trim is heavy I/O). A trim
-    that runs past the deadline is reported as an error and goes on in the kernel."""
+    """One filesystem after the other, as qemu-ga (a trim is heavy I/O).
+
+    The mount must answer a statvfs within the deadline (a hung one gets an
+    error entry at that cost); the trim itself may take up to TRIM_TIMEOUT
+    (or the deadline, if longer), past which it is reported as an error and
+    goes on in the kernel.
+    """
     paths = []
     for mount, _ in await trio.to_thread.run_sync(_mounts, ctx):
         result: dict[str, Any] = {"path": mount.mountpoint}
         try:
+            await ctx.fs.call(mount.mountpoint, partial(os.statvfs, mount.mountpoint))
             trimmed, used_minimum = await ctx.fs.call(
-                mount.mountpoint, partial(trim_filesystem, mount.mountpoint, minimum or 0)
+                mount.mountpoint,
+                partial(trim_filesystem, mount.mountpoint, minimum or 0),
+                limit=max(ctx.fs.timeout, TRIM_TIMEOUT),
             )
         except OSError as err:
             result["error"] = _trim_error(err)

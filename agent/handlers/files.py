@@ -85,7 +85,7 @@ async def _io(
             opened.path, partial(function, *args), on_late_end=came_back
         )
     except FsTimeout as err:
-        if err.mount is None or err.mount not in ctx.fs.hung:  # not a known-hung failing fast
+        if not err.fast:  # this call is stuck
             opened.hung = True
         raise GenericError(f"file '{opened.path}' (handle {opened.handle}): {err}") from err
 

@@ -29,6 +29,7 @@ import pybase64
 from agent.fsfreeze.marker import MARKER_NAME
 from tests.hung_mounts import HungMounts
 from tests.qga_client import Reply, SocketClient, wait_for_socket
+from tests.reference import qemu_ga_binary
 from tests.scratch import BlockedWrite, Scratch
 
 FS_TIMEOUT = 1.0
@@ -53,7 +54,7 @@ class RunningAgent:
 @contextmanager
 def agent_in(mounts: HungMounts, workdir: Path, *extra: str) -> Iterator[RunningAgent]:
     """trio-qga in the hung mounts' namespace; released and stopped at the end."""
-    workdir.mkdir(exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     sock, log = workdir / "qga.sock", workdir / "agent.log"
     command = [sys.executable, "-m", "agent", "--transport", f"unix-listen:{sock}"]
     command += ["-t", str(workdir), "-f", str(workdir / "agent.pid"), "-l", str(log)]
@@ -323,3 +324,145 @@ def test_an_agent_killed_during_a_hung_freeze_leaves_no_false_frozen_state(
         with agent_in(hung_mounts, tmp_path / "third", *statedir) as third:  # no marker left
             assert timed(third.client(), "guest-fsfreeze-status") == {"return": "thawed"}
         assert not marker.exists()
+
+
+@dataclass
+class Row:
+    """What one agent did with one request on a held mount (seconds, None: no answer)."""
+
+    answer: float | None
+    ping: float | None
+    sigterm: float | None  # until it exited, or removed its pid file (its last step)
+
+
+@contextmanager
+def qemu_ga_in(mounts: HungMounts, workdir: Path) -> Iterator[RunningAgent]:
+    """qemu-ga in the namespace; killed at the end, after the release that lets it die."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock, log = workdir / "qga.sock", workdir / "qemu-ga.log"
+    command = [qemu_ga_binary(), "-m", "unix-listen", "-p", str(sock), "-t", str(workdir)]
+    command += ["-f", str(workdir / "qemu-ga.pid"), "-l", str(log)]
+    proc = subprocess.Popen(mounts.command(*command), stderr=subprocess.PIPE)
+    agent = RunningAgent(proc, sock, log, workdir)
+    try:
+        wait_for_socket(sock, proc)
+        yield agent
+    finally:
+        for client in agent.clients:
+            client.close()
+        proc.kill()
+        mounts.release()
+        proc.wait(20)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def leashed(
+    client: SocketClient, name: str, arguments: dict[str, Any] | None = None
+) -> float | None:
+    """Seconds until the reply, or None when none came within the leash."""
+    client.sock.settimeout(LEASH)
+    start = time.monotonic()
+    try:
+        client.execute(name, arguments)
+    except TimeoutError:
+        return None
+    return time.monotonic() - start
+
+
+def hang_and_stop(
+    mounts: HungMounts, agent: RunningAgent, name: str, arguments: dict[str, Any]
+) -> Row:
+    client = agent.client()
+    mounts.hold()
+    answer = leashed(client, name, arguments or None)
+    ping = leashed(client, "guest-ping") if answer is not None else None
+    pidfile = agent.workdir / "agent.pid"  # trio-qga's; qemu-ga writes one only with -d
+    assert pidfile.exists() == (agent.log.name == "agent.log")
+    start = time.monotonic()
+    agent.proc.send_signal(signal.SIGTERM)
+    stopped = eventually(
+        lambda: agent.proc.poll() is not None or not pidfile.exists(), timeout=LEASH
+    )
+    return Row(answer, ping, time.monotonic() - start if stopped else None)
+
+
+def next_status_after_sigkill(mounts: HungMounts, start: Callable[..., Any], workdir: Path) -> str:
+    """guest-fsfreeze-status of the agent started after the one killed in a hung freeze."""
+    with start(workdir / "killed", "--fs-timeout", "60") as first:
+        client = first.client()
+        mounts.hold()
+        request = {"mountpoints": [str(mounts.blk)]}
+        client.send(
+            json.dumps({"execute": "guest-fsfreeze-freeze-list", "arguments": request}).encode()
+        )
+        assert eventually((first.workdir / MARKER_NAME).exists, timeout=10)
+        first.proc.kill()
+        mounts.release()
+        first.proc.wait(20)
+        first.sock.unlink(missing_ok=True)  # killed: it could not remove it
+    with start(workdir / "killed") as second:
+        status: str = second.client().execute("guest-fsfreeze-status")["return"]
+    return status
+
+
+def test_the_issue_table(hung_mounts: HungMounts, tmp_path: Path) -> None:
+    """The issue's requests against trio-qga (--fs-timeout 1) and qemu-ga 7.2."""
+    qemu_ga_binary()  # skips loudly when it is not installed (fails in CI)
+    requests: list[tuple[str, str, dict[str, Any]]] = [
+        ("guest-get-fsinfo (fuseblk)", "guest-get-fsinfo", {}),
+        ("guest-file-open (fuse)", "guest-file-open", {"path": str(hung_mounts.fuse / "data")}),
+        ("guest-file-open (fuseblk)", "guest-file-open", {"path": str(hung_mounts.blk / "data")}),
+        (
+            "guest-fsfreeze-freeze-list (fuseblk)",
+            "guest-fsfreeze-freeze-list",
+            {"mountpoints": [str(hung_mounts.blk)]},
+        ),
+    ]
+    starts: dict[str, Callable[..., Any]] = {
+        "trio-qga": lambda workdir, *extra: agent_in(hung_mounts, workdir, *extra),
+        "qemu-ga": lambda workdir, *extra: qemu_ga_in(hung_mounts, workdir),
+    }
+    rows: dict[str, dict[str, Row]] = {}
+    for label, name, arguments in requests:
+        for agent_name, start in starts.items():
+            with start(tmp_path / f"{agent_name}-{name}") as agent:
+                rows.setdefault(label, {})[agent_name] = hang_and_stop(
+                    hung_mounts, agent, name, arguments
+                )
+    statuses = {
+        agent_name: next_status_after_sigkill(hung_mounts, start, tmp_path / agent_name)
+        for agent_name, start in starts.items()
+    }
+
+    def seconds(value: float | None, missing: str) -> str:
+        return missing if value is None else f"{value:.2f} s"
+
+    lines = ["| request | qemu-ga 7.2 | trio-qga |", "| --- | --- | --- |"]
+    for label, row in rows.items():
+        cells = [
+            seconds(row[agent].answer, "no answer in 3 s") for agent in ("qemu-ga", "trio-qga")
+        ]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    for what, field_name, missing in (
+        ("guest-ping afterwards", "ping", "never answered"),
+        ("SIGTERM (until the pid file is gone)", "sigterm", "ignored for 3 s"),
+    ):
+        cells = [
+            ", ".join(seconds(getattr(row[agent], field_name), missing) for row in rows.values())
+            for agent in ("qemu-ga", "trio-qga")
+        ]
+        lines.append(f"| {what} | {cells[0]} | {cells[1]} |")
+    lines.append(
+        "| the next agent after SIGKILL in the hung freeze"
+        f" | {statuses['qemu-ga']} | {statuses['trio-qga']} |"
+    )
+    print("\n" + "\n".join(lines))
+    for row in rows.values():  # trio-qga: every answer in bounded time, then the rest
+        ours = row["trio-qga"]
+        assert ours.answer is not None
+        assert ours.answer < FS_TIMEOUT + MARGIN
+        assert ours.ping is not None
+        assert ours.sigterm is not None
+        assert ours.sigterm < 5
+    assert statuses["trio-qga"] == "thawed"

@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import trio
 import trio.testing
@@ -438,6 +439,24 @@ async def test_a_failing_thaw_hook_fails_the_thaw_but_the_filesystems_are_thawed
         await freezer.thaw()
     assert ioctls.frozen == set()
     assert freezer.state is FreezeState.THAWED
+
+
+async def test_a_hook_that_hangs_is_killed_and_reported(tmp_path: Path, table: Path) -> None:
+    """A hook stuck (here: in sleep, with a child holding its output) fails the
+    freeze at its deadline; its whole process group is killed."""
+    ioctls = FakeIoctls()
+    hook = make_hook(tmp_path, 'echo "flushing"; sleep 600 & echo $! > "$0.child"; wait')
+    freezer = fake_freezer(tmp_path, table, ioctls, hook=str(hook), hook_timeout=0.5)
+    with trio.fail_after(10), pytest.raises(GenericError) as caught:
+        await freezer.freeze()
+    assert caught.value.desc == "fsfreeze hook did not finish within 0.5 s: flushing"
+    assert ioctls.calls == []
+    assert freezer.state is FreezeState.THAWED
+    child = int((tmp_path / "fsfreeze-hook.child").read_text())
+    try:  # killed: gone, or a zombie until init reaps it
+        assert psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        pass
 
 
 # ---------------------------------------------------------------- held logs --

@@ -20,7 +20,7 @@ from functools import partial
 import trio
 
 from agent.errors import GenericError, os_error_text
-from agent.fsfreeze.hook import run_hook
+from agent.fsfreeze.hook import HOOK_TIMEOUT, run_hook
 from agent.fsfreeze.ioctl import FreezeIoctls, LinuxIoctls
 from agent.fsfreeze.marker import FrozenMarker
 from agent.fsfreeze.mounts import (
@@ -56,12 +56,14 @@ class Freezer:
         ioctls: FreezeIoctls | None = None,
         watchdog: bool = True,
         fs: FsGuard | None = None,
+        hook_timeout: float = HOOK_TIMEOUT,
     ) -> None:
         """``ioctls`` None means the real kernel calls; ``watchdog`` starts the
         watchdog process before each freeze (pointless with fake ioctls); ``fs``
         gives each FIFREEZE and FITHAW its deadline."""
         self.mount_table = mount_table
         self.hook = hook
+        self.hook_timeout = hook_timeout  # seconds the hook may run
         self.thaw_timeout = thaw_timeout
         self._ioctls: FreezeIoctls = ioctls or LinuxIoctls()
         self._use_watchdog = watchdog
@@ -104,14 +106,14 @@ class Freezer:
                 return 0
             return await self._freeze(plan)
 
-    async def thaw(self, *, hook_timeout: float = math.inf) -> int:
+    async def thaw(self, *, hook_timeout: float | None = None) -> int:
         """Thaw what we froze; the number of filesystems thawed (0 when none was frozen)."""
         async with self._lock:
             if self._machine.state is FreezeState.THAWED:
                 return 0
             self._machine.fire(FreezeEvent.THAW)
             count = await self._thaw(self._frozen)
-            await self._thaw_hook(hook_timeout)
+            await self._thaw_hook(self.hook_timeout if hook_timeout is None else hook_timeout)
             return count
 
     async def aclose(self) -> None:
@@ -195,7 +197,7 @@ class Freezer:
         hook_ran = done = False
         try:
             if self.hook:
-                await run_hook(self.hook, "freeze")
+                await run_hook(self.hook, "freeze", self.hook_timeout)
                 hook_ran = True
             self._write_marker([mount.mountpoint for mount in plan])
             if self._use_watchdog:
@@ -313,22 +315,19 @@ class Freezer:
     async def _thaw_hook(self, limit: float) -> None:
         if not self.hook:
             return
-        with trio.move_on_after(limit) as scope:
-            await run_hook(self.hook, "thaw")
-        if scope.cancelled_caught:
-            raise GenericError(f"fsfreeze hook did not finish within {limit} s")
+        await run_hook(self.hook, "thaw", limit)
 
     async def _cleanup_hook(self) -> None:
         """The thaw hook after an undone freeze: the freeze's error is the one to report."""
         with trio.CancelScope(shield=True):
             try:
-                await self._thaw_hook(CLEANUP_HOOK_TIMEOUT)
+                await self._thaw_hook(min(self.hook_timeout, CLEANUP_HOOK_TIMEOUT))
             except GenericError as err:
                 log.error("%s", err.desc)
 
     async def _thaw_logging_errors(self, why: str) -> None:
         try:
-            count = await self.thaw(hook_timeout=CLEANUP_HOOK_TIMEOUT)
+            count = await self.thaw(hook_timeout=min(self.hook_timeout, CLEANUP_HOOK_TIMEOUT))
         except GenericError as err:  # the thaw hook failed; the filesystems are thawed
             log.error("%s: %s", why, err.desc)
         else:

@@ -1,0 +1,123 @@
+"""agent.fsguard: deadlines, abandoned calls, the hung-mount registry, the bound on stuck threads.
+
+The blocking call is a function that waits on a ``threading.Event`` the test
+sets: no filesystem is needed (tests/test_hung_fs.py does it with FUSE).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from agent.fsguard import FsGuard, FsTimeout
+
+DEADLINE = 0.2
+
+
+def blocker(gate: threading.Event, result: int = 7) -> int:
+    assert gate.wait(10), "the test never released the call"
+    return result
+
+
+async def test_a_call_that_answers_gives_its_result_and_its_errors() -> None:
+    guard = FsGuard(DEADLINE)
+    assert await guard.call("/mnt", lambda: 3) == 3
+    with pytest.raises(FileNotFoundError):
+        await guard.call("/mnt", lambda: open("/nonexistent/x"))  # noqa: SIM115
+    assert guard.stuck == 0
+
+
+async def test_a_hung_call_is_abandoned_and_its_mount_fails_fast_until_it_comes_back() -> None:
+    guard = FsGuard(DEADLINE)
+    gate = threading.Event()
+    discarded: list[int] = []
+    came_back = threading.Event()
+    with trio.fail_after(5), pytest.raises(FsTimeout) as caught:
+        await guard.call(
+            "/mnt",
+            lambda: blocker(gate),
+            discard=discarded.append,
+            on_late_end=came_back.set,
+        )
+    assert str(caught.value) == "the filesystem at /mnt did not answer within 0.2 s"
+    assert not caught.value.fast
+    assert guard.stuck == 1
+    assert "/mnt" in guard.hung
+    with trio.fail_after(DEADLINE / 2), pytest.raises(FsTimeout) as fast:
+        await guard.call("/mnt", lambda: 1)
+    assert fast.value.fast
+    assert "earlier" in str(fast.value)
+    assert await guard.call("/other", lambda: 2) == 2  # other mounts are served
+    gate.set()
+    assert await trio.to_thread.run_sync(came_back.wait, 5)
+    assert discarded == [7]  # the late result went to discard: nothing leaks
+    assert guard.stuck == 0
+    assert "/mnt" not in guard.hung
+    assert await guard.call("/mnt", lambda: 1) == 1
+
+
+async def test_a_hung_mount_is_tried_again_after_a_while() -> None:
+    guard = FsGuard(DEADLINE, retry_after=0.3)
+    gate = threading.Event()
+    try:
+        with pytest.raises(FsTimeout):
+            await guard.call("/mnt", lambda: blocker(gate))
+        await trio.sleep(0.35)
+        assert "/mnt" not in guard.hung  # due for another try
+        assert await guard.call("/mnt", lambda: 5) == 5
+    finally:
+        gate.set()
+
+
+async def test_stuck_threads_are_bounded() -> None:
+    guard = FsGuard(DEADLINE, max_stuck=2)
+    gate = threading.Event()
+    try:
+        for mount in ("/a", "/b"):
+            with pytest.raises(FsTimeout):
+                await guard.call(mount, lambda: blocker(gate))
+        assert guard.stuck == 2
+        with trio.fail_after(DEADLINE / 2), pytest.raises(FsTimeout, match="2 filesystem calls"):
+            await guard.call("/c", lambda: 1)
+        # trio's own thread limiter is untouched by the stuck ones.
+        assert await trio.to_thread.run_sync(lambda: 4) == 4
+    finally:
+        gate.set()
+
+
+async def test_a_call_cancelled_from_outside_is_abandoned_too() -> None:
+    guard = FsGuard(10)
+    gate = threading.Event()
+    discarded: list[int] = []
+    with trio.move_on_after(DEADLINE):
+        await guard.call("/mnt", lambda: blocker(gate), discard=discarded.append)
+    assert guard.stuck == 1
+    assert "/mnt" not in guard.hung  # not our deadline: nothing learnt about the mount
+    gate.set()
+    with trio.fail_after(5):
+        while guard.stuck:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    assert discarded == [7]
+
+
+async def test_call_on_path_names_the_mount_from_the_table(tmp_path: Path) -> None:
+    table = tmp_path / "mountinfo"
+    table.write_text(
+        "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n2 1 0:40 / /mnt/nfs rw - nfs4 server:/ rw\n"
+    )
+    guard = FsGuard(DEADLINE, mount_table=str(table))
+    assert guard.mount_of("/mnt/nfs/dir/file") == "/mnt/nfs"
+    assert guard.mount_of("/mnt/nfsx") == "/"
+    gate = threading.Event()
+    try:
+        with pytest.raises(FsTimeout, match="the filesystem at /mnt/nfs did not answer"):
+            await guard.call_on_path("/mnt/nfs/file", lambda: blocker(gate))
+        assert "/mnt/nfs" in guard.hung
+        with pytest.raises(FsTimeout, match="earlier"):
+            await guard.call_on_path("/mnt/nfs/other", lambda: 1)
+        assert await guard.call_on_path("/etc/hostname", lambda: 1) == 1
+    finally:
+        gate.set()

@@ -30,7 +30,12 @@ from typing import Generic, TypeVar
 
 import trio
 
-from agent.fsfreeze.mounts import DEFAULT_MOUNT_TABLE, MountTableError, read_mount_table
+from agent.fsfreeze.mounts import (
+    DEFAULT_MOUNT_TABLE,
+    NETWORK_TYPES,
+    MountTableError,
+    read_mount_table,
+)
 
 DEFAULT_FS_TIMEOUT = 10.0  # seconds
 MAX_STUCK = 16  # abandoned threads at once, before calls fail fast
@@ -256,6 +261,18 @@ class FsGuard:
                 self.hung.mark(found)
                 raise FsTimeout(found, err.timeout) from None
             raise
+
+    def may_hang(self, device: int) -> bool:
+        """Whether the filesystem of ``device`` (st_dev) has a server that may never
+        answer: a network or FUSE one, or one the mount table does not show."""
+        try:
+            mounts = read_mount_table(self.mount_table)
+        except MountTableError:
+            return True
+        types = {mount.fstype for mount in mounts if mount.device == device}
+        return not types or any(
+            fstype in NETWORK_TYPES or fstype.startswith("fuse") for fstype in types
+        )
 
     def mount_of(self, path: str) -> str | None:
         """The mountpoint ``path`` lies on, from the mount table alone (touching the

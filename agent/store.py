@@ -50,7 +50,7 @@ class OpenFile:
     # An error that stopped a write after part of it was done (a full disk):
     # that write answered its short count, the next write on the handle answers this.
     write_error: OSError | None = None
-    may_block: bool = True  # its I/O may wait on a filesystem (a regular file, a block device)
+    may_block: bool = True  # its I/O may wait on a server: network or FUSE file, block device
     hung: bool = False  # a call on it timed out and has not come back
 
     def close(self) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from agent.fsfreeze.ioctl import ALLOW_ENV
-from tests.qga_client import environment_with_root
+from tests.qga_client import environment_with_root, wait_or_kill
 from tests.scratch import Scratch
 
 HUNGFS = str(Path(__file__).with_name("hungfs.py"))
@@ -153,11 +153,7 @@ def hung_mounts(
             if daemon.poll() is None and daemon.stdin is not None:
                 daemon.stdin.close()  # hungfs exits: the kernel aborts the connections
         for daemon in mounts.daemons:
-            try:
-                daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            wait_or_kill(daemon, 10)
             if daemon.stdout is not None:
                 daemon.stdout.close()
         holder.send_signal(signal.SIGKILL)

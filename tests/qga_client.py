@@ -173,6 +173,15 @@ def running_agent(
             proc.stderr.close()
 
 
+def wait_or_kill(proc: subprocess.Popen[bytes], seconds: float) -> int:
+    """The process's exit status; killed if it has not exited within ``seconds``."""
+    try:
+        return proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 def wait_for_socket(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not sock.exists():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.qga_client import running_agent, wait_for_socket
+from tests.qga_client import running_agent, wait_for_socket, wait_or_kill
 
 
 def qemu_ga_binary() -> str:
@@ -53,11 +53,7 @@ def running_qemu_ga(workdir: Path, *extra: str) -> Iterator[Path]:
         yield sock
     finally:
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        wait_or_kill(proc, 10)
         if proc.stderr:
             proc.stderr.close()
 

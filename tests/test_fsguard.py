@@ -6,6 +6,7 @@ sets: no filesystem is needed (tests/test_hung_fs.py does it with FUSE).
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -121,3 +122,18 @@ async def test_call_on_path_names_the_mount_from_the_table(tmp_path: Path) -> No
         assert await guard.call_on_path("/etc/hostname", lambda: 1) == 1
     finally:
         gate.set()
+
+
+def test_which_filesystems_may_hang(tmp_path: Path) -> None:
+    """Small transfers run inline on local filesystems only."""
+    table = tmp_path / "mountinfo"
+    table.write_text(
+        "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "2 1 0:40 / /mnt/nfs rw - nfs4 server:/ rw\n"
+        "3 1 0:41 / /mnt/ssh rw - fuse.sshfs host: rw\n"
+        "4 1 7:0 / /mnt/blk rw - fuseblk /dev/loop0 rw\n"
+    )
+    guard = FsGuard(DEADLINE, mount_table=str(table))
+    assert not guard.may_hang(os.makedev(8, 1))
+    for major, minor in ((0, 40), (0, 41), (7, 0), (0, 99)):  # 0:99: not in the table
+        assert guard.may_hang(os.makedev(major, minor))

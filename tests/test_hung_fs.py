@@ -28,9 +28,10 @@ import pybase64
 
 from agent.fsfreeze.marker import MARKER_NAME
 from tests.hung_mounts import HungMounts
-from tests.qga_client import Reply, SocketClient, wait_for_socket
+from tests.qga_client import Reply, SocketClient, wait_for_socket, wait_or_kill
 from tests.reference import qemu_ga_binary
 from tests.scratch import BlockedWrite, Scratch
+from tests.test_fsfreeze_cli import eventually
 
 FS_TIMEOUT = 1.0
 MARGIN = 4.0  # seconds on top of the deadline, for a loaded machine
@@ -53,30 +54,46 @@ class RunningAgent:
 
 @contextmanager
 def agent_in(mounts: HungMounts, workdir: Path, *extra: str) -> Iterator[RunningAgent]:
-    """trio-qga in the hung mounts' namespace; released and stopped at the end."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    """trio-qga in the hung mounts' namespace; released, then stopped with SIGTERM."""
     sock, log = workdir / "qga.sock", workdir / "agent.log"
     command = [sys.executable, "-m", "agent", "--transport", f"unix-listen:{sock}"]
     command += ["-t", str(workdir), "-f", str(workdir / "agent.pid"), "-l", str(log)]
     command += ["--mount-table", str(mounts.mount_table), "--fs-timeout", f"{FS_TIMEOUT:g}"]
+    with running_in(mounts, [*command, *extra], sock, log, kill=False) as agent:
+        yield agent
+
+
+@contextmanager
+def qemu_ga_in(mounts: HungMounts, workdir: Path) -> Iterator[RunningAgent]:
+    """qemu-ga in the namespace; killed, then released so that it can die."""
+    sock, log = workdir / "qga.sock", workdir / "qemu-ga.log"
+    command = [qemu_ga_binary(), "-m", "unix-listen", "-p", str(sock), "-t", str(workdir)]
+    command += ["-f", str(workdir / "qemu-ga.pid"), "-l", str(log)]
+    with running_in(mounts, command, sock, log, kill=True) as agent:
+        yield agent
+
+
+@contextmanager
+def running_in(
+    mounts: HungMounts, command: list[str], sock: Path, log: Path, *, kill: bool
+) -> Iterator[RunningAgent]:
+    sock.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        mounts.command(*command, *extra), env=mounts.environment(), stderr=subprocess.PIPE
+        mounts.command(*command), env=mounts.environment(), stderr=subprocess.PIPE
     )
-    agent = RunningAgent(proc, sock, log, workdir)
+    agent = RunningAgent(proc, sock, log, sock.parent)
     try:
         wait_for_socket(sock, proc)
         yield agent
     finally:
         for client in agent.clients:
             client.close()
+        if kill:
+            proc.kill()
         mounts.release()  # nothing of it may stay stuck
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        wait_or_kill(proc, 20)
         if proc.stderr is not None:
             proc.stderr.close()
 
@@ -93,15 +110,6 @@ def timed(
     elapsed = time.monotonic() - start
     assert elapsed < fs_timeout + MARGIN, f"{name} took {elapsed:.1f} s"
     return reply
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def ping(client: SocketClient) -> None:
@@ -282,9 +290,9 @@ def test_sigterm_stops_the_agent_with_calls_stuck(hung_mounts: HungMounts, tmp_p
         ping(client)
         start = time.monotonic()
         agent.proc.send_signal(signal.SIGTERM)
-        assert eventually(lambda: not agent.sock.exists(), timeout=5)
-        assert eventually(lambda: not (agent.workdir / "agent.pid").exists(), timeout=5)
-        assert eventually(lambda: "still stuck in the kernel" in agent.log.read_text(), timeout=5)
+        assert eventually(lambda: not agent.sock.exists(), seconds=5)
+        assert eventually(lambda: not (agent.workdir / "agent.pid").exists(), seconds=5)
+        assert eventually(lambda: "still stuck in the kernel" in agent.log.read_text(), seconds=5)
         stopped = time.monotonic() - start
         # The kernel keeps the process until the stuck FUSE calls return.
         hung_mounts.release()
@@ -308,7 +316,7 @@ def test_an_agent_killed_during_a_hung_freeze_leaves_no_false_frozen_state(
             ).encode()
         )
         marker = first.workdir / MARKER_NAME
-        assert eventually(marker.exists, timeout=10)
+        assert eventually(marker.exists, seconds=10)
         first.proc.kill()
         # Still held: the next agent (same state directory) cannot tell. It
         # serves once it has checked, and holds its log while it counts as frozen.
@@ -333,28 +341,6 @@ class Row:
     answer: float | None
     ping: float | None
     sigterm: float | None  # until it exited, or removed its pid file (its last step)
-
-
-@contextmanager
-def qemu_ga_in(mounts: HungMounts, workdir: Path) -> Iterator[RunningAgent]:
-    """qemu-ga in the namespace; killed at the end, after the release that lets it die."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    sock, log = workdir / "qga.sock", workdir / "qemu-ga.log"
-    command = [qemu_ga_binary(), "-m", "unix-listen", "-p", str(sock), "-t", str(workdir)]
-    command += ["-f", str(workdir / "qemu-ga.pid"), "-l", str(log)]
-    proc = subprocess.Popen(mounts.command(*command), stderr=subprocess.PIPE)
-    agent = RunningAgent(proc, sock, log, workdir)
-    try:
-        wait_for_socket(sock, proc)
-        yield agent
-    finally:
-        for client in agent.clients:
-            client.close()
-        proc.kill()
-        mounts.release()
-        proc.wait(20)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def leashed(
@@ -382,7 +368,7 @@ def hang_and_stop(
     start = time.monotonic()
     agent.proc.send_signal(signal.SIGTERM)
     stopped = eventually(
-        lambda: agent.proc.poll() is not None or not pidfile.exists(), timeout=LEASH
+        lambda: agent.proc.poll() is not None or not pidfile.exists(), seconds=LEASH
     )
     return Row(answer, ping, time.monotonic() - start if stopped else None)
 
@@ -396,7 +382,7 @@ def next_status_after_sigkill(mounts: HungMounts, start: Callable[..., Any], wor
         client.send(
             json.dumps({"execute": "guest-fsfreeze-freeze-list", "arguments": request}).encode()
         )
-        assert eventually((first.workdir / MARKER_NAME).exists, timeout=10)
+        assert eventually((first.workdir / MARKER_NAME).exists, seconds=10)
         first.proc.kill()
         mounts.release()
         first.proc.wait(20)

@@ -3,12 +3,14 @@
 Files are raw, unbuffered descriptors, so whatever a write reports as written
 is already in the kernel: a client that disconnects, or an agent stopped by
 SIGTERM, loses nothing. They are opened non-blocking, as qemu-ga sets them,
-so a FIFO or a device cannot hang the agent. Every call that can wait on a
-filesystem (open, and the I/O of regular files and block devices) runs in a
-worker thread under ``--fs-timeout`` (``agent.fsguard``): a hung mount gets an
-error naming the path, and a handle whose call hung fails at once until that
-call comes back. Small reads and writes of pipes and character devices run
-inline: they never wait.
+so a FIFO or a device cannot hang the agent. open, every call on a file of a
+network or FUSE filesystem (whose server may never answer) or on a block
+device, and every transfer over ``INLINE_IO_LIMIT`` bytes run in a worker
+thread under ``--fs-timeout`` (``agent.fsguard``): a hung mount gets an error
+naming the path, and a handle whose call hung fails at once until that call
+comes back. Small transfers of local files, pipes and character devices run
+inline, since a thread costs more than the transfer (a local disk that stops
+answering can still stall those, as it stalls the kernel's own writeback).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from functools import partial
 from typing import TypeVar
 
 import pybase64
-import trio
 
 from agent.context import AgentContext
 from agent.errors import GenericError, os_error_text
@@ -61,7 +62,7 @@ _T = TypeVar("_T")
 async def _io(
     ctx: AgentContext, opened: OpenFile, size: int, function: Callable[..., _T], *args: object
 ) -> _T:
-    """A call on an open file: under the deadline when it may wait on a filesystem.
+    """A call on an open file: inline when small and local, else under the deadline.
 
     A call that times out is abandoned and marks the handle hung until it
     comes back (the descriptor stays open under it: only guest-file-close,
@@ -72,10 +73,8 @@ async def _io(
             f"handle {opened.handle} ('{opened.path}'): an earlier call on it did not"
             f" answer within {ctx.fs.timeout:g} s and has not come back; close the handle"
         )
-    if not opened.may_block:
-        if size <= INLINE_IO_LIMIT:
-            return function(*args)
-        return await trio.to_thread.run_sync(function, *args)
+    if not opened.may_block and size <= INLINE_IO_LIMIT:
+        return function(*args)
 
     def came_back() -> None:
         opened.hung = False
@@ -101,31 +100,33 @@ async def guest_file_open(ctx: AgentContext, path: str, mode: str | None) -> int
     ctx.store.check_room()
     try:
         # open() itself can block, on a network filesystem for one.
-        fd, may_block = await ctx.fs.call_on_path(
+        fd, mode_bits, device = await ctx.fs.call_on_path(
             path, partial(_open, path, flags), discard=_close_late
         )
     except (OSError, FsTimeout) as err:
         text = os_error_text(err) if isinstance(err, OSError) else str(err)
         raise GenericError(f"failed to open file '{path}' (mode: '{mode}'): {text}") from err
     opened = ctx.store.add(fd, path, mode)
-    opened.may_block = may_block
+    opened.may_block = stat.S_ISBLK(mode_bits) or (
+        stat.S_ISREG(mode_bits) and ctx.fs.may_hang(device)
+    )
     return opened.handle
 
 
-def _open(path: str, flags: int) -> tuple[int, bool]:
-    """The descriptor, and whether its I/O may wait on a filesystem."""
+def _open(path: str, flags: int) -> tuple[int, int, int]:
+    """The descriptor, its file's mode and the device of its filesystem."""
     fd = os.open(path, flags, NEW_FILE_MODE)
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
+        status = os.fstat(fd)
+        if stat.S_ISDIR(status.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
     except BaseException:
         os.close(fd)
         raise
-    return fd, stat.S_ISREG(mode) or stat.S_ISBLK(mode)
+    return fd, status.st_mode, status.st_dev
 
 
-def _close_late(opened: tuple[int, bool]) -> None:
+def _close_late(opened: tuple[int, int, int]) -> None:
     """An open that completed after its command had given up on it."""
     os.close(opened[0])
 

@@ -230,12 +230,13 @@ async def test_a_stale_marker_is_found_out_at_start(
 ) -> None:
     """Killed between writing the marker and freezing: nothing is frozen."""
     marker = tmp_path / MARKER_NAME
-    marker.write_text(json.dumps([str(scratch.xfs), str(scratch.ext4)]))
+    gone = tmp_path / "unmounted-since"
+    marker.write_text(json.dumps([str(scratch.xfs), str(scratch.ext4), str(gone)]))
     async with serve(scratch_config(tmp_path, scratch)) as (client, _):
         assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
         assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
         assert await client.execute("guest-fsfreeze-thaw") == {"return": 2}
-    assert f"{scratch.xfs}: not frozen; {scratch.ext4}: not frozen" in caplog.text
+    assert f"{scratch.xfs}: not frozen; {scratch.ext4}: not frozen; {gone}: gone" in caplog.text
     assert "starting thawed" in caplog.text
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import stat
 import threading
@@ -32,6 +33,7 @@ from agent.fsfreeze.state import (
     FreezeState,
     FreezeStateError,
 )
+from agent.fsguard import FsGuard
 from agent.logholding import HoldingHandler
 from tests.fsfreeze_fakes import (
     FAKE,
@@ -170,11 +172,14 @@ def table(tmp_path: Path) -> Path:
 
 
 def fake_freezer(tmp_path: Path, table: Path, ioctls: FakeIoctls, **options: object) -> Freezer:
+    """No deadline on the fake ioctls: they never hang, and under an autojump
+    clock virtual time runs ahead while a worker thread does its work."""
     return Freezer(
         str(tmp_path),
         mount_table=str(table),
         ioctls=ioctls,
         watchdog=False,
+        fs=FsGuard(math.inf),
         **options,  # type: ignore[arg-type]
     )
 
@@ -446,10 +451,10 @@ async def test_a_hook_that_hangs_is_killed_and_reported(tmp_path: Path, table: P
     freeze at its deadline; its whole process group is killed."""
     ioctls = FakeIoctls()
     hook = make_hook(tmp_path, 'echo "flushing"; sleep 600 & echo $! > "$0.child"; wait')
-    freezer = fake_freezer(tmp_path, table, ioctls, hook=str(hook), hook_timeout=0.5)
+    freezer = fake_freezer(tmp_path, table, ioctls, hook=str(hook), hook_timeout=3)
     with trio.fail_after(10), pytest.raises(GenericError) as caught:
         await freezer.freeze()
-    assert caught.value.desc == "fsfreeze hook did not finish within 0.5 s: flushing"
+    assert caught.value.desc == "fsfreeze hook did not finish within 3 s: flushing"
     assert ioctls.calls == []
     assert freezer.state is FreezeState.THAWED
     child = int((tmp_path / "fsfreeze-hook.child").read_text())

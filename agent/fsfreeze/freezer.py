@@ -157,6 +157,8 @@ class Freezer:
         for mountpoint in listed:
             try:
                 was_frozen = await self._fs.call(mountpoint, partial(self._ioctls.thaw, mountpoint))
+            except (FileNotFoundError, NotADirectoryError):
+                found.append(f"{mountpoint}: gone")  # nothing mounted there can be frozen
             except (OSError, FsTimeout) as err:
                 unknown.append(mountpoint)
                 text = os_error_text(err) if isinstance(err, OSError) else str(err)

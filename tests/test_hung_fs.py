@@ -112,6 +112,18 @@ def timed(
     return reply
 
 
+def waits_on_fuse(pid: int) -> bool:
+    """A thread of ``pid`` waits for the FUSE daemon's answer (past the watchdog's
+    start, in the freeze itself: a kill before that is another story)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "wchan").read_text() == "request_wait_answer":
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def ping(client: SocketClient) -> None:
     assert timed(client, "guest-ping") == {"return": {}}
 
@@ -316,7 +328,8 @@ def test_an_agent_killed_during_a_hung_freeze_leaves_no_false_frozen_state(
             ).encode()
         )
         marker = first.workdir / MARKER_NAME
-        assert eventually(marker.exists, seconds=10)
+        assert eventually(lambda: waits_on_fuse(first.proc.pid), seconds=10)
+        assert marker.exists()
         first.proc.kill()
         # Still held: the next agent (same state directory) cannot tell. It
         # serves once it has checked, and holds its log while it counts as frozen.
@@ -384,7 +397,8 @@ def next_status_after_sigkill(mounts: HungMounts, start: Callable[..., Any], wor
         client.send(
             json.dumps({"execute": "guest-fsfreeze-freeze-list", "arguments": request}).encode()
         )
-        assert eventually((first.workdir / MARKER_NAME).exists, seconds=10)
+        assert eventually(lambda: waits_on_fuse(first.proc.pid), seconds=10)
+        assert (first.workdir / MARKER_NAME).exists()
         first.proc.kill()
         mounts.release()
         first.proc.wait(20)

@@ -1,10 +1,16 @@
 """Core protocol benchmark: trio-qga and the real qemu-ga side by side, in one run.
 
-    .venv/bin/python benchmarks/bench_core.py [--quick] [--json FILE]
+    .venv/bin/python benchmarks/bench_core.py [--quick] [--size MIB] [--json FILE]
 
 Both agents run as processes on unix sockets, driven by the same blocking
-Python client. Reported as ratios (ours / qemu-ga for times, qemu-ga / ours
-inverted where higher is better), never as pass/fail.
+Python client: start-up to the first reply and memory once started, ping
+latency, pipelined pings, connect + 0xFF sync + ping + close cycles, the
+agent's CPU per MiB of 4 KiB reads, and memory after 1 MiB and 16 MiB reads
+and writes and after a 48 MiB read. The floor, an interpreter that imports
+trio and pydantic and nothing else, is measured in the same rounds for
+start-up and memory. Rounds alternate between the agents so that machine
+noise hits both; each row gives the medians and the ratio of each round
+(ours / theirs), its median and range, never a pass/fail.
 """
 
 from __future__ import annotations
@@ -23,13 +29,20 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pybase64
 
 PING = b'{"execute":"guest-ping"}\n'
 PING_REPLY = b'{"return": {}}\n'
 ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+TICKS = os.sysconf("SC_CLK_TCK")
+# The floor: what the stack this agent is built on costs by itself.
+FLOOR = "floor"
+FLOOR_IMPORTS = "import trio, pydantic"
 
 
 @dataclass
@@ -144,11 +157,36 @@ def started(agent: Agent, workdir: Path) -> Iterator[tuple[subprocess.Popen[byte
             proc.wait()
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def status_kib(status: str, field: str = "VmRSS") -> int:
+    """A figure in KiB from the text of a /proc/PID/status file."""
+    for line in status.splitlines():
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    return status_kib(Path(f"/proc/{pid}/status").read_text(), field)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def floor_startup() -> float:
+    """Seconds for the interpreter to import the stack the agent is built on, and exit."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", FLOOR_IMPORTS], check=True)
+    return time.perf_counter() - t0
+
+
+def floor_rss_kib() -> int:
+    """Resident memory of an interpreter that imported the same stack, and nothing else."""
+    script = f"{FLOOR_IMPORTS}; print(open('/proc/self/status').read())"
+    status = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    return status_kib(status.stdout.decode())
 
 
 def sequential_pings(sock: Path, count: int) -> list[float]:
@@ -185,71 +223,187 @@ def pipelined_pings(sock: Path, count: int) -> float:
 
 
 def connect_cycles(sock: Path, count: int) -> float:
-    """Mean seconds for connect, guest-sync-delimited, disconnect."""
+    """Cycles per second of connect, 0xFF + guest-sync-delimited, guest-ping, disconnect."""
     t0 = time.perf_counter()
     for i in range(count):
         client = Client(sock, time.monotonic() + 5)
         sync(client, 100 + i)
+        client.sock.sendall(PING)
+        if client.line() != PING_REPLY:
+            raise RuntimeError("bad reply to guest-ping")
         client.close()
-    return (time.perf_counter() - t0) / count
+    return count / (time.perf_counter() - t0)
 
 
-def measure(quick: bool) -> dict[str, dict[str, float]]:
+def read_file(client: Client, path: Path, count: int) -> int:
+    """Read ``path`` whole with guest-file-read ``count`` at a time; bytes read."""
+    handle = client.call("guest-file-open", path=str(path), mode="r")
+    total = 0
+    while True:
+        reply = client.call("guest-file-read", handle=handle, count=count)
+        total += len(pybase64.b64decode(reply["buf-b64"]))
+        if reply["eof"] or reply["count"] == 0:
+            break
+    client.call("guest-file-close", handle=handle)
+    return total
+
+
+def write_file(client: Client, path: Path, size: int, count: int) -> int:
+    """Write ``size`` bytes to ``path`` with guest-file-write ``count`` at a time."""
+    chunk = pybase64.b64encode(os.urandom(count)).decode()
+    handle = client.call("guest-file-open", path=str(path), mode="w")
+    total = 0
+    while total < size:
+        total += client.call("guest-file-write", handle=handle, **{"buf-b64": chunk})["count"]
+    client.call("guest-file-close", handle=handle)
+    return total
+
+
+def small_read_cpu(pid: int, sock: Path, source: Path) -> float:
+    """The agent's CPU milliseconds per MiB read with guest-file-read count 4096."""
+    client = Client(sock, time.monotonic() + 5)
+    sync(client, 4)
+    cpu0 = cpu_seconds(pid)
+    moved = read_file(client, source, 4096)
+    cpu = cpu_seconds(pid) - cpu0
+    client.close()
+    return cpu / (moved / MIB) * 1e3
+
+
+def big_transfers(sock: Path, source: Path, workdir: Path) -> None:
+    """The load before "memory after load": 1 MiB and 16 MiB reads and writes."""
+    client = Client(sock, time.monotonic() + 5)
+    sync(client, 5)
+    size = source.stat().st_size
+    for count in (MIB, 16 * MIB):
+        read_file(client, source, count)
+        write_file(client, workdir / "written", size, count)
+    client.close()
+
+
+def big_read(sock: Path, source: Path) -> None:
+    """One guest-file-read of the largest count qemu-ga allows (48 MiB)."""
+    client = Client(sock, time.monotonic() + 5)
+    sync(client, 6)
+    handle = client.call("guest-file-open", path=str(source), mode="r")
+    client.call("guest-file-read", handle=handle, count=48 * MIB)
+    client.call("guest-file-close", handle=handle)
+    client.close()
+
+
+@dataclass
+class Metric:
+    """One row: per-round figures of each agent and, where it has one, of the floor."""
+
+    title: str
+    higher_is_better: bool = False
+    rounds: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, who: str, value: float) -> None:
+        self.rounds.setdefault(who, []).append(value)
+
+    def median(self, who: str) -> float:
+        return statistics.median(self.rounds[who])
+
+    def ratios(self, who: str, other: str) -> list[float]:
+        """Round by round (the same moment of machine load), ``who`` / ``other``."""
+        pairs = zip(self.rounds[who], self.rounds[other], strict=False)
+        return [mine / theirs for mine, theirs in pairs if theirs]
+
+
+def measure(quick: bool, source_mib: int) -> list[Metric]:
     """Every metric for both agents, in alternating rounds so drift hits both alike."""
     rounds = 3 if quick else 10
     n_seq, n_pipe, n_cycles = (200, 5000, 30) if quick else (1000, 5000, 100)
-    names = [agent.name for agent in AGENTS]
-    starts: dict[str, list[float]] = {name: [] for name in names}
-    latencies: dict[str, list[float]] = {name: [] for name in names}
-    pipelined: dict[str, list[float]] = {name: [] for name in names}
-    cycles: dict[str, list[float]] = {name: [] for name in names}
-    results: dict[str, dict[str, float]] = {name: {} for name in names}
+    startup = Metric("start-up to first reply (ms)")
+    idle = Metric("resident memory, idle after start (MiB)")
+    ping_median = Metric("guest-ping median latency (us)")
+    ping_p99 = Metric("guest-ping p99 latency (us)")
+    pipelined = Metric("pipelined pings per second", higher_is_better=True)
+    cycles = Metric("connect+sync+ping+close per second", higher_is_better=True)
+    small_reads = Metric("agent CPU per MiB, reads of 4 KiB (ms)")
+    after_load = Metric("resident memory after 1 and 16 MiB transfers (MiB)")
+    after_big = Metric("resident memory after a 48 MiB read (MiB)")
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-core-")))
+        source = workdir / "source"
+        source.write_bytes(os.urandom(source_mib * MIB))
+        big_source = workdir / "big-source"
+        big_source.write_bytes(os.urandom(48 * MIB))
         for _ in range(rounds):
+            startup.add(FLOOR, floor_startup() * 1e3)
             for agent in AGENTS:
-                with started(agent, workdir) as (_, _, startup):
-                    starts[agent.name].append(startup)
+                with started(agent, workdir) as (proc, _, seconds):
+                    startup.add(agent.name, seconds * 1e3)
+                    time.sleep(0.1)  # let it settle: what it holds once serving
+                    idle.add(agent.name, rss_kib(proc.pid) / 1024)
+            idle.add(FLOOR, floor_rss_kib() / 1024)
         running = {}
         for agent in AGENTS:
             proc, sock, _ = stack.enter_context(started(agent, workdir))
-            running[agent.name] = (proc, sock)
-            results[agent.name]["idle RSS (MiB)"] = rss_kib(proc.pid) / 1024
+            running[agent.name] = (proc.pid, sock)
         for _ in range(rounds):
-            for name, (_, sock) in running.items():
-                latencies[name] += sequential_pings(sock, n_seq)
-                pipelined[name].append(pipelined_pings(sock, n_pipe))
-                cycles[name].append(connect_cycles(sock, n_cycles))
-        for name, (proc, _) in running.items():
-            figures = results[name]
-            figures["ping median (us)"] = statistics.median(latencies[name]) * 1e6
-            figures["ping p99 (us)"] = statistics.quantiles(latencies[name], n=100)[98] * 1e6
-            figures["pipelined pings/s"] = statistics.median(pipelined[name])
-            figures["connect+sync+close (us)"] = statistics.median(cycles[name]) * 1e6
-            figures["RSS after load (MiB)"] = rss_kib(proc.pid) / 1024
-            figures["start-up to first reply (ms)"] = statistics.median(starts[name]) * 1e3
-    return results
+            for name, (pid, sock) in running.items():
+                latencies = sequential_pings(sock, n_seq)
+                ping_median.add(name, statistics.median(latencies) * 1e6)
+                ping_p99.add(name, statistics.quantiles(latencies, n=100)[98] * 1e6)
+                pipelined.add(name, pipelined_pings(sock, n_pipe))
+                cycles.add(name, connect_cycles(sock, n_cycles))
+                small_reads.add(name, small_read_cpu(pid, sock, source))
+        for name, (pid, sock) in running.items():
+            big_transfers(sock, source, workdir)
+            after_load.add(name, rss_kib(pid) / 1024)
+            big_read(sock, big_source)
+            after_big.add(name, rss_kib(pid) / 1024)
+    return [
+        startup,
+        idle,
+        ping_median,
+        ping_p99,
+        pipelined,
+        cycles,
+        small_reads,
+        after_load,
+        after_big,
+    ]
 
 
-HIGHER_IS_BETTER = {"pipelined pings/s"}
+def spread(values: list[float]) -> str:
+    """Median and the range over the rounds."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}x"
+    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--size", type=int, default=16, help="MiB read and written per transfer (default 16)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the per-round figures to this file")
     args = parser.parse_args()
-    figures = measure(args.quick)
-    ours_, theirs = figures["trio-qga"], figures["qemu-ga"]
-    print(f"{'metric':32} {'trio-qga':>12} {'qemu-ga':>12} {'ratio':>8}")
-    for metric, value in ours_.items():
-        other = theirs[metric]
-        ratio = value / other if other else float("nan")
-        note = "x (higher is better)" if metric in HIGHER_IS_BETTER else "x"
-        print(f"{metric:32} {value:12.1f} {other:12.1f} {ratio:7.2f}{note}")
-    print(f"(python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
+    metrics = measure(args.quick, args.size)
+    print(
+        f"{'metric':52} {'trio-qga':>9} {'qemu-ga':>9} {'ours/qemu-ga (range)':>22}"
+        f" {'floor':>7} {'ours/floor (range)':>20}"
+    )
+    for metric in metrics:
+        ours_, theirs = metric.median("trio-qga"), metric.median("qemu-ga")
+        line = (
+            f"{metric.title:52} {ours_:9.1f} {theirs:9.1f}"
+            f" {spread(metric.ratios('trio-qga', 'qemu-ga')):>22}"
+        )
+        if FLOOR in metric.rounds:
+            floor_ratio = spread(metric.ratios("trio-qga", FLOOR))
+            line += f" {metric.median(FLOOR):7.1f} {floor_ratio:>20}"
+        print(line + ("  (higher is better)" if metric.higher_is_better else ""))
+    print(
+        f"(medians; ratios per round, median and range; floor: python -c '{FLOOR_IMPORTS}';"
+        f" python {sys.version.split()[0]}, {os.cpu_count()} CPUs)"
+    )
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+        args.json.write_text(json.dumps({metric.title: metric.rounds for metric in metrics}))
     return 0
 
 

@@ -22,56 +22,26 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pybase64
+from benchmarks.bench_core import (
+    AGENTS,
+    MIB,
+    Agent,
+    Client,
+    cpu_seconds,
+    read_file,
+    rss_kib,
+    started,
+    sync,
+    write_file,
+)
 
-from benchmarks.bench_core import AGENTS, Agent, Client, started, sync
-
-MIB = 1024 * 1024
 COUNTS = {"4 KiB": 4096, "1 MiB": MIB, "16 MiB": 16 * MIB}
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field}")
 
 
 class FileClient(Client):
     def __init__(self, sock: Path) -> None:
         super().__init__(sock, time.monotonic() + 10)
         sync(self, 7)
-
-
-def read_file(client: FileClient, path: Path, count: int) -> int:
-    handle = client.call("guest-file-open", path=str(path), mode="r")
-    total = 0
-    while True:
-        reply = client.call("guest-file-read", handle=handle, count=count)
-        assert isinstance(reply, dict)
-        total += len(pybase64.b64decode(reply["buf-b64"]))
-        if reply["eof"] or reply["count"] == 0:
-            break
-    client.call("guest-file-close", handle=handle)
-    return total
-
-
-def write_file(client: FileClient, path: Path, size: int, count: int) -> int:
-    chunk = pybase64.b64encode(os.urandom(count)).decode()
-    handle = client.call("guest-file-open", path=str(path), mode="w")
-    total = 0
-    while total < size:
-        reply = client.call("guest-file-write", handle=handle, **{"buf-b64": chunk})
-        assert isinstance(reply, dict)
-        total += reply["count"]
-    client.call("guest-file-close", handle=handle)
-    return total
 
 
 @contextlib.contextmanager
@@ -107,9 +77,9 @@ def peak_memory(agent: Agent, workdir: Path, source: Path) -> float:
     with agent_process(agent, workdir) as (pid, client):
         handle = client.call("guest-file-open", path=str(source))
         client.call("guest-file-read", handle=handle, count=10)
-        idle = status_kib(pid, "VmRSS")
+        idle = rss_kib(pid)
         client.call("guest-file-read", handle=handle, count=48 * MIB)
-        return (status_kib(pid, "VmHWM") - idle) / 1024
+        return (rss_kib(pid, "VmHWM") - idle) / 1024
 
 
 def main() -> int:

@@ -89,6 +89,30 @@ def test_sigkill_while_frozen_the_watchdog_thaws(tmp_path: Path, scratch: Scratc
     assert watchdog != proc.pid
 
 
+def test_one_watchdog_serves_every_freeze_and_stops_with_the_agent(
+    tmp_path: Path, scratch: Scratch
+) -> None:
+    """Started at the first freeze, not before; kept (a thaw does not wait for a
+    process to exit, a freeze for one to start); gone once the agent stops."""
+    marker = str(tmp_path / MARKER_NAME)
+    xfs = {"mountpoints": [str(scratch.xfs)]}
+    with running_agent(tmp_path, *agent_options(tmp_path, scratch)) as (proc, sock):
+        client = SocketClient(sock)
+        assert not processes_mentioning(marker)
+        assert client.execute("guest-fsfreeze-freeze-list", xfs) == {"return": 1}
+        [watchdog] = processes_mentioning(marker)
+        assert client.execute("guest-fsfreeze-thaw") == {"return": 1}
+        assert processes_mentioning(marker) == [watchdog]
+        assert client.execute("guest-fsfreeze-freeze") == {"return": 2}
+        assert processes_mentioning(marker) == [watchdog]
+        assert client.execute("guest-fsfreeze-thaw") == {"return": 2}
+        assert processes_mentioning(marker) == [watchdog]
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    assert eventually(lambda: not processes_mentioning(marker))
+
+
 def test_auto_thaw_and_a_log_file_on_the_frozen_filesystem(
     tmp_path: Path, scratch: Scratch
 ) -> None:
@@ -186,4 +210,26 @@ def test_a_released_watchdog_leaves_everything_alone(tmp_path: Path, scratch: Sc
     assert not (tmp_path / "hook.log").exists()
     for stream in (watchdog.stdout, watchdog.stderr):
         assert stream is not None
+        stream.close()
+
+
+def test_a_released_watchdog_guards_the_next_freeze(tmp_path: Path, scratch: Scratch) -> None:
+    ioctls = LinuxIoctls()
+    assert ioctls.freeze(str(scratch.xfs), None)
+    watchdog = start_watchdog(tmp_path, [str(scratch.xfs)])
+    assert watchdog.stdin is not None
+    assert watchdog.stdout is not None
+    assert watchdog.stderr is not None
+    watchdog.stdin.write(RELEASED)
+    watchdog.stdin.flush()
+    assert ioctls.thaw(str(scratch.xfs))  # the agent's own thaw, before it released
+    assert ioctls.freeze(str(scratch.ext4), None)
+    watchdog.stdin.write(json.dumps([str(scratch.ext4)]).encode() + b"\n")
+    watchdog.stdin.flush()
+    assert watchdog.stdout.readline() == ARMED
+    watchdog.stdin.close()  # the agent dies with ext4 frozen
+    assert watchdog.wait(10) == 0
+    assert write_to(scratch.ext4).finished_within(10)
+    assert f"thawed 1: {scratch.ext4}".encode() in watchdog.stderr.read()
+    for stream in (watchdog.stdout, watchdog.stderr):
         stream.close()

@@ -1,12 +1,13 @@
 """The freezer: freeze and thaw guest filesystems, and never leave them frozen.
 
 It drives the state machine of ``agent.fsfreeze.state``. A freeze runs the
-hook, writes the frozen marker, arms the watchdog process, then issues
-FIFREEZE children first; whatever stops it part way (an error, a cancelled
-or timed-out command, an agent that is shutting down) undoes it inside a
-shielded cancel scope: what was frozen is thawed before the error reply goes
-out. A thaw happens on the ``guest-fsfreeze-thaw`` command, when the
-auto-thaw timeout expires, and when the agent stops (:meth:`Freezer.aclose`).
+hook, writes the frozen marker, arms the watchdog process (started at the
+first freeze and kept), then issues FIFREEZE children first; whatever stops
+it part way (an error, a cancelled or timed-out command, an agent that is
+shutting down) undoes it inside a shielded cancel scope: what was frozen is
+thawed before the error reply goes out. A thaw happens on the
+``guest-fsfreeze-thaw`` command, when the auto-thaw timeout expires, and when
+the agent stops (:meth:`Freezer.aclose`).
 While anything is frozen, log records are held in memory (``agent.logholding``).
 """
 
@@ -58,7 +59,7 @@ class Freezer:
         fs: FsGuard | None = None,
         hook_timeout: float = HOOK_TIMEOUT,
     ) -> None:
-        """``ioctls`` None means the real kernel calls; ``watchdog`` starts the
+        """``ioctls`` None means the real kernel calls; ``watchdog`` arms the
         watchdog process before each freeze (pointless with fake ioctls); ``fs``
         gives each FIFREEZE and FITHAW its deadline."""
         self.mount_table = mount_table
@@ -68,8 +69,8 @@ class Freezer:
         self._ioctls: FreezeIoctls = ioctls or LinuxIoctls()
         self._use_watchdog = watchdog
         self._fs = fs or FsGuard()
-        self._watchdog: Watchdog | None = None
         self._marker = FrozenMarker(statedir)
+        self._watchdog = Watchdog(marker=str(self._marker.path), hook=hook)
         self._lock = trio.Lock()  # one freeze or thaw at a time
         self._deadline = math.inf  # of the auto-thaw, in trio time
         self._deadline_changed = trio.Event()
@@ -117,12 +118,13 @@ class Freezer:
             return count
 
     async def aclose(self) -> None:
-        """Thaw if frozen: the agent is stopping (SIGTERM, SIGINT, end of embedding)."""
+        """Thaw if frozen, and stop the watchdog: the agent is stopping (SIGTERM,
+        SIGINT, end of embedding)."""
         with trio.CancelScope(shield=True):
-            if not self.frozen:
-                return
-            log.warning("stopping while frozen: thawing first")
-            await self._thaw_logging_errors("stopping")
+            if self.frozen:
+                log.warning("stopping while frozen: thawing first")
+                await self._thaw_logging_errors("stopping")
+            await self._watchdog.aclose()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Thaw when the auto-thaw timeout expires; runs as long as the agent.
@@ -203,7 +205,7 @@ class Freezer:
                 hook_ran = True
             self._write_marker([mount.mountpoint for mount in plan])
             if self._use_watchdog:
-                self._watchdog = await self._start_watchdog(plan)
+                await self._arm_watchdog(plan)
             for mount in plan:
                 if await self._freeze_guarded(mount):
                     frozen.append(mount.mountpoint)
@@ -260,11 +262,9 @@ class Freezer:
         except OSError as err:  # as qemu-ga: a warning, the freeze goes on
             log.warning("cannot create %s: %s", self._marker.path, os_error_text(err))
 
-    async def _start_watchdog(self, plan: list[Mount]) -> Watchdog:
+    async def _arm_watchdog(self, plan: list[Mount]) -> None:
         try:
-            return await Watchdog.start(
-                [mount.mountpoint for mount in plan], marker=str(self._marker.path), hook=self.hook
-            )
+            await self._watchdog.arm([mount.mountpoint for mount in plan])
         except WatchdogError as err:
             raise GenericError(str(err)) from err
 
@@ -293,9 +293,7 @@ class Freezer:
             self._machine.fire(FreezeEvent.THAWED)
             release_logs()
             log.info("thawed %d filesystem(s)", count)
-            if self._watchdog is not None:  # still under the lock: no freeze meanwhile
-                await self._watchdog.release()
-                self._watchdog = None
+            await self._watchdog.release()  # still under the lock: no freeze meanwhile
         return count
 
     def _thaw_one(self, mountpoint: str) -> bool:

@@ -1,13 +1,15 @@
 """The fsfreeze watchdog: a small process that thaws if the agent dies while frozen.
 
 qemu-ga killed with SIGKILL while frozen leaves the guest frozen until someone
-thaws it by hand. Before its first FIFREEZE, trio-qga starts this program with
-a pipe on its standard input and sends it, as one JSON line, the mountpoints
-it is about to freeze; the program answers ``armed`` and waits. After a thaw
-the agent sends ``released`` and closes the pipe. If the pipe reaches end of
-file without ``released`` (the agent died: the kernel closes its end of the
-pipe whatever killed it), the watchdog thaws those mountpoints, removes the
-frozen marker, runs the fsfreeze hook with ``thaw`` and exits.
+thaws it by hand. trio-qga starts this program before its first freeze, with
+pipes on its standard input and output, and keeps it for the next ones. Before
+each FIFREEZE the agent sends it, as one JSON line, the mountpoints it is about
+to freeze; the program answers ``armed`` and waits. After the thaw the agent
+sends ``released``, and the program waits for the next freeze. If its input
+reaches end of file while armed (the agent died: the kernel closes its end of
+the pipe whatever killed it), the watchdog thaws those mountpoints, removes
+the frozen marker, runs the fsfreeze hook with ``thaw`` and exits; end of file
+while released (the agent stopped, or died thawed) ends it without a thaw.
 
 It runs in its own session (a terminal's Ctrl-C or a signal to the agent's
 process group does not reach it) and ignores SIGINT, SIGTERM and SIGHUP: the
@@ -89,31 +91,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, signal.SIG_IGN)
     thaw = _load_thaw()
     stdin = sys.stdin.buffer
-    mountpoints = json.loads(stdin.readline() or b"[]")
-    try:
-        os.write(sys.stdout.fileno(), ARMED)
-    except OSError:  # the agent died before reading it: thaw all the same
-        pass
-    # The agent stops reading: nothing more may go that way.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    while line := stdin.readline():
-        if line == RELEASED:
-            return 0
-    thawed = _thaw_all(mountpoints[::-1], thaw)  # they came children first
-    if args.marker:
+    while request := stdin.readline():
+        mountpoints = json.loads(request)
         try:
-            os.unlink(args.marker)
+            os.write(sys.stdout.fileno(), ARMED)
+        except OSError:  # the agent died before reading it: thaw all the same
+            pass
+        while (line := stdin.readline()) and line != RELEASED:
+            pass
+        if not line:
+            _thaw_after_the_agent(mountpoints, thaw, args.marker, args.hook)
+            break
+    return 0
+
+
+def _thaw_after_the_agent(
+    mountpoints: list[str], thaw: Callable[[str], bool], marker: str | None, hook: str | None
+) -> None:
+    """The agent went away while ``mountpoints`` were frozen: undo all it did."""
+    thawed = _thaw_all(mountpoints[::-1], thaw)  # they came children first
+    if marker:
+        try:
+            os.unlink(marker)
         except FileNotFoundError:
             pass
         except OSError as err:
-            _say(f"cannot remove {args.marker}: {err.strerror}")
+            _say(f"cannot remove {marker}: {err.strerror}")
     _say(
         "the agent went away while filesystems were frozen; "
         f"thawed {len(thawed)}: {', '.join(thawed) or '-'}"
     )
-    if args.hook:
-        _run_hook(args.hook)
-    return 0
+    if hook:
+        _run_hook(hook)
 
 
 if __name__ == "__main__":

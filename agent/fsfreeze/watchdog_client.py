@@ -1,5 +1,6 @@
-"""The agent's side of the fsfreeze watchdog (see ``watchdog.py``): start it, arm it
-with the mountpoints about to be frozen, release it after the thaw."""
+"""The agent's side of the fsfreeze watchdog (see ``watchdog.py``): start it once,
+arm it with the mountpoints about to be frozen, release it after each thaw, and
+stop it with the agent."""
 
 from __future__ import annotations
 
@@ -14,82 +15,102 @@ import trio
 from agent.fsfreeze.watchdog import ARMED, RELEASED
 
 WATCHDOG_PROGRAM = str(Path(__file__).with_name("watchdog.py"))
-START_TIMEOUT = 10.0  # seconds for the watchdog to start and answer
-STOP_TIMEOUT = 5.0  # seconds for it to exit once released, before it is killed
+ARM_TIMEOUT = 10.0  # seconds for the watchdog to start (the first time) and answer
+STOP_TIMEOUT = 5.0  # seconds for it to exit once its input is closed, before it is killed
 
 log = logging.getLogger(__name__)
 
 
 class WatchdogError(Exception):
-    """The watchdog could not be started: the freeze must not go ahead."""
+    """The watchdog could not be armed: the freeze must not go ahead."""
 
 
 class Watchdog:
-    """A running, armed watchdog process."""
+    """The watchdog process, started before the first freeze and kept for the next ones."""
 
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(cls, mountpoints: list[str], *, marker: str, hook: str | None) -> Watchdog:
-        """Start the watchdog and wait until it holds ``mountpoints``."""
+    def __init__(self, *, marker: str, hook: str | None) -> None:
         # -I -S: the standard library only; nothing from the environment.
-        command = [sys.executable, "-I", "-S", WATCHDOG_PROGRAM, "--marker", marker]
+        self._command = [sys.executable, "-I", "-S", WATCHDOG_PROGRAM, "--marker", marker]
         if hook:
-            command += ["--hook", hook]
+            self._command += ["--hook", hook]
+        self._process: trio.Process | None = None
+        self._armed = False
+
+    async def arm(self, mountpoints: list[str]) -> None:
+        """Make the watchdog hold ``mountpoints`` (starting it if it is not running)."""
+        if self._process is not None and self._process.poll() is not None:
+            log.warning("fsfreeze watchdog %d has gone: starting another", self._process.pid)
+            await self._stop()
         try:
-            process = await trio.lowlevel.open_process(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
-            )
-        except OSError as err:
-            raise WatchdogError(f"cannot start the fsfreeze watchdog: {err}") from err
-        watchdog = cls(process)
-        try:
-            with trio.fail_after(START_TIMEOUT):
-                await watchdog._arm(mountpoints)
+            with trio.fail_after(ARM_TIMEOUT):
+                if self._process is None:
+                    self._process = await trio.lowlevel.open_process(
+                        self._command,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        start_new_session=True,
+                    )
+                await self._arm(self._process, mountpoints)
         except (trio.TooSlowError, trio.BrokenResourceError, OSError) as err:
-            await watchdog._kill()
+            await self._stop()
             raise WatchdogError(f"the fsfreeze watchdog did not start: {err!r}") from err
         except BaseException:
-            await watchdog._kill()
+            await self._stop()
             raise
-        log.debug("fsfreeze watchdog %d armed for %s", process.pid, ", ".join(mountpoints))
-        return watchdog
+        self._armed = True
+        log.debug("fsfreeze watchdog %d armed for %s", self._process.pid, ", ".join(mountpoints))
 
-    async def _arm(self, mountpoints: list[str]) -> None:
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        await self.process.stdin.send_all(json.dumps(mountpoints).encode() + b"\n")
+    @staticmethod
+    async def _arm(process: trio.Process, mountpoints: list[str]) -> None:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        await process.stdin.send_all(json.dumps(mountpoints).encode() + b"\n")
         answer = b""
         while len(answer) < len(ARMED):
-            data = await self.process.stdout.receive_some(len(ARMED) - len(answer))
+            data = await process.stdout.receive_some(len(ARMED) - len(answer))
             if not data:
                 break
             answer += data
         if answer != ARMED:
             raise trio.BrokenResourceError(f"it answered {answer!r}")
-        await self.process.stdout.aclose()
 
     async def release(self) -> None:
-        """Tell the watchdog that all is thawed, and wait for it to exit. Shielded:
-        this runs on the way out of a cancelled freeze or of the agent."""
+        """Tell the watchdog that all is thawed; it then waits for the next freeze.
+        Shielded: this runs on the way out of a cancelled freeze or of the agent."""
+        if not self._armed:
+            return
+        self._armed = False
+        assert self._process is not None
+        assert self._process.stdin is not None
         with trio.CancelScope(shield=True):
-            assert self.process.stdin is not None
             try:
-                await self.process.stdin.send_all(RELEASED)
-                await self.process.stdin.aclose()
+                await self._process.stdin.send_all(RELEASED)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
-                log.warning("fsfreeze watchdog %d: %s", self.process.pid, err)
-            with trio.move_on_after(STOP_TIMEOUT):
-                await self.process.wait()
-                return
-            log.warning("fsfreeze watchdog %d did not exit: killing it", self.process.pid)
-            await self._kill()
+                log.warning("fsfreeze watchdog %d: %s", self._process.pid, err)
+                await self._stop()
 
-    async def _kill(self) -> None:
+    async def aclose(self) -> None:
+        """Stop the watchdog (released first, if armed): the agent is stopping."""
+        await self.release()
+        if self._process is None:
+            return
         with trio.CancelScope(shield=True):
-            self.process.kill()
-            await self.process.wait()
-            for pipe in (self.process.stdin, self.process.stdout):
+            assert self._process.stdin is not None
+            await trio.aclose_forcefully(self._process.stdin)
+            with trio.move_on_after(STOP_TIMEOUT):
+                await self._process.wait()
+                await self._stop()
+                return
+            log.warning("fsfreeze watchdog %d did not exit: killing it", self._process.pid)
+            await self._stop()
+
+    async def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        with trio.CancelScope(shield=True):
+            process.kill()
+            await process.wait()
+            for pipe in (process.stdin, process.stdout):
                 if pipe is not None:
                     await trio.aclose_forcefully(pipe)

@@ -17,6 +17,7 @@ from functools import partial
 import trio
 
 from agent import conffile, daemon
+from agent.allocator import return_big_buffers
 from agent.config import DEFAULT_BAUD_RATE, DEFAULT_PIDFILE, DEFAULT_STATEDIR, AgentConfig
 from agent.fsfreeze.hook import DEFAULT_HOOK
 from agent.fsfreeze.mounts import DEFAULT_MOUNT_TABLE
@@ -317,6 +318,7 @@ def _serve(
     config: AgentConfig, listener: socket.socket | None, launcher: daemon.Launcher | None
 ) -> int:
     notifier = Notifier.from_environment()
+    return_big_buffers()
 
     def ready() -> None:
         notifier.notify("READY=1")

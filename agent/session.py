@@ -13,8 +13,8 @@ import logging
 import trio
 
 from agent.dispatch import Dispatcher
-from agent.protocol import Flush, Framer, Message, ParseError, encode_error
-from agent.wirelog import for_session
+from agent.protocol import Event, Flush, Framer, Message, ParseError, encode_error
+from agent.wirelog import WireLog, for_session
 
 log = logging.getLogger(__name__)
 
@@ -48,39 +48,57 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
             read_size = min(read_size * 2, MAX_READ)
         elif len(data) < read_size // 2:
             read_size = max(read_size // 2, MIN_READ)
-        for event in framer.receive(data):
-            if isinstance(event, Message):
-                if wire:
-                    wire.request(len(data), event.value)
-                call = dispatcher.prepare(event.value)
-                if isinstance(call, bytes):
-                    if wire:
-                        wire.reply(call)
-                    pending.append(call)
-                    continue
-                log.debug("executing %s", call.command.name)
-                if call.command.is_async:
-                    if pending:
-                        await _send(stream, pending)
-                    reply = await dispatcher.run(call)
-                else:
-                    reply = dispatcher.run_sync(call)
-                if wire and reply is not None:
-                    wire.reply(reply)
-                if isinstance(reply, bytes):
-                    pending.append(reply)
-                elif reply is not None:
-                    pending += reply
-            elif isinstance(event, ParseError):
-                log.debug("parse error: %s", event.reason)
-                pending.append(encode_error("GenericError", event.reason))
-                if wire:
-                    wire.parse_error()
-                    wire.reply(pending[-1])
-            elif isinstance(event, Flush):
-                log.debug("0xFF: parser flushed")
+        await _answer(stream, dispatcher, framer.receive(data), pending, wire, len(data))
+        # Kept until the next read completes, the last read of a big request
+        # would keep the heap from giving back what the request took.
+        del data
         if pending:
             await _send(stream, pending)
+
+
+async def _answer(
+    stream: trio.abc.Stream,
+    dispatcher: Dispatcher,
+    events: list[Event],
+    pending: list[bytes],
+    wire: WireLog | None,
+    read: int,
+) -> None:
+    """Run the requests of one read (``read`` bytes); their replies go to
+    ``pending``. A function of its own so that a big request and its reply (a
+    48 MiB read's is 64 MiB) are freed with its frame, not kept in the loop's
+    variables until the next read."""
+    for event in events:
+        if isinstance(event, Message):
+            if wire:
+                wire.request(read, event.value)
+            call = dispatcher.prepare(event.value)
+            if isinstance(call, bytes):
+                if wire:
+                    wire.reply(call)
+                pending.append(call)
+                continue
+            log.debug("executing %s", call.command.name)
+            if call.command.is_async:
+                if pending:
+                    await _send(stream, pending)
+                reply = await dispatcher.run(call)
+            else:
+                reply = dispatcher.run_sync(call)
+            if wire and reply is not None:
+                wire.reply(reply)
+            if isinstance(reply, bytes):
+                pending.append(reply)
+            elif reply is not None:
+                pending += reply
+        elif isinstance(event, ParseError):
+            log.debug("parse error: %s", event.reason)
+            pending.append(encode_error("GenericError", event.reason))
+            if wire:
+                wire.parse_error()
+                wire.reply(pending[-1])
+        elif isinstance(event, Flush):
+            log.debug("0xFF: parser flushed")
 
 
 async def _send(stream: trio.abc.Stream, pending: list[bytes]) -> None:

@@ -98,11 +98,16 @@ class SocketClient:
     def line(self, timeout: float | None = None) -> bytes:
         if timeout is not None:
             self.sock.settimeout(timeout)
-        while b"\n" not in self.buffer:
-            data = self.sock.recv(1 << 20)
-            if not data:
-                raise EOFError("agent closed the connection")
-            self.buffer += data
+        if b"\n" not in self.buffer:
+            pieces = [self.buffer]  # joined once: a 64 MiB reply is not copied over and over
+            while True:
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    raise EOFError("agent closed the connection")
+                pieces.append(data)
+                if b"\n" in data:
+                    break
+            self.buffer = b"".join(pieces)
         line, self.buffer = self.buffer.split(b"\n", 1)
         return line
 

@@ -11,8 +11,6 @@ import ipaddress
 import socket
 from typing import Any
 
-import psutil
-
 from agent.context import AgentContext
 from agent.errors import GenericError, os_error_text
 from agent.registry import HandlerSet
@@ -21,10 +19,13 @@ from agent.sysinfo.procfs import parse_ipv4_routes, parse_ipv6_routes
 handlers = HandlerSet()
 
 _ADDRESS_TYPES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+_AF_LINK = socket.AF_PACKET  # what psutil.AF_LINK is on Linux
 
 
 @handlers.command("guest-network-get-interfaces")
 def guest_network_get_interfaces(ctx: AgentContext) -> list[dict[str, Any]]:
+    import psutil  # on first use: it costs the agent's start-up otherwise
+
     try:
         addresses = psutil.net_if_addrs()
         counters = psutil.net_io_counters(pernic=True, nowrap=False)
@@ -38,7 +39,7 @@ def guest_network_get_interfaces(ctx: AgentContext) -> list[dict[str, Any]]:
 
 def _interface(name: str, addresses: list[Any], counters: Any) -> dict[str, Any]:
     interface: dict[str, Any] = {"name": name}
-    hardware = next((a.address for a in addresses if a.family == psutil.AF_LINK), None)
+    hardware = next((a.address for a in addresses if a.family == _AF_LINK), None)
     if hardware:
         interface["hardware-address"] = hardware
     ip_addresses = [_ip_address(a) for a in addresses if a.family in _ADDRESS_TYPES]

@@ -9,8 +9,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import psutil
-
 from agent.context import AgentContext
 from agent.errors import GenericError, os_error_text
 from agent.registry import HandlerSet
@@ -94,6 +92,8 @@ def _read_os_release(ctx: AgentContext) -> str | None:
 
 @handlers.command("guest-get-users")
 def guest_get_users(ctx: AgentContext) -> list[dict[str, object]]:
+    import psutil  # on first use: it costs the agent's start-up otherwise
+
     return logged_in_users(psutil.users())
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import psutil
 import trio
 
 from agent.context import AgentContext
@@ -25,6 +24,8 @@ async def process_list(ctx: AgentContext, name: str | None) -> list[dict[str, ob
 
 
 def _processes(name: str | None) -> list[dict[str, object]]:
+    import psutil  # on first use: plugins load at the agent's start
+
     result = []
     for process in psutil.process_iter(_PROCESS_FIELDS):
         info = process.info

@@ -2,11 +2,15 @@
 
 The file is QEMU's QAPI form: a sequence of single-quoted JSON objects with
 ``#`` comment lines. The agent's own framer reads it, since it already speaks
-QEMU's dialect of JSON.
+QEMU's dialect of JSON. The agent's own schema is parsed ahead of time, not at
+every start: ``scripts/parse-schema`` writes its definitions as plain
+JSON beside it (``tests/test_schema_parsed.py`` checks that the two agree).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,6 +19,7 @@ from typing import Any
 from agent.protocol import Framer, Message, ParseError
 
 BUILTIN_SCHEMA = "qga-schema.json"
+PARSED_SCHEMA = "qga-schema.parsed.json"  # BUILTIN_SCHEMA's definitions, as plain JSON
 
 
 class SchemaError(ValueError):
@@ -43,9 +48,9 @@ _TYPE_KINDS = ("struct", "enum", "alternate", "union")
 
 
 def load_builtin() -> SchemaDefs:
-    """The agent's own schema, shipped in the package."""
-    text = resources.files("agent.models").joinpath(BUILTIN_SCHEMA).read_text("utf-8")
-    return parse(text, BUILTIN_SCHEMA)
+    """The agent's own schema, shipped in the package (its parsed form)."""
+    text = resources.files("agent.models").joinpath(PARSED_SCHEMA).read_text("utf-8")
+    return definitions(json.loads(text), PARSED_SCHEMA)
 
 
 def load_file(path: Path) -> SchemaDefs:
@@ -54,17 +59,36 @@ def load_file(path: Path) -> SchemaDefs:
 
 def parse(text: str, origin: str) -> SchemaDefs:
     """Parse QAPI schema text; ``origin`` names it in error messages."""
+    return definitions(expressions(text, origin), origin)
+
+
+def expressions(text: str, origin: str) -> list[object]:
+    """The top-level expressions of QAPI schema text, in order."""
     body = "\n".join("" if line.lstrip().startswith("#") else line for line in text.splitlines())
-    defs = SchemaDefs()
+    found = []
     framer = Framer()
     for event in framer.receive(body.encode("utf-8") + b"\n"):
         if isinstance(event, ParseError):
             raise SchemaError(f"{origin}: {event.reason}")
         if isinstance(event, Message):
-            _add(defs, event.value, origin)
+            found.append(event.value)
     if not framer.idle:
         raise SchemaError(f"{origin}: JSON parse error, unexpected end of file")
+    return found
+
+
+def definitions(exprs: Iterable[object], origin: str) -> SchemaDefs:
+    """The definitions of schema expressions, checked for shape."""
+    defs = SchemaDefs()
+    for expr in exprs:
+        _add(defs, expr, origin)
     return defs
+
+
+def parsed_builtin() -> str:
+    """The parsed form of the agent's own schema, as ``load_builtin`` reads it."""
+    text = resources.files("agent.models").joinpath(BUILTIN_SCHEMA).read_text("utf-8")
+    return json.dumps(expressions(text, BUILTIN_SCHEMA), indent=1) + "\n"
 
 
 def _add(defs: SchemaDefs, expr: object, origin: str) -> None:

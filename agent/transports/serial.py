@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import trio
-import trio_serial
-from trio_serial.posix import PosixSerialStream
 
 from agent.config import DEFAULT_BAUD_RATE
 from agent.transports.conversation import serve_conversation
 from agent.transports.device import Device, DeviceStream, hung_up
 from agent.transports.types import StreamHandler
+
+if TYPE_CHECKING:
+    from trio_serial.posix import PosixSerialStream
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,11 @@ async def serve_isa_serial(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the serial line at ``path`` until cancelled; raises the line's error."""
+    import trio_serial  # here: an agent on another transport does not load it at start
+
     # On every POSIX system trio-serial's class is a PosixSerialStream, with a descriptor.
     opened = trio_serial.SerialStream(path, baudrate=baud_rate, exclusive=True)
-    line = cast(PosixSerialStream, opened)
+    line = cast("PosixSerialStream", opened)
     async with line:
         # What waits in the input buffer was sent to nobody (qemu-ga flushes it too).
         await line.discard_input()

@@ -8,7 +8,8 @@ latency, pipelined pings, connect + 0xFF sync + ping + close cycles, the
 agent's CPU per MiB of 4 KiB reads, and memory after 1 MiB and 16 MiB reads
 and writes and after a 48 MiB read. The floor, an interpreter that imports
 trio and pydantic and nothing else, is measured in the same rounds for
-start-up and memory. Rounds alternate between the agents so that machine
+start-up (wall-clock time and CPU time, the steadier figure on a busy
+machine) and memory. Rounds alternate between the agents so that machine
 noise hits both; each row gives the medians and the ratio of each round
 (ours / theirs), its median and range, never a pass/fail.
 """
@@ -19,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -175,11 +177,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def floor_startup() -> float:
-    """Seconds for the interpreter to import the stack the agent is built on, and exit."""
+def on_cpu_seconds(pid: int) -> float:
+    """CPU time of the running threads of ``pid`` so far, to the nanosecond
+    (schedstat; ``cpu_seconds`` also counts threads that ended, by clock ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            pass
+    return total / 1e9
+
+
+def floor_startup() -> tuple[float, float]:
+    """Seconds, wall and CPU, for the interpreter to import the stack the agent is
+    built on, and exit."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", FLOOR_IMPORTS], check=True)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, cpu
 
 
 def floor_rss_kib() -> int:
@@ -263,9 +282,9 @@ def small_read_cpu(pid: int, sock: Path, source: Path) -> float:
     """The agent's CPU milliseconds per MiB read with guest-file-read count 4096."""
     client = Client(sock, time.monotonic() + 5)
     sync(client, 4)
-    cpu0 = cpu_seconds(pid)
+    cpu0 = on_cpu_seconds(pid)
     moved = read_file(client, source, 4096)
-    cpu = cpu_seconds(pid) - cpu0
+    cpu = on_cpu_seconds(pid) - cpu0
     client.close()
     return cpu / (moved / MIB) * 1e3
 
@@ -316,11 +335,13 @@ def measure(quick: bool, source_mib: int) -> list[Metric]:
     rounds = 3 if quick else 10
     n_seq, n_pipe, n_cycles = (200, 5000, 30) if quick else (1000, 5000, 100)
     startup = Metric("start-up to first reply (ms)")
+    startup_cpu = Metric("CPU time to first reply (ms)")
     idle = Metric("resident memory, idle after start (MiB)")
     ping_median = Metric("guest-ping median latency (us)")
     ping_p99 = Metric("guest-ping p99 latency (us)")
     pipelined = Metric("pipelined pings per second", higher_is_better=True)
     cycles = Metric("connect+sync+ping+close per second", higher_is_better=True)
+    cycle_cpu = Metric("agent CPU per connect+sync+ping+close (us)")
     small_reads = Metric("agent CPU per MiB, reads of 4 KiB (ms)")
     after_load = Metric("resident memory after 1 and 16 MiB transfers (MiB)")
     after_big = Metric("resident memory after a 48 MiB read (MiB)")
@@ -331,10 +352,13 @@ def measure(quick: bool, source_mib: int) -> list[Metric]:
         big_source = workdir / "big-source"
         big_source.write_bytes(os.urandom(48 * MIB))
         for _ in range(rounds):
-            startup.add(FLOOR, floor_startup() * 1e3)
+            wall, cpu = floor_startup()
+            startup.add(FLOOR, wall * 1e3)
+            startup_cpu.add(FLOOR, cpu * 1e3)
             for agent in AGENTS:
                 with started(agent, workdir) as (proc, _, seconds):
                     startup.add(agent.name, seconds * 1e3)
+                    startup_cpu.add(agent.name, on_cpu_seconds(proc.pid) * 1e3)
                     time.sleep(0.1)  # let it settle: what it holds once serving
                     idle.add(agent.name, rss_kib(proc.pid) / 1024)
             idle.add(FLOOR, floor_rss_kib() / 1024)
@@ -348,7 +372,9 @@ def measure(quick: bool, source_mib: int) -> list[Metric]:
                 ping_median.add(name, statistics.median(latencies) * 1e6)
                 ping_p99.add(name, statistics.quantiles(latencies, n=100)[98] * 1e6)
                 pipelined.add(name, pipelined_pings(sock, n_pipe))
+                cpu0 = on_cpu_seconds(pid)
                 cycles.add(name, connect_cycles(sock, n_cycles))
+                cycle_cpu.add(name, (on_cpu_seconds(pid) - cpu0) / n_cycles * 1e6)
                 small_reads.add(name, small_read_cpu(pid, sock, source))
         for name, (pid, sock) in running.items():
             big_transfers(sock, source, workdir)
@@ -357,11 +383,13 @@ def measure(quick: bool, source_mib: int) -> list[Metric]:
             after_big.add(name, rss_kib(pid) / 1024)
     return [
         startup,
+        startup_cpu,
         idle,
         ping_median,
         ping_p99,
         pipelined,
         cycles,
+        cycle_cpu,
         small_reads,
         after_load,
         after_big,

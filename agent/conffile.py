@@ -13,7 +13,6 @@ format (``-D``), keys in qemu-ga's order.
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 from collections.abc import Mapping
@@ -64,6 +63,24 @@ def config_file(explicit: str | None, environ: Mapping[str, str] = os.environ) -
 
 def load(path: str, required: bool) -> dict[str, Any]:
     """The settings of the file at ``path``, by :class:`AgentConfig` field name."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            # GLib ignores leading blanks; configparser would take an indented
+            # line for the continuation of the previous value.
+            text = "".join(line.lstrip(" \t") for line in file)
+    except FileNotFoundError as err:
+        if required:
+            raise ConfigFileError(_failure(path, err.strerror)) from err
+        return {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigFileError(_failure(path, _reason(err))) from err
+    return _settings(path, text)
+
+
+def _settings(path: str, text: str) -> dict[str, Any]:
+    # Here, not at the top: most agents start without a configuration file.
+    import configparser
+
     # GLib's rules: '=' only, '#' comments, case-sensitive keys, the last of
     # duplicate keys wins, no interpolation and no default group.
     parser = configparser.ConfigParser(
@@ -75,15 +92,8 @@ def load(path: str, required: bool) -> dict[str, Any]:
     )
     parser.optionxform = str  # type: ignore[assignment, method-assign]
     try:
-        with open(path, encoding="utf-8") as file:
-            # GLib ignores leading blanks; configparser would take an indented
-            # line for the continuation of the previous value.
-            parser.read_string("".join(line.lstrip(" \t") for line in file), path)
-    except FileNotFoundError as err:
-        if required:
-            raise ConfigFileError(_failure(path, err.strerror)) from err
-        return {}
-    except (OSError, UnicodeDecodeError, configparser.Error) as err:
+        parser.read_string(text, path)
+    except configparser.Error as err:
         raise ConfigFileError(_failure(path, _reason(err))) from err
     if not parser.has_section(GROUP):
         return {}
@@ -121,6 +131,8 @@ def _failure(path: str, reason: str | None) -> str:
 def _reason(err: Exception) -> str:
     if isinstance(err, OSError):
         return err.strerror or str(err)
+    import configparser
+
     if isinstance(err, configparser.MissingSectionHeaderError):
         return "the file does not start with a group"
     if isinstance(err, configparser.ParsingError):

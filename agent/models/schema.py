@@ -3,13 +3,17 @@
 The file is QEMU's QAPI form: a sequence of single-quoted JSON objects with
 ``#`` comment lines. The agent's own framer reads it, since it already speaks
 QEMU's dialect of JSON. The agent's own schema is parsed ahead of time, not at
-every start: ``scripts/parse-schema`` writes its definitions as plain
-JSON beside it (``tests/test_schema_parsed.py`` checks that the two agree).
+every start: ``scripts/parse-schema`` writes its definitions as plain JSON
+beside it, with a checksum of the text they come from. A parsed form whose
+checksum no longer matches the text (the text was edited since) is not used:
+the text is parsed instead, and ``tests/test_schema_parsed.py`` fails until
+the parsed form is written again.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -48,9 +52,26 @@ _TYPE_KINDS = ("struct", "enum", "alternate", "union")
 
 
 def load_builtin() -> SchemaDefs:
-    """The agent's own schema, shipped in the package (its parsed form)."""
-    text = resources.files("agent.models").joinpath(PARSED_SCHEMA).read_text("utf-8")
-    return definitions(json.loads(text), PARSED_SCHEMA)
+    """The agent's own schema, shipped in the package."""
+    package = resources.files("agent.models")
+    text = package.joinpath(BUILTIN_SCHEMA).read_text("utf-8")
+    try:
+        parsed: str | None = package.joinpath(PARSED_SCHEMA).read_text("utf-8")
+    except OSError:
+        parsed = None
+    return from_parsed(text, parsed)
+
+
+def from_parsed(text: str, parsed: str | None) -> SchemaDefs:
+    """The definitions of the agent's schema ``text``: from ``parsed``, its parsed
+    form, when that was made from this very text; else parsed from the text."""
+    try:
+        value = json.loads(parsed) if parsed is not None else None
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and value.get("source-crc32") == _checksum(text):
+        return definitions(value["definitions"], PARSED_SCHEMA)
+    return parse(text, BUILTIN_SCHEMA)
 
 
 def load_file(path: Path) -> SchemaDefs:
@@ -88,7 +109,12 @@ def definitions(exprs: Iterable[object], origin: str) -> SchemaDefs:
 def parsed_builtin() -> str:
     """The parsed form of the agent's own schema, as ``load_builtin`` reads it."""
     text = resources.files("agent.models").joinpath(BUILTIN_SCHEMA).read_text("utf-8")
-    return json.dumps(expressions(text, BUILTIN_SCHEMA), indent=1) + "\n"
+    parsed = {"source-crc32": _checksum(text), "definitions": expressions(text, BUILTIN_SCHEMA)}
+    return json.dumps(parsed, indent=1) + "\n"
+
+
+def _checksum(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
 
 
 def _add(defs: SchemaDefs, expr: object, origin: str) -> None:

@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from agent.context import AgentContext
 from agent.errors import CommandNotFound, GenericError, QgaError
 from agent.models.builder import describe
+from agent.models.payload import Base64Payload
 from agent.protocol import (
     RequestId,
-    VerbatimString,
     encode_error,
     encode_return,
     encode_return_parts,
@@ -123,11 +123,11 @@ class Dispatcher:
             return encode_return(value, call.id)  # {}: nothing to validate
         try:
             if isinstance(value, dict) and any(
-                isinstance(item, VerbatimString) for item in value.values()
+                isinstance(item, Base64Payload) for item in value.values()
             ):
                 command.models.returns.validate_python(
                     {
-                        key: VerbatimString.STAND_IN if isinstance(item, VerbatimString) else item
+                        key: Base64Payload.STAND_IN if isinstance(item, Base64Payload) else item
                         for key, item in value.items()
                     }
                 )

@@ -23,7 +23,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
+import pybase64
+
 from agent.json_scanner import FLUSH_CHAR, MessageScanner, requote
+from agent.models.payload import Base64Payload
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -310,22 +313,8 @@ def _replace_surrogates(value: object) -> object:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class VerbatimString:
-    """A JSON string whose content goes out byte for byte, never copied into a str.
-
-    For large base64 payloads (guest-file-read), which need no escaping: the
-    JSON encoder would scan and copy every byte, and a str copy would double
-    the memory a big read needs.
-    """
-
-    ascii: bytes
-
-    STAND_IN = ""  # what schema validation sees in its place
-
-
 def encode_return_parts(value: dict[str, object], request_id: RequestId = NO_ID) -> list[bytes]:
-    """Like :func:`encode_return` for an object holding :class:`VerbatimString` values.
+    """Like :func:`encode_return` for an object holding :class:`Base64Payload` values.
 
     The reply comes in pieces, so a big payload is sent without being joined.
     """
@@ -333,8 +322,8 @@ def encode_return_parts(value: dict[str, object], request_id: RequestId = NO_ID)
     text = '{"return": {'
     for index, (key, item) in enumerate(value.items()):
         text += (", " if index else "") + _encode(key) + ": "
-        if isinstance(item, VerbatimString):
-            parts += [(text + '"').encode("ascii"), item.ascii]
+        if isinstance(item, Base64Payload):
+            parts += [(text + '"').encode("ascii"), pybase64.b64encode(item.data)]
             text = '"'
         else:
             text += _encode_value(item)

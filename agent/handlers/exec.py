@@ -13,12 +13,10 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
-import pybase64
-
 from agent.context import AgentContext
 from agent.errors import GenericError
+from agent.models.payload import Base64Payload
 from agent.processes import Capture, ExecProcess, spawn
-from agent.protocol import VerbatimString
 from agent.registry import HandlerSet
 from agent.wire_base64 import decode_base64
 
@@ -102,6 +100,6 @@ def guest_exec_status(ctx: AgentContext, pid: int) -> dict[str, object]:
     # As qemu-ga: data only when there is some, with its truncation flag beside it.
     for key, capture in (("out", child.out), ("err", child.err)):
         if capture is not None and capture.data:
-            status[f"{key}-data"] = VerbatimString(pybase64.b64encode(capture.data))
+            status[f"{key}-data"] = Base64Payload(capture.data)
             status[f"{key}-truncated"] = capture.truncated
     return status

@@ -22,12 +22,10 @@ from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
 
-import pybase64
-
 from agent.context import AgentContext
 from agent.errors import GenericError, os_error_text
 from agent.fsguard import FsTimeout
-from agent.protocol import VerbatimString
+from agent.models.payload import Base64Payload
 from agent.registry import HandlerSet
 from agent.store import OpenFile
 from agent.wire_base64 import decode_base64
@@ -157,7 +155,7 @@ async def guest_file_read(ctx: AgentContext, handle: int, count: int | None) -> 
         raise GenericError(f"failed to read file: {os_error_text(err)}") from err
     return {
         "count": len(data),
-        "buf-b64": VerbatimString(pybase64.b64encode(data)),
+        "buf-b64": Base64Payload(data),
         "eof": eof,
     }
 

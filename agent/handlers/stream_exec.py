@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 
-import pybase64
 import trio
 from pydantic import BaseModel
 
 from agent.context import AgentContext
 from agent.errors import GenericError, os_error_text
 from agent.handlers.exec import environment
+from agent.models.payload import Base64Payload
 from agent.processes import spawn
-from agent.protocol import VerbatimString
 from agent.registry import HandlerSet
 from agent.streaming import StreamProcess, set_window_size, take_terminal
 from agent.wire_base64 import decode_base64
@@ -108,8 +107,8 @@ async def exec_read(
     child = ctx.processes.get(pid, StreamProcess)
     out, err = await child.read(out_offset or 0, err_offset or 0, wait)
     reply: dict[str, object] = {
-        "out-data": VerbatimString(pybase64.b64encode(out)),
-        "err-data": VerbatimString(pybase64.b64encode(err)),
+        "out-data": Base64Payload(out),
+        "err-data": Base64Payload(err),
         "exited": child.finished,
     }
     if child.finished:

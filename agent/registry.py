@@ -2,19 +2,22 @@
 
 Handlers come in :class:`HandlerSet` objects, one per handler module (or
 plugin). A handler is ``function(ctx, **arguments)``; its parameters after
-``ctx`` must be exactly the schema's members (``buf-b64`` -> ``buf_b64``), which
-the registry checks when the handler is added, so a typo fails at start-up
-rather than on a host's first call. Sync handlers are for work that cannot
+``ctx`` must be exactly the schema's members (``buf-b64`` -> ``buf_b64``), and
+their annotations must take every value the schema lets through; the registry
+checks both when the handler is added, so a typo or a wrong type fails at
+start-up rather than on a host's first call. Sync handlers are for work that cannot
 block; async ones run under a cancel scope.
 """
 
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.models.annotations import accepts
 from agent.models.builder import CommandModels, ModelFactory, python_name
 from agent.models.schema import CommandDef, SchemaDefs
 
@@ -116,16 +119,37 @@ class Registry:
         existing = self._commands.get(spec.name)
         if existing is not None:
             raise RegistryError(f"{source}: {spec.name} is already provided by {existing.source}")
-        expected = _member_names(definition, defs)
+        members = _members(definition, defs)
+        expected = list(members)
         parameters = list(inspect.signature(spec.function).parameters)[1:]
         if sorted(parameters) != sorted(expected):
             raise RegistryError(
                 f"{source}: handler of {spec.name} takes {parameters}, schema says {expected}"
             )
+        try:
+            hints = typing.get_type_hints(spec.function)
+        except NameError as err:  # an annotation naming what only type checkers import
+            raise RegistryError(f"{source}: handler of {spec.name}: {err}") from err
+        for name, (expr, optional) in members.items():
+            hint = hints.get(name, Any)
+            if not accepts(hint, expr, defs, optional=optional):
+                shown = f"{expr}{' or None' if optional else ''}"
+                raise RegistryError(
+                    f"{source}: handler of {spec.name} annotates {name} as "
+                    f"{_typing_repr(hint)}, schema says {shown}"
+                )
 
 
-def _member_names(definition: CommandDef, defs: SchemaDefs) -> list[str]:
+def _members(definition: CommandDef, defs: SchemaDefs) -> dict[str, tuple[object, bool]]:
+    """The command's members by parameter name: their type, and whether optional."""
     data = definition.data
     if isinstance(data, str):
         data = defs.types.get(data, {}).get("data", {})
-    return [python_name(member.lstrip("*")) for member in (data or {})]
+    return {
+        python_name(member.lstrip("*")): (expr, member.startswith("*"))
+        for member, expr in (data or {}).items()
+    }
+
+
+def _typing_repr(hint: object) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gzip
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agent.models.builder import ModelFactory, describe
 from agent.models.schema import SchemaError, load_builtin, parse
@@ -244,3 +245,64 @@ def test_registry_checks_handlers_against_the_schema() -> None:
 
     with pytest.raises(RegistryError, match="not in the schema"):
         Registry(defs).add(unknown)
+
+
+TYPED_SCHEMA = """
+{ 'enum': 'Whence', 'data': ['set', 'cur', 'end'] }
+{ 'alternate': 'WhenceArg', 'data': { 'value': 'int', 'name': 'Whence' } }
+{ 'struct': 'Item', 'data': { 'n': 'int' } }
+{ 'command': 'x-t', 'data': { 'handle': 'int', '*whence': 'WhenceArg',
+  'items': ['Item'], 'names': ['str'], 'any': 'any' } }
+"""
+
+
+def typed_handler_set(function: Callable[..., object]) -> HandlerSet:
+    handlers = HandlerSet()
+    handlers.command("x-t")(function)
+    return handlers
+
+
+def test_registry_accepts_annotations_that_take_every_schema_value() -> None:
+    def handler(
+        ctx: object,
+        handle: int,
+        whence: int | str | None,
+        items: Sequence[BaseModel],
+        names: list[str],
+        any: Any,
+    ) -> None:
+        return None
+
+    Registry(parse(TYPED_SCHEMA, "t")).add(typed_handler_set(handler))
+
+
+def wrong_handle(
+    ctx: object, handle: str, whence: Any, items: Any, names: Any, any: Any
+) -> None: ...
+def whence_not_optional(
+    ctx: object, handle: int, whence: int | str, items: Any, names: Any, any: Any
+) -> None: ...
+def whence_without_its_name_branch(
+    ctx: object, handle: int, whence: int | None, items: Any, names: Any, any: Any
+) -> None: ...
+def wrong_element(
+    ctx: object, handle: int, whence: Any, items: Any, names: list[int], any: Any
+) -> None: ...
+def any_as_str(ctx: object, handle: int, whence: Any, items: Any, names: Any, any: str) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("function", "message"),
+    [
+        (wrong_handle, "annotates handle as str, schema says int"),
+        (whence_not_optional, r"annotates whence as int \| str, schema says WhenceArg or None"),
+        (whence_without_its_name_branch, r"annotates whence as int \| None"),
+        (wrong_element, r"annotates names as list\[int\], schema says \['str'\]"),
+        (any_as_str, "annotates any as str, schema says any"),
+    ],
+)
+def test_registry_refuses_annotations_that_do_not_fit_the_schema(
+    function: Callable[..., object], message: str
+) -> None:
+    with pytest.raises(RegistryError, match=message):
+        Registry(parse(TYPED_SCHEMA, "t")).add(typed_handler_set(function))

@@ -32,7 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from agent.models.schema import CommandDef, SchemaDefs, SchemaError
 
-_INT_RANGES = {
+INT_RANGES = {
     "int": (-(2**63), 2**63 - 1),
     "int8": (-(2**7), 2**7 - 1),
     "int16": (-(2**15), 2**15 - 1),
@@ -52,12 +52,12 @@ _BUILTINS: dict[str, Any] = {
     "null": None,
     **{
         name: Annotated[StrictInt, Field(ge=low, le=high)]
-        for name, (low, high) in _INT_RANGES.items()
+        for name, (low, high) in INT_RANGES.items()
     },
 }
 # The JSON kind a value of each builtin takes, for alternates and error texts.
 _JSON_KIND = {"str": "string", "bool": "boolean", "number": "number", "null": "null"}
-_JSON_KIND.update({name: "integer" for name in _INT_RANGES})
+_JSON_KIND.update({name: "integer" for name in INT_RANGES})
 
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)

@@ -1,17 +1,18 @@
-"""From a decoded request to the bytes of its reply.
+"""From a decoded request to its reply event, in one call: :meth:`Dispatcher.handle`.
 
-``prepare`` is synchronous and does every check that needs no I/O: the
-request's shape, the command's existence and whether it may run, and its
-arguments against the schema model. ``run`` calls the handler (async ones
-under a cancel scope) and encodes the reply. Errors are translated here, at
-the boundary, into the wire's classes.
+Every check that needs no I/O comes first: the request's shape, the command's
+existence and whether it may run, and its arguments against the schema
+model. Then the handler runs (an async one under a cancel scope) and its
+value is checked against the schema. Errors are translated here, at the
+boundary, into the wire's classes. The reply is an event of
+``agent.protocol``, which alone turns it into bytes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -21,76 +22,67 @@ from agent.context import AgentContext
 from agent.errors import CommandNotFound, GenericError, QgaError
 from agent.models.builder import describe
 from agent.models.payload import Base64Payload
-from agent.protocol import (
-    RequestId,
-    encode_error,
-    encode_return,
-    encode_return_parts,
-)
+from agent.protocol import ErrorReply, Reply, RequestId, ReturnReply
 from agent.registry import Command
 from agent.request import RequestError, parse_request
 
 log = logging.getLogger(__name__)
-Reply = bytes | list[bytes]  # one line, or the pieces of a big one (sent without joining)
 _NO_ARGUMENTS: dict[str, Any] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """A request that passed every check: ready to run."""
-
-    command: Command
-    arguments: dict[str, Any]
-    id: RequestId
+async def _nothing_to_do() -> None:
+    pass
 
 
 class Dispatcher:
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
 
-    def prepare(self, value: object) -> Call | bytes:
-        """A :class:`Call`, or the bytes of the error reply that ends the request here."""
+    async def handle(
+        self,
+        request: object,
+        before_wait: Callable[[], Awaitable[None]] = _nothing_to_do,
+    ) -> Reply | None:
+        """The reply to ``request`` (a decoded JSON value), or None when none is due.
+
+        A synchronous handler runs at once, without a checkpoint; before an
+        async one, which may wait, ``before_wait`` runs (the session sends the
+        replies already due).
+        """
         try:
-            request = parse_request(value)
+            parsed = parse_request(request)
         except RequestError as err:
-            return encode_error(err.error_class, err.desc, err.request_id)
+            return ErrorReply(err.error_class, err.desc, err.request_id)
         try:
-            command = self._command(request.name)
-            arguments = self._arguments(command, request.arguments)
+            command = self._command(parsed.name)
+            arguments = self._arguments(command, parsed.arguments)
         except QgaError as err:
-            return encode_error(err.error_class, err.desc, request.id)
+            return ErrorReply(err.error_class, err.desc, parsed.id)
         except Exception as err:  # a bug; the session must go on all the same
-            log.error("checking %s failed", request.name, exc_info=err)
-            return encode_error("GenericError", f"internal error: {err}", request.id)
-        return Call(command, arguments, request.id)
-
-    def run_sync(self, call: Call) -> Reply | None:
-        """Run a synchronous handler; the reply, or None when none is due."""
+            log.error("checking %s failed", parsed.name, exc_info=err)
+            return ErrorReply("GenericError", f"internal error: {err}", parsed.id)
+        log.debug("executing %s", command.name)
         try:
-            value = call.command.function(self.ctx, **call.arguments)
+            if command.is_async:
+                await before_wait()
+                value = await self._run_async(command, arguments)
+            else:
+                value = command.function(self.ctx, **arguments)
         except QgaError as err:
-            return encode_error(err.error_class, err.desc, call.id)
+            return ErrorReply(err.error_class, err.desc, parsed.id)
         except Exception as err:
-            return self._internal_error(call, err)
-        return self._reply(call, value)
+            log.error("%s failed", command.name, exc_info=err)
+            return ErrorReply("GenericError", f"internal error in {command.name}: {err}", parsed.id)
+        return self._reply(command, value, parsed.id)
 
-    async def run(self, call: Call) -> Reply | None:
-        """Run any handler; the reply, or None when none is due."""
-        if not call.command.is_async:
-            return self.run_sync(call)
+    async def _run_async(self, command: Command, arguments: dict[str, Any]) -> object:
         timeout = self.ctx.config.command_timeout
-        try:
-            with trio.CancelScope(
-                deadline=math.inf if timeout is None else trio.current_time() + timeout
-            ) as scope:
-                value = await call.command.function(self.ctx, **call.arguments)
-            if scope.cancelled_caught:
-                raise GenericError(f"command {call.command.name} timed out after {timeout} s")
-        except QgaError as err:
-            return encode_error(err.error_class, err.desc, call.id)
-        except Exception as err:
-            return self._internal_error(call, err)
-        return self._reply(call, value)
+        with trio.CancelScope(
+            deadline=math.inf if timeout is None else trio.current_time() + timeout
+        ):
+            return await command.function(self.ctx, **arguments)
+        # Only reached when the deadline cancelled the handler.
+        raise GenericError(f"command {command.name} timed out after {timeout} s")
 
     def _command(self, name: str) -> Command:
         command = self.ctx.registry.get(name)
@@ -115,34 +107,23 @@ class Dispatcher:
         except ValidationError as err:
             raise GenericError(describe(err)) from err
 
-    def _reply(self, call: Call, value: object) -> Reply | None:
-        command = call.command
+    @staticmethod
+    def _reply(command: Command, value: object, request_id: RequestId) -> Reply | None:
         if not command.success_response:
             return None
         if command.definition.returns is None and type(value) is dict and not value:
-            return encode_return(value, call.id)  # {}: nothing to validate
+            return ReturnReply(value, request_id)  # {}: nothing to validate
+        checked = value
+        if isinstance(value, dict) and any(type(item) is Base64Payload for item in value.values()):
+            checked = {
+                key: Base64Payload.STAND_IN if isinstance(item, Base64Payload) else item
+                for key, item in value.items()
+            }
         try:
-            if isinstance(value, dict) and any(
-                isinstance(item, Base64Payload) for item in value.values()
-            ):
-                command.models.returns.validate_python(
-                    {
-                        key: Base64Payload.STAND_IN if isinstance(item, Base64Payload) else item
-                        for key, item in value.items()
-                    }
-                )
-                return encode_return_parts(value, call.id)
-            command.models.returns.validate_python(value)
-            return encode_return(value, call.id, delimited=command.delimited_reply)
+            command.models.returns.validate_python(checked)
         except (ValueError, TypeError) as err:  # ValidationError is a ValueError
             log.error("reply of %s does not match the schema: %s", command.name, err)
-            return encode_error(
-                "GenericError", f"internal error: reply of {command.name} is malformed", call.id
+            return ErrorReply(
+                "GenericError", f"internal error: reply of {command.name} is malformed", request_id
             )
-
-    @staticmethod
-    def _internal_error(call: Call, err: Exception) -> bytes:
-        log.error("%s failed", call.command.name, exc_info=err)
-        return encode_error(
-            "GenericError", f"internal error in {call.command.name}: {err}", call.id
-        )
+        return ReturnReply(value, request_id, command.delimited_reply)

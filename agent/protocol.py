@@ -313,6 +313,41 @@ def _replace_surrogates(value: object) -> object:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class ReturnReply:
+    """A success reply: ``value`` for the request ``id``.
+
+    ``delimited`` puts the 0xFF sentinel first, for ``guest-sync-delimited``.
+    """
+
+    value: object
+    id: RequestId = NO_ID
+    delimited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """An error reply, of qemu-ga's ``error_class``, for the request ``id``."""
+
+    error_class: str
+    desc: str
+    id: RequestId = NO_ID
+
+
+Reply = ReturnReply | ErrorReply
+
+
+def encode_reply(reply: Reply) -> list[bytes]:
+    """The bytes of ``reply``: one line, or the pieces of a line holding big
+    :class:`Base64Payload` values (sent without being joined)."""
+    if isinstance(reply, ErrorReply):
+        return [encode_error(reply.error_class, reply.desc, reply.id)]
+    value = reply.value
+    if type(value) is dict and value and any(type(v) is Base64Payload for v in value.values()):
+        return encode_return_parts(value, reply.id)
+    return [encode_return(value, reply.id, delimited=reply.delimited)]
+
+
 def encode_return_parts(value: dict[str, object], request_id: RequestId = NO_ID) -> list[bytes]:
     """Like :func:`encode_return` for an object holding :class:`Base64Payload` values.
 

@@ -13,7 +13,7 @@ import logging
 import trio
 
 from agent.dispatch import Dispatcher
-from agent.protocol import Event, Flush, Framer, Message, ParseError, encode_error
+from agent.protocol import ErrorReply, Event, Flush, Framer, Message, ParseError, encode_reply
 from agent.wirelog import WireLog, for_session
 
 log = logging.getLogger(__name__)
@@ -68,35 +68,28 @@ async def _answer(
     ``pending``. A function of its own so that a big request and its reply (a
     48 MiB read's is 64 MiB) are freed with its frame, not kept in the loop's
     variables until the next read."""
+
+    async def flush() -> None:  # the replies due, before a handler that may wait
+        if pending:
+            await _send(stream, pending)
+
     for event in events:
         if isinstance(event, Message):
             if wire:
                 wire.request(read, event.value)
-            call = dispatcher.prepare(event.value)
-            if isinstance(call, bytes):
+            reply = await dispatcher.handle(event.value, flush)
+            if reply is not None:
+                encoded = encode_reply(reply)
                 if wire:
-                    wire.reply(call)
-                pending.append(call)
-                continue
-            log.debug("executing %s", call.command.name)
-            if call.command.is_async:
-                if pending:
-                    await _send(stream, pending)
-                reply = await dispatcher.run(call)
-            else:
-                reply = dispatcher.run_sync(call)
-            if wire and reply is not None:
-                wire.reply(reply)
-            if isinstance(reply, bytes):
-                pending.append(reply)
-            elif reply is not None:
-                pending += reply
+                    wire.reply(encoded)
+                pending += encoded
         elif isinstance(event, ParseError):
             log.debug("parse error: %s", event.reason)
-            pending.append(encode_error("GenericError", event.reason))
+            encoded = encode_reply(ErrorReply("GenericError", event.reason))
             if wire:
                 wire.parse_error()
-                wire.reply(pending[-1])
+                wire.reply(encoded)
+            pending += encoded
         elif isinstance(event, Flush):
             log.debug("0xFF: parser flushed")
 

@@ -1,0 +1,93 @@
+"""The dispatcher's one entry point: a decoded request in, a typed reply event out."""
+
+from __future__ import annotations
+
+import trio
+
+from agent import Agent, AgentConfig
+from agent.models.payload import Base64Payload
+from agent.models.schema import parse
+from agent.protocol import NO_ID, ErrorReply, ReturnReply, encode_reply
+from agent.registry import HandlerSet
+
+SCHEMA = """
+{ 'struct': 'Data', 'data': { 'buf-b64': 'str', 'count': 'int' } }
+{ 'command': 'x-sync', 'returns': 'int' }
+{ 'command': 'x-async', 'returns': 'int' }
+{ 'command': 'x-quiet', 'success-response': false }
+{ 'command': 'x-data', 'returns': 'Data' }
+{ 'command': 'x-bad', 'returns': 'int' }
+"""
+handlers = HandlerSet()
+
+
+@handlers.command("x-sync")
+def x_sync(ctx: object) -> int:
+    return 1
+
+
+@handlers.command("x-async")
+async def x_async(ctx: object) -> int:
+    await trio.lowlevel.checkpoint()
+    return 2
+
+
+@handlers.command("x-quiet")
+def x_quiet(ctx: object) -> None:
+    return None
+
+
+@handlers.command("x-data")
+def x_data(ctx: object) -> dict[str, object]:
+    return {"buf-b64": Base64Payload(b"\x00\xff"), "count": 2}
+
+
+@handlers.command("x-bad")
+def x_bad(ctx: object) -> str:
+    return "not an int"
+
+
+def agent_with(agent_config: AgentConfig) -> Agent:
+    return Agent(agent_config, handlers=[handlers], schema=parse(SCHEMA, "test"))
+
+
+class Waits:
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def __call__(self) -> None:
+        self.count += 1
+
+
+async def test_a_sync_handler_runs_without_waiting(agent_config: AgentConfig) -> None:
+    before_wait = Waits()
+    reply = await agent_with(agent_config).dispatcher.handle(
+        {"execute": "x-sync", "id": 7}, before_wait
+    )
+    assert reply == ReturnReply(1, 7)
+    assert before_wait.count == 0
+
+
+async def test_the_replies_due_go_out_before_an_async_handler(agent_config: AgentConfig) -> None:
+    before_wait = Waits()
+    reply = await agent_with(agent_config).dispatcher.handle({"execute": "x-async"}, before_wait)
+    assert reply == ReturnReply(2, NO_ID)
+    assert before_wait.count == 1
+
+
+async def test_errors_and_silence_are_events_too(agent_config: AgentConfig) -> None:
+    handle = agent_with(agent_config).dispatcher.handle
+    assert await handle({"execute": "x-quiet"}) is None
+    assert await handle({"execute": "x-none", "id": 1}) == ErrorReply(
+        "CommandNotFound", "The command x-none has not been found", 1
+    )
+    assert await handle([]) == ErrorReply("GenericError", "QMP input must be a JSON object")
+    assert await handle({"execute": "x-bad"}) == ErrorReply(
+        "GenericError", "internal error: reply of x-bad is malformed"
+    )
+
+
+async def test_a_base64_payload_is_encoded_by_the_protocol(agent_config: AgentConfig) -> None:
+    reply = await agent_with(agent_config).dispatcher.handle({"execute": "x-data"})
+    assert isinstance(reply, ReturnReply)
+    assert b"".join(encode_reply(reply)) == b'{"return": {"buf-b64": "AP8=", "count": 2}}\n'

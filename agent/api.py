@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterable
 
 import trio
@@ -154,14 +155,18 @@ class Agent:
                 await trio.aclose_forcefully(stream)
 
     async def serve_transport(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        listener: socket.socket | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Open the configured transport and serve its clients until cancelled.
+        """Open the configured transport (or serve ``listener``, a listening socket
+        the caller opened, such as systemd's) and serve its clients until cancelled.
 
         With ``await nursery.start(agent.serve_transport)`` the caller resumes once
         the transport is open (the socket listening, the device open).
         """
-        await serve_transport(self.config, self.serve, task_status=task_status)
+        await serve_transport(self.config, self.serve, listener=listener, task_status=task_status)
 
     @contextlib.asynccontextmanager
     async def _background_for_session(self) -> AsyncIterator[None]:

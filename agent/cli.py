@@ -26,7 +26,7 @@ from agent.logs import setup_logging
 from agent.pidfile import PidfileError, held_pidfile
 from agent.sdnotify import Notifier
 from agent.store import DEFAULT_MAX_HANDLES
-from agent.transports import TransportError, check_transport, serve_transport
+from agent.transports import TransportError, check_transport
 from agent.transports.activation import ActivationError, activated_socket, method_of
 from agent.version import VERSION
 
@@ -275,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.plugins import load_plugins
 
         registry = build_registry()
-        load_plugins(registry)  # their commands can be blocked too
+        if not args.no_plugins:  # their commands can be blocked too
+            load_plugins(registry, disabled=tuple(args.disable_plugin))
         print("\n".join(command.name for command in registry))
         return 0
     try:
@@ -389,7 +390,7 @@ async def run(
 
     async with Agent(config) as agent, trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            await nursery.start(partial(serve_transport, config, agent.serve, listener=listener))
+            await nursery.start(partial(agent.serve_transport, listener=listener))
             log.info("trio-qga %s ready", VERSION)
             on_ready()
             async for signum in signals:

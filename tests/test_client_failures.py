@@ -83,7 +83,7 @@ async def dropped(stream: trio.abc.Stream) -> None:
 
 
 async def serving(nursery: trio.Nursery, agent: Agent, listener: FaultyListener) -> None:
-    await nursery.start(partial(serve_transport, agent.config, agent.serve, listener=listener))
+    await nursery.start(partial(agent.serve_transport, listener=listener))
 
 
 @pytest.mark.parametrize("code", [errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH])

@@ -221,3 +221,18 @@ def test_plugins_can_be_turned_off(tmp_path: Path, flags: list[str]) -> None:
             assert client.execute("guest-ping") == {"return": {}}
         finally:
             client.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "listed"),
+    [([], True), (["--no-plugins"], False), (["--disable-plugin", "procinfo"], False)],
+)
+def test_block_rpcs_help_lists_the_commands_of_the_plugins_that_load(
+    flags: list[str], listed: bool
+) -> None:
+    result = subprocess.run(
+        [*AGENT_COMMAND, "-b", "help", *flags], capture_output=True, text=True, check=True
+    )
+    names = result.stdout.splitlines()
+    assert "guest-ping" in names
+    assert ("guest-x-process-list" in names) is listed

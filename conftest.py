@@ -1,7 +1,8 @@
 """Fixtures shared by the whole suite.
 
-``agent_client`` serves a fresh agent on one end of an in-memory stream pair
-and hands the test a client on the other end: no sockets, no processes.
+``agent_client`` (``tests/agents.py``, with ``agent_factory`` and the
+``served`` helper) serves a fresh agent on one end of an in-memory stream
+pair and hands the test a client on the other end: no sockets, no processes.
 
 fsfreeze safety: freezing the host's root filesystem hangs the machine. No
 test may freeze anything but the scratch filesystems of ``tests/scratch.py``:
@@ -14,18 +15,21 @@ mount table that lists nothing (``/dev/null``).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
 
-from agent import Agent, AgentConfig
+from agent import AgentConfig
 from agent.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV
-from tests.qga_client import StreamClient
 
-pytest_plugins = ["tests.scratch", "tests.reference", "tests.scratch_user", "tests.hung_mounts"]
+pytest_plugins = [
+    "tests.agents",
+    "tests.scratch",
+    "tests.reference",
+    "tests.scratch_user",
+    "tests.hung_mounts",
+]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -70,17 +74,3 @@ def no_refused_freeze(freeze_guard: Path) -> Iterator[None]:
 @pytest.fixture
 def agent_config(tmp_path: Path) -> AgentConfig:
     return AgentConfig(statedir=str(tmp_path), pidfile=None, mount_table=os.devnull)
-
-
-@pytest.fixture
-def agent(agent_config: AgentConfig) -> Agent:
-    return Agent(agent_config)
-
-
-@pytest.fixture
-async def agent_client(agent: Agent) -> AsyncIterator[StreamClient]:
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        yield StreamClient(client_end)
-        await client_end.aclose()

@@ -1,9 +1,12 @@
 """The embedding API: build an agent, serve it on any ``trio.abc.Stream``.
 
-    agent = Agent(AgentConfig(statedir=tmp))
-    await agent.serve(stream)          # until the peer closes the stream
+    async with Agent(AgentConfig(statedir=tmp)) as agent:
+        await agent.serve(stream)      # until the peer closes the stream
 
-or, in one call, ``await serve_stream(stream)``. A test suite serves one end
+or, in one call, ``await serve_stream(stream)``. ``async with`` is the only
+way an agent runs, embedded or as ``trio-qga``: it holds the agent's own
+tasks (guest-exec children, the fsfreeze auto-thaw timer) and releases what
+the agent holds when it ends. A test suite serves one end
 of ``trio.testing.memory_stream_pair()`` and talks to the other; a test-VM
 harness serves a socket or serial port it opened itself.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 import trio
 
@@ -29,6 +32,7 @@ from agent.policy import CommandPolicy
 from agent.registry import HandlerSet, Registry
 from agent.session import serve_session
 from agent.store import HandleStore
+from agent.sysinfo.fstrim import Trim, fitrim
 from agent.system import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
 from agent.transports import serve_transport
 
@@ -64,10 +68,11 @@ class Agent:
         root: SystemRoot | None = None,
         clock: Clock | None = None,
         freezer: Freezer | None = None,
+        trim: Trim | None = None,
     ) -> None:
-        """``executor``, ``root`` and ``clock`` replace the real system for the
-        commands that change it (tests pass a recording executor, a scratch
-        directory and a fake clock);
+        """``executor``, ``root``, ``clock`` and ``trim`` replace the real system
+        for the commands that change it (tests pass a recording executor, a
+        scratch directory, a fake clock and a fake FITRIM);
         ``freezer`` replaces the one built from ``config`` (tests pass fake ioctls)."""
         self.config = config or AgentConfig()
         fs = FsGuard(self.config.fs_timeout)
@@ -96,6 +101,7 @@ class Agent:
             root=root or SystemRoot(),
             clock=clock or SystemClock(),
             fs=fs,
+            trim=trim or fitrim,
         )
         self.dispatcher = Dispatcher(self.context)
         self._one_client = trio.Lock()
@@ -142,12 +148,16 @@ class Agent:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve ``stream`` until the peer closes it, then close it.
+        """Serve ``stream`` until the peer closes it, then close it. The agent
+        must be running (inside ``async with agent``), as in production.
 
         With ``await nursery.start(agent.serve, stream)`` the caller resumes once
         the session has begun (a second client waits for the first, as with qemu-ga).
         """
-        async with self._one_client, self._background_for_session():
+        if not self.context.tasks.running:
+            await trio.aclose_forcefully(stream)
+            raise RuntimeError("an agent serves only while it runs: inside `async with agent`")
+        async with self._one_client:
             task_status.started()
             try:
                 await serve_session(stream, self.dispatcher)
@@ -168,21 +178,8 @@ class Agent:
         """
         await serve_transport(self.config, self.serve, listener=listener, task_status=task_status)
 
-    @contextlib.asynccontextmanager
-    async def _background_for_session(self) -> AsyncIterator[None]:
-        """Background work (guest-exec children) needs a nursery: the agent's own
-        when it runs (``async with``), else one that lasts as long as the session,
-        its children killed when the session ends."""
-        if self.context.tasks.running:
-            yield
-            return
-        async with self.context.tasks.open():
-            try:
-                yield
-            finally:
-                await self.context.processes.aclose()
-
 
 async def serve_stream(stream: trio.abc.Stream, config: AgentConfig | None = None) -> None:
-    """Build an agent from ``config`` and serve ``stream`` with it."""
-    await Agent(config).serve(stream)
+    """Build an agent from ``config``, run it, and serve ``stream`` with it."""
+    async with Agent(config) as agent:
+        await agent.serve(stream)

@@ -11,6 +11,7 @@ from agent.policy import CommandPolicy
 from agent.processes import ProcessStore
 from agent.registry import Registry
 from agent.store import HandleStore
+from agent.sysinfo.fstrim import Trim, fitrim
 from agent.system import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
 from agent.tasks import BackgroundTasks
 
@@ -39,6 +40,7 @@ class AgentContext:
     executor: Executor = field(default_factory=ProcessExecutor)  # runs system commands
     root: SystemRoot = field(default_factory=SystemRoot)  # where system files are
     clock: Clock = field(default_factory=SystemClock)  # sets the system time
+    trim: Trim = fitrim  # FITRIM on a mountpoint (guest-fstrim)
     processes: ProcessStore = field(default_factory=ProcessStore)  # guest-exec children
     tasks: BackgroundTasks = field(default_factory=BackgroundTasks)  # outlive their command
     fs: FsGuard = field(default_factory=FsGuard)  # filesystem calls with a deadline

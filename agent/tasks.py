@@ -4,8 +4,7 @@ A guest-exec child runs long after its command has replied, and after the
 host has disconnected; the tasks that feed and drain it cannot live in the
 command's cancel scope or in the session's nursery. They go into the
 agent's own nursery, which :class:`BackgroundTasks` holds while the agent is
-running (``async with Agent(...)``) or, for an agent that is only served, for
-as long as :meth:`agent.api.Agent.serve` runs.
+running (``async with Agent(...)``, the only way an agent runs).
 """
 
 from __future__ import annotations

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import trio
-import trio.testing
 
 from agent import Agent, AgentConfig, userfiles
 from agent.handlers import accounts
 from agent.system import CommandResult, SystemRoot
+from tests.agents import served as serve_agent
 from tests.qga_client import StreamClient
 from tests.system_fakes import OK, RecordingExecutor, User, exited, scratch_root
 
@@ -35,12 +35,8 @@ KEY3 = "ecdsa-sha2-nistp256 AAAAE2VjZHNhThree three@host"
 async def served(
     config: AgentConfig, executor: RecordingExecutor, root: SystemRoot | None = None
 ) -> AsyncIterator[StreamClient]:
-    agent = Agent(config, executor=executor, root=root)
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        yield StreamClient(client_end)
-        await client_end.aclose()
+    async with serve_agent(Agent(config, executor=executor, root=root)) as client:
+        yield client
 
 
 def b64(text: str) -> str:

@@ -214,9 +214,8 @@ async def test_a_device_error_reopens_the_device_and_the_next_host_is_served(
         statedir=str(tmp_path),
         mount_table=os.devnull,
     )
-    agent = Agent(config)
     with caplog.at_level(logging.WARNING):
-        async with trio.open_nursery() as nursery:
+        async with Agent(config) as agent, trio.open_nursery() as nursery:
             await nursery.start(serve_transport, config, agent.serve)
             os.close(await ports.opened.receive())  # unplugged: the agent's read fails
             host = await ports.opened.receive()  # opened again

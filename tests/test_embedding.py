@@ -85,9 +85,18 @@ async def test_serve_transport_inside_the_callers_nursery(tmp_path: Path) -> Non
 
 
 async def test_serve_reports_when_the_session_has_begun(tmp_path: Path) -> None:
-    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None))
     client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
+    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None))
+    async with agent, trio.open_nursery() as nursery:
         await nursery.start(agent.serve, agent_end)
         assert agent._one_client.locked()  # the session holds the one client slot
         await client_end.aclose()
+
+
+async def test_an_agent_serves_only_while_it_runs(tmp_path: Path) -> None:
+    """One lifecycle: ``async with`` runs the agent, as in production."""
+    client_end, agent_end = trio.testing.memory_stream_pair()
+    with pytest.raises(RuntimeError, match="inside `async with agent`"):
+        await Agent(AgentConfig(statedir=str(tmp_path), pidfile=None)).serve(agent_end)
+    with pytest.raises(trio.BrokenResourceError):
+        await client_end.send_all(b"{}")  # the stream was closed all the same

@@ -6,8 +6,6 @@ import base64
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import trio.testing
 
 from agent import Agent, AgentConfig
 from agent import processes as processes_module
+from tests.agents import session
 from tests.qga_client import StreamClient
 
 
@@ -279,32 +278,14 @@ async def test_a_bad_capture_mode_is_refused(agent_client: StreamClient) -> None
     assert reply["error"]["class"] == "GenericError"
 
 
-@asynccontextmanager
-async def serving(agent: Agent) -> AsyncIterator[StreamClient]:
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        yield StreamClient(client_end)
-        await client_end.aclose()
-
-
-async def test_a_served_agent_kills_its_children_when_the_session_ends(
-    agent: Agent,
-) -> None:
-    async with serving(agent) as client:
-        pid = await exec_ok(client, "/bin/sleep", "30")
-    assert process_state(pid) is None  # killed and reaped
-    assert len(agent.context.processes) == 0
-
-
 async def test_children_outlive_a_session_and_die_with_the_agent(
     agent_config: AgentConfig,
 ) -> None:
     async with Agent(agent_config) as agent:
-        async with serving(agent) as client:
+        async with session(agent) as client:
             pid = await exec_ok(client, "/bin/sh", "-c", "sleep 30 & sleep 30")
         assert process_state(pid) not in (None, "Z")
-        async with serving(agent) as client:  # a host that reconnects finds it
+        async with session(agent) as client:  # a host that reconnects finds it
             reply = await client.execute("guest-exec-status", {"pid": pid})
             assert reply == {"return": {"exited": False}}
     assert process_state(pid) is None

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
-import trio.testing
 
 from agent import Agent, AgentConfig
 from agent.store import COUNTER_END, FIRST_HANDLE, HandleCounter
+from tests.agents import served as serve_agent
 from tests.qga_client import SocketClient, StreamClient, strict_json
 from tests.reference import qemu_ga_binary, running_qemu_ga
 from tests.scratch import small_tmpfs
@@ -234,12 +233,8 @@ def qemu_ga_exit_status(statedir: Path, workdir: Path) -> tuple[int, str]:
 @asynccontextmanager
 async def served(statedir: Path) -> AsyncIterator[tuple[Agent, StreamClient]]:
     agent = Agent(AgentConfig(statedir=str(statedir), pidfile=None, mount_table=os.devnull))
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        yield agent, StreamClient(client_end)
-        await client_end.aclose()
-    agent.context.store.close_all()
+    async with serve_agent(agent) as client:
+        yield agent, client
 
 
 async def test_a_damaged_state_file_is_reported_kept_aside_and_handles_go_on(

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 import agent.handlers.files as files
-from agent import Agent, AgentConfig
+from tests.agents import AgentFactory, served
 from tests.qga_client import SocketClient, StreamClient, running_agent
 
 GENERIC = "GenericError"
@@ -161,44 +161,37 @@ async def test_handles_start_at_1000_and_are_saved_before_use(
     assert await open_file(agent_client, tmp_path / "f") == 1001
 
 
-async def test_handles_never_repeat_across_restarts(tmp_path: Path) -> None:
+async def test_handles_never_repeat_across_restarts(
+    agent_factory: AgentFactory, tmp_path: Path
+) -> None:
     (tmp_path / "f").write_bytes(b"")
     seen = []
     for _ in range(3):
-        async with Agent(AgentConfig(statedir=str(tmp_path), pidfile=None)) as agent:
-            client_end, agent_end = trio.testing.memory_stream_pair()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(agent.serve, agent_end)
-                client = StreamClient(client_end)
-                seen += [await open_file(client, tmp_path / "f") for _ in range(2)]
-                await client_end.aclose()
+        async with served(agent_factory()) as client:
+            seen += [await open_file(client, tmp_path / "f") for _ in range(2)]
     assert seen == list(range(1000, 1006))
 
 
-async def test_counter_from_qemu_ga_state_file_is_continued(tmp_path: Path) -> None:
+async def test_counter_from_qemu_ga_state_file_is_continued(
+    agent_factory: AgentFactory, tmp_path: Path
+) -> None:
     (tmp_path / "qga.state").write_text("[global]\nfd_counter=5000\n")
     (tmp_path / "f").write_bytes(b"")
-    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None))
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        assert await open_file(StreamClient(client_end), tmp_path / "f") == 5000
-        await client_end.aclose()
+    async with served(agent_factory()) as client:
+        assert await open_file(client, tmp_path / "f") == 5000
 
 
-async def test_unwritable_state_dir_fails_the_open_cleanly(tmp_path: Path) -> None:
+async def test_unwritable_state_dir_fails_the_open_cleanly(
+    agent_factory: AgentFactory, tmp_path: Path
+) -> None:
     statedir = tmp_path / "state"
     statedir.mkdir()
     (tmp_path / "f").write_bytes(b"")
-    agent = Agent(AgentConfig(statedir=str(statedir / "gone"), pidfile=None))
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        client = StreamClient(client_end)
+    agent = agent_factory(statedir=str(statedir / "gone"))
+    async with served(agent) as client:
         reply = await client.execute("guest-file-open", {"path": str(tmp_path / "f")})
         assert reply["error"]["desc"].startswith("failed to save the handle counter")
         assert len(agent.context.store) == 0  # and the descriptor was closed
-        await client_end.aclose()
 
 
 @pytest.mark.parametrize(
@@ -225,13 +218,9 @@ async def test_closed_handle_is_gone(agent_client: StreamClient, tmp_path: Path)
     assert await read(agent_client, handle) == error(f"handle '{handle}' has not been found")
 
 
-async def test_limit_on_open_handles(tmp_path: Path) -> None:
+async def test_limit_on_open_handles(agent_factory: AgentFactory, tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"")
-    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None, max_handles=2))
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        client = StreamClient(client_end)
+    async with served(agent_factory(max_handles=2)) as client:
         first = await open_file(client, tmp_path / "f")
         await open_file(client, tmp_path / "f")
         reply = await client.execute("guest-file-open", {"path": str(tmp_path / "f")})
@@ -241,7 +230,6 @@ async def test_limit_on_open_handles(tmp_path: Path) -> None:
         )
         await client.execute("guest-file-close", {"handle": first})
         await open_file(client, tmp_path / "f")
-        await client_end.aclose()
 
 
 # ------------------------------------------------------------------ read --
@@ -434,19 +422,27 @@ async def test_big_reads_leave_the_agent_responsive(
 ) -> None:
     """A read over INLINE_IO_LIMIT runs in a thread: Trio keeps running meanwhile."""
     (tmp_path / "f").write_bytes(b"x" * 200_000)
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
+    released: list[bool] = []
     real_read = files._read
 
     def slow_read(opened: Any, count: int) -> Any:
-        release.wait(10)
+        started.set()
+        released.append(release.wait(10))
         return real_read(opened, count)
+
+    async def big_read() -> None:
+        reply = await read(agent_client, handle, 200_000)
+        assert reply["return"]["count"] == 200_000
 
     monkeypatch.setattr(files, "_read", slow_read)
     handle = await open_file(agent_client, tmp_path / "f")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(read, agent_client, handle, 200_000)
-        await trio.sleep(0.05)  # the event loop runs while the read is stuck
+        nursery.start_soon(big_read)
+        assert await trio.to_thread.run_sync(started.wait, 10)
+        # The read is stuck in its thread, and this task runs: so does the event loop.
         release.set()
+    assert released == [True]  # the read went on because it was released, not timed out
     small = await read(agent_client, handle, 10)
     assert small["return"]["eof"] is True
 

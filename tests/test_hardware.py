@@ -7,11 +7,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
 
 from agent import Agent, AgentConfig
 from agent.system import SystemRoot
+from tests.agents import served as serve_agent
 from tests.qga_client import StreamClient
 from tests.system_fakes import RecordingExecutor
 
@@ -19,11 +18,8 @@ from tests.system_fakes import RecordingExecutor
 @asynccontextmanager
 async def served(config: AgentConfig, root: Path) -> AsyncIterator[StreamClient]:
     agent = Agent(config, executor=RecordingExecutor(), root=SystemRoot(root))
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        yield StreamClient(client_end)
-        await client_end.aclose()
+    async with serve_agent(agent) as client:
+        yield client
 
 
 @pytest.fixture

@@ -15,20 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
 
-import agent.handlers.disks as disks
-from agent import Agent, AgentConfig
 from agent.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV, check_allowed
 from agent.fsfreeze.mounts import parse_mountinfo
 from agent.sysinfo.fstrim import TrimRefused, block_mounts
 from agent.system import SystemRoot
+from tests.agents import AgentFactory, served
 from tests.qga_client import StreamClient
 from tests.test_info_blockdev import FakeSys
 
 
-async def test_get_disks_lists_disks_partitions_and_dependencies(tmp_path: Path) -> None:
+async def test_get_disks_lists_disks_partitions_and_dependencies(
+    agent_factory: AgentFactory, tmp_path: Path
+) -> None:
     fake = FakeSys(tmp_path / "root")
     device = "/sys/devices/pci0000:00/0000:00:02.0"
     fake.driver(device, "virtio-pci")
@@ -39,12 +38,8 @@ async def test_get_disks_lists_disks_partitions_and_dependencies(tmp_path: Path)
     (fake.root / "sys/devices/virtual/block/loop7/size").write_text("0\n")
     fake.virtual("dm-0", "253:0", (f"{vda}/vda2",))
     fake.udev("253:0", DM_NAME="vg-root")
-    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None), root=SystemRoot(fake.root))
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        reply = await StreamClient(client_end).execute("guest-get-disks")
-        await client_end.aclose()
+    async with served(agent_factory(root=SystemRoot(fake.root))) as client:
+        reply = await client.execute("guest-get-disks")
     by_name = {disk["name"]: disk for disk in reply["return"]}
     assert set(by_name) == {"/dev/dm-0", "/dev/vda", "/dev/vda1", "/dev/vda2"}  # loop7 is empty
     assert by_name["/dev/dm-0"] == {
@@ -132,15 +127,11 @@ def scratch_ext4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scratch]:
 
 
 @pytest.fixture
-async def scratch_client(scratch_ext4: Scratch, tmp_path: Path) -> AsyncIterator[StreamClient]:
-    config = AgentConfig(
-        statedir=str(tmp_path), pidfile=None, mount_table=str(scratch_ext4.mount_table)
-    )
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(Agent(config).serve, agent_end)
-        yield StreamClient(client_end)
-        await client_end.aclose()
+async def scratch_client(
+    scratch_ext4: Scratch, agent_factory: AgentFactory
+) -> AsyncIterator[StreamClient]:
+    async with served(agent_factory(mount_table=str(scratch_ext4.mount_table))) as client:
+        yield client
 
 
 def loop_device(mountpoint: Path) -> str:
@@ -212,13 +203,14 @@ async def test_fstrim_passes_the_minimum(scratch_client: StreamClient) -> None:
     ],
 )
 async def test_fstrim_errors_in_qemu_ga_words(
-    scratch_client: StreamClient, monkeypatch: pytest.MonkeyPatch, error: OSError, desc: str
+    scratch_ext4: Scratch, agent_factory: AgentFactory, error: OSError, desc: str
 ) -> None:
     def fail(mountpoint: str, minimum: int) -> tuple[int, int]:
         raise error
 
-    monkeypatch.setattr(disks, "trim_filesystem", fail)
-    reply = await scratch_client.execute("guest-fstrim")
+    agent = agent_factory(mount_table=str(scratch_ext4.mount_table), trim=fail)
+    async with served(agent) as client:
+        reply = await client.execute("guest-fstrim")
     [result] = reply["return"]["paths"]
     assert set(result) == {"path", "error"}
     assert result["error"] == desc
@@ -238,16 +230,9 @@ def test_trim_guard_refuses_what_it_does_not_list(
     check_allowed(mountpoint, os.stat(mountpoint).st_dev, "FITRIM", TrimRefused)
 
 
-async def test_fsinfo_mount_table_error(tmp_path: Path) -> None:
-    config = AgentConfig(
-        statedir=str(tmp_path), pidfile=None, mount_table=str(tmp_path / "missing")
-    )
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(Agent(config).serve, agent_end)
-        client = StreamClient(client_end)
+async def test_fsinfo_mount_table_error(agent_factory: AgentFactory, tmp_path: Path) -> None:
+    async with served(agent_factory(mount_table=str(tmp_path / "missing"))) as client:
         for name in ("guest-get-fsinfo", "guest-fstrim"):
             reply = await client.execute(name)
             assert reply["error"]["class"] == "GenericError"
             assert "missing" in reply["error"]["desc"]
-        await client_end.aclose()

@@ -11,9 +11,9 @@ import pytest
 import trio
 import trio.testing
 
-from agent import Agent, AgentConfig
 from agent.sysinfo.procfs import parse_ipv4_routes, parse_ipv6_routes
 from agent.system import SystemRoot
+from tests.agents import AgentFactory, served
 from tests.qga_client import StreamClient
 
 
@@ -161,15 +161,10 @@ async def test_routes_match_ip_route(agent_client: StreamClient) -> None:
         assert (destination, prefix or "128", route["dev"]) in ours6
 
 
-async def test_routes_without_ipv6(tmp_path: Path) -> None:
+async def test_routes_without_ipv6(agent_factory: AgentFactory, tmp_path: Path) -> None:
     (tmp_path / "proc/net").mkdir(parents=True)
-    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None), root=SystemRoot(tmp_path))
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        client = StreamClient(client_end)
+    async with served(agent_factory(root=SystemRoot(tmp_path))) as client:
         reply = await client.execute("guest-network-get-route")
         assert reply["error"]["desc"] == 'open("/proc/net/route"): No such file or directory'
         (tmp_path / "proc/net/route").write_text(PROC_NET_ROUTE)
         assert len(await returned(client, "guest-network-get-route")) == 2
-        await client_end.aclose()

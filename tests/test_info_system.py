@@ -16,12 +16,12 @@ import pytest
 import trio
 import trio.testing
 
-from agent import Agent, AgentConfig
 from agent.handlers.system import OS_RELEASE_ENV, logged_in_users
 from agent.protocol import encode_return
 from agent.sysinfo.osrelease import os_release_info, parse_os_release, unquote
 from agent.sysinfo.procfs import parse_cpustats, parse_diskstats
 from agent.system import SystemRoot
+from tests.agents import AgentFactory, served
 from tests.qga_client import StreamClient
 
 
@@ -40,16 +40,14 @@ async def returned(client: StreamClient, name: str) -> Any:
 
 
 @pytest.fixture
-async def scratch_client(tmp_path: Path) -> AsyncIterator[tuple[StreamClient, Path]]:
+async def scratch_client(
+    agent_factory: AgentFactory, tmp_path: Path
+) -> AsyncIterator[tuple[StreamClient, Path]]:
     """An agent whose system root is an empty scratch directory."""
     root = tmp_path / "root"
     root.mkdir()
-    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None), root=SystemRoot(root))
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        yield StreamClient(client_end), root
-        await client_end.aclose()
+    async with served(agent_factory(root=SystemRoot(root))) as client:
+        yield client, root
 
 
 # ------------------------------------------------------------ os-release --

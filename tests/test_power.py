@@ -14,11 +14,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
 
 from agent import Agent, AgentConfig
 from agent.system import CommandResult, SystemRoot
+from tests.agents import served as serve_agent
 from tests.qga_client import Reply, StreamClient
 from tests.system_fakes import OK, FakeClock, RecordingExecutor, exited
 
@@ -39,11 +38,8 @@ async def served(
         root=SystemRoot(root) if root else None,
         clock=clock or FakeClock(),
     )
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        yield StreamClient(client_end)
-        await client_end.aclose()
+    async with serve_agent(agent) as client:
+        yield client
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from agent import Agent, AgentConfig
 from agent.fsfreeze.marker import MARKER_NAME
 from agent.models.schema import parse
 from agent.registry import HandlerSet
+from tests.agents import AgentFactory, served
 from tests.qga_client import StreamClient
 
 GENERIC = "GenericError"
@@ -163,17 +164,15 @@ async def test_guest_info_lists_every_command(agent_client: StreamClient, agent:
         }
 
 
-async def test_frozen_state_disables_commands_per_schema(agent_config: AgentConfig) -> None:
+async def test_frozen_state_disables_commands_per_schema(
+    agent_config: AgentConfig, agent_factory: AgentFactory
+) -> None:
     (Path(agent_config.statedir) / MARKER_NAME).touch()  # as qemu-ga: start frozen
-    agent = Agent(agent_config)
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        agent_client = StreamClient(client_end)
+    agent = agent_factory()
+    async with served(agent) as agent_client:
         assert await agent_client.execute("guest-ping") == {"return": {}}
         assert await agent_client.execute("guest-sync", {"id": 3}) == {"return": 3}
         info = (await agent_client.execute("guest-info"))["return"]
-        await client_end.aclose()
     enabled = {c["name"]: c["enabled"] for c in info["supported_commands"]}
     for command in agent.context.registry:
         assert enabled[command.name] == command.allowed_while_frozen
@@ -232,9 +231,15 @@ def refuse(ctx: object, why: str | None) -> dict[str, object]:
 async def serve_test_agent(
     nursery: trio.Nursery, config: AgentConfig
 ) -> tuple[StreamClient, Agent]:
+    """A running agent with the test commands, served in ``nursery``; cancel it to stop."""
     agent = Agent(config, handlers=[test_handlers], schema=TEST_SCHEMA)
     client_end, agent_end = trio.testing.memory_stream_pair()
-    nursery.start_soon(agent.serve, agent_end)
+
+    async def run(task_status: trio.TaskStatus[None]) -> None:
+        async with agent:
+            await agent.serve(agent_end, task_status=task_status)
+
+    await nursery.start(run)
     return StreamClient(client_end), agent
 
 

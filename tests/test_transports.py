@@ -4,6 +4,7 @@ transports on the real devices of a VM."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -193,8 +194,7 @@ async def test_isa_serial_baud_rate_is_configurable(agent: Agent) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_isa_serial_hang_up_is_a_transport_error(tmp_path: Path) -> None:
-    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None))
+async def test_isa_serial_hang_up_is_a_transport_error(agent: Agent, tmp_path: Path) -> None:
     master, slave = os.openpty()
     path = os.ttyname(slave)
     os.close(slave)
@@ -214,9 +214,8 @@ async def test_retry_path_waits_for_the_device_and_reopens_it(
     config = AgentConfig(
         method="isa-serial", path=str(link), retry_path=True, pidfile=None, statedir=str(tmp_path)
     )
-    agent = Agent(config)
     with pseudo_terminal() as (master, path), caplog.at_level(logging.WARNING):
-        async with trio.open_nursery() as nursery:
+        async with Agent(config) as agent, trio.open_nursery() as nursery:
             # Started although the device is missing: the agent is up, waiting for it.
             await nursery.start(serve_transport, config, agent.serve)
             assert "No such file or directory; trying again in 0.05 s" in caplog.text
@@ -262,15 +261,15 @@ def vsock_unavailable() -> str | None:
     return None
 
 
-def test_vsock_listen_serves_a_client(agent: Agent) -> None:
+def test_vsock_listen_serves_a_client(agent_config: AgentConfig) -> None:
     """Synchronous, so that a skip keeps its reason (pytest-trio loses it)."""
     if reason := vsock_unavailable():
         pytest.skip(reason)
 
     async def scenario() -> BaseException | None:
-        config = AgentConfig(method="vsock-listen", path="-1:41999", pidfile=None)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve_transport, config, agent.serve)
+        config = dataclasses.replace(agent_config, method="vsock-listen", path="-1:41999")
+        async with Agent(config) as agent, trio.open_nursery() as nursery:
+            await nursery.start(agent.serve_transport)
             # The listening socket is there; a client needs a vsock path to it:
             # the loopback transport (CID 1) where the kernel has one.
             with trio.socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as client:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -92,9 +91,6 @@ async def _add_usage(ctx: AgentContext, info: dict[str, Any]) -> None:
     info["total-bytes-privileged"] = usage.f_blocks * usage.f_frsize
 
 
-# The trim call, replaceable in tests: (mountpoint, minimum) -> (trimmed, minimum).
-Trim = Callable[[str, int], tuple[int, int]]
-trim_filesystem: Trim = fstrim.fitrim
 # Discarding the free space of a big filesystem takes minutes on some disks.
 TRIM_TIMEOUT = 300.0
 
@@ -115,7 +111,7 @@ async def guest_fstrim(ctx: AgentContext, minimum: int | None) -> dict[str, Any]
             await ctx.fs.call(mount.mountpoint, partial(os.statvfs, mount.mountpoint))
             trimmed, used_minimum = await ctx.fs.call(
                 mount.mountpoint,
-                partial(trim_filesystem, mount.mountpoint, minimum or 0),
+                partial(ctx.trim, mount.mountpoint, minimum or 0),
                 limit=max(ctx.fs.timeout, TRIM_TIMEOUT),
             )
         except OSError as err:

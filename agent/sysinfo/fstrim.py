@@ -12,7 +12,7 @@ import fcntl
 import os
 import stat
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from agent.fsfreeze.ioctl import check_allowed
 from agent.fsfreeze.mounts import Mount
@@ -25,6 +25,10 @@ _U64 = (1 << 64) - 1
 
 class TrimRefused(PermissionError):
     """FITRIM on a path the test guard does not allow."""
+
+
+# The trim call, replaceable in tests: (mountpoint, minimum) -> (trimmed, minimum).
+Trim = Callable[[str, int], tuple[int, int]]
 
 
 def fitrim(mountpoint: str, minimum: int) -> tuple[int, int]:

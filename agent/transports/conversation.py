@@ -11,8 +11,8 @@ from agent.transports.types import StreamHandler
 log = logging.getLogger(__name__)
 
 
-async def serve_conversation(handler: StreamHandler, stream: trio.abc.Stream) -> None:
-    """Run ``handler`` on ``stream``, then close the stream.
+async def serve_conversation(handler: StreamHandler, stream: trio.abc.Stream) -> bool:
+    """Run ``handler`` on ``stream``, then close the stream; False if it failed.
 
     A peer that goes away ends its session quietly (the session's business);
     any other error ends this session only, logged with its reason, and the
@@ -22,8 +22,10 @@ async def serve_conversation(handler: StreamHandler, stream: trio.abc.Stream) ->
         await handler(stream)
     except Exception as err:
         log.exception("a session ended on an error: %s", _reason(err))
+        return False
     finally:
         await trio.aclose_forcefully(stream)
+    return True
 
 
 def _reason(err: BaseException) -> str:

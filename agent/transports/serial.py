@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FAILED_SESSION_BACKOFF = 0.1  # seconds before the next conversation after a failed one
+
 
 class LineStream(DeviceStream):
     """The conversation on a serial line."""
@@ -58,5 +60,6 @@ async def serve_isa_serial(
         task_status.started()
         device = Device(line.fd)
         while True:
-            await serve_conversation(handler, LineStream(device))
+            if not await serve_conversation(handler, LineStream(device)):
+                await trio.sleep(FAILED_SESSION_BACKOFF)  # one that fails at once must not spin
             device.check()

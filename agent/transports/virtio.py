@@ -77,6 +77,7 @@ async def serve_port(fd_in: int, fd_out: int, handler: StreamHandler) -> None:
     """Conversations one after another on an open port; raises the port's error."""
     device = Device(fd_in, fd_out)
     while True:
-        await serve_conversation(handler, PortStream(device))
+        if not await serve_conversation(handler, PortStream(device)):
+            await trio.sleep(NO_HOST_BACKOFF)  # a session that fails at once must not spin
         device.check()
         log.debug("host went away; waiting for the next one")

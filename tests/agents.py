@@ -12,62 +12,27 @@ runs (a host that reconnects).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterable
+import inspect
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from agent import Agent, AgentConfig
-from agent.fsfreeze.freezer import Freezer
-from agent.handlers import BUILTIN
-from agent.models.schema import SchemaDefs
-from agent.registry import HandlerSet
-from agent.sysinfo.fstrim import Trim
-from agent.system import Clock, Executor, SystemRoot
 from tests.qga_client import StreamClient
 
-
-class AgentFactory(Protocol):
-    def __call__(
-        self,
-        *,
-        handlers: Iterable[HandlerSet] = BUILTIN,
-        schema: SchemaDefs | None = None,
-        executor: Executor | None = None,
-        root: SystemRoot | None = None,
-        clock: Clock | None = None,
-        freezer: Freezer | None = None,
-        trim: Trim | None = None,
-        **config: Any,
-    ) -> Agent: ...
+AgentFactory = Callable[..., Agent]
+_AGENT_KEYWORDS = frozenset(inspect.signature(Agent).parameters) - {"config"}
 
 
 @pytest.fixture
 def agent_factory(agent_config: AgentConfig) -> AgentFactory:
-    def make(
-        *,
-        handlers: Iterable[HandlerSet] = BUILTIN,
-        schema: SchemaDefs | None = None,
-        executor: Executor | None = None,
-        root: SystemRoot | None = None,
-        clock: Clock | None = None,
-        freezer: Freezer | None = None,
-        trim: Trim | None = None,
-        **config: Any,
-    ) -> Agent:
-        return Agent(
-            dataclasses.replace(agent_config, **config),
-            handlers=handlers,
-            schema=schema,
-            executor=executor,
-            root=root,
-            clock=clock,
-            freezer=freezer,
-            trim=trim,
-        )
+    def make(**overrides: Any) -> Agent:
+        keywords = {name: overrides.pop(name) for name in _AGENT_KEYWORDS & overrides.keys()}
+        return Agent(dataclasses.replace(agent_config, **overrides), **keywords)
 
     return make
 

@@ -26,6 +26,7 @@ from agent.dispatch import Dispatcher
 from agent.fsfreeze.freezer import Freezer
 from agent.fsguard import FsGuard, FsTimeout
 from agent.handlers import BUILTIN
+from agent.logholding import LogHold
 from agent.models.schema import SchemaDefs, load_builtin
 from agent.plugins import load_plugins
 from agent.policy import CommandPolicy
@@ -69,11 +70,13 @@ class Agent:
         clock: Clock | None = None,
         freezer: Freezer | None = None,
         trim: Trim | None = None,
+        log_hold: LogHold | None = None,
     ) -> None:
         """``executor``, ``root``, ``clock`` and ``trim`` replace the real system
         for the commands that change it (tests pass a recording executor, a
         scratch directory, a fake clock and a fake FITRIM);
-        ``freezer`` replaces the one built from ``config`` (tests pass fake ioctls)."""
+        ``freezer`` replaces the one built from ``config`` (tests pass fake ioctls);
+        ``log_hold`` is held while filesystems are frozen (the CLI's log handler)."""
         self.config = config or AgentConfig()
         fs = FsGuard(self.config.fs_timeout)
         freezer = freezer or Freezer(
@@ -82,6 +85,7 @@ class Agent:
             hook=self.config.fsfreeze_hook,
             thaw_timeout=self.config.thaw_timeout,
             fs=fs,
+            log_hold=log_hold,
         )
         registry = build_registry(handlers, schema)
         self.plugins = (

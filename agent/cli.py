@@ -22,6 +22,7 @@ from agent.config import DEFAULT_BAUD_RATE, DEFAULT_PIDFILE, DEFAULT_STATEDIR, A
 from agent.fsfreeze.hook import DEFAULT_HOOK
 from agent.fsfreeze.mounts import DEFAULT_MOUNT_TABLE
 from agent.fsguard import DEFAULT_FS_TIMEOUT
+from agent.logholding import LogHold
 from agent.logs import setup_logging
 from agent.pidfile import PidfileError, held_pidfile
 from agent.sdnotify import Notifier
@@ -293,10 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _absolute_paths(config)
         launcher = daemon.detach(keep=[listener.fileno()] if listener else [])
     try:
-        setup_logging(config, daemonized=launcher is not None)
+        log_hold = setup_logging(config, daemonized=launcher is not None)
     except OSError as err:
         return _failed(launcher, [f"cannot open log file {config.logfile}: {err.strerror}"])
-    return _serve(config, listener, launcher)
+    return _serve(config, listener, launcher, log_hold)
 
 
 def list_plugins(disabled: tuple[str, ...]) -> int:
@@ -316,7 +317,10 @@ def list_plugins(disabled: tuple[str, ...]) -> int:
 
 
 def _serve(
-    config: AgentConfig, listener: socket.socket | None, launcher: daemon.Launcher | None
+    config: AgentConfig,
+    listener: socket.socket | None,
+    launcher: daemon.Launcher | None,
+    log_hold: LogHold,
 ) -> int:
     notifier = Notifier.from_environment()
     return_big_buffers()
@@ -337,6 +341,7 @@ def _serve(
                     run,
                     config,
                     listener=listener,
+                    log_hold=log_hold,
                     on_ready=ready,
                     on_stopping=partial(notifier.notify, "STOPPING=1"),
                 )
@@ -378,17 +383,19 @@ async def run(
     config: AgentConfig,
     *,
     listener: socket.socket | None = None,
+    log_hold: LogHold | None = None,
     on_ready: Callable[[], None] = lambda: None,
     on_stopping: Callable[[], None] = lambda: None,
 ) -> int:
     """Serve ``config``'s transport (or systemd's ``listener``) until SIGTERM or SIGINT.
 
-    ``on_ready`` runs once the transport is open, ``on_stopping`` on a signal.
+    ``log_hold`` is held while filesystems are frozen; ``on_ready`` runs once
+    the transport is open, ``on_stopping`` on a signal.
     Returns how many filesystem calls were left stuck (abandoned threads).
     """
     from agent.api import Agent  # after logging is set up: building it may log
 
-    async with Agent(config) as agent, trio.open_nursery() as nursery:
+    async with Agent(config, log_hold=log_hold) as agent, trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             await nursery.start(partial(agent.serve_transport, listener=listener))
             log.info("trio-qga %s ready", VERSION)

@@ -4,18 +4,37 @@ A log line written to a file on a frozen filesystem blocks the writer until
 the thaw: for the agent, that means no more replies, so no thaw command can
 arrive. qemu-ga drops its log while frozen; trio-qga keeps the records in
 memory (up to a cap, counting what it has to drop) and writes them after the
-thaw. The CLI wraps its log handler in a :class:`HoldingHandler`; the freezer
-calls :func:`hold_logs` and :func:`release_logs`, which act on every such
-handler of the root logger (nothing happens when there is none, as when
-the agent is embedded in a program that sets up its own logging).
+thaw. The CLI wraps its log handler in a :class:`HoldingHandler` and hands
+it to the agent (``Agent(log_hold=...)``), whose freezer holds and resumes
+it: no process-global state, and an embedding program that sets up its own
+logging wires its own :class:`LogHold`, or none.
 """
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
+from typing import Protocol
 
 MAX_HELD = 10_000  # records kept while frozen; later ones are counted and dropped
+
+
+class LogHold(Protocol):
+    """What the freezer calls around a freeze: hold the log, then resume it."""
+
+    def hold(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class NoHold:
+    """The log of an agent that was given nothing to hold."""
+
+    def hold(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
 
 
 class HoldingHandler(logging.handlers.MemoryHandler):
@@ -57,17 +76,3 @@ class HoldingHandler(logging.handlers.MemoryHandler):
             logging.getLogger(__name__).warning(
                 "%d log records were dropped while filesystems were frozen", dropped
             )
-
-
-def _holding_handlers() -> list[HoldingHandler]:
-    return [h for h in logging.getLogger().handlers if isinstance(h, HoldingHandler)]
-
-
-def hold_logs() -> None:
-    for handler in _holding_handlers():
-        handler.hold()
-
-
-def release_logs() -> None:
-    for handler in _holding_handlers():
-        handler.resume()

@@ -16,8 +16,10 @@ SYSLOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # syslog adds time and ho
 SYSLOG_ADDRESS = "/dev/log"
 
 
-def setup_logging(config: AgentConfig, *, daemonized: bool = False) -> None:
-    """Send the log where ``config`` says; debug messages with ``verbose``."""
+def setup_logging(config: AgentConfig, *, daemonized: bool = False) -> HoldingHandler:
+    """Send the log where ``config`` says; debug messages with ``verbose``.
+
+    The handler it returns is for the agent to hold while filesystems are frozen."""
     handler: logging.Handler
     if config.logfile:
         handler = logging.FileHandler(config.logfile)
@@ -32,6 +34,8 @@ def setup_logging(config: AgentConfig, *, daemonized: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(FORMAT))
+    holding = HoldingHandler(handler)
     root = logging.getLogger()
-    root.handlers[:] = [HoldingHandler(handler)]  # held while filesystems are frozen
+    root.handlers[:] = [holding]
     root.setLevel(logging.DEBUG if config.verbose else logging.INFO)
+    return holding

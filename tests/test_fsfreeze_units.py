@@ -484,14 +484,15 @@ class ListHandler(logging.Handler):
 
 
 @pytest.fixture
-def held_root_log() -> Iterator[ListHandler]:
-    """The CLI's setup: the root logger's handler wrapped in a HoldingHandler."""
-    target = ListHandler()
+def held_root_log() -> Iterator[HoldingHandler]:
+    """The CLI's setup: the root logger's handler wrapped in a HoldingHandler,
+    which the CLI hands the agent to hold while frozen."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    root.handlers[:] = [HoldingHandler(target)]
+    holding = HoldingHandler(ListHandler())
+    root.handlers[:] = [holding]
     root.setLevel(logging.INFO)
-    yield target
+    yield holding
     root.handlers[:], level = saved
     root.setLevel(level)
 
@@ -523,15 +524,17 @@ def test_holding_handler_holds_caps_and_writes_in_order(caplog: pytest.LogCaptur
 
 
 async def test_log_is_held_while_frozen_and_written_after_thaw(
-    tmp_path: Path, table: Path, held_root_log: ListHandler
+    tmp_path: Path, table: Path, held_root_log: HoldingHandler
 ) -> None:
-    freezer = fake_freezer(tmp_path, table, FakeIoctls())
+    written = held_root_log.target
+    assert isinstance(written, ListHandler)
+    freezer = fake_freezer(tmp_path, table, FakeIoctls(), log_hold=held_root_log)
     await freezer.freeze()
     logging.getLogger("test").warning("while frozen")
-    assert "while frozen" not in held_root_log.messages
+    assert "while frozen" not in written.messages
     await freezer.thaw()
-    assert "while frozen" in held_root_log.messages
-    assert held_root_log.messages[-1] == "thawed 3 filesystem(s)"
+    assert "while frozen" in written.messages
+    assert written.messages[-1] == "thawed 3 filesystem(s)"
 
 
 @pytest.fixture

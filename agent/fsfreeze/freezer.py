@@ -35,7 +35,7 @@ from agent.fsfreeze.mounts import (
 from agent.fsfreeze.state import FreezeEvent, FreezeMachine, FreezeState
 from agent.fsfreeze.watchdog_client import Watchdog, WatchdogError
 from agent.fsguard import FsGuard, FsTimeout
-from agent.logholding import hold_logs, release_logs
+from agent.logholding import LogHold, NoHold
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,13 @@ class Freezer:
         watchdog: bool = True,
         fs: FsGuard | None = None,
         hook_timeout: float = HOOK_TIMEOUT,
+        log_hold: LogHold | None = None,
     ) -> None:
         """``ioctls`` None means the real kernel calls; ``watchdog`` arms the
         watchdog process before each freeze (pointless with fake ioctls); ``fs``
-        gives each FIFREEZE and FITHAW its deadline."""
+        gives each FIFREEZE and FITHAW its deadline; ``log_hold`` is held while
+        anything is frozen."""
+        self._log_hold = log_hold or NoHold()
         self.mount_table = mount_table
         self.hook = hook
         self.hook_timeout = hook_timeout  # seconds the hook may run
@@ -83,7 +86,7 @@ class Freezer:
             # Until run() has checked what it claims (_verify_marker).
             self._machine = FreezeMachine(FreezeState.FROZEN)
             self._frozen = self._marker.mountpoints()
-            hold_logs()
+            self._log_hold.hold()
             log.warning("%s exists: checking what is frozen", self._marker.path)
 
     @property
@@ -196,7 +199,7 @@ class Freezer:
 
     async def _freeze(self, plan: list[Mount]) -> int:
         self._machine.fire(FreezeEvent.FREEZE)
-        hold_logs()  # from here on, nothing of ours may write to a filesystem
+        self._log_hold.hold()  # from here on, nothing of ours may write to a filesystem
         frozen: list[str] = []
         hook_ran = done = False
         try:
@@ -291,7 +294,7 @@ class Freezer:
                 log.warning("cannot remove %s: %s", self._marker.path, os_error_text(err))
             self._frozen = []
             self._machine.fire(FreezeEvent.THAWED)
-            release_logs()
+            self._log_hold.resume()
             log.info("thawed %d filesystem(s)", count)
             await self._watchdog.release()  # still under the lock: no freeze meanwhile
         return count

@@ -11,6 +11,7 @@ import math
 import os
 import stat
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -332,36 +333,48 @@ async def test_started_with_qemu_gas_empty_marker_the_thaw_covers_the_table(
 async def test_auto_thaw_fires_after_the_timeout_and_says_so(
     tmp_path: Path,
     table: Path,
-    autojump_clock: trio.testing.MockClock,
+    mock_clock: trio.testing.MockClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The clock moves only when the test moves it: the freezer's ioctls run in
+    threads, and an autojump clock jumps while a thread runs (under load, past
+    the deadlines this test checks)."""
     ioctls = FakeIoctls()
     freezer = fake_freezer(tmp_path, table, ioctls, thaw_timeout=60.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(freezer.run)
         assert await freezer.freeze() == 3
-        await trio.sleep(59)
+        await advance(mock_clock, 59)
         assert freezer.state is FreezeState.FROZEN
-        await trio.sleep(1)
+        await advance(mock_clock, 1)
         await settled(freezer)  # the thaw's ioctls run in threads
         assert ioctls.frozen == set()
         # A thaw by the host disarms it: a second freeze is thawed by the host only.
         await freezer.freeze()
-        await trio.sleep(30)
+        await advance(mock_clock, 30)
         assert await freezer.thaw() == 3
         await freezer.freeze()
-        await trio.sleep(59)
+        await advance(mock_clock, 59)
         assert freezer.state is FreezeState.FROZEN  # the timer restarted at this freeze
         await freezer.thaw()
         nursery.cancel_scope.cancel()
     assert "auto-thaw: filesystems frozen for 60 s" in caplog.text
 
 
+async def advance(clock: trio.testing.MockClock, seconds: float) -> None:
+    """Move the clock, then let every task that was due run until it blocks."""
+    clock.jump(seconds)
+    await trio.testing.wait_all_tasks_blocked()
+
+
 async def settled(freezer: Freezer) -> None:
-    """Wait (in virtual time) until the freezer is back to THAWED."""
-    with trio.fail_after(10):
-        while freezer.state is not FreezeState.THAWED:  # noqa: ASYNC110 (no event for it)
-            await trio.sleep(0.01)
+    """Wait until the freezer is back to THAWED; the clock stands still meanwhile
+    (the polling waits in real time, in a thread)."""
+    for _ in range(1000):
+        if freezer.state is FreezeState.THAWED:
+            return
+        await trio.to_thread.run_sync(time.sleep, 0.01)
+    raise AssertionError(f"still {freezer.state} after 10 s")
 
 
 async def test_the_agent_thaws_when_it_stops(tmp_path: Path, table: Path) -> None:

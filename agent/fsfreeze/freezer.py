@@ -64,7 +64,7 @@ class Freezer:
         watchdog process before each freeze (pointless with fake ioctls); ``fs``
         gives each FIFREEZE and FITHAW its deadline; ``log_hold`` is held while
         anything is frozen."""
-        self._log_hold = log_hold or NoHold()
+        self._log_hold: LogHold = NoHold() if log_hold is None else log_hold
         self.mount_table = mount_table
         self.hook = hook
         self.hook_timeout = hook_timeout  # seconds the hook may run

@@ -159,13 +159,18 @@ def process_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
-async def test_an_exited_child_is_reaped_only_once_reported(agent_client: StreamClient) -> None:
-    pid = await exec_ok(agent_client, "/bin/true")
+async def exited_unreaped(pid: int) -> None:
+    """Wait until ``pid`` has exited, not reaped (nothing tells when: poll /proc)."""
     with trio.fail_after(10):
         while True:
             if process_state(pid) == "Z":
-                break
+                return
             await trio.sleep(0.01)
+
+
+async def test_an_exited_child_is_reaped_only_once_reported(agent_client: StreamClient) -> None:
+    pid = await exec_ok(agent_client, "/bin/true")
+    await exited_unreaped(pid)
     await trio.sleep(0.05)
     assert process_state(pid) == "Z"  # still ours: the pid cannot be reused yet
     await wait_status(agent_client, pid)
@@ -173,18 +178,25 @@ async def test_an_exited_child_is_reaped_only_once_reported(agent_client: Stream
 
 
 async def test_exited_waits_for_captured_output_to_close(
-    agent_client: StreamClient, monkeypatch: pytest.MonkeyPatch
+    agent_client: StreamClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # The shell exits at once; a grandchild keeps stdout open for a while (qemu-ga
-    # waits too), here well within the grace period.
+    # The shell exits at once; a grandchild keeps stdout open until the test
+    # lets it go (qemu-ga waits too), here well within the grace period.
     monkeypatch.setattr(processes_module, "DRAIN_GRACE", 10.0)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
     pid = await exec_ok(
-        agent_client, "/bin/sh", "-c", "(sleep 0.3; echo late) &", **{"capture-output": True}
+        agent_client,
+        "/bin/sh",
+        "-c",
+        f"(read line < {gate}; echo late) &",
+        **{"capture-output": True},
     )
-    await trio.sleep(0.1)
+    await exited_unreaped(pid)  # the shell (not reported yet); its grandchild holds stdout
     assert (await agent_client.execute("guest-exec-status", {"pid": pid}))["return"] == {
         "exited": False
     }
+    await trio.to_thread.run_sync(gate.write_text, "go\n")
     status = await wait_status(agent_client, pid)
     assert base64.b64decode(status["out-data"]) == b"late\n"
 

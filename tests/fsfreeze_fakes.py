@@ -55,11 +55,13 @@ class FakeIoctls:
         self.calls: list[tuple[str, str]] = []
         self.frozen: set[str] = set()
         self.lock = threading.Lock()
+        self.blocked = threading.Event()  # set when a freeze starts waiting on ``block``
 
     def freeze(self, mountpoint: str, device: int | None) -> bool:
         with self.lock:
             self.calls.append(("freeze", mountpoint))
         if mountpoint in self.block:
+            self.blocked.set()
             assert self.block[mountpoint].wait(10), "test did not release the freeze"
         if mountpoint in self.fail:
             raise self.fail[mountpoint]

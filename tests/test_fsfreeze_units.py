@@ -232,14 +232,15 @@ async def test_a_freeze_cancelled_part_way_thaws_what_it_froze(tmp_path: Path, t
     release = threading.Event()
     ioctls = FakeIoctls(block={f"{FAKE}/data": release})
     freezer = fake_freezer(tmp_path, table, ioctls)
+
+    async def cancel_in_flight(scope: trio.CancelScope) -> None:
+        assert await trio.to_thread.run_sync(ioctls.blocked.wait, 10)
+        scope.cancel()  # while the ioctl is in flight, then let it complete
+        release.set()
+
     async with trio.open_nursery() as nursery:
-
-        async def release_later() -> None:
-            await trio.sleep(0.3)  # after the cancel: the ioctl is in flight
-            release.set()
-
-        nursery.start_soon(release_later)
-        with trio.move_on_after(0.1) as scope:
+        with trio.CancelScope() as scope:
+            nursery.start_soon(cancel_in_flight, scope)
             await freezer.freeze()
     assert scope.cancelled_caught
     # The ioctl in flight was abandoned: it completed (it cannot be interrupted)

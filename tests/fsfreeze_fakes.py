@@ -4,6 +4,8 @@ even a wrongly wired real seam could freeze them)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 from pathlib import Path
 
@@ -48,10 +50,12 @@ class FakeIoctls:
         fail: dict[str, OSError] | None = None,
         unsupported: tuple[str, ...] = (),
         block: dict[str, threading.Event] | None = None,
+        unanswered_thaw: tuple[str, ...] = (),
     ) -> None:
         self.fail = fail or {}
         self.unsupported = unsupported
         self.block = block or {}
+        self.unanswered_thaw = unanswered_thaw  # FITHAW fails (EIO): frozen or not, unknown
         self.calls: list[tuple[str, str]] = []
         self.frozen: set[str] = set()
         self.lock = threading.Lock()
@@ -74,6 +78,8 @@ class FakeIoctls:
     def thaw(self, mountpoint: str) -> bool:
         with self.lock:
             self.calls.append(("thaw", mountpoint))
+            if mountpoint in self.unanswered_thaw:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
             if mountpoint in self.frozen:
                 self.frozen.remove(mountpoint)
                 return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,12 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig
+from agent.fsfreeze.freezer import Freezer
 from agent.fsfreeze.marker import MARKER_NAME
 from agent.models.schema import parse
 from agent.registry import HandlerSet
 from tests.agents import AgentFactory, served
+from tests.fsfreeze_fakes import FakeIoctls
 from tests.qga_client import StreamClient
 
 GENERIC = "GenericError"
@@ -167,8 +170,7 @@ async def test_guest_info_lists_every_command(agent_client: StreamClient, agent:
 async def test_frozen_state_disables_commands_per_schema(
     agent_config: AgentConfig, agent_factory: AgentFactory
 ) -> None:
-    (Path(agent_config.statedir) / MARKER_NAME).touch()  # as qemu-ga: start frozen
-    agent = agent_factory()
+    agent = agent_factory(freezer=started_frozen(agent_config.statedir))
     async with served(agent) as agent_client:
         assert await agent_client.execute("guest-ping") == {"return": {}}
         assert await agent_client.execute("guest-sync", {"id": 3}) == {"return": 3}
@@ -228,11 +230,19 @@ def refuse(ctx: object, why: str | None) -> dict[str, object]:
     raise GenericError(why or "no reason")
 
 
+def started_frozen(statedir: str) -> Freezer:
+    """A freezer that starts frozen: an earlier agent's marker lists a
+    mountpoint whose state FITHAW cannot tell (the agent checks it at start)."""
+    (Path(statedir) / MARKER_NAME).write_text('["/frozen"]')
+    ioctls = FakeIoctls(unanswered_thaw=("/frozen",))
+    return Freezer(statedir, mount_table=os.devnull, ioctls=ioctls, watchdog=False)
+
+
 async def serve_test_agent(
-    nursery: trio.Nursery, config: AgentConfig
+    nursery: trio.Nursery, config: AgentConfig, freezer: Freezer | None = None
 ) -> tuple[StreamClient, Agent]:
     """A running agent with the test commands, served in ``nursery``; cancel it to stop."""
-    agent = Agent(config, handlers=[test_handlers], schema=TEST_SCHEMA)
+    agent = Agent(config, handlers=[test_handlers], schema=TEST_SCHEMA, freezer=freezer)
     client_end, agent_end = trio.testing.memory_stream_pair()
 
     async def run(task_status: trio.TaskStatus[None]) -> None:
@@ -311,8 +321,9 @@ async def test_blocked_and_allowed_rpcs(tmp_path: Any) -> None:
 
 async def test_frozen_refuses_commands_not_allowed_while_frozen(tmp_path: Any) -> None:
     async with trio.open_nursery() as nursery:
-        (tmp_path / MARKER_NAME).touch()  # as qemu-ga: start frozen
-        client, _ = await serve_test_agent(nursery, AgentConfig(statedir=str(tmp_path)))
+        client, _ = await serve_test_agent(
+            nursery, AgentConfig(statedir=str(tmp_path)), started_frozen(str(tmp_path))
+        )
         assert await client.execute("test-broken") == error(
             "Command test-broken has been disabled: the command is not allowed",
             "CommandNotFound",

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from agent import AgentConfig, conffile
-from agent.cli import build_parser, config_from_args, main
+from agent.cli import main
+from agent.cli_config import build_parser, config_from_args
 from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent, wait_for_socket
 
 

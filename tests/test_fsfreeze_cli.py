@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser
+from agent.cli_config import build_parser
 from agent.fsfreeze.hook import DEFAULT_HOOK
 from agent.fsfreeze.ioctl import LinuxIoctls
 from agent.fsfreeze.marker import MARKER_NAME

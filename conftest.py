@@ -29,6 +29,7 @@ pytest_plugins = [
     "tests.reference",
     "tests.scratch_user",
     "tests.hung_mounts",
+    "tests.fsfreeze_fakes",
 ]
 
 

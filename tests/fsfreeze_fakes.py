@@ -1,13 +1,22 @@
 """Fakes for the fsfreeze tests that need no real filesystem: a recording ioctl
 seam and mount tables of made-up paths (paths that do not exist, so that not
-even a wrongly wired real seam could freeze them)."""
+even a wrongly wired real seam could freeze them), the ``table`` fixture and a
+freezer built on them, and a log handler that keeps what it is given. A pytest
+plugin of the root ``conftest.py``, for the ``table`` fixture."""
 
 from __future__ import annotations
 
 import errno
+import logging
+import math
 import os
 import threading
 from pathlib import Path
+
+import pytest
+
+from agent.fsfreeze.freezer import Freezer
+from agent.fsguard import FsGuard
 
 FAKE = "/qga-test-fake"
 
@@ -87,3 +96,30 @@ class FakeIoctls:
 
     def called(self, action: str) -> list[str]:
         return [path for what, path in self.calls if what == action]
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Path:
+    return write_table(tmp_path)
+
+
+def fake_freezer(tmp_path: Path, table: Path, ioctls: FakeIoctls, **options: object) -> Freezer:
+    """No deadline on the fake ioctls: they never hang, and under an autojump
+    clock virtual time runs ahead while a worker thread does its work."""
+    return Freezer(
+        str(tmp_path),
+        mount_table=str(table),
+        ioctls=ioctls,
+        watchdog=False,
+        fs=FsGuard(math.inf),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())

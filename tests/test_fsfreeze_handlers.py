@@ -1,0 +1,62 @@
+"""The guest-fsfreeze-* commands (``agent/handlers/fsfreeze.py``) served by an
+agent on the fake ioctls: what is refused while frozen."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from agent import Agent, AgentConfig
+from agent.client import QgaClient
+from tests.fsfreeze_fakes import (
+    FAKE,
+    FakeIoctls,
+    fake_freezer,
+)
+from tests.qga_client import StreamClient
+
+
+@pytest.fixture
+async def fake_agent_client(tmp_path: Path, table: Path) -> AsyncIterator[StreamClient]:
+    agent = Agent(
+        AgentConfig(statedir=str(tmp_path), pidfile=None),
+        freezer=fake_freezer(tmp_path, table, FakeIoctls()),
+    )
+    client_end, agent_end = trio.testing.memory_stream_pair()
+    async with agent, trio.open_nursery() as nursery:
+        nursery.start_soon(agent.serve, agent_end)
+        yield StreamClient(client_end)
+        await client_end.aclose()
+
+
+async def test_commands_while_frozen(fake_agent_client: StreamClient) -> None:
+    client = fake_agent_client
+    assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
+    assert await client.execute("guest-fsfreeze-freeze-list", {"mountpoints": [FAKE]}) == {
+        "return": 1
+    }
+    assert await client.execute("guest-fsfreeze-status") == {"return": "frozen"}
+    for name in ("guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list", "guest-file-open"):
+        reply = await client.execute(name)
+        assert reply == {
+            "error": {
+                "class": "CommandNotFound",
+                "desc": f"Command {name} has been disabled: the command is not allowed",
+            }
+        }
+    assert await client.execute("guest-sync", {"id": 1}) == {"return": 1}
+    assert await client.execute("guest-fsfreeze-thaw") == {"return": 1}
+    assert await client.execute("guest-fsfreeze-thaw") == {"return": 0}
+    reply = await client.execute("guest-fsfreeze-freeze-list", {"mountpoints": ["/nowhere"]})
+    assert reply == {"return": 0}  # ignored, as the schema says
+    assert await client.execute("guest-fsfreeze-freeze-list", {"mountpoints": []}) == {"return": 0}
+    assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
+
+
+async def test_the_pytest_plugins_agent_has_nothing_to_freeze(qga_client: QgaClient) -> None:
+    """A downstream test suite must not freeze the machine it runs on."""
+    assert await qga_client.execute("guest-fsfreeze-freeze") == 0

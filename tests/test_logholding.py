@@ -1,0 +1,39 @@
+"""The log handler that holds records while filesystems are frozen
+(``agent/logholding.py``)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from agent.logholding import HoldingHandler
+from tests.fsfreeze_fakes import (
+    ListHandler,
+)
+
+
+def test_holding_handler_holds_caps_and_writes_in_order(caplog: pytest.LogCaptureFixture) -> None:
+    target = ListHandler()
+    handler = HoldingHandler(target, max_held=3)
+    log = logging.getLogger("test.holding")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        log.warning("before")
+        handler.hold()
+        for n in range(5):
+            log.warning("held %d", n)
+        handler.flush()  # as logging's shutdown does: nothing while held
+        assert target.messages == ["before"]
+        handler.resume()
+        assert target.messages == [
+            "before",
+            "held 0",
+            "held 1",
+            "held 2",
+        ]
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    assert "2 log records were dropped while filesystems were frozen" in caplog.text

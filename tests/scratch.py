@@ -39,6 +39,11 @@ class Scratch:
     mount_table: Path  # mountinfo of these four mounts, nothing else
 
     @property
+    def ext4_image(self) -> Path:
+        """The sparse file behind the ext4 loop device (FITRIM punches holes in it)."""
+        return self.base / "ext4.img"
+
+    @property
     def freezable(self) -> list[Path]:
         return [self.ext4, self.xfs]
 
@@ -76,12 +81,12 @@ def mount_scratch(base: Path) -> Scratch:
         bind=base / "bind",
         mount_table=base / "mountinfo",
     )
-    _run("truncate", "-s", "64M", str(base / "ext4.img"))
+    _run("truncate", "-s", "64M", str(scratch.ext4_image))
     _run("truncate", "-s", "320M", str(base / "xfs.img"))  # xfs wants 300 MB at least
-    _run("mkfs.ext4", "-q", "-F", str(base / "ext4.img"))
+    _run("mkfs.ext4", "-q", "-F", str(scratch.ext4_image))
     _run("mkfs.xfs", "-q", "-f", str(base / "xfs.img"))
     scratch.ext4.mkdir()
-    _run("mount", "-o", "loop", str(base / "ext4.img"), str(scratch.ext4))
+    _run("mount", "-o", "loop", str(scratch.ext4_image), str(scratch.ext4))
     scratch.xfs.mkdir()
     (scratch.ext4 / "shared").mkdir()
     _run("mount", "-o", "loop", str(base / "xfs.img"), str(scratch.xfs))

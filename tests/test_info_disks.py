@@ -1,27 +1,27 @@
 """guest-get-disks, guest-get-fsinfo and guest-fstrim.
 
 guest-get-disks on a scratch /sys tree (tests/test_info_blockdev.py checks
-the addresses); fsinfo and fstrim on an ext4 image mounted on a loop device by
-this module, through a mount table that lists nothing else.
+the addresses); fsinfo and fstrim on the suite's scratch filesystems
+(tests/scratch.py: ext4 and xfs on loop devices, a tmpfs, a bind mount),
+through their mount table, which lists nothing else.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import subprocess
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from agent.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV, check_allowed
+from agent.fsfreeze.ioctl import REFUSED_ENV, check_allowed
 from agent.fsfreeze.mounts import parse_mountinfo
 from agent.sysinfo.fstrim import TrimRefused, block_mounts
 from agent.system import SystemRoot
 from tests.agents import AgentFactory, served
 from tests.qga_client import StreamClient
+from tests.scratch import Scratch
 from tests.test_info_blockdev import FakeSys
 
 
@@ -79,58 +79,14 @@ def test_block_mounts_follow_qemu_ga() -> None:
     ]
 
 
-# ----------------------------------------------- scratch ext4 on a loop --
-@dataclass(frozen=True)
-class Scratch:
-    image: Path
-    mountpoint: Path
-    bind: Path  # a bind mount of a directory of the same filesystem
-    mount_table: Path  # mountinfo lines of these two mounts, nothing else
-
-
-@pytest.fixture(scope="module")
-def scratch_ext4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scratch]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a loop device")
-    base = tmp_path_factory.mktemp("trim-scratch")
-    scratch = Scratch(base / "fs.img", base / "mnt", base / "bind", base / "mountinfo")
-    subprocess.run(["truncate", "-s", "48M", str(scratch.image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(scratch.image)], check=True)
-    scratch.mountpoint.mkdir()
-    scratch.bind.mkdir()
-    mounted: list[Path] = []
-    saved = os.environ.get(ALLOW_ENV)
-    try:
-        subprocess.run(
-            ["mount", "-o", "loop", str(scratch.image), str(scratch.mountpoint)], check=True
-        )
-        mounted.append(scratch.mountpoint)
-        (scratch.mountpoint / "dir").mkdir()
-        subprocess.run(
-            ["mount", "--bind", str(scratch.mountpoint / "dir"), str(scratch.bind)], check=True
-        )
-        mounted.append(scratch.bind)
-        ours = {str(scratch.mountpoint), str(scratch.bind)}
-        lines = Path("/proc/self/mountinfo").read_text().splitlines(keepends=True)
-        scratch.mount_table.write_text("".join(line for line in lines if line.split()[4] in ours))
-        # The trim guard (agent/sysinfo/fstrim.py) allows these two and nothing else.
-        os.environ[ALLOW_ENV] = os.pathsep.join(filter(None, [saved, *sorted(ours)]))
-        yield scratch
-    finally:
-        if saved is None:
-            os.environ.pop(ALLOW_ENV, None)
-        else:
-            os.environ[ALLOW_ENV] = saved
-        for mountpoint in reversed(mounted):
-            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-        scratch.image.unlink(missing_ok=True)
-
-
+# ------------------------------------ the suite's scratch filesystems --
+# tests/scratch.py: ext4 and xfs (nested) on loop devices, a tmpfs and a bind
+# mount of ext4/shared; its mount table lists these four and nothing else.
 @pytest.fixture
 async def scratch_client(
-    scratch_ext4: Scratch, agent_factory: AgentFactory
+    scratch: Scratch, agent_factory: AgentFactory
 ) -> AsyncIterator[StreamClient]:
-    async with served(agent_factory(mount_table=str(scratch_ext4.mount_table))) as client:
+    async with served(agent_factory(mount_table=str(scratch.mount_table))) as client:
         yield client
 
 
@@ -143,17 +99,13 @@ def _number(path: Path) -> str:
     return f"{os.major(device)}:{os.minor(device)}"
 
 
-async def test_fsinfo_of_the_scratch_filesystem(
-    scratch_client: StreamClient, scratch_ext4: Scratch
-) -> None:
-    reply = await scratch_client.execute("guest-get-fsinfo")
-    [info] = reply["return"]  # the bind mount is the same device: listed once
-    usage = os.statvfs(scratch_ext4.mountpoint)
+def _fsinfo(mountpoint: Path, fstype: str) -> dict[str, object]:
+    usage = os.statvfs(mountpoint)
     used = (usage.f_blocks - usage.f_bfree) * usage.f_frsize
-    assert info == {
-        "name": loop_device(scratch_ext4.mountpoint),
-        "mountpoint": str(scratch_ext4.mountpoint),
-        "type": "ext4",
+    return {
+        "name": loop_device(mountpoint),
+        "mountpoint": str(mountpoint),
+        "type": fstype,
         "disk": [],  # a loop device lies on a file, not a disk (qemu-ga gives [] too)
         "used-bytes": used,
         "total-bytes": used + usage.f_bavail * usage.f_frsize,
@@ -161,33 +113,54 @@ async def test_fsinfo_of_the_scratch_filesystem(
     }
 
 
+async def test_fsinfo_of_the_scratch_filesystems(
+    scratch_client: StreamClient, scratch: Scratch
+) -> None:
+    reply = await scratch_client.execute("guest-get-fsinfo")
+    # The tmpfs has no block device and the bind mount is the ext4 device again:
+    # both left out; the last mount first, as qemu-ga (which prepends) does.
+    assert reply["return"] == [_fsinfo(scratch.xfs, "xfs"), _fsinfo(scratch.ext4, "ext4")]
+
+
 def _allocated(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
 
+def _discard_granularity(mountpoint: Path) -> int:
+    queue = Path("/sys/block", loop_device(mountpoint), "queue")
+    return int((queue / "discard_granularity").read_text())
+
+
 async def test_fstrim_discards_the_freed_blocks(
-    scratch_client: StreamClient, scratch_ext4: Scratch
+    scratch_client: StreamClient, scratch: Scratch
 ) -> None:
-    data = scratch_ext4.mountpoint / "data"
+    data = scratch.ext4 / "trim-data"
     data.write_bytes(os.urandom(8 << 20))
     os.sync()
     data.unlink()
     os.sync()
-    before = _allocated(scratch_ext4.image)
+    before = _allocated(scratch.ext4_image)
     reply = await scratch_client.execute("guest-fstrim")
-    [result] = reply["return"]["paths"]
-    assert result["path"] == str(scratch_ext4.mountpoint)
-    assert result["minimum"] == 0
-    assert result["trimmed"] >= 8 << 20
+    # The tmpfs and the bind mount left out; the last mount first, as qemu-ga does.
+    xfs, ext4 = reply["return"]["paths"]
+    assert ext4["path"] == str(scratch.ext4)
+    assert ext4["minimum"] == 0
+    assert ext4["trimmed"] >= 8 << 20
     # The loop device punched the trimmed ranges out of its image file.
-    assert _allocated(scratch_ext4.image) <= before - (8 << 20)
+    assert _allocated(scratch.ext4_image) <= before - (8 << 20)
+    assert xfs["path"] == str(scratch.xfs)
+    # xfs raises the minimum to the device's discard granularity and says so.
+    assert xfs["minimum"] == _discard_granularity(scratch.xfs)
+    assert xfs["trimmed"] >= 0
 
 
 async def test_fstrim_passes_the_minimum(scratch_client: StreamClient) -> None:
     reply = await scratch_client.execute("guest-fstrim", {"minimum": 1 << 20})
-    [result] = reply["return"]["paths"]
-    assert result["minimum"] == 1 << 20
-    assert result["trimmed"] >= 0
+    results = reply["return"]["paths"]
+    assert len(results) == 2
+    for result in results:
+        assert result["minimum"] == 1 << 20
+        assert result["trimmed"] >= 0
 
 
 @pytest.mark.parametrize(
@@ -203,21 +176,22 @@ async def test_fstrim_passes_the_minimum(scratch_client: StreamClient) -> None:
     ],
 )
 async def test_fstrim_errors_in_qemu_ga_words(
-    scratch_ext4: Scratch, agent_factory: AgentFactory, error: OSError, desc: str
+    scratch: Scratch, agent_factory: AgentFactory, error: OSError, desc: str
 ) -> None:
     def fail(mountpoint: str, minimum: int) -> tuple[int, int]:
         raise error
 
-    agent = agent_factory(mount_table=str(scratch_ext4.mount_table), trim=fail)
+    agent = agent_factory(mount_table=str(scratch.mount_table), trim=fail)
     async with served(agent) as client:
         reply = await client.execute("guest-fstrim")
-    [result] = reply["return"]["paths"]
-    assert set(result) == {"path", "error"}
-    assert result["error"] == desc
+    assert reply["return"]["paths"] == [
+        {"path": str(scratch.xfs), "error": desc},
+        {"path": str(scratch.ext4), "error": desc},
+    ]
 
 
 def test_trim_guard_refuses_what_it_does_not_list(
-    scratch_ext4: Scratch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    scratch: Scratch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The guard alone, without the ioctl: it must never be tried on a real filesystem.
     refused = tmp_path / "refused"
@@ -226,8 +200,8 @@ def test_trim_guard_refuses_what_it_does_not_list(
         with pytest.raises(TrimRefused, match=f"FITRIM on {path} refused"):
             check_allowed(str(path), os.stat(path).st_dev, "FITRIM", TrimRefused)
     assert refused.read_text().split() == ["/", str(tmp_path)]
-    mountpoint = str(scratch_ext4.mountpoint)
-    check_allowed(mountpoint, os.stat(mountpoint).st_dev, "FITRIM", TrimRefused)
+    for mountpoint in scratch.freezable:
+        check_allowed(str(mountpoint), os.stat(mountpoint).st_dev, "FITRIM", TrimRefused)
 
 
 async def test_fsinfo_mount_table_error(agent_factory: AgentFactory, tmp_path: Path) -> None:

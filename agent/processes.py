@@ -108,6 +108,16 @@ async def wait_for_exit(pid: int) -> ExitStatus:
     return await trio.to_thread.run_sync(_exit_status, pid, 0, abandon_on_cancel=True)
 
 
+async def process_exit(process: trio.Process) -> ExitStatus:
+    """How ``process`` ended, once it has; also when it was reaped under us (the
+    agent stopping)."""
+    try:
+        return await wait_for_exit(process.pid)
+    except ChildProcessError:
+        code = process.poll() or 0
+        return ExitStatus(signal=-code) if code < 0 else ExitStatus(exitcode=code)
+
+
 def _exit_status(pid: int, flags: int) -> ExitStatus:
     result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | flags)
     if result is None:
@@ -143,7 +153,7 @@ class ExecProcess:
                     ):
                         if stream is not None and capture is not None:
                             draining.start_soon(self._drain, stream, capture)
-                    self.status = await self._wait_for_exit()
+                    self.status = await process_exit(self.process)
                     draining.cancel_scope.deadline = trio.current_time() + DRAIN_GRACE
                 if draining.cancel_scope.cancelled_caught:
                     log.info(
@@ -160,13 +170,6 @@ class ExecProcess:
             for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
                 if pipe is not None:
                     await trio.aclose_forcefully(pipe)
-
-    async def _wait_for_exit(self) -> ExitStatus:
-        try:
-            return await wait_for_exit(self.pid)
-        except ChildProcessError:  # reaped under us: the agent is stopping
-            code = self.process.poll() or 0
-            return ExitStatus(signal=-code) if code < 0 else ExitStatus(exitcode=code)
 
     @staticmethod
     async def _feed(stream: trio.abc.SendStream, data: bytes) -> None:

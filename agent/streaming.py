@@ -34,7 +34,7 @@ from collections.abc import Callable
 import trio
 
 from agent.errors import GenericError
-from agent.processes import DRAIN_GRACE, READ_SIZE, ExitStatus, wait_for_exit
+from agent.processes import DRAIN_GRACE, READ_SIZE, ExitStatus, process_exit
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class StreamProcess:
                     async with trio.open_nursery() as pumps:
                         for stream, output in self._sources:
                             pumps.start_soon(self._pump, stream, output)
-                        self.status = await self._wait_for_exit()
+                        self.status = await process_exit(self.process)
                         self._exited_at = trio.current_time()
                         for scope, paused in self._reading.items():
                             scope.deadline = self._drain_deadline(paused)
@@ -149,13 +149,6 @@ class StreamProcess:
                 self._pipes.append(self._stdin)
             for pipe in self._pipes:
                 await trio.aclose_forcefully(pipe)
-
-    async def _wait_for_exit(self) -> ExitStatus:
-        try:
-            return await wait_for_exit(self.pid)
-        except ChildProcessError:  # reaped under us: the agent is stopping
-            code = self.process.poll() or 0
-            return ExitStatus(signal=-code) if code < 0 else ExitStatus(exitcode=code)
 
     def _drain_deadline(self, paused: float) -> float:
         """When a read of the pipe gives up: never while the program runs; after

@@ -9,6 +9,7 @@ already due are flushed before a handler that may wait.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -37,6 +38,11 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
     pending: list[bytes] = []
     read_size = MIN_READ
     wire = for_session()  # None unless -v
+
+    async def flush() -> None:  # the replies due, before a handler that may wait
+        if pending:
+            await _send(stream, pending)
+
     while True:
         data = await stream.receive_some(read_size)
         if not data:
@@ -48,7 +54,7 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
             read_size = min(read_size * 2, MAX_READ)
         elif len(data) < read_size // 2:
             read_size = max(read_size // 2, MIN_READ)
-        await _answer(stream, dispatcher, framer.receive(data), pending, wire, len(data))
+        await _answer(dispatcher, framer.receive(data), pending, flush, wire, len(data))
         # Kept until the next read completes, the last read of a big request
         # would keep the heap from giving back what the request took.
         del data
@@ -57,22 +63,18 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
 
 
 async def _answer(
-    stream: trio.abc.Stream,
     dispatcher: Dispatcher,
     events: list[Event],
     pending: list[bytes],
+    flush: Callable[[], Awaitable[None]],
     wire: WireLog | None,
     read: int,
 ) -> None:
     """Run the requests of one read (``read`` bytes); their replies go to
-    ``pending``. A function of its own so that a big request and its reply (a
-    48 MiB read's is 64 MiB) are freed with its frame, not kept in the loop's
-    variables until the next read."""
-
-    async def flush() -> None:  # the replies due, before a handler that may wait
-        if pending:
-            await _send(stream, pending)
-
+    ``pending``, and ``flush`` sends them before a handler that may wait. A
+    function of its own so that a big request and its reply (a 48 MiB read's is
+    64 MiB) are freed with its frame, not kept in the loop's variables until
+    the next read."""
     for event in events:
         if isinstance(event, Message):
             if wire:

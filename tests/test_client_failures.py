@@ -86,11 +86,8 @@ async def serving(nursery: trio.Nursery, agent: Agent, listener: FaultyListener)
     await nursery.start(partial(agent.serve_transport, listener=listener))
 
 
-@pytest.mark.parametrize("code", [errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH])
-async def test_a_socket_error_ends_that_client_only(
-    agent: Agent, listener: FaultyListener, code: int
-) -> None:
-    listener.client_faults.append(OSError(code, os.strerror(code)))
+async def first_dropped_next_served(agent: Agent, listener: FaultyListener) -> None:
+    """A first client whose session fails is dropped; the next one is served."""
     path = listener.getsockname()
     async with trio.open_nursery() as nursery:
         await serving(nursery, agent, listener)
@@ -100,21 +97,21 @@ async def test_a_socket_error_ends_that_client_only(
         with trio.fail_after(10):
             assert await ping(path) == PONG
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("code", [errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH])
+async def test_a_socket_error_ends_that_client_only(
+    agent: Agent, listener: FaultyListener, code: int
+) -> None:
+    listener.client_faults.append(OSError(code, os.strerror(code)))
+    await first_dropped_next_served(agent, listener)
 
 
 async def test_an_unexpected_error_ends_that_session_only_and_is_logged(
     agent: Agent, listener: FaultyListener, caplog: pytest.LogCaptureFixture
 ) -> None:
     listener.client_faults.append(RuntimeError("injected bug"))
-    path = listener.getsockname()
-    async with trio.open_nursery() as nursery:
-        await serving(nursery, agent, listener)
-        async with await trio.open_unix_socket(path) as first:
-            await first.send_all(b'{"execute":"guest-ping"}')
-            await dropped(first)
-        with trio.fail_after(10):
-            assert await ping(path) == PONG
-        nursery.cancel_scope.cancel()
+    await first_dropped_next_served(agent, listener)
     assert "a session ended on an error: RuntimeError: injected bug" in caplog.text
 
 

@@ -401,7 +401,13 @@ def test_same_session_as_qemu_ga(trio_qga: Phase, qemu_ga: Phase, port: str) -> 
 
 @pytest.mark.qemu_ga
 def test_qemu_ga_stops_on_sigterm_too(qemu_ga: Phase) -> None:
-    assert {port: result["status"] for port, result in qemu_ga.exits.items()} == {
-        "virtio": 0,
-        "isa": 0,
-    }
+    """qemu-ga 7.2 quits on SIGTERM, but not always cleanly.
+
+    Now and then (one CI run in several) its virtio agent, whose host has gone,
+    logs "quitting" and then dies of SIGABRT in its clean-up. That is qemu-ga's
+    bug, not the test's: the reference is held to stopping, and trio-qga to
+    exit status 0 every time (test_sigterm_stops_trio_qga_cleanly_in_the_guest).
+    """
+    for port, result in qemu_ga.exits.items():
+        assert "received signal num 15, quitting" in qemu_ga.logs[port], port
+        assert result["status"] in (0, -signal.SIGABRT), port

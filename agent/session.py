@@ -15,6 +15,7 @@ import trio
 
 from agent.dispatch import Dispatcher
 from agent.protocol import ErrorReply, Event, Flush, Framer, Message, ParseError, encode_reply
+from agent.transports.contract import ExchangeStream
 from agent.wirelog import WireLog, for_session
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,9 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
         if pending:
             await _send(stream, pending)
 
-    while True:
-        data = await stream.receive_some(read_size)
-        if not data:
-            return
+    exchange = stream.send_then_receive if isinstance(stream, ExchangeStream) else None
+    data = await stream.receive_some(read_size)
+    while data:
         # Big requests (file writes) arrive faster in big reads; small ones
         # should not pay for allocating a big buffer. Halving rather than
         # resetting keeps the size for a host that writes chunk after chunk.
@@ -58,8 +58,13 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
         # Kept until the next read completes, the last read of a big request
         # would keep the heap from giving back what the request took.
         del data
-        if pending:
-            await _send(stream, pending)
+        if exchange is not None and pending and _joinable(pending):
+            # The replies and the next read in one pass through the scheduler.
+            data = await exchange(_take(pending), read_size)
+        else:
+            if pending:
+                await _send(stream, pending)
+            data = await stream.receive_some(read_size)
 
 
 async def _answer(
@@ -98,10 +103,21 @@ async def _answer(
 
 async def _send(stream: trio.abc.Stream, pending: list[bytes]) -> None:
     """Send the replies due: small ones in one write, big pieces as they are (no copy)."""
+    if _joinable(pending):
+        await stream.send_all(_take(pending))
+        return
     pieces = pending[:]
     pending.clear()
-    if sum(map(len, pieces)) <= JOIN_LIMIT:
-        await stream.send_all(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-        return
     for piece in pieces:
         await stream.send_all(piece)
+
+
+def _joinable(pending: list[bytes]) -> bool:
+    return len(pending) == 1 or sum(map(len, pending)) <= JOIN_LIMIT
+
+
+def _take(pending: list[bytes]) -> bytes:
+    """The replies due as one write, and ``pending`` emptied."""
+    data = pending[0] if len(pending) == 1 else b"".join(pending)
+    pending.clear()
+    return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from abc import abstractmethod
 from types import TracebackType
 
 import trio
@@ -40,3 +41,22 @@ def receive_size(max_bytes: int | None, default: int) -> int:
     if size < 1:
         raise ValueError("max_bytes must be >= 1")
     return size
+
+
+class ExchangeStream(trio.abc.Stream):
+    """A stream that can also send a reply and receive what comes next in one call.
+
+    A conversation of requests and replies pays a pass through the scheduler
+    for each stream call: two per request with ``send_all`` then
+    ``receive_some``. :meth:`send_then_receive` is one call, and one full
+    checkpoint, for both. It keeps the rest of the contract: cancellation is
+    checked before anything is sent, a cancellation while waiting for the
+    answer comes after the whole reply went out, errors map as in the two
+    calls, and it conflicts with any other send or receive.
+    """
+
+    @abstractmethod
+    async def send_then_receive(
+        self, data: bytes | bytearray | memoryview, max_bytes: int | None = None
+    ) -> bytes:
+        """``send_all(data)``, then ``receive_some(max_bytes)``, as one checkpoint."""

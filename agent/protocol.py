@@ -19,17 +19,14 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 import pybase64
 
+from agent import deep_json
 from agent.json_scanner import FLUSH_CHAR, MessageScanner, requote
 from agent.models.payload import Base64Payload
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 MAX_DEPTH = 1024
@@ -223,7 +220,7 @@ class Framer:
         if requoted or (escapes and "\\'" in message):
             message = requote(message)
         try:
-            value = _allowing_max_depth(_DECODER.decode, message)
+            value = _decode_any_depth(message)
         except _Rejected as err:
             return ParseError(str(err))
         except json.JSONDecodeError as err:
@@ -239,22 +236,17 @@ class Framer:
         return Message(value)
 
 
-def _allowing_max_depth(function: Callable[[_T], _R], argument: _T) -> _R:
-    """Run the C JSON decoder or encoder on data nested up to MAX_DEPTH.
-
-    Python's default recursion limit (1000) is below QEMU's nesting limit
-    (1024), so a request the framer accepted could not be decoded, or its id
-    not echoed. The limit is raised only for such rare values.
-    """
+def _decode_any_depth(message: str) -> object:
+    """``message`` decoded, however deep it is nested (up to the framer's limit)."""
     try:
-        return function(argument)
+        return _DECODER.decode(message)
     except RecursionError:
-        limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(limit + 4 * MAX_DEPTH)
-        try:
-            return function(argument)
-        finally:
-            sys.setrecursionlimit(limit)
+        return deep_json.decode(
+            message,
+            object_pairs_hook=_pairs_to_dict,
+            parse_float=_finite_float,
+            parse_constant=_reject_constant,
+        )
 
 
 def _has_lone_surrogate(value: object) -> bool:
@@ -285,11 +277,10 @@ NO_ID = _Absent.ABSENT
 RequestId = object  # any JSON value, or NO_ID
 
 _json_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _encode(value: object) -> str:
-    """JSON text of ``value``, always valid for a strict parser.
+    """JSON text of ``value``, always valid for a strict parser, however deep.
 
     A str may hold lone surrogates (a file name's undecodable bytes, as
     ``os`` decodes them with surrogateescape); ``ensure_ascii`` would write
@@ -297,20 +288,13 @@ def _encode(value: object) -> str:
     characters go out as U+FFFD. Real non-BMP characters are one code point
     in a str, untouched, and go out as a valid surrogate pair.
     """
-    text = _json_encode(value)
+    try:
+        text = _json_encode(value)
+    except RecursionError:
+        return deep_json.encode(value)
     if "\\ud" in text:  # rare: one memchr-speed search on the common path
-        return _json_encode(_replace_surrogates(value))
+        return deep_json.encode(value)
     return text
-
-
-def _replace_surrogates(value: object) -> object:
-    if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_replace_surrogates(item) for item in value]
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +377,7 @@ def _encode_value(value: object) -> str:
         return int.__repr__(value)
     if kind is dict and not value:
         return "{}"
-    return _allowing_max_depth(_encode, value)
+    return _encode(value)
 
 
 def encode_error(error_class: str, desc: str, request_id: RequestId = NO_ID) -> bytes:
@@ -402,4 +386,4 @@ def encode_error(error_class: str, desc: str, request_id: RequestId = NO_ID) -> 
     if request_id is not NO_ID:
         reply["id"] = request_id
     reply["error"] = {"class": error_class, "desc": desc}
-    return (_allowing_max_depth(_encode, reply) + "\n").encode("ascii")
+    return (_encode(reply) + "\n").encode("ascii")

@@ -158,15 +158,24 @@ class Agent:
         With ``await nursery.start(agent.serve, stream)`` the caller resumes once
         the session has begun (a second client waits for the first, as with qemu-ga).
         """
-        if not self.context.tasks.running:
+        try:
+            await self._converse(stream, task_status=task_status)
+        finally:
             await trio.aclose_forcefully(stream)
+
+    async def _converse(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve ``stream`` until the peer closes it, leaving it open: the
+        transports' handler, since the transport that opened a stream closes it."""
+        if not self.context.tasks.running:
             raise RuntimeError("an agent serves only while it runs: inside `async with agent`")
         async with self._one_client:
             task_status.started()
-            try:
-                await serve_session(stream, self.dispatcher)
-            finally:
-                await trio.aclose_forcefully(stream)
+            await serve_session(stream, self.dispatcher)
 
     async def serve_transport(
         self,
@@ -180,7 +189,9 @@ class Agent:
         With ``await nursery.start(agent.serve_transport)`` the caller resumes once
         the transport is open (the socket listening, the device open).
         """
-        await serve_transport(self.config, self.serve, listener=listener, task_status=task_status)
+        await serve_transport(
+            self.config, self._converse, listener=listener, task_status=task_status
+        )
 
 
 async def serve_stream(stream: trio.abc.Stream, config: AgentConfig | None = None) -> None:

@@ -6,6 +6,6 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-# Serves one conversation until the peer ends it, then closes the stream
-# (``Agent.serve``).
+# Serves one conversation until the peer ends it. The stream stays open: the
+# transport that opened it closes it (``serve_conversation``).
 StreamHandler = Callable[[trio.abc.Stream], Awaitable[None]]

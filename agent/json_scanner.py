@@ -16,6 +16,7 @@ byte arrives as U+DCFF and any other invalid byte as U+DC80..U+DCFE.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -54,15 +55,20 @@ _FLAT = (
 )
 
 
-def _runs(value: str) -> dict[str, re.Pattern[str]]:
-    return {
-        "[": re.compile(rf"(?:(?:{value}){_JSON_WS},{_JSON_WS})*+"),
-        "{": re.compile(rf"(?:{_member(value)}{_JSON_WS},{_JSON_WS})*+"),
-    }
+@functools.cache
+def _run(container: str, at_depth_limit: bool) -> re.Pattern[str]:
+    """The run pattern inside ``container`` (``[`` or ``{``); with no room for
+    one more level ``at_depth_limit``, of scalars only.
 
+    Compiled on first use: these are the module's biggest patterns (7 ms of
+    the agent's start-up), and only requests the C decoder cannot take whole
+    come here.
+    """
+    value = _SCALAR if at_depth_limit else f"{_SCALAR}|{_FLAT}"
+    if container == "[":
+        return re.compile(rf"(?:(?:{value}){_JSON_WS},{_JSON_WS})*+")
+    return re.compile(rf"(?:{_member(value)}{_JSON_WS},{_JSON_WS})*+")
 
-_RUNS = _runs(f"{_SCALAR}|{_FLAT}")
-_RUNS_AT_DEPTH_LIMIT = _runs(_SCALAR)  # no room for one more level
 # Recovery: what can end it or move its bracket count (runs of brackets in one step).
 _RECOVERY_STOP = re.compile(r"[\n\udcff\"']|[{\[]+|[}\]]+")
 _RECOVERY_STRING = {
@@ -175,8 +181,8 @@ class MessageScanner:
                 return Step(pos + 1, flush=True)
             expect = self._expect
             if self._stack and expect in _RUN_STATES[self._stack[-1]]:
-                runs = _RUNS if len(self._stack) < self.max_depth else _RUNS_AT_DEPTH_LIMIT
-                end = runs[self._stack[-1]].match(text, pos).end()  # type: ignore[union-attr]
+                run = _run(self._stack[-1], len(self._stack) >= self.max_depth)
+                end = run.match(text, pos).end()  # type: ignore[union-attr]
                 if end > pos:
                     pos = end
                     self._expect = _Expect.VALUE if self._stack[-1] == "[" else _Expect.KEY

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import pybase64
 
-from agent import deep_json
 from agent.json_scanner import FLUSH_CHAR, MessageScanner, requote
 from agent.models.payload import Base64Payload
 
@@ -241,6 +240,8 @@ def _decode_any_depth(message: str) -> object:
     try:
         return _DECODER.decode(message)
     except RecursionError:
+        from agent import deep_json  # rare: not imported before it is needed
+
         return deep_json.decode(
             message,
             object_pairs_hook=_pairs_to_dict,
@@ -290,11 +291,13 @@ def _encode(value: object) -> str:
     """
     try:
         text = _json_encode(value)
+        if "\\ud" not in text:  # one memchr-speed search on the common path
+            return text
     except RecursionError:
-        return deep_json.encode(value)
-    if "\\ud" in text:  # rare: one memchr-speed search on the common path
-        return deep_json.encode(value)
-    return text
+        pass
+    from agent import deep_json  # rare: not imported before it is needed
+
+    return deep_json.encode(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ import trio.testing
 from agent.transports.device import Device, DeviceStream
 from agent.transports.serial import LineStream
 from agent.transports.virtio import PortStream
+from tests import exchange_checks
 
 
 class ClosesDevice(DeviceStream):
@@ -80,6 +81,12 @@ async def test_keeps_trio_stream_contract(kind: type[ClosesDevice]) -> None:
     await trio.testing.check_two_way_stream(pair_maker(kind), pair_maker(kind, clogged=True))
 
 
+@pytest.mark.parametrize("kind", [OwnDevice, OwnPort, OwnLine])
+@pytest.mark.parametrize("check", exchange_checks.CHECKS)
+async def test_send_then_receive(kind: type[ClosesDevice], check: exchange_checks.Check) -> None:
+    await check(pair_maker(kind))
+
+
 async def test_a_device_error_is_broken_resource_and_kept_for_the_transport() -> None:
     read, write = pipe()
     os.close(read)  # writing now fails with EPIPE: the device is gone
@@ -92,6 +99,23 @@ async def test_a_device_error_is_broken_resource_and_kept_for_the_transport() ->
     with pytest.raises(BrokenPipeError):
         device.check()
     os.close(write)
+
+
+async def test_a_read_error_after_the_reply_is_broken_resource_and_kept() -> None:
+    to_host = pipe()
+    # A descriptor that fails every read with EISDIR stands in for the failing port.
+    failing = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    device = Device(failing, to_host[1])
+    stream = DeviceStream(device)
+    with pytest.raises(trio.BrokenResourceError) as caught:
+        await stream.send_then_receive(b"reply")
+    assert isinstance(caught.value.__cause__, IsADirectoryError)
+    assert os.read(to_host[0], 16) == b"reply"  # the reply went out first
+    await stream.aclose()
+    with pytest.raises(IsADirectoryError):
+        device.check()
+    for fd in (failing, *to_host):
+        os.close(fd)
 
 
 async def test_a_hung_up_line_ends_the_conversation_and_the_device() -> None:

@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from agent.transports.socket_stream import SocketStream
+from tests import exchange_checks
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -141,61 +142,13 @@ async def test_closed_stream_is_closed_resource() -> None:
     await right.aclose()
 
 
-async def test_send_then_receive_is_one_checkpoint_and_one_pass() -> None:
-    """The reply and the next read: a checkpoint, whether the answer waits or not."""
-    left, right = stream_pair()
-    await right.send_all(b"next")  # already waiting
-    with trio.testing.assert_checkpoints():
-        assert await left.send_then_receive(b"reply") == b"next"
-    assert await right.receive_some() == b"reply"
-
-    async def answer() -> None:
-        assert await right.receive_some() == b"reply 2"
-        await right.send_all(b"next 2")
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(answer)
-        with trio.testing.assert_checkpoints():
-            assert await left.send_then_receive(b"reply 2") == b"next 2"
-    await left.aclose()
-    await right.aclose()
+async def exchange_pair() -> tuple[SocketStream, SocketStream]:
+    return stream_pair()
 
 
-async def test_send_then_receive_cancelled_before_sends_nothing() -> None:
-    left, right = stream_pair()
-    with trio.CancelScope() as scope:
-        scope.cancel()
-        await left.send_then_receive(b"reply")
-    assert scope.cancelled_caught
-    with trio.move_on_after(0.05):
-        await right.receive_some()
-        pytest.fail("a cancelled send_then_receive sent its reply")
-    await left.aclose()
-    await right.aclose()
-
-
-async def test_send_then_receive_waits_and_can_be_cancelled_after_the_reply() -> None:
-    """No answer: it sleeps until one comes; cancelled then, the reply has gone whole."""
-    left, right = stream_pair()
-    with trio.move_on_after(0.05) as scope:
-        await left.send_then_receive(b"reply")
-    assert scope.cancelled_caught
-    assert await right.receive_some() == b"reply"
-    await left.aclose()
-    await right.aclose()
-
-
-async def test_send_then_receive_conflicts_with_a_send_or_a_receive() -> None:
-    left, right = stream_pair()
-    for other in (left.receive_some, lambda: left.send_all(b"x")):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(left.send_then_receive, b"reply")
-            await trio.testing.wait_all_tasks_blocked()
-            with pytest.raises(trio.BusyResourceError):
-                await other()
-            await right.send_all(b"done")
-    await left.aclose()
-    await right.aclose()
+@pytest.mark.parametrize("check", exchange_checks.CHECKS)
+async def test_send_then_receive(check: exchange_checks.Check) -> None:
+    await check(exchange_pair)
 
 
 async def test_send_then_receive_maps_errors_of_either_half() -> None:

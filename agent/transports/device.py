@@ -14,13 +14,19 @@ the transport raises it once the conversation is over, so that
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from agent.transports.contract import OneAtATime, receive_size
+from agent.transports.contract import (
+    ExchangeStream,
+    OneAtATime,
+    poll_after_reply,
+    receive_size,
+)
 
 DEFAULT_READ = 64 * 1024
 
@@ -49,7 +55,7 @@ class Device:
             raise self._failure
 
 
-class DeviceStream(trio.abc.Stream):
+class DeviceStream(ExchangeStream):
     """One conversation over a :class:`Device`, with the contract of trio's ``FdStream``."""
 
     def __init__(self, device: Device) -> None:
@@ -68,38 +74,65 @@ class DeviceStream(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         size = receive_size(max_bytes, DEFAULT_READ)
-        fd = self._device.fd_in
         with self._receiving:
             await trio.lowlevel.checkpoint()
-            while True:
-                self._check_open()
-                try:
-                    data = os.read(fd, size)
-                except BlockingIOError:
-                    await self._wait(trio.lowlevel.wait_readable, fd)
-                    continue
-                except OSError as err:
-                    raise self._device.fail(err) from err
-                if data or await self.end_of_file():
-                    return data
+            return await self._read(size)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        fd = self._device.fd_out
         with self._sending:
             await trio.lowlevel.checkpoint()
+            await self._write(data)
+
+    async def send_then_receive(
+        self, data: bytes | bytearray | memoryview, max_bytes: int | None = None
+    ) -> bytes:
+        size = receive_size(max_bytes, DEFAULT_READ)
+        with self._sending, self._receiving:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            await self._write(data)
+            read = await poll_after_reply(functools.partial(self._try_read, size))
+            return read if read is not None else await self._read(size)
+
+    def _try_read(self, size: int) -> bytes | None:
+        """What is waiting, or None: nothing yet, or a zero read, which
+        :meth:`_read` leaves to :meth:`end_of_file`."""
+        self._check_open()
+        try:
+            return os.read(self._device.fd_in, size) or None
+        except BlockingIOError:
+            return None
+        except OSError as err:
+            raise self._device.fail(err) from err
+
+    async def _read(self, size: int) -> bytes:
+        fd = self._device.fd_in
+        while True:
             self._check_open()
-            with memoryview(data) as view:
-                sent = 0
-                while sent < len(view):
-                    try:
-                        sent += os.write(fd, view[sent:])
-                    except BlockingIOError:
-                        if hung_up(fd):
-                            # Nobody will take these bytes: the peer is gone.
-                            raise trio.BrokenResourceError("the host went away") from None
-                        await self._wait(trio.lowlevel.wait_writable, fd)
-                    except OSError as err:
-                        raise self._device.fail(err) from err
+            try:
+                data = os.read(fd, size)
+            except BlockingIOError:
+                await self._wait(trio.lowlevel.wait_readable, fd)
+                continue
+            except OSError as err:
+                raise self._device.fail(err) from err
+            if data or await self.end_of_file():
+                return data
+
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        fd = self._device.fd_out
+        self._check_open()
+        with memoryview(data) as view:
+            sent = 0
+            while sent < len(view):
+                try:
+                    sent += os.write(fd, view[sent:])
+                except BlockingIOError:
+                    if hung_up(fd):
+                        # Nobody will take these bytes: the peer is gone.
+                        raise trio.BrokenResourceError("the host went away") from None
+                    await self._wait(trio.lowlevel.wait_writable, fd)
+                except OSError as err:
+                    raise self._device.fail(err) from err
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._sending:

@@ -8,29 +8,27 @@ once closed) with the cause chained, and two tasks sending (or receiving) at
 once raise ``trio.BusyResourceError``. What it saves over trio's
 SocketStream is the layers between the stream and the socket call
 (``trio.socket``'s wrapper, its async context managers): it calls the socket
-directly and waits only when the call would block.
-
-It also offers :meth:`SocketStream.send_then_receive`: a reply and the next
-read as one call. After the reply it looks for the peer's next request over
-the scheduler passes of up to ``POLL_AFTER_REPLY`` before it sleeps in the
-kernel: a host that sends its next request at once (a sync, then the command;
-a file read chunk after chunk) finds the agent awake. Falling asleep and being
-woken costs more than those passes (ping p50 halved, and less CPU per request,
-on the machine of the README's benchmark); a host that sends nothing more
-costs at most ``POLL_AFTER_REPLY`` of CPU per reply, and nothing while idle.
+directly and waits only when the call would block. It is an
+:class:`~agent.transports.contract.ExchangeStream`: a reply and the next read
+in one call.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from agent.transports.contract import ExchangeStream, OneAtATime, receive_size
+from agent.transports.contract import (
+    ExchangeStream,
+    OneAtATime,
+    poll_after_reply,
+    receive_size,
+)
 
 DEFAULT_RECEIVE_SIZE = 64 * 1024
-POLL_AFTER_REPLY = 50e-6  # seconds; see send_then_receive
 
 
 class SocketStream(trio.abc.HalfCloseableStream, ExchangeStream):
@@ -62,41 +60,31 @@ class SocketStream(trio.abc.HalfCloseableStream, ExchangeStream):
         with self._sending, self._receiving:
             await trio.lowlevel.checkpoint_if_cancelled()
             await self._send(data)
-            # A peer that got its reply usually sends what comes next at once.
-            # Looking for it over a few passes through the scheduler costs less
-            # than falling asleep in the kernel and being woken up again.
-            give_up = trio.current_time() + POLL_AFTER_REPLY
-            while True:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                try:
-                    return self._sock.recv(size)
-                except BlockingIOError:
-                    if trio.current_time() >= give_up:
-                        break
-                except OSError as err:
-                    raise self._translate(err) from err
-            return await self._wait_and_receive(size)
+            read = await poll_after_reply(functools.partial(self._try_receive, size))
+            return read if read is not None else await self._wait_and_receive(size)
+
+    def _try_receive(self, size: int) -> bytes | None:
+        try:
+            return self._sock.recv(size)
+        except BlockingIOError:
+            return None
+        except OSError as err:
+            raise self._translate(err) from err
 
     async def _receive(self, size: int) -> bytes:
         """One receive, after the caller checked for cancellation: the rest of a checkpoint."""
-        try:
-            data = self._sock.recv(size)
-        except BlockingIOError:
+        data = self._try_receive(size)
+        if data is None:
             return await self._wait_and_receive(size)
-        except OSError as err:
-            raise self._translate(err) from err
         await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
     async def _wait_and_receive(self, size: int) -> bytes:
         while True:  # the wait is the pass through the scheduler
             await self._wait(trio.lowlevel.wait_readable)
-            try:
-                return self._sock.recv(size)
-            except BlockingIOError:
-                continue
-            except OSError as err:
-                raise self._translate(err) from err
+            data = self._try_receive(size)
+            if data is not None:
+                return data
 
     async def _send(self, data: bytes | bytearray | memoryview) -> None:
         """All of ``data``, waiting when the socket is full; no pass through the scheduler

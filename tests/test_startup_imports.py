@@ -16,6 +16,7 @@ NOT_AT_START = (
     "psutil",  # guest-get-users, guest-network-get-interfaces, the procinfo plugin
     "trio_serial",  # the isa-serial transport
     "configparser",  # a configuration file, when there is one
+    "agent.deep_json",  # values nested deeper than the C JSON codec takes
 )
 
 

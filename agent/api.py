@@ -31,7 +31,7 @@ from agent.models.schema import SchemaDefs, load_builtin
 from agent.plugins import load_plugins
 from agent.policy import CommandPolicy
 from agent.registry import HandlerSet, Registry
-from agent.session import serve_session
+from agent.session import ReleaseMemory, serve_session
 from agent.store import HandleStore
 from agent.sysinfo.fstrim import Trim, fitrim
 from agent.system import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
@@ -71,12 +71,16 @@ class Agent:
         freezer: Freezer | None = None,
         trim: Trim | None = None,
         log_hold: LogHold | None = None,
+        release_memory: ReleaseMemory | None = None,
     ) -> None:
         """``executor``, ``root``, ``clock`` and ``trim`` replace the real system
         for the commands that change it (tests pass a recording executor, a
         scratch directory, a fake clock and a fake FITRIM);
         ``freezer`` replaces the one built from ``config`` (tests pass fake ioctls);
-        ``log_hold`` is held while filesystems are frozen (the CLI's log handler)."""
+        ``log_hold`` is held while filesystems are frozen (the CLI's log handler);
+        ``release_memory`` gives freed memory back to the system after a session's
+        bulk transfers (the CLI's ``malloc_trim``; an embedding program's allocator
+        is its own business)."""
         self.config = config or AgentConfig()
         fs = FsGuard(self.config.fs_timeout)
         freezer = freezer or Freezer(
@@ -109,6 +113,7 @@ class Agent:
         )
         self.dispatcher = Dispatcher(self.context)
         self._one_client = trio.Lock()
+        self._release_memory = release_memory
         self._background = contextlib.AsyncExitStack()  # closes what __aenter__ started
 
     async def __aenter__(self) -> Agent:
@@ -175,7 +180,7 @@ class Agent:
             raise RuntimeError("an agent serves only while it runs: inside `async with agent`")
         async with self._one_client:
             task_status.started()
-            await serve_session(stream, self.dispatcher)
+            await serve_session(stream, self.dispatcher, self._release_memory)
 
     async def serve_transport(
         self,

@@ -19,7 +19,7 @@ from functools import partial
 import trio
 
 from agent import conffile, daemon
-from agent.allocator import return_big_buffers
+from agent.allocator import freed_memory_releaser, return_big_buffers
 from agent.cli_config import absolute_paths, build_parser, configure, wants_list
 from agent.config import AgentConfig
 from agent.logholding import LogHold
@@ -164,7 +164,8 @@ async def run(
     """
     from agent.api import Agent  # after logging is set up: building it may log
 
-    async with Agent(config, log_hold=log_hold) as agent, trio.open_nursery() as nursery:
+    agent = Agent(config, log_hold=log_hold, release_memory=freed_memory_releaser())
+    async with agent, trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             await nursery.start(partial(agent.serve_transport, listener=listener))
             log.info("trio-qga %s ready", VERSION)

@@ -69,6 +69,7 @@ def _run(container: str, at_depth_limit: bool) -> re.Pattern[str]:
         return re.compile(rf"(?:(?:{value}){_JSON_WS},{_JSON_WS})*+")
     return re.compile(rf"(?:{_member(value)}{_JSON_WS},{_JSON_WS})*+")
 
+
 # Recovery: what can end it or move its bracket count (runs of brackets in one step).
 _RECOVERY_STOP = re.compile(r"[\n\udcff\"']|[{\[]+|[}\]]+")
 _RECOVERY_STRING = {

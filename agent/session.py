@@ -4,6 +4,10 @@ Requests are handled one at a time, in order, and every reply goes out
 through this one loop, so there is a single writer by construction. Replies
 to the requests of one read are sent in one write, except that replies
 already due are flushed before a handler that may wait.
+
+A session that moved bulk data (file transfers) gives the memory freed since
+back to the system when its host goes quiet or leaves, through the
+``release_memory`` the agent was given (the CLI's ``malloc_trim``).
 """
 
 from __future__ import annotations
@@ -23,48 +27,91 @@ log = logging.getLogger(__name__)
 MIN_READ = 64 * 1024
 MAX_READ = 1024 * 1024
 JOIN_LIMIT = 256 * 1024  # replies up to this size are joined into one write
+# Freed memory is worth giving back once a session moved BULK bytes of requests
+# and replies in reads (with their replies) of BULK_PIECE or more (small ones
+# reuse the same few buffers), and then the host is QUIET for that many
+# seconds, or leaves. Until then every read waits at most QUIET for the next
+# one, instead of taking the stream's reply-and-read exchange.
+BULK = 1024 * 1024
+BULK_PIECE = 64 * 1024
+QUIET = 1.0
+
+ReleaseMemory = Callable[[], None]
 
 
-async def serve_session(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
+async def serve_session(
+    stream: trio.abc.Stream,
+    dispatcher: Dispatcher,
+    release_memory: ReleaseMemory | None = None,
+) -> None:
     """Serve ``stream`` until the peer closes it. Every session starts with a clean parser."""
     try:
-        await _serve(stream, dispatcher)
+        await _serve(stream, dispatcher, release_memory)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
         log.debug("client went away: %s", err)
 
 
-async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher) -> None:
+async def _serve(
+    stream: trio.abc.Stream, dispatcher: Dispatcher, release_memory: ReleaseMemory | None
+) -> None:
     config = dispatcher.ctx.config
     framer = Framer(config.max_message_size, config.max_depth)
     pending: list[bytes] = []
     read_size = MIN_READ
     wire = for_session()  # None unless -v
+    moved = 0  # bytes of bulk requests and replies since memory was last given back
 
     async def flush() -> None:  # the replies due, before a handler that may wait
         if pending:
             await _send(stream, pending)
 
     exchange = stream.send_then_receive if isinstance(stream, ExchangeStream) else None
-    data = await stream.receive_some(read_size)
-    while data:
-        # Big requests (file writes) arrive faster in big reads; small ones
-        # should not pay for allocating a big buffer. Halving rather than
-        # resetting keeps the size for a host that writes chunk after chunk.
-        if len(data) == read_size:
-            read_size = min(read_size * 2, MAX_READ)
-        elif len(data) < read_size // 2:
-            read_size = max(read_size // 2, MIN_READ)
-        await _answer(dispatcher, framer.receive(data), pending, flush, wire, len(data))
-        # Kept until the next read completes, the last read of a big request
-        # would keep the heap from giving back what the request took.
-        del data
-        if exchange is not None and pending and _joinable(pending):
-            # The replies and the next read in one pass through the scheduler.
-            data = await exchange(_take(pending), read_size)
-        else:
-            if pending:
-                await _send(stream, pending)
-            data = await stream.receive_some(read_size)
+    try:
+        data: bytes | bytearray | None = await stream.receive_some(read_size)
+        while data:
+            # Big requests (file writes) arrive faster in big reads; small ones
+            # should not pay for allocating a big buffer. Halving rather than
+            # resetting keeps the size for a host that writes chunk after chunk.
+            if len(data) == read_size:
+                read_size = min(read_size * 2, MAX_READ)
+            elif len(data) < read_size // 2:
+                read_size = max(read_size // 2, MIN_READ)
+            read = len(data)
+            await _answer(dispatcher, framer.receive(data), pending, flush, wire, read)
+            # Kept until the next read completes, the last read of a big request
+            # would keep the heap from giving back what the request took.
+            del data
+            this_round = read + sum(map(len, pending))
+            if this_round >= BULK_PIECE:
+                moved += this_round
+            if release_memory is not None and moved >= BULK:
+                if pending:
+                    await _send(stream, pending)
+                data = await _receive_within(stream, read_size, QUIET)
+                if data is None:  # the host is quiet after bulk data
+                    release_memory()
+                    moved = 0
+                    data = await stream.receive_some(read_size)
+            elif exchange is not None and pending and _joinable(pending):
+                # The replies and the next read in one pass through the scheduler.
+                data = await exchange(_take(pending), read_size)
+            else:
+                if pending:
+                    await _send(stream, pending)
+                data = await stream.receive_some(read_size)
+    finally:
+        if release_memory is not None and moved >= BULK:
+            release_memory()  # the host left after bulk data
+
+
+async def _receive_within(
+    stream: trio.abc.Stream, size: int, seconds: float
+) -> bytes | bytearray | None:
+    """The next read, or None when nothing came within ``seconds``. Nothing is
+    lost: a receive cancelled while it waits has read nothing."""
+    with trio.move_on_after(seconds):
+        return await stream.receive_some(size)
+    return None
 
 
 async def _answer(

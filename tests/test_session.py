@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from agent.fsfreeze.freezer import Freezer
 from agent.fsfreeze.marker import MARKER_NAME
 from agent.models.schema import parse
 from agent.registry import HandlerSet
+from agent.session import BULK
 from tests.agents import AgentFactory, served
 from tests.fsfreeze_fakes import FakeIoctls
 from tests.qga_client import StreamClient
@@ -380,3 +382,34 @@ async def test_replies_to_one_read_go_out_in_one_write(agent: Agent) -> None:
             assert await client.reply() == {"return": {}}
         assert len(writes) == 1
         await client_end.aclose()
+
+
+async def test_memory_is_given_back_after_bulk_data_when_the_host_is_quiet_or_leaves(
+    agent_factory: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pause = 0.5  # long enough that the ping below comes in time on a loaded machine
+    monkeypatch.setattr("agent.session.QUIET", pause)
+    releases = 0
+    first_release = trio.Event()
+
+    def release() -> None:
+        nonlocal releases
+        releases += 1
+        first_release.set()
+
+    agent = agent_factory(release_memory=release)
+    chunk = base64.b64encode(bytes(BULK)).decode()
+    async with served(agent) as client:
+        for _ in range(20):
+            assert "return" in await client.execute("guest-ping")
+        opened = await client.execute("guest-file-open", {"path": str(tmp_path / "f"), "mode": "w"})
+        write = {"handle": opened["return"], "buf-b64": chunk}
+        await trio.sleep(2 * pause)
+        assert releases == 0  # small requests: nothing worth giving back
+        assert (await client.execute("guest-file-write", write))["return"]["count"] == BULK
+        assert "return" in await client.execute("guest-ping")  # small, right after: no release
+        assert releases == 0
+        with trio.fail_after(5):
+            await first_release.wait()  # the host went quiet after bulk data
+        assert (await client.execute("guest-file-write", write))["return"]["count"] == BULK
+    assert releases == 2  # and once more when it left

@@ -2,14 +2,16 @@
 
     async with await QgaClient.connect_unix("/tmp/qga.sock") as client:
         await client.ping()
-        info = await client.info()            # a pydantic model from the schema
+        info = await client.info()            # a Struct: the schema's members as attributes
         data = await client.read_file("/etc/hostname")
 
 It reads replies with the agent's own framer, resynchronises as the protocol
 intends (0xFF, then ``guest-sync-delimited`` with a random id, dropping stale
 data up to the agent's 0xFF and that id's reply), applies a timeout to every
 exchange, and raises :class:`AgentError` (carrying the error class) for error
-replies. Results are validated by the models built from the agent's schema.
+replies. Results are validated by the validators built from the agent's schema:
+structs come back as :class:`~agent.models.struct.Struct` objects, their members
+as attributes by Python name (``buf-b64`` -> ``buf_b64``).
 """
 
 from __future__ import annotations

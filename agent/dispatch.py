@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from pydantic import ValidationError
+from pydantic_core import ValidationError
 
 from agent.context import AgentContext
 from agent.errors import CommandNotFound, GenericError, QgaError
@@ -96,13 +96,14 @@ class Dispatcher:
 
     @staticmethod
     def _arguments(command: Command, arguments: dict[str, object]) -> dict[str, Any]:
-        model = command.models.arguments
-        if model is None:
+        validator = command.models.arguments
+        if validator is None:
             if arguments:
                 raise GenericError(f"Parameter '{next(iter(arguments))}' is unexpected")
             return _NO_ARGUMENTS
         try:
-            return model.model_validate(arguments).__dict__
+            validated: dict[str, Any] = validator.validate_python(arguments).__dict__
+            return validated
         except ValidationError as err:
             raise GenericError(describe(err)) from err
 

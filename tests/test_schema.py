@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic_core import ValidationError
 
 from agent.models.builder import ModelFactory, describe
 from agent.models.schema import SchemaError, load_builtin, parse
+from agent.models.struct import Struct
 from agent.registry import HandlerSet, Registry, RegistryError
 
 WINDOWS_ONLY = {"guest-get-devices"}  # qemu-ga on Linux lists it disabled; we leave it out
@@ -158,7 +159,7 @@ def test_nested_argument_errors_name_the_path_as_qemu_ga(
     model = ModelFactory(defs).command(defs.commands["guest-set-vcpus"]).arguments
     assert model is not None
     with pytest.raises(ValidationError) as caught:
-        model.model_validate(arguments)
+        model.validate_python(arguments)
     assert describe(caught.value) == message
 
 
@@ -180,19 +181,19 @@ def test_alternates_pick_their_branch_by_json_kind(whence: object, result: objec
     arguments = {"handle": 1, "offset": 0, "whence": whence}
     if isinstance(result, str) and " " in result:
         with pytest.raises(ValidationError) as caught:
-            model.model_validate(arguments)
+            model.validate_python(arguments)
         assert describe(caught.value) == result
     else:
-        assert model.model_validate(arguments).whence == result  # type: ignore[attr-defined]
+        assert model.validate_python(arguments).whence == result
 
 
 def test_optional_members_refuse_explicit_null() -> None:
     defs = load_builtin()
     model = ModelFactory(defs).command(defs.commands["guest-file-read"]).arguments
     assert model is not None
-    assert model.model_validate({"handle": 1}).count is None  # type: ignore[attr-defined]
+    assert model.validate_python({"handle": 1}).count is None
     with pytest.raises(ValidationError) as caught:
-        model.model_validate({"handle": 1, "count": None})
+        model.validate_python({"handle": 1, "count": None})
     assert describe(caught.value) == "Invalid parameter type for 'count', expected: integer"
 
 
@@ -267,7 +268,7 @@ def test_registry_accepts_annotations_that_take_every_schema_value() -> None:
         ctx: object,
         handle: int,
         whence: int | str | None,
-        items: Sequence[BaseModel],
+        items: Sequence[Struct],
         names: list[str],
         any: Any,
     ) -> None:

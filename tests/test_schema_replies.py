@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import trio
-from pydantic import TypeAdapter
+from pydantic_core import SchemaValidator
 
 from agent import AgentConfig
 from agent.models.builder import ModelFactory
@@ -46,7 +46,7 @@ READ_ONLY = [
 ]
 
 
-def _adapter(command: str) -> TypeAdapter[Any]:
+def _adapter(command: str) -> SchemaValidator:
     return FACTORY.command(DEFS.commands[command]).returns
 
 

@@ -11,12 +11,12 @@ import os
 import subprocess
 
 import trio
-from pydantic import BaseModel
 
 from agent.context import AgentContext
 from agent.errors import GenericError, os_error_text
 from agent.handlers.exec import environment
 from agent.models.payload import Base64Payload
+from agent.models.struct import Struct
 from agent.processes import spawn
 from agent.registry import HandlerSet
 from agent.streaming import StreamProcess, set_window_size, take_terminal
@@ -36,7 +36,7 @@ async def exec_start(
     arg: list[str] | None,
     env: list[str] | None,
     cwd: str | None,
-    terminal: BaseModel | None,
+    terminal: Struct | None,
 ) -> dict[str, object]:
     added = environment(env)
     environ = None if added is None else {**os.environ, **added}

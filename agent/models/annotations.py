@@ -2,10 +2,10 @@
 
 The registry asks this of each handler parameter at start-up, so a handler
 annotated ``handle: str`` for a schema ``int`` fails the build of the
-registry, not a host's request. The values are those of the models built
-from the schema (``agent.models.builder``): strict builtins, enums as
-``str``, structs and unions as pydantic models, alternates as any of their
-branches, optional members possibly ``None``.
+registry, not a host's request. The values are those the validators built
+from the schema give (``agent.models.builder``): strict builtins, enums as
+``str``, structs and unions as :class:`~agent.models.struct.Struct` objects,
+alternates as any of their branches, optional members possibly ``None``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import types
 from collections.abc import Iterator
 from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel
-
 from agent.models.builder import INT_RANGES
 from agent.models.schema import SchemaDefs
+from agent.models.struct import Struct
 
 _BUILTIN_CLASSES: dict[str, type] = {
     "str": str,
@@ -63,7 +62,7 @@ def _kinds(expr: object, defs: SchemaDefs) -> Iterator[tuple[type, object]]:
     if isinstance(expr, list):
         yield list, expr[0]
     elif isinstance(expr, dict):
-        yield BaseModel, None  # an anonymous struct
+        yield Struct, None  # an anonymous struct
     elif isinstance(expr, str) and expr in _BUILTIN_CLASSES:
         yield _BUILTIN_CLASSES[expr], None
     else:
@@ -74,4 +73,4 @@ def _kinds(expr: object, defs: SchemaDefs) -> Iterator[tuple[type, object]]:
             for branch in definition["data"].values():
                 yield from _kinds(branch, defs)
         else:
-            yield BaseModel, None  # a struct or a union
+            yield Struct, None  # a struct or a union

@@ -55,6 +55,12 @@ _FLAT = (
 )
 
 
+# A text (one read) shorter than this goes token by token: runs save little
+# there, and the first costs its pattern's compilation (5 ms, for a plugin's
+# schema at start).
+RUN_MIN_TEXT = 4096
+
+
 @functools.cache
 def _run(container: str, at_depth_limit: bool) -> re.Pattern[str]:
     """The run pattern inside ``container`` (``[`` or ``{``); with no room for
@@ -181,7 +187,7 @@ class MessageScanner:
                 self.reset()
                 return Step(pos + 1, flush=True)
             expect = self._expect
-            if self._stack and expect in _RUN_STATES[self._stack[-1]]:
+            if n >= RUN_MIN_TEXT and self._stack and expect in _RUN_STATES[self._stack[-1]]:
                 run = _run(self._stack[-1], len(self._stack) >= self.max_depth)
                 end = run.match(text, pos).end()  # type: ignore[union-attr]
                 if end > pos:

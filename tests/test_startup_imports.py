@@ -17,23 +17,40 @@ NOT_AT_START = (
     "trio_serial",  # the isa-serial transport
     "configparser",  # a configuration file, when there is one
     "agent.deep_json",  # values nested deeper than the C JSON codec takes
+    "pydantic.main",  # pydantic's model machinery: validators come from pydantic-core
 )
 
 
-def test_the_first_reply_needs_none_of_these(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def imported_by_the_first_reply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *options: str
+) -> set[str]:
+    """The modules the agent (started with ``options``) imported by its first reply."""
     monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # python -X importtime: to stderr
-    with running_agent(tmp_path) as (proc, sock):
+    with running_agent(tmp_path, *options) as (proc, sock):
         client = SocketClient(sock)
         client.resync(1)
         client.close()
         proc.terminate()
         assert proc.wait(10) == 0
         assert proc.stderr is not None
-        imported = set(
-            re.findall(r"^import time:.*\| +([\w.]+)$", proc.stderr.read().decode(), re.M)
-        )
+        log = proc.stderr.read().decode()
+    imported = set(re.findall(r"^import time:.*\| +([\w.]+)$", log, re.M))
     assert "agent.api" in imported  # the log is what we think it is
+    return imported
+
+
+def test_the_first_reply_needs_none_of_these(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imported = imported_by_the_first_reply(tmp_path, monkeypatch)
     for module in NOT_AT_START:
         assert module not in imported
+
+
+def test_without_plugins_the_entry_point_machinery_is_not_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """importlib.metadata (and the email, zipfile and csv modules it brings) only
+    serves plugin discovery."""
+    imported = imported_by_the_first_reply(tmp_path, monkeypatch, "--no-plugins")
+    assert "importlib.metadata" not in imported

@@ -13,7 +13,6 @@ logging wires its own :class:`LogHold`, or none.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 from typing import Protocol
 
 MAX_HELD = 10_000  # records kept while frozen; later ones are counted and dropped
@@ -37,31 +36,47 @@ class NoHold:
         pass
 
 
-class HoldingHandler(logging.handlers.MemoryHandler):
-    """Passes each record on to ``target`` at once, except while held."""
+class HoldingHandler(logging.Handler):
+    """Passes each record on to ``target`` at once, except while held.
+
+    A plain Handler rather than logging.handlers.MemoryHandler: that module
+    brings pickle and the socket handlers, half a MiB of the agent's memory.
+    """
 
     def __init__(self, target: logging.Handler, max_held: int = MAX_HELD) -> None:
-        super().__init__(capacity=max_held, target=target, flushOnClose=True)
+        super().__init__()
+        self.target = target
+        self.max_held = max_held
+        self.buffer: list[logging.LogRecord] = []
         self.holds = 0
         self.dropped = 0
 
-    def shouldFlush(self, record: logging.LogRecord) -> bool:
-        return self.holds == 0
+    def emit(self, record: logging.LogRecord) -> None:
+        # Called with the handler's lock held (Handler.handle).
+        if not self.holds:
+            self.target.handle(record)
+        elif len(self.buffer) < self.max_held:
+            self.buffer.append(record)
+        else:
+            self.dropped += 1
 
     def flush(self) -> None:
         """Write what is buffered, unless held: at exit (logging's shutdown flushes
         every handler), a write to a still frozen filesystem would hang the agent."""
-        if not self.holds:
-            super().flush()
+        with self.lock:  # type: ignore[union-attr]  # set by createLock()
+            if self.holds:
+                return
+            held, self.buffer = self.buffer, []
+            for record in held:
+                self.target.handle(record)
+            self.target.flush()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.holds and len(self.buffer) >= self.capacity:
-            self.dropped += 1
-            return
-        super().emit(record)
+    def close(self) -> None:
+        self.flush()
+        super().close()
 
     def hold(self) -> None:
-        with self.lock:  # type: ignore[union-attr]  # set by createLock()
+        with self.lock:  # type: ignore[union-attr]
             self.holds += 1
 
     def resume(self) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 
@@ -25,9 +24,10 @@ def setup_logging(config: AgentConfig, *, daemonized: bool = False) -> HoldingHa
         handler = logging.FileHandler(config.logfile)
         handler.setFormatter(logging.Formatter(FORMAT))
     elif daemonized:
-        syslog = logging.handlers.SysLogHandler(
-            SYSLOG_ADDRESS, facility=logging.handlers.SysLogHandler.LOG_DAEMON
-        )
+        # Imported here only: logging.handlers brings pickle and the socket handlers.
+        from logging.handlers import SysLogHandler
+
+        syslog = SysLogHandler(SYSLOG_ADDRESS, facility=SysLogHandler.LOG_DAEMON)
         syslog.ident = f"trio-qga[{os.getpid()}]: "
         syslog.setFormatter(logging.Formatter(SYSLOG_FORMAT))
         handler = syslog

@@ -37,3 +37,15 @@ def test_holding_handler_holds_caps_and_writes_in_order(caplog: pytest.LogCaptur
         log.removeHandler(handler)
         log.propagate = True
     assert "2 log records were dropped while filesystems were frozen" in caplog.text
+
+
+def test_closing_writes_what_is_held_only_once_resumed() -> None:
+    target = ListHandler()
+    handler = HoldingHandler(target)
+    record = logging.LogRecord("test", logging.WARNING, __file__, 1, "late", None, None)
+    handler.hold()
+    handler.handle(record)
+    handler.close()  # logging's shutdown, still frozen: nothing is written
+    assert target.messages == []
+    handler.resume()
+    assert target.messages == ["late"]

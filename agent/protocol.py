@@ -278,6 +278,10 @@ NO_ID = _Absent.ABSENT
 RequestId = object  # any JSON value, or NO_ID
 
 _json_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+_encode_ascii_string = json.encoder.encode_basestring_ascii
+# Base64 payloads up to this size go in the reply line; bigger ones are sent as
+# pieces of their own, without being copied into it.
+INLINE_PAYLOAD = 64 * 1024
 
 
 def _encode(value: object) -> str:
@@ -338,15 +342,19 @@ def encode_reply(reply: Reply) -> list[bytes]:
 def encode_return_parts(value: dict[str, object], request_id: RequestId = NO_ID) -> list[bytes]:
     """Like :func:`encode_return` for an object holding :class:`Base64Payload` values.
 
-    The reply comes in pieces, so a big payload is sent without being joined.
+    The reply comes in pieces, so a big payload is sent without being joined;
+    a small one (a 4 KiB read's) goes in the line itself.
     """
     parts: list[bytes] = []
     text = '{"return": {'
     for index, (key, item) in enumerate(value.items()):
-        text += (", " if index else "") + _encode(key) + ": "
+        text += (", " if index else "") + _encode_key(key) + ": "
         if isinstance(item, Base64Payload):
-            parts += [(text + '"').encode("ascii"), pybase64.b64encode(item.data)]
-            text = '"'
+            if len(item.data) <= INLINE_PAYLOAD:
+                text += '"' + pybase64.b64encode_as_string(item.data) + '"'
+            else:
+                parts += [(text + '"').encode("ascii"), pybase64.b64encode(item.data)]
+                text = '"'
         else:
             text += _encode_value(item)
     text += "}"
@@ -354,6 +362,11 @@ def encode_return_parts(value: dict[str, object], request_id: RequestId = NO_ID)
         text += ', "id": ' + _encode_value(request_id)
     parts.append((text + "}\n").encode("ascii"))
     return parts
+
+
+def _encode_key(key: str) -> str:
+    """A member name (ASCII, from the schema) without the encoder's set-up."""
+    return _encode_ascii_string(key) if key.isascii() else _encode(key)
 
 
 def encode_return(
@@ -378,6 +391,8 @@ def _encode_value(value: object) -> str:
     kind = type(value)
     if kind is int:
         return int.__repr__(value)
+    if kind is bool:
+        return "true" if value else "false"
     if kind is dict and not value:
         return "{}"
     return _encode(value)

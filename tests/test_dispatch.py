@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+
 import trio
 
 from agent import Agent, AgentConfig
 from agent.models.payload import Base64Payload
 from agent.models.schema import parse
-from agent.protocol import NO_ID, ErrorReply, ReturnReply, encode_reply
+from agent.protocol import INLINE_PAYLOAD, NO_ID, ErrorReply, ReturnReply, encode_reply
 from agent.registry import HandlerSet
 
 SCHEMA = """
@@ -91,3 +95,18 @@ async def test_a_base64_payload_is_encoded_by_the_protocol(agent_config: AgentCo
     reply = await agent_with(agent_config).dispatcher.handle({"execute": "x-data"})
     assert isinstance(reply, ReturnReply)
     assert b"".join(encode_reply(reply)) == b'{"return": {"buf-b64": "AP8=", "count": 2}}\n'
+
+
+def test_small_payloads_go_in_the_line_big_ones_in_pieces_of_their_own() -> None:
+    small = encode_reply(ReturnReply({"buf-b64": Base64Payload(b"\x00" * 4096), "eof": True}, 7))
+    assert len(small) == 1
+    assert json.loads(small[0]) == {
+        "return": {"buf-b64": base64.b64encode(b"\x00" * 4096).decode(), "eof": True},
+        "id": 7,
+    }
+    data = os.urandom(INLINE_PAYLOAD + 1)
+    pieces = encode_reply(ReturnReply({"count": len(data), "buf-b64": Base64Payload(data)}))
+    assert pieces[1] == base64.b64encode(data)  # sent as it is, not copied into a str
+    assert json.loads(b"".join(pieces)) == {
+        "return": {"count": len(data), "buf-b64": base64.b64encode(data).decode()}
+    }

@@ -81,9 +81,10 @@ async def _serve(
             # Kept until the next read completes, the last read of a big request
             # would keep the heap from giving back what the request took.
             del data
-            this_round = read + sum(map(len, pending))
-            if this_round >= BULK_PIECE:
-                moved += this_round
+            if release_memory is not None:  # else nothing to count on the hot path
+                this_round = read + sum(map(len, pending))
+                if this_round >= BULK_PIECE:
+                    moved += this_round
             if release_memory is not None and moved >= BULK:
                 if pending:
                     await _send(stream, pending)

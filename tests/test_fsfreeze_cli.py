@@ -19,7 +19,7 @@ from agent.cli_config import build_parser
 from agent.fsfreeze.hook import DEFAULT_HOOK
 from agent.fsfreeze.ioctl import LinuxIoctls
 from agent.fsfreeze.marker import MARKER_NAME
-from agent.fsfreeze.watchdog import ARMED, RELEASED
+from agent.fsfreeze.watchdog import ARMED, RELEASED, parse_options
 from agent.fsfreeze.watchdog_client import WATCHDOG_PROGRAM
 from tests.qga_client import SocketClient, running_agent
 from tests.scratch import BlockedWrite, Scratch, processes_mentioning
@@ -233,3 +233,58 @@ def test_a_released_watchdog_guards_the_next_freeze(tmp_path: Path, scratch: Scr
     assert f"thawed 1: {scratch.ext4}".encode() in watchdog.stderr.read()
     for stream in (watchdog.stdout, watchdog.stderr):
         stream.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "options"),
+    [
+        ([], {}),
+        (["--marker", "/m", "--hook", "/h"], {"marker": "/m", "hook": "/h"}),
+        (["--hook=/h x", "--marker=/m"], {"hook": "/h x", "marker": "/m"}),
+    ],
+)
+def test_watchdog_options(argv: list[str], options: dict[str, str]) -> None:
+    assert parse_options(argv) == options
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--marker"], "--marker needs a value"),
+        (["--bogus", "x"], "unrecognized argument: --bogus"),
+        (["/m"], "unrecognized argument: /m"),
+    ],
+)
+def test_watchdog_refuses_bad_options(argv: list[str], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        parse_options(argv)
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", WATCHDOG_PROGRAM, *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert error in done.stderr
+
+
+def test_watchdog_starts_with_what_arming_needs_only() -> None:
+    """The first freeze waits for the watchdog's start: no argparse, pathlib,
+    subprocess or typing (the hook's subprocess is imported when it runs)."""
+    probe = (
+        "import importlib.util, sys;"
+        f" spec = importlib.util.spec_from_file_location('watchdog', {WATCHDOG_PROGRAM!r});"
+        " module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module);"
+        " module._load_thaw();"
+        " print(' '.join(name for name in ('argparse', 'pathlib', 'subprocess', 'typing')"
+        " if name in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert done.stdout.split() == []

@@ -17,12 +17,13 @@ import logging
 import math
 from collections.abc import Sequence
 from functools import partial
+from typing import Protocol
 
 import trio
 
 from agent.errors import GenericError, os_error_text
 from agent.fsfreeze.hook import HOOK_TIMEOUT, run_hook
-from agent.fsfreeze.ioctl import FreezeIoctls, LinuxIoctls
+from agent.fsfreeze.ioctl import LinuxIoctls
 from agent.fsfreeze.marker import FrozenMarker
 from agent.fsfreeze.mounts import (
     DEFAULT_MOUNT_TABLE,
@@ -42,6 +43,22 @@ log = logging.getLogger(__name__)
 # A thaw hook that runs while the agent cleans up (a failed freeze, shutdown,
 # auto-thaw) may not keep it from finishing for longer than this.
 CLEANUP_HOOK_TIMEOUT = 30.0
+
+
+class FreezeIoctls(Protocol):
+    """The two kernel calls. Both block (FIFREEZE flushes the filesystem): call
+    them in a worker thread."""
+
+    def freeze(self, mountpoint: str, device: int | None) -> bool:
+        """Freeze the filesystem at ``mountpoint``: True if frozen, False if the
+        filesystem cannot be frozen (EOPNOTSUPP) or is frozen already (EBUSY).
+        ``device`` (st_dev), when given, must be the filesystem found there.
+        Raises OSError otherwise."""
+        ...
+
+    def thaw(self, mountpoint: str) -> bool:
+        """Thaw the filesystem at ``mountpoint``: True if it was frozen."""
+        ...
 
 
 class Freezer:

@@ -1,8 +1,10 @@
 """FIFREEZE and FITHAW: the kernel calls behind the freezer, as an injectable seam.
 
-The freezer talks to a :class:`FreezeIoctls`; :class:`LinuxIoctls` is the
-real one. This module imports the standard library only: the watchdog
-process loads it by path, without importing the agent package.
+:class:`LinuxIoctls` is the real seam the freezer talks to (its interface,
+``FreezeIoctls``, is the freezer's). This module imports the standard
+library only, and not even ``typing``: the watchdog process loads it by path,
+without importing the agent package, and its start is paid by the first
+freeze.
 
 Safety net: when ``TRIO_QGA_FREEZE_ALLOW`` is set (mountpoints separated by
 ``os.pathsep``; empty allows none), FIFREEZE is refused on any path that is
@@ -17,7 +19,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from typing import Protocol
 
 # linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int).
 FIFREEZE = 0xC0045877
@@ -30,22 +31,6 @@ REFUSED_ENV = "TRIO_QGA_FREEZE_REFUSED"
 # filesystem was frozen more than once. A bound keeps a misbehaving driver
 # from spinning us forever.
 MAX_THAWS = 16
-
-
-class FreezeIoctls(Protocol):
-    """The two kernel calls. Both block (FIFREEZE flushes the filesystem): call
-    them in a worker thread."""
-
-    def freeze(self, mountpoint: str, device: int | None) -> bool:
-        """Freeze the filesystem at ``mountpoint``: True if frozen, False if the
-        filesystem cannot be frozen (EOPNOTSUPP) or is frozen already (EBUSY).
-        ``device`` (st_dev), when given, must be the filesystem found there.
-        Raises OSError otherwise."""
-        ...
-
-    def thaw(self, mountpoint: str) -> bool:
-        """Thaw the filesystem at ``mountpoint``: True if it was frozen."""
-        ...
 
 
 class FreezeRefused(PermissionError):

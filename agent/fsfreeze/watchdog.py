@@ -15,29 +15,29 @@ It runs in its own session (a terminal's Ctrl-C or a signal to the agent's
 process group does not reach it) and ignores SIGINT, SIGTERM and SIGHUP: the
 end of the pipe is its only way out. It imports the standard library only
 and loads the sibling ``ioctl`` module by path, so that it starts in
-milliseconds instead of importing the agent (trio, pydantic, ...) before
-every freeze.
+milliseconds instead of importing the agent (trio, pydantic, ...). Its start
+is paid by the first freeze, so it keeps to what it needs then: no argparse
+(two options), no pathlib, subprocess only to run the hook, and an ``ioctl`` module without
+``typing``: armed in 14 ms instead of 23 here.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 ARMED = b"armed\n"
 RELEASED = b"released\n"
 HOOK_TIMEOUT = 60.0  # seconds the thaw hook may take
+USAGE = "usage: trio-qga-fsfreeze-watchdog [--marker MARKER] [--hook HOOK]"
 
 
 def _load_thaw() -> Callable[[str], bool]:
-    path = Path(__file__).with_name("ioctl.py")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ioctl.py")
     spec = importlib.util.spec_from_file_location("trio_qga_fsfreeze_ioctl", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
@@ -66,6 +66,8 @@ def _thaw_all(mountpoints: Sequence[str], thaw: Callable[[str], bool]) -> list[s
 
 
 def _run_hook(hook: str) -> None:
+    import subprocess  # only here: the start of every watchdog would pay for it
+
     try:
         result = subprocess.run(
             [hook, "thaw"],
@@ -82,11 +84,30 @@ def _run_hook(hook: str) -> None:
         _say(f"fsfreeze hook '{hook}' thaw has failed with status {result.returncode}")
 
 
+def parse_options(argv: Sequence[str]) -> dict[str, str]:
+    """``--marker MARKER`` (the agent's frozen marker, removed after a thaw) and
+    ``--hook HOOK`` (the fsfreeze hook, run with 'thaw' after a thaw), each
+    also as ``--name=value``. Raises ValueError on anything else."""
+    options: dict[str, str] = {}
+    rest = list(argv)
+    while rest:
+        name, has_value, value = rest.pop(0).partition("=")
+        if name not in ("--marker", "--hook"):
+            raise ValueError(f"unrecognized argument: {name}")
+        if not has_value:
+            if not rest:
+                raise ValueError(f"{name} needs a value")
+            value = rest.pop(0)
+        options[name[2:]] = value
+    return options
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trio-qga-fsfreeze-watchdog")
-    parser.add_argument("--marker", help="the agent's frozen marker, removed after a thaw")
-    parser.add_argument("--hook", help="the fsfreeze hook, run with 'thaw' after a thaw")
-    args = parser.parse_args(argv)
+    try:
+        options = parse_options(sys.argv[1:] if argv is None else argv)
+    except ValueError as err:
+        print(f"{USAGE}\ntrio-qga-fsfreeze-watchdog: error: {err}", file=sys.stderr)
+        return 2
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     thaw = _load_thaw()
@@ -100,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         while (line := stdin.readline()) and line != RELEASED:
             pass
         if not line:
-            _thaw_after_the_agent(mountpoints, thaw, args.marker, args.hook)
+            _thaw_after_the_agent(mountpoints, thaw, options.get("marker"), options.get("hook"))
             break
     return 0
 

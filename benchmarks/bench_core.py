@@ -10,8 +10,8 @@ and writes and after a 48 MiB read. The floor, what the stack costs by
 itself, is measured in the same rounds: for start-up (wall-clock time and
 CPU time, the steadier figure on a busy machine) and memory, an interpreter
 that imports trio and pydantic and nothing else; for the ping, connect and
-4 KiB read rows, ``benchmarks/trio_floor.py``, a bare trio server answering
-the same requests with trio's own streams and the stdlib. Rounds alternate
+4 KiB read rows, ``benchmarks/stack_floor.py``, a bare server answering the
+same requests with trio's own streams and the stdlib. Rounds alternate
 between the agents so that machine noise hits both; each row gives the
 medians and the ratio of each round (ours / theirs), its median and range,
 never a pass/fail.
@@ -85,13 +85,13 @@ def qemu_ga(sock: Path, workdir: Path) -> list[str]:
     ]
 
 
-def trio_floor(sock: Path, workdir: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "benchmarks" / "trio_floor.py"), f"unix-listen:{sock}"]
+def stack_floor(sock: Path, workdir: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "benchmarks" / "stack_floor.py"), f"unix-listen:{sock}"]
 
 
 AGENTS = [Agent("trio-qga", ours), Agent("qemu-ga", qemu_ga)]
-# The per-request rows' floor: a bare trio server answering the same requests.
-FLOOR_SERVER = Agent(FLOOR, trio_floor)
+# The per-request rows' floor: a bare server on the stack, answering the same requests.
+FLOOR_SERVER = Agent(FLOOR, stack_floor)
 
 
 class Client:
@@ -439,7 +439,7 @@ def main() -> int:
         print(line + ("  (higher is better)" if metric.higher_is_better else ""))
     print(
         f"(medians; ratios per round, median and range; floor: python -c '{FLOOR_IMPORTS}'"
-        " for start-up and memory, benchmarks/trio_floor.py for the rest;"
+        " for start-up and memory, benchmarks/stack_floor.py for the rest;"
         f" python {sys.version.split()[0]}, {os.cpu_count()} CPUs)"
     )
     if args.json:

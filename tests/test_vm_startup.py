@@ -2,8 +2,9 @@
 virtio-serial port: trio-qga and qemu-ga each alone in a freshly booted VM
 (``../shared/vm/run-in-vm``), started the way a guest starts them (trio-qga's
 installed command, its bytecode compiled beforehand as an install does). The
-stack's floor is measured the same way: ``benchmarks/trio_floor.py``, a bare
-trio server answering on the port, what any agent on trio pays. The
+stack's floor is measured the same way: ``benchmarks/stack_floor.py``, a bare
+server on trio (and importing pydantic) answering on the port, what any agent
+on this stack pays. The
 figures are printed (``-s`` or ``-rA`` shows them), not asserted: under TCG
 on a shared host they say how the two compare, not how fast a guest is."""
 
@@ -25,15 +26,15 @@ def agent_argv(agent: str, state: Path) -> list[str]:
     options = ["-m", "virtio-serial", "-p", PORTS["virtio"], "-t", str(state)]
     if agent == "qemu-ga":
         return [qemu_ga_binary(), *options, "-f", str(state / "qemu-ga.pid")]
-    if agent == "trio floor":
+    if agent == "stack floor":
         return [sys.executable, str(FLOOR_SERVER), f"virtio-serial:{PORTS['virtio']}"]
     return [*installed_agent(), *options, "-f", str(state / "trio-qga.pid")]
 
 
-FLOOR_SERVER = ROOT / "benchmarks" / "trio_floor.py"
+FLOOR_SERVER = ROOT / "benchmarks" / "stack_floor.py"
 
 
-@pytest.mark.parametrize("agent", ["trio-qga", "qemu-ga", "trio floor"])
+@pytest.mark.parametrize("agent", ["trio-qga", "qemu-ga", "stack floor"])
 def test_first_answer_after_qemu_starts(agent: str, tmp_path: Path) -> None:
     script = run_in_vm_script()
     setup = subprocess.run([script, "--setup"], capture_output=True, text=True, timeout=900)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_core import Client, connect_cycles, read_file, sync, trio_floor
+from benchmarks.bench_core import Client, connect_cycles, read_file, stack_floor, sync
 
 
 @pytest.fixture
 def floor_socket(tmp_path: Path) -> Iterator[Path]:
     sock = tmp_path / "floor.sock"
-    server = subprocess.Popen(trio_floor(sock, tmp_path))
+    server = subprocess.Popen(stack_floor(sock, tmp_path))
     try:
         yield sock
     finally:
@@ -46,9 +46,9 @@ def test_floor_server_answers_sync_ping_and_reads(floor_socket: Path, tmp_path: 
     assert connect_cycles(floor_socket, 5) > 0
 
 
-def test_floor_server_is_plain_trio() -> None:
-    """It imports trio and the stdlib, nothing of the agent's."""
-    source = Path(trio_floor(Path("x"), Path("."))[1]).read_text()
+def test_floor_server_is_the_bare_stack() -> None:
+    """It imports trio, pydantic and the stdlib, nothing of the agent's."""
+    source = Path(stack_floor(Path("x"), Path("."))[1]).read_text()
     imports = {line.split()[1] for line in source.splitlines() if line.startswith("import ")}
-    assert imports <= {"base64", "json", "os", "sys", "trio"}
+    assert imports <= {"base64", "json", "os", "pydantic", "sys", "trio"}
     assert not [line for line in source.splitlines() if line.startswith("from agent")]

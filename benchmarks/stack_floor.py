@@ -1,13 +1,15 @@
-"""The per-request floor of the stack: a bare trio server answering the benchmark's requests.
+"""The floor of the stack (trio and pydantic): a bare server answering the benchmark's requests.
 
-    python benchmarks/trio_floor.py unix-listen:PATH
-    python benchmarks/trio_floor.py virtio-serial:PATH
+    python benchmarks/stack_floor.py unix-listen:PATH
+    python benchmarks/stack_floor.py virtio-serial:PATH
 
 It does what any agent built on trio must do for them and nothing more: trio's
 own streams (``serve_listeners`` over a ``SocketListener``, or an ``FdStream``
 on a device), the stdlib's json and base64, and ``os.read`` for file reads.
-No validation, no dispatch, no limits, no logging: it is not an agent, it is
-the cost below which a trio agent cannot go on this machine. It answers
+It imports pydantic, as the start-up floor (``python -c "import trio,
+pydantic"``) does, and uses none of it. No validation, no dispatch, no
+limits, no logging: it is not an agent, it is the cost below which an agent
+on this stack cannot go on this machine. It answers
 ``guest-sync-delimited`` (with the 0xFF byte), ``guest-ping``, and
 ``guest-file-open`` (read-only), ``guest-file-read`` and ``guest-file-close``;
 anything else gets an error reply.
@@ -21,6 +23,7 @@ import os
 import sys
 from typing import Any
 
+import pydantic  # noqa: F401  (the stack's import cost, as the start-up floor pays it)
 import trio
 
 DELIMITER = b"\xff"

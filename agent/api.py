@@ -14,6 +14,7 @@ harness serves a socket or serial port it opened itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Iterable
@@ -28,7 +29,8 @@ from agent.fsguard import FsGuard, FsTimeout
 from agent.handlers import BUILTIN
 from agent.logholding import LogHold
 from agent.models.schema import SchemaDefs, load_builtin
-from agent.plugins import load_plugins
+from agent.plugin_record import recorded_entry_points
+from agent.plugins import installed_entry_points, load_plugins
 from agent.policy import CommandPolicy
 from agent.registry import HandlerSet, Registry
 from agent.session import ReleaseMemory, serve_session
@@ -93,7 +95,15 @@ class Agent:
         )
         registry = build_registry(handlers, schema)
         self.plugins = (
-            load_plugins(registry, disabled=self.config.disabled_plugins)
+            load_plugins(
+                registry,
+                disabled=self.config.disabled_plugins,
+                entry_points=(
+                    functools.partial(recorded_entry_points, self.config.cache_dir)
+                    if self.config.cache_dir
+                    else installed_entry_points
+                ),
+            )
             if self.config.plugins
             else []
         )

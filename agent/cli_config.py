@@ -14,7 +14,13 @@ import shlex
 import socket
 
 from agent import conffile
-from agent.config import DEFAULT_BAUD_RATE, DEFAULT_PIDFILE, DEFAULT_STATEDIR, AgentConfig
+from agent.config import (
+    DEFAULT_BAUD_RATE,
+    DEFAULT_CACHE_DIR,
+    DEFAULT_PIDFILE,
+    DEFAULT_STATEDIR,
+    AgentConfig,
+)
 from agent.fsfreeze.hook import DEFAULT_HOOK
 from agent.fsfreeze.mounts import DEFAULT_MOUNT_TABLE
 from agent.fsguard import DEFAULT_FS_TIMEOUT
@@ -131,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-plugins", action="store_true", help="load no plugin")
     parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help=f"keep the plugin record here ('' for none; default {DEFAULT_CACHE_DIR})",
+    )
+    parser.add_argument(
         "--disable-plugin",
         action="append",
         default=[],
@@ -195,6 +206,7 @@ def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) 
         "path": path,
         "logfile": args.logfile,
         "statedir": args.statedir,
+        "cache_dir": args.cache_dir,
         "socket_mode": args.socket_mode,
         "baud_rate": args.baud_rate,
         "command_timeout": args.command_timeout,
@@ -245,7 +257,7 @@ def absolute_paths(config: AgentConfig) -> AgentConfig:
     """The paths as the daemon sees them after ``chdir /``."""
     paths = {
         name: os.path.abspath(value)
-        for name in ("logfile", "pidfile", "statedir", "fsfreeze_hook", "mount_table")
+        for name in ("logfile", "pidfile", "statedir", "cache_dir", "fsfreeze_hook", "mount_table")
         if (value := getattr(config, name))
     }
     if config.path and config.method != "vsock-listen":

@@ -51,6 +51,7 @@ KEYS = (
     Key("block-rpcs", "blocked_rpcs", "list"),
     Key("allow-rpcs", "allowed_rpcs", "list"),
     Key("fs-timeout", "fs_timeout", "seconds"),  # trio-qga's own
+    Key("cache-dir", "cache_dir", "string"),  # trio-qga's own
 )
 
 

@@ -18,6 +18,9 @@ DEFAULT_PATHS = {
 }
 DEFAULT_PIDFILE = "/var/run/qemu-ga.pid"
 DEFAULT_STATEDIR = "/var/run"
+# trio-qga's own: what can be recomputed but should survive a reboot (the plugin
+# record), where the state directory (a tmpfs, as qemu-ga's /var/run) does not.
+DEFAULT_CACHE_DIR = "/var/cache/trio-qga"
 DEFAULT_BAUD_RATE = 38400  # of an isa-serial line
 # qemu-ga runs "/sbin/shutdown -h -P|-H|-r +0 'hypervisor initiated shutdown'".
 SHUTDOWN = ("/sbin/shutdown", "-h")
@@ -34,6 +37,7 @@ class AgentConfig:
     # None: none named, DEFAULT_PIDFILE when daemonized; "": no pid file at all.
     pidfile: str | None = None
     statedir: str = DEFAULT_STATEDIR
+    cache_dir: str = DEFAULT_CACHE_DIR  # "": keep no cache, discover plugins at each start
     verbose: bool = False
     daemonize: bool = False  # -d: detach into the background
     retry_path: bool = False  # -r: reopen a channel that cannot open or fails, every 5 s

@@ -38,6 +38,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         "block-rpcs=guest-exec,guest-file-open\n"
         "allow-rpcs=guest-ping;guest-info\n"
         "fs-timeout=2.5\n"
+        "cache-dir=/var/cache/elsewhere\n"
         "[other]\n"
         "method=ignored\n",
     )
@@ -54,6 +55,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         "blocked_rpcs": ("guest-exec", "guest-file-open"),
         "allowed_rpcs": ("guest-ping", "guest-info"),
         "fs_timeout": 2.5,
+        "cache_dir": "/var/cache/elsewhere",
     }
 
 
@@ -136,6 +138,7 @@ def test_dump_of_the_defaults_is_qemu_ga_s() -> None:
         "block-rpcs=\n"
         "allow-rpcs=\n"
         "fs-timeout=10\n"
+        "cache-dir=/var/cache/trio-qga\n"
     )
 
 
@@ -150,10 +153,11 @@ def test_flags_win_over_the_file_and_lists_add_up(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "[general]\nmethod=unix-listen\npath=/tmp/file.sock\nverbose=true\n"
-        "block-rpcs=guest-exec\nstatedir=/from/file\nfs-timeout=3\n",
+        "block-rpcs=guest-exec\nstatedir=/from/file\nfs-timeout=3\ncache-dir=/from/file\n",
     )
     text = dump_conf(
-        "-c", str(path), "-p", "/tmp/flag.sock", "-b", "guest-info", "-r", "--fs-timeout", "0.5"
+        *("-c", str(path), "-p", "/tmp/flag.sock", "-b", "guest-info", "-r"),
+        *("--fs-timeout", "0.5", "--cache-dir", ""),
     )
     assert text.splitlines() == [
         "[general]",
@@ -167,6 +171,7 @@ def test_flags_win_over_the_file_and_lists_add_up(tmp_path: Path) -> None:
         "block-rpcs=guest-exec,guest-info",
         "allow-rpcs=",
         "fs-timeout=0.5",
+        "cache-dir=",
     ]
 
 
@@ -219,10 +224,14 @@ DUMP_CASES = [
 @pytest.mark.parametrize("args", DUMP_CASES)
 def test_dump_matches_qemu_ga(args: tuple[str, ...], tmp_path: Path) -> None:
     """The same lines as qemu-ga 7.2's ``-D``, plus ``allow-rpcs``, which it predates,
-    and trio-qga's own ``fs-timeout`` (which qemu-ga ignores in a file)."""
+    and trio-qga's own ``fs-timeout`` and ``cache-dir`` (which qemu-ga ignores in a file)."""
     env = {"QGA_CONF": str(tmp_path / "absent.conf")}
     theirs = subprocess.run(
         [qemu_ga_binary(), *args, "-D"], capture_output=True, text=True, env=env, check=True
     ).stdout
     ours = dump_conf(*args, env=env)
-    assert ours.replace("allow-rpcs=\n", "").replace("fs-timeout=10\n", "") == theirs
+    own = ("allow-rpcs=\n", "fs-timeout=10\n", "cache-dir=/var/cache/trio-qga\n")
+    for line in own:
+        assert line in ours
+        ours = ours.replace(line, "")
+    assert ours == theirs

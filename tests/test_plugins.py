@@ -12,7 +12,7 @@ import pytest
 
 from agent import Agent, AgentConfig
 from agent.models.schema import load_builtin
-from agent.plugins import ENTRY_POINT_GROUP, Plugin, load_plugins
+from agent.plugins import ENTRY_POINT_GROUP, Plugin, PluginEntry, load_plugins
 from agent.policy import NOT_ALLOWED, CommandPolicy
 from agent.registry import HandlerSet, Registry
 from tests.qga_client import AGENT_COMMAND, SocketClient, StreamClient, running_agent
@@ -47,9 +47,9 @@ CLASHING = Plugin("{ 'command': 'guest-ping' }\n", ping_handlers)
 NOT_A_PLUGIN = "just a string"
 
 
-def entry_points(**targets: str) -> list[metadata.EntryPoint]:
+def entry_points(**targets: str) -> list[PluginEntry]:
     return [
-        metadata.EntryPoint(name, f"tests.test_plugins:{target}", ENTRY_POINT_GROUP)
+        PluginEntry.of(metadata.EntryPoint(name, f"tests.test_plugins:{target}", ENTRY_POINT_GROUP))
         for name, target in targets.items()
     ]
 
@@ -81,7 +81,9 @@ def test_failures_are_isolated_and_reported() -> None:
             *entry_points(
                 bad="BAD_SCHEMA", clash="CLASHING", notplugin="NOT_A_PLUGIN", wrong="MISMATCHED"
             ),
-            metadata.EntryPoint("missing", "no_such_module_anywhere:plugin", ENTRY_POINT_GROUP),
+            PluginEntry.of(
+                metadata.EntryPoint("missing", "no_such_module_anywhere:plugin", ENTRY_POINT_GROUP)
+            ),
         ],
     )
     status = {plugin.name: plugin.status for plugin in found}

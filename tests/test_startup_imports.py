@@ -54,3 +54,16 @@ def test_without_plugins_the_entry_point_machinery_is_not_imported(
     serves plugin discovery."""
     imported = imported_by_the_first_reply(tmp_path, monkeypatch, "--no-plugins")
     assert "importlib.metadata" not in imported
+
+
+def test_with_a_plugin_record_the_entry_point_machinery_is_not_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first start discovers the plugins and records them in the cache
+    directory; the next, in the same environment, starts from the record."""
+    cache = ("--cache-dir", str(tmp_path / "cache"))
+    first = imported_by_the_first_reply(tmp_path, monkeypatch, *cache)
+    assert "importlib.metadata" in first
+    assert (tmp_path / "cache" / "plugins.json").is_file()
+    second = imported_by_the_first_reply(tmp_path, monkeypatch, *cache)
+    assert "importlib.metadata" not in second

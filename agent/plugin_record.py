@@ -13,10 +13,15 @@ The fingerprint is what installing, upgrading or removing a distribution
 changes, and what editing its entry points changes:
 
 - the interpreter (``sys.version``) and ``sys.path``, in order;
-- each ``sys.path`` entry's mtime, size and inode (a directory's mtime moves
-  when a distribution's directory is added or removed; a zip file's with it);
-- in each directory, every ``*.dist-info`` and ``*.egg-info`` entry: its name,
-  mtime and inode, and those of its ``entry_points.txt`` and its size.
+- in each ``sys.path`` directory, the names of its ``*.dist-info`` and
+  ``*.egg-info`` entries (a distribution added or removed) and the mtime,
+  size and inode of each one's ``entry_points.txt`` (edited, or replaced with
+  its distribution);
+- each ``sys.path`` entry that is a file (a zip): its mtime, size and inode.
+
+Not a directory's own mtime: it moves with any file made in it, and
+``python -m agent`` has its working directory (often ``/tmp``) on
+``sys.path``.
 
 A record that is missing, unreadable, malformed, of another fingerprint, or
 not the agent's own regular file (``agent/ownfiles.py``: a link or a file a
@@ -123,36 +128,29 @@ def _path_entry(path: str) -> list[Any]:
         found = os.stat(path)
     except OSError:
         return [path, None]
-    described: list[Any] = [path, found.st_mtime_ns, found.st_size, found.st_ino]
     if stat.S_ISDIR(found.st_mode):
-        described.append(_distributions(path))
-    return described
+        return [path, "directory", _distributions(path)]
+    return [path, found.st_mtime_ns, found.st_size, found.st_ino]
 
 
 def _distributions(directory: str) -> list[Any]:
-    """Each distribution directory (or egg-info file) in ``directory``, with
-    the signature of its entry_points.txt."""
+    """Each distribution directory (or egg-info file) in ``directory``, by name,
+    with the signature of its entry_points.txt."""
     found = []
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
                 if not entry.name.lower().endswith(_DISTRIBUTION_SUFFIXES):
                     continue
-                found.append(
-                    [
-                        entry.name,
-                        *_signature(entry.path),
-                        *_signature(entry.path, "entry_points.txt"),
-                    ]
-                )
+                found.append([entry.name, *_signature(entry.path, "entry_points.txt")])
     except OSError:
         return [None]
     return sorted(found)
 
 
-def _signature(path: str, name: str | None = None) -> list[int | None]:
+def _signature(path: str, name: str) -> list[int | None]:
     try:
-        found = os.stat(os.path.join(path, name) if name else path)
+        found = os.stat(os.path.join(path, name))
     except OSError:
         return [None, None, None]
     return [found.st_mtime_ns, found.st_size, found.st_ino]

@@ -200,3 +200,31 @@ def test_a_recorded_entry_loads_as_importlib_metadata_loads_it(value: str) -> No
 def test_a_recorded_entry_that_is_no_entry_point_value_fails_to_load() -> None:
     with pytest.raises(ValueError, match="not an entry point value"):
         PluginEntry("x", "not a value!", "d 1").load()
+
+
+def test_other_files_in_a_path_directory_change_nothing(
+    site: Path, cache: Path, discoveries: list[list[PluginEntry]]
+) -> None:
+    """``python -m agent`` has its working directory, often /tmp, on sys.path."""
+    recorded_entry_points(str(cache))
+    (site / "some.sock").write_text("")
+    (site / "some.pid").write_text("1")
+    recorded_entry_points(str(cache))
+    assert len(discoveries) == 1
+
+
+def test_a_distribution_reinstalled_under_the_same_name_means_discovery(
+    site: Path, cache: Path, discoveries: list[list[PluginEntry]]
+) -> None:
+    """pip removes the old .dist-info and writes a new one; here the new
+    entry_points.txt even has the old one's size."""
+    dist = install(site, "hello-plugin", {"hello": HELLO})
+    assert "hello" in names(recorded_entry_points(str(cache)))
+    old = dist.with_name("old")
+    dist.rename(old)
+    install(site, "hello-plugin", {"hallo": HELLO})
+    for item in old.iterdir():
+        item.unlink()
+    old.rmdir()
+    assert "hallo" in names(recorded_entry_points(str(cache)))
+    assert len(discoveries) == 2

@@ -19,6 +19,10 @@ NOT_AT_START = (
     "agent.deep_json",  # values nested deeper than the C JSON codec takes
     "pydantic.main",  # pydantic's model machinery: validators come from pydantic-core
 )
+# What only plugin discovery needs: not imported with --no-plugins, nor when the
+# plugin record matches (importlib.metadata imports importlib.resources; the
+# agent reads its schema files beside their module).
+DISCOVERY = ("importlib.metadata", "importlib.resources")
 
 
 def imported_by_the_first_reply(
@@ -26,7 +30,8 @@ def imported_by_the_first_reply(
 ) -> set[str]:
     """The modules the agent (started with ``options``) imported by its first reply."""
     monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # python -X importtime: to stderr
-    with running_agent(tmp_path, *options) as (proc, sock):
+    cache = ("--cache-dir", str(tmp_path / "cache"))  # not the machine's /var/cache
+    with running_agent(tmp_path, *cache, *options) as (proc, sock):
         client = SocketClient(sock)
         client.resync(1)
         client.close()
@@ -53,7 +58,8 @@ def test_without_plugins_the_entry_point_machinery_is_not_imported(
     """importlib.metadata (and the email, zipfile and csv modules it brings) only
     serves plugin discovery."""
     imported = imported_by_the_first_reply(tmp_path, monkeypatch, "--no-plugins")
-    assert "importlib.metadata" not in imported
+    for module in DISCOVERY:
+        assert module not in imported
 
 
 def test_with_a_plugin_record_the_entry_point_machinery_is_not_imported(
@@ -61,9 +67,9 @@ def test_with_a_plugin_record_the_entry_point_machinery_is_not_imported(
 ) -> None:
     """The first start discovers the plugins and records them in the cache
     directory; the next, in the same environment, starts from the record."""
-    cache = ("--cache-dir", str(tmp_path / "cache"))
-    first = imported_by_the_first_reply(tmp_path, monkeypatch, *cache)
+    first = imported_by_the_first_reply(tmp_path, monkeypatch)
     assert "importlib.metadata" in first
     assert (tmp_path / "cache" / "plugins.json").is_file()
-    second = imported_by_the_first_reply(tmp_path, monkeypatch, *cache)
-    assert "importlib.metadata" not in second
+    second = imported_by_the_first_reply(tmp_path, monkeypatch)
+    for module in DISCOVERY:
+        assert module not in second

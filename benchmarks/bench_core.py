@@ -50,7 +50,7 @@ FLOOR = "floor"
 FLOOR_IMPORTS = "import trio, pydantic"
 # Seconds between a host leaving after its transfers and the memory reading: the
 # agent has to see the end of the connection first (trio-qga then gives freed
-# memory back). Read at once, the figure was a race: 36 to 69 MiB for trio-qga.
+# memory back). Read at once, the figure was a race: 38 to 69 MiB for trio-qga.
 SETTLE = 0.5
 
 

@@ -92,7 +92,10 @@ async def first_dropped_next_served(agent: Agent, listener: FaultyListener) -> N
     async with trio.open_nursery() as nursery:
         await serving(nursery, agent, listener)
         async with await trio.open_unix_socket(path) as first:
-            await first.send_all(b'{"execute":"guest-ping"}')
+            # The fault is in the agent's first read: it may drop this client
+            # before the request is even written.
+            with contextlib.suppress(trio.BrokenResourceError):
+                await first.send_all(b'{"execute":"guest-ping"}')
             await dropped(first)
         with trio.fail_after(10):
             assert await ping(path) == PONG

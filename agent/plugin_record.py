@@ -44,7 +44,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.ownfiles import open_own_file, read_own_file
+from agent.ownfiles import read_own_file, replace_own_file
 from agent.plugins import PluginEntry, installed_entry_points
 
 RECORD_NAME = "plugins.json"
@@ -111,16 +111,7 @@ def write_record(path: Path, fingerprint: list[Any], entries: list[PluginEntry])
         ],
     }
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    fd = open_own_file(temporary, flags, 0o644)
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(record, out)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    replace_own_file(path, json.dumps(record))
 
 
 def _path_entry(path: str) -> list[Any]:

@@ -20,14 +20,13 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import GenericError, os_error_text
-from agent.ownfiles import read_own_file
+from agent.ownfiles import read_own_file, replace_own_file
 
 log = logging.getLogger(__name__)
 
@@ -139,16 +138,8 @@ class HandleCounter:
     def _save(self, next_handle: int) -> None:
         """Replace the state file atomically: a crash leaves the old or the new one."""
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".qga.state.")
+            replace_own_file(self.path, f"[global]\nfd_counter={next_handle}\n")
         except OSError as err:
-            raise self._failure(err) from err
-        try:
-            with os.fdopen(fd, "w") as state:
-                state.write(f"[global]\nfd_counter={next_handle}\n")
-            os.replace(tmp, self.path)
-        except OSError as err:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise self._failure(err) from err
 
     def _failure(self, err: OSError) -> GenericError:

@@ -17,8 +17,8 @@ end of the pipe is its only way out. It imports the standard library only
 and loads the sibling ``ioctl`` module by path, so that it starts in
 milliseconds instead of importing the agent (trio, pydantic, ...). Its start
 is paid by the first freeze, so it keeps to what it needs then: no argparse
-(two options), no pathlib, subprocess only to run the hook, and an ``ioctl`` module without
-``typing``: armed in 14 ms instead of 23 here.
+(two options), no pathlib, subprocess only to run the hook, and an
+``ioctl`` module without ``typing``: armed in 14 ms instead of 23 here.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent import AgentConfig
-from agent.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV
+from agent.system.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV
 
 pytest_plugins = [
     "tests.agents",

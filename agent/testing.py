@@ -16,7 +16,7 @@ with the client's ``run`` (the same as ``trio-qga-client run``)::
             print(chunk.data.decode(errors="replace"), end="")
         assert (await execution).exitcode == 0
 
-``qga_client`` is a :class:`agent.client.QgaClient` connected over an in-memory
+``qga_client`` is a :class:`agent.host.client.QgaClient` connected over an in-memory
 stream to ``qga_agent``, a fresh :class:`agent.Agent` built from ``qga_config``
 (state in the test's temporary directory, no pid file, and an empty mount
 table: a test that calls ``guest-fsfreeze-freeze`` must not freeze the machine
@@ -30,25 +30,29 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import trio
-import trio.testing
 
-from agent.api import Agent
-from agent.client import QgaClient
-from agent.config import AgentConfig
+if TYPE_CHECKING:
+    from agent.core.agent import Agent
+    from agent.core.config import AgentConfig
+    from agent.host.client import QgaClient
 
 
 @pytest.fixture
 def qga_config(tmp_path: Path) -> AgentConfig:
     """The configuration of ``qga_agent``; override it to change the agent."""
+    from agent.core.config import AgentConfig
+
     return AgentConfig(statedir=str(tmp_path), pidfile=None, mount_table=os.devnull)
 
 
 @pytest.fixture
 async def qga_agent(qga_config: AgentConfig) -> AsyncIterator[Agent]:
     """A running agent, stopped (handles closed, filesystems thawed) after the test."""
+    from agent.core.agent import Agent
+
     async with Agent(qga_config) as agent:
         yield agent
 
@@ -56,6 +60,11 @@ async def qga_agent(qga_config: AgentConfig) -> AsyncIterator[Agent]:
 @pytest.fixture
 async def qga_client(qga_agent: Agent) -> AsyncIterator[QgaClient]:
     """A client connected to ``qga_agent`` over an in-memory stream, already in sync."""
+    import trio
+    import trio.testing
+
+    from agent.host.client import QgaClient
+
     client_end, agent_end = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(qga_agent.serve, agent_end)

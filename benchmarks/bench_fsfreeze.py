@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.fsfreeze.ioctl import ALLOW_ENV  # noqa: E402
+from agent.system.fsfreeze.ioctl import ALLOW_ENV  # noqa: E402
 from tests.qga_client import SocketClient, running_agent  # noqa: E402
 from tests.reference import running_qemu_ga  # noqa: E402
 from tests.scratch import mount_scratch, unmount_scratch  # noqa: E402

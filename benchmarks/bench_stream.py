@@ -31,7 +31,7 @@ from pathlib import Path
 
 import trio
 
-from agent.client import QgaClient
+from agent.host.client import QgaClient
 from benchmarks.bench_core import AGENTS, ROOT, started
 from benchmarks.bench_exec import MIB, ExecClient, median_ms, output_seconds, p99_ms
 
@@ -47,7 +47,7 @@ for _ in range({count}):
 def line_latencies(sock: Path, count: int) -> list[float]:
     """Latency of each stamped line, from the guest's print to the client's."""
     program = STAMPED_LINES.format(count=count)
-    command = [sys.executable, "-m", "agent.client_cli", "--address", str(sock), "run", "--"]
+    command = [sys.executable, "-m", "agent.host.cli", "--address", str(sock), "run", "--"]
     with subprocess.Popen(
         [*command, sys.executable, "-c", program],
         stdin=subprocess.DEVNULL,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.fsfreeze.freezer import Freezer
-from agent.fsguard import FsGuard
+from agent.system.fsfreeze.freezer import Freezer
+from agent.system.fsguard import FsGuard
 
 FAKE = "/qga-test-fake"
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.fsfreeze.ioctl import ALLOW_ENV
+from agent.system.fsfreeze.ioctl import ALLOW_ENV
 from tests.qga_client import environment_with_root, wait_or_kill
 from tests.scratch import Scratch
 

@@ -26,7 +26,7 @@ from typing import NoReturn
 import pytest
 import trio
 
-from agent.fsfreeze.ioctl import ALLOW_ENV, thaw_mountpoint
+from agent.system.fsfreeze.ioctl import ALLOW_ENV, thaw_mountpoint
 
 
 @dataclass(frozen=True)

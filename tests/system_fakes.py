@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.system import CommandResult, SystemRoot
+from agent.system.executor import CommandResult, SystemRoot
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent import Agent, AgentConfig, userfiles
+from agent import Agent, AgentConfig
 from agent.handlers import accounts
-from agent.system import CommandResult, SystemRoot
+from agent.system import userfiles
+from agent.system.executor import CommandResult, SystemRoot
 from tests.agents import served as serve_agent
 from tests.qga_client import StreamClient
 from tests.system_fakes import OK, RecordingExecutor, User, exited, scratch_root

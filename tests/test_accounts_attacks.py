@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent import AgentConfig, userfiles
-from agent.fsidentity import current_fs_ids
+from agent import AgentConfig
 from agent.handlers import accounts
+from agent.system import userfiles
+from agent.system.fsidentity import current_fs_ids
 from tests.scratch_user import RootOnly, ScratchUser, files_holding
 from tests.system_fakes import RecordingExecutor
 from tests.test_accounts import KEY1, KEY2, served

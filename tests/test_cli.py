@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import AgentConfig, conffile
-from agent.cli import main
-from agent.cli_config import build_parser, config_from_args
+from agent import AgentConfig
+from agent.daemon import conffile
+from agent.daemon.cli import main
+from agent.daemon.options import build_parser, config_from_args
 from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent, wait_for_socket
 
 

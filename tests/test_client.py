@@ -14,17 +14,11 @@ import pytest
 import trio
 import trio.testing
 
-from agent.client import (
-    AgentError,
-    AgentTimeout,
-    ClientError,
-    CommandNotFound,
-    QgaClient,
-    StreamChannel,
-)
+from agent.host.client import QgaClient, StreamChannel
+from agent.host.errors import AgentError, AgentTimeout, ClientError, CommandNotFound
 from tests.qga_client import running_agent
 
-CLIENT_COMMAND = [sys.executable, "-m", "agent.client_cli"]
+CLIENT_COMMAND = [sys.executable, "-m", "agent.host.cli"]
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ import pytest
 import trio
 
 from agent import Agent, AgentConfig
-from agent import transports as transports_module
 from agent.transports import listen as listen_module
-from agent.transports import serve_transport
+from agent.transports import serve as transports_module
 from agent.transports import virtio as virtio_module
+from agent.transports.serve import serve_transport
 from tests.qga_client import StreamClient
 
 PONG: dict[str, object] = {"return": {}}
@@ -216,7 +216,7 @@ async def test_a_device_error_reopens_the_device_and_the_next_host_is_served(
     )
     with caplog.at_level(logging.WARNING):
         async with Agent(config) as agent, trio.open_nursery() as nursery:
-            await nursery.start(serve_transport, config, agent.serve)
+            await nursery.start(serve_transport, config.transport, agent.serve)
             os.close(await ports.opened.receive())  # unplugged: the agent's read fails
             host = await ports.opened.receive()  # opened again
             os.set_blocking(host, False)

@@ -1,4 +1,4 @@
-"""The client's many-guest logic (agent.fleet) against fake guests, and how the libvirt
+"""The client's many-guest logic (agent.host.fleet) against fake guests, and how the libvirt
 transport reads libvirt's errors. The same code against real domains: test_libvirt.py."""
 
 from __future__ import annotations
@@ -13,11 +13,17 @@ from typing import Any
 import pytest
 import trio
 
-from agent.client import AgentError, AgentTimeout, ClientError, QgaClient
-from agent.client_cli import match_domains
-from agent.client_libvirt import NO_REPLY_WAIT, LibvirtChannel, LibvirtConnection, _error_reply
-from agent.client_output import show_results
-from agent.fleet import Freezable, TargetResult, freeze_all, run_all
+from agent.host.cli import match_domains
+from agent.host.client import QgaClient
+from agent.host.errors import AgentError, AgentTimeout, ClientError
+from agent.host.fleet import Freezable, TargetResult, freeze_all, run_all
+from agent.host.libvirt_channel import (
+    NO_REPLY_WAIT,
+    LibvirtChannel,
+    LibvirtConnection,
+    _error_reply,
+)
+from agent.host.output import show_results
 
 
 async def test_run_all_keeps_order_limits_concurrency_and_times_out_each(

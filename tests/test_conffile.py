@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
-from agent.conffile import ConfigFileError, config_file, dump, load
-from agent.config import AgentConfig
+from agent.core.config import AgentConfig
+from agent.daemon.cli import main
+from agent.daemon.conffile import ConfigFileError, config_file, dump, load
 from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent
 from tests.reference import qemu_ga_binary
 

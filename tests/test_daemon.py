@@ -189,11 +189,11 @@ def test_daemon_logs_to_syslog_without_a_logfile(tmp_path: Path) -> None:
     receiver.settimeout(10)
     code = (
         "import logging, sys\n"
-        "import agent.logs as logs\n"
-        "from agent.config import AgentConfig\n"
+        "import agent.daemon.logs as logs\n"
+        "from agent.core.config import AgentConfig\n"
         "logs.SYSLOG_ADDRESS = sys.argv[1]\n"
         "logs.setup_logging(AgentConfig(verbose=True), daemonized=True)\n"
-        "logging.getLogger('agent.session').debug('executing guest-ping')\n"
+        "logging.getLogger('agent.core.session').debug('executing guest-ping')\n"
     )
     with receiver:
         proc = subprocess.run([sys.executable, "-c", code, str(address)], check=True)
@@ -201,4 +201,4 @@ def test_daemon_logs_to_syslog_without_a_logfile(tmp_path: Path) -> None:
     assert proc.returncode == 0
     # <31>: facility daemon, priority debug; the ident carries the pid, like syslog(3).
     assert message.startswith(b"<31>trio-qga[")
-    assert message.endswith(b"]: DEBUG agent.session: executing guest-ping\x00")
+    assert message.endswith(b"]: DEBUG agent.core.session: executing guest-ping\x00")

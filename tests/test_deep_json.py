@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import deep_json
-from agent.protocol import Framer, Message, encode_return
+from agent.wire import deep_json
+from agent.wire.encoder import encode_return
+from agent.wire.framer import Framer, Message
 
 STDLIB_ENCODE = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
 HOOKS: dict[str, Any] = {

@@ -9,10 +9,10 @@ import os
 import trio
 
 from agent import Agent, AgentConfig
-from agent.models.payload import Base64Payload
+from agent.core.registry import HandlerSet
 from agent.models.schema import parse
-from agent.protocol import INLINE_PAYLOAD, NO_ID, ErrorReply, ReturnReply, encode_reply
-from agent.registry import HandlerSet
+from agent.wire.encoder import INLINE_PAYLOAD, NO_ID, ErrorReply, ReturnReply, encode_reply
+from agent.wire.payload import Base64Payload
 
 SCHEMA = """
 { 'struct': 'Data', 'data': { 'buf-b64': 'str', 'count': 'int' } }

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig, serve_stream
-from agent.client import QgaClient
+from agent.host.client import QgaClient
 
 pytest_plugins = ["pytester"]
 

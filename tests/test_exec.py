@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig
-from agent import processes as processes_module
+from agent.system import processes as processes_module
 from tests.agents import session
 from tests.qga_client import StreamClient
 

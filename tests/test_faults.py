@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from agent import Agent, AgentConfig
-from agent.store import COUNTER_END, FIRST_HANDLE, HandleCounter
+from agent.core.store import COUNTER_END, FIRST_HANDLE, HandleCounter
 from tests.agents import served as serve_agent
 from tests.qga_client import SocketClient, StreamClient, strict_json
 from tests.reference import qemu_ga_binary, running_qemu_ga

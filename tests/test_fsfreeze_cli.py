@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli_config import build_parser
-from agent.fsfreeze.hook import DEFAULT_HOOK
-from agent.fsfreeze.ioctl import LinuxIoctls
-from agent.fsfreeze.marker import MARKER_NAME
-from agent.fsfreeze.watchdog import ARMED, RELEASED, parse_options
-from agent.fsfreeze.watchdog_client import WATCHDOG_PROGRAM
+from agent.daemon.options import build_parser
+from agent.system.fsfreeze.hook import DEFAULT_HOOK
+from agent.system.fsfreeze.ioctl import LinuxIoctls
+from agent.system.fsfreeze.marker import MARKER_NAME
+from agent.system.fsfreeze.watchdog import ARMED, RELEASED, parse_options
+from agent.system.fsfreeze.watchdog_client import WATCHDOG_PROGRAM
 from tests.qga_client import SocketClient, running_agent
 from tests.scratch import BlockedWrite, Scratch, processes_mentioning
 

@@ -16,13 +16,13 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig
+from agent.daemon.logs import HoldingHandler
 from agent.errors import GenericError
-from agent.fsfreeze.freezer import Freezer
-from agent.fsfreeze.marker import MARKER_NAME
-from agent.fsfreeze.state import (
+from agent.system.fsfreeze.freezer import Freezer
+from agent.system.fsfreeze.marker import MARKER_NAME
+from agent.system.fsfreeze.state import (
     FreezeState,
 )
-from agent.logholding import HoldingHandler
 from tests.fsfreeze_fakes import (
     FAKE,
     FAKE_FREEZE_ORDER,

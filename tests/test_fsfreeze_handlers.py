@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig
-from agent.client import QgaClient
+from agent.host.client import QgaClient
 from tests.fsfreeze_fakes import (
     FAKE,
     FakeIoctls,

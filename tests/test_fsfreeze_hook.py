@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from agent.errors import GenericError
-from agent.fsfreeze.state import (
+from agent.system.fsfreeze.state import (
     FreezeState,
 )
 from tests.fsfreeze_fakes import (

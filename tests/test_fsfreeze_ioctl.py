@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV, check_allowed
+from agent.system.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV, check_allowed
 
 
 def test_guard_allows_only_listed_mountpoints_off_the_root_device(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent.fsfreeze.marker import MARKER_NAME
-from agent.fsfreeze.state import (
+from agent.system.fsfreeze.marker import MARKER_NAME
+from agent.system.fsfreeze.state import (
     FreezeState,
 )
 from tests.fsfreeze_fakes import (

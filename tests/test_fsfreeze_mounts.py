@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from agent.fsfreeze.mounts import Mount, freeze_plan, parse_mountinfo, unfreezable
+from agent.system.mounts import Mount, freeze_plan, parse_mountinfo, unfreezable
 from tests.fsfreeze_fakes import (
     FAKE,
     FAKE_FREEZE_ORDER,

@@ -24,9 +24,9 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig
-from agent.fsfreeze.freezer import Freezer
-from agent.fsfreeze.ioctl import LinuxIoctls
-from agent.fsfreeze.marker import MARKER_NAME
+from agent.system.fsfreeze.freezer import Freezer
+from agent.system.fsfreeze.ioctl import LinuxIoctls
+from agent.system.fsfreeze.marker import MARKER_NAME
 from tests.qga_client import StreamClient
 from tests.scratch import BlockedWrite, Scratch
 
@@ -123,7 +123,7 @@ async def test_freeze_list_freezes_only_those(tmp_path: Path, scratch: Scratch) 
 async def test_freeze_list_ignores_what_it_cannot_freeze(
     tmp_path: Path, scratch: Scratch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.fsfreeze.freezer")
+    caplog.set_level(logging.INFO, logger="agent.system.fsfreeze.freezer")
     invalid = [scratch.tmpfs, scratch.base, scratch.ext4 / "shared"]
     async with serve(scratch_config(tmp_path, scratch)) as (client, _):
         for path in invalid:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.fsfreeze.state import (
+from agent.system.fsfreeze.state import (
     TRANSITIONS,
     FreezeEvent,
     FreezeMachine,

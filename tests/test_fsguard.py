@@ -1,4 +1,4 @@
-"""agent.fsguard: deadlines, abandoned calls, the hung-mount registry, the bound on stuck threads.
+"""agent.system.fsguard: deadlines, abandoned calls, hung mounts, the bound on stuck threads.
 
 The blocking call is a function that waits on a ``threading.Event`` the test
 sets: no filesystem is needed (tests/test_hung_fs.py does it with FUSE).
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.fsguard import FsGuard, FsTimeout
+from agent.system.fsguard import FsGuard, FsTimeout
 
 DEADLINE = 0.2
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent import Agent, AgentConfig
-from agent.system import SystemRoot
+from agent.system.executor import SystemRoot
 from tests.agents import served as serve_agent
 from tests.qga_client import StreamClient
 from tests.system_fakes import RecordingExecutor

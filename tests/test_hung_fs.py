@@ -26,7 +26,7 @@ from typing import Any
 
 import pybase64
 
-from agent.fsfreeze.marker import MARKER_NAME
+from agent.system.fsfreeze.marker import MARKER_NAME
 from tests.hung_mounts import HungMounts
 from tests.qga_client import Reply, SocketClient, wait_for_socket, wait_or_kill
 from tests.reference import qemu_ga_binary

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from agent.sysinfo.blockdev import SysBlock
-from agent.system import SystemRoot
+from agent.system.executor import SystemRoot
+from agent.system.sysinfo.blockdev import SysBlock
 
 
 # ------------------------------------------------------------ fake /sys --

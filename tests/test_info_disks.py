@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.fsfreeze.ioctl import REFUSED_ENV, check_allowed
-from agent.fsfreeze.mounts import parse_mountinfo
-from agent.sysinfo.fstrim import TrimRefused, block_mounts
-from agent.system import SystemRoot
+from agent.system.executor import SystemRoot
+from agent.system.fsfreeze.ioctl import REFUSED_ENV, check_allowed
+from agent.system.mounts import parse_mountinfo
+from agent.system.sysinfo.fstrim import TrimRefused, block_mounts
 from tests.agents import AgentFactory, served
 from tests.qga_client import StreamClient
 from tests.scratch import Scratch

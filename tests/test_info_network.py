@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from agent.sysinfo.procfs import parse_ipv4_routes, parse_ipv6_routes
-from agent.system import SystemRoot
+from agent.system.executor import SystemRoot
+from agent.system.sysinfo.procfs import parse_ipv4_routes, parse_ipv6_routes
 from tests.agents import AgentFactory, served
 from tests.qga_client import StreamClient
 

@@ -17,10 +17,10 @@ import trio
 import trio.testing
 
 from agent.handlers.system import OS_RELEASE_ENV, logged_in_users
-from agent.protocol import encode_return
-from agent.sysinfo.osrelease import os_release_info, parse_os_release, unquote
-from agent.sysinfo.procfs import parse_cpustats, parse_diskstats
-from agent.system import SystemRoot
+from agent.system.executor import SystemRoot
+from agent.system.sysinfo.osrelease import os_release_info, parse_os_release, unquote
+from agent.system.sysinfo.procfs import parse_cpustats, parse_diskstats
+from agent.wire.encoder import encode_return
 from tests.agents import AgentFactory, served
 from tests.qga_client import StreamClient
 

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 import trio
 
-from agent.client import AgentError, CommandNotFound, QgaClient
+from agent.host.client import QgaClient
+from agent.host.errors import AgentError, CommandNotFound
 from tests.libvirt_host import GuestDomain, LibvirtHost, build_initramfs
 from tests.reference import qemu_ga_binary
 from tests.test_vm import run_in_vm_script
@@ -390,7 +391,7 @@ def test_virsh_drives_both_agents_alike(
     assert not problems, "\n".join(problems)
 
 
-CLIENT = [sys.executable, "-m", "agent.client_cli"]
+CLIENT = [sys.executable, "-m", "agent.host.cli"]
 COPY_TIMEOUT = 120.0  # seconds for one exchange with a TCG guest on a busy host
 
 

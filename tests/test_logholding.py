@@ -1,5 +1,5 @@
 """The log handler that holds records while filesystems are frozen
-(``agent/logholding.py``)."""
+(``agent.daemon.logs``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from agent.logholding import HoldingHandler
+from agent.daemon.logs import HoldingHandler
 from tests.fsfreeze_fakes import (
     ListHandler,
 )

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import Agent, AgentConfig, plugin_record
-from agent.plugin_record import RECORD_NAME, recorded_entry_points
-from agent.plugins import ENTRY_POINT_GROUP, PluginEntry, installed_entry_points
+from agent import Agent, AgentConfig
+from agent.core import plugin_record
+from agent.core.plugin_record import RECORD_NAME, recorded_entry_points
+from agent.core.plugins import ENTRY_POINT_GROUP, PluginEntry, installed_entry_points
 
 HELLO = "tests.test_plugins:HELLO"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from agent import Agent, AgentConfig
+from agent.core.plugins import ENTRY_POINT_GROUP, Plugin, PluginEntry, load_plugins
+from agent.core.policy import NOT_ALLOWED, CommandPolicy
+from agent.core.registry import HandlerSet, Registry
 from agent.models.schema import load_builtin
-from agent.plugins import ENTRY_POINT_GROUP, Plugin, PluginEntry, load_plugins
-from agent.policy import NOT_ALLOWED, CommandPolicy
-from agent.registry import HandlerSet, Registry
 from tests.qga_client import AGENT_COMMAND, SocketClient, StreamClient, running_agent
 
 # -------------------------------------------------- plugins for the tests --
@@ -91,7 +91,7 @@ def test_failures_are_isolated_and_reported() -> None:
     assert status["clash"] == (
         "plugin clash (unknown distribution): guest-ping is already provided by trio-qga"
     )
-    assert "is a str, not an agent.plugins.Plugin" in status["notplugin"]
+    assert "is a str, not an agent.core.plugins.Plugin" in status["notplugin"]
     assert "schema says ['who']" in status["wrong"]
     assert status["missing"].startswith("failed to import no_such_module_anywhere:plugin")
     assert len(registry) == before  # nothing half-registered

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent import Agent, AgentConfig
-from agent.system import CommandResult, SystemRoot
+from agent.system.executor import CommandResult, SystemRoot
 from tests.agents import served as serve_agent
 from tests.qga_client import Reply, StreamClient
 from tests.system_fakes import OK, FakeClock, RecordingExecutor, exited
@@ -293,7 +293,7 @@ async def test_set_time_refuses_a_year_outside_1970_to_2069(
 
 
 def test_the_commands_come_from_the_command_line() -> None:
-    from agent.cli_config import build_parser, config_from_args
+    from agent.daemon.options import build_parser, config_from_args
 
     args = build_parser().parse_args(
         ["--poweroff-command", "busybox poweroff -f", "--suspend-ram-command", "'my suspend' x"]

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pydantic_core import ValidationError
 
+from agent.core.registry import HandlerSet, Registry, RegistryError
 from agent.models.builder import ModelFactory, describe
 from agent.models.schema import SchemaError, load_builtin, parse
 from agent.models.struct import Struct
-from agent.registry import HandlerSet, Registry, RegistryError
 
 WINDOWS_ONLY = {"guest-get-devices"}  # qemu-ga on Linux lists it disabled; we leave it out
 QEMU_SCHEMA = Path("/usr/share/doc/qemu-guest-agent/qapi-schema.json.gz")

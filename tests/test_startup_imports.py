@@ -16,7 +16,7 @@ NOT_AT_START = (
     "psutil",  # guest-get-users, guest-network-get-interfaces, the procinfo plugin
     "trio_serial",  # the isa-serial transport
     "configparser",  # a configuration file, when there is one
-    "agent.deep_json",  # values nested deeper than the C JSON codec takes
+    "agent.wire.deep_json",  # values nested deeper than the C JSON codec takes
     "pydantic.main",  # pydantic's model machinery: validators come from pydantic-core
 )
 # What only plugin discovery needs: not imported with --no-plugins, nor when the
@@ -40,7 +40,7 @@ def imported_by_the_first_reply(
         assert proc.stderr is not None
         log = proc.stderr.read().decode()
     imported = set(re.findall(r"^import time:.*\| +([\w.]+)$", log, re.M))
-    assert "agent.api" in imported  # the log is what we think it is
+    assert "agent.core.agent" in imported  # the log is what we think it is
     return imported
 
 

@@ -25,15 +25,16 @@ import psutil
 import pytest
 import trio
 
-from agent.client import AgentError, QgaClient
-from agent.client_run import Chunk, Execution
-from agent.config import AgentConfig
-from agent.streaming import set_window_size, take_terminal
+from agent.core.config import AgentConfig
+from agent.host.client import QgaClient
+from agent.host.errors import AgentError
+from agent.host.execution import Chunk, Execution
+from agent.system.streaming import set_window_size, take_terminal
 from tests.qga_client import running_agent
 from tests.test_exec import DAEMON, kill_daemon
 
 PREFIX = "__io.github.trio-qga_"
-CLIENT_COMMAND = [sys.executable, "-m", "agent.client_cli"]
+CLIENT_COMMAND = [sys.executable, "-m", "agent.host.cli"]
 
 
 async def until(execution: Execution, text: bytes) -> bytes:
@@ -262,7 +263,7 @@ def qga_config(tmp_path: Path) -> AgentConfig:
 async def test_a_program_nobody_reads_is_killed_and_reaped(
     qga_client: QgaClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "agent.streaming")
+    caplog.set_level(logging.WARNING, "agent.system.streaming")
     pid = (await qga_client.execute(PREFIX + "exec-start", {"path": "/bin/sleep", "arg": ["30"]}))[
         "pid"
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.system import CommandResult, ProcessExecutor, SystemRoot, describe_failure
+from agent.system.executor import CommandResult, ProcessExecutor, SystemRoot, describe_failure
 
 
 async def test_process_executor_runs_and_captures() -> None:

@@ -23,9 +23,9 @@ import pytest
 import trio
 
 from agent import Agent, AgentConfig
-from agent import transports as transports_module
-from agent.transports import TransportError, check_transport, serve_transport
+from agent.transports import serve as transports_module
 from agent.transports.serial import serve_isa_serial
+from agent.transports.serve import TransportError, check_transport, serve_transport
 from agent.transports.virtio import serve_port
 from agent.transports.vsock import parse_address
 from tests.qga_client import AGENT_COMMAND, StreamClient
@@ -202,7 +202,7 @@ async def test_isa_serial_hang_up_is_a_transport_error(agent: Agent, tmp_path: P
     hung_up = pytest.RaisesExc(TransportError, match=f"isa-serial {path}: the serial line hung up")
     with pytest.RaisesGroup(hung_up):
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_transport, config, agent.serve)
+            await nursery.start(serve_transport, config.transport, agent.serve)
             os.close(master)  # the other end of the line is gone
 
 
@@ -217,7 +217,7 @@ async def test_retry_path_waits_for_the_device_and_reopens_it(
     with pseudo_terminal() as (master, path), caplog.at_level(logging.WARNING):
         async with Agent(config) as agent, trio.open_nursery() as nursery:
             # Started although the device is missing: the agent is up, waiting for it.
-            await nursery.start(serve_transport, config, agent.serve)
+            await nursery.start(serve_transport, config.transport, agent.serve)
             assert "No such file or directory; trying again in 0.05 s" in caplog.text
             link.symlink_to(path)
             async with serial_host(master) as host:
@@ -244,7 +244,7 @@ def test_check_transport_refuses_what_can_never_work() -> None:
     }
     for config, message in cases.items():
         with pytest.raises(TransportError, match=message):
-            check_transport(config)
+            check_transport(config.transport)
 
 
 def test_vsock_addresses_are_read_as_qemu_reads_them() -> None:
@@ -297,9 +297,9 @@ async def test_vsock_listen_port_in_use_is_a_transport_error(agent: Agent) -> No
         pytest.skip(reason)
     config = AgentConfig(method="vsock-listen", path="-1:41998", pidfile=None)
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_transport, config, agent.serve)
+        await nursery.start(serve_transport, config.transport, agent.serve)
         with pytest.raises(TransportError, match="vsock-listen -1:41998: Address already in use"):
-            await serve_transport(config, agent.serve)
+            await serve_transport(config.transport, agent.serve)
         nursery.cancel_scope.cancel()
 
 

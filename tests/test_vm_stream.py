@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.client import QgaClient
+from agent.host.client import QgaClient
 from tests.test_vm_changes import BOOT_TIMEOUT, ROOT, run_in_vm, vm_agent_command
 
 LINES = 5

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.wirelog import for_session
+from agent.wire.wirelog import for_session
 from tests.qga_client import StreamClient
 
 SECRET = b"hunter2-very-secret"
@@ -29,7 +29,7 @@ def debug_client(debug_log: pytest.LogCaptureFixture, agent_client: StreamClient
 
 
 def wire_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "agent.wirelog"]
+    return [r.getMessage() for r in caplog.records if r.name == "agent.wire.wirelog"]
 
 
 async def test_each_request_and_reply_is_logged(

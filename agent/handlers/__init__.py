@@ -1,5 +1,6 @@
 """Command handlers, one module per group of commands."""
 
+from agent.core.registry import HandlerSet
 from agent.handlers import (
     accounts,
     core,
@@ -13,7 +14,6 @@ from agent.handlers import (
     stream_exec,
     system,
 )
-from agent.registry import HandlerSet
 
 BUILTIN: tuple[HandlerSet, ...] = (
     core.handlers,

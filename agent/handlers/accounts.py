@@ -28,14 +28,14 @@ from typing import TypeVar
 
 import trio
 
-from agent import userfiles
-from agent.context import AgentContext
+from agent.core.context import AgentContext
+from agent.core.registry import HandlerSet
 from agent.errors import GenericError, os_error_text
-from agent.fsidentity import Identity, acting_as, run_in_own_thread
-from agent.registry import HandlerSet
-from agent.system import SystemRoot, describe_failure
-from agent.userfiles import Refused
-from agent.wire_base64 import decode_base64
+from agent.system import userfiles
+from agent.system.executor import SystemRoot, describe_failure
+from agent.system.fsidentity import Identity, acting_as, run_in_own_thread
+from agent.system.userfiles import Refused
+from agent.wire.b64 import decode_base64
 
 handlers = HandlerSet()
 

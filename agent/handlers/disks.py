@@ -5,7 +5,7 @@ The mount table comes from ``ctx.config.mount_table`` (the kernel's
 /sys is read through ``ctx.root``. All of it runs in worker threads: /sys
 walks read many files, statvfs and FITRIM can take long, and on a hung mount
 never return. Each statvfs and FITRIM has the ``--fs-timeout`` deadline
-(``agent.fsguard``): guest-get-fsinfo lists a mount that did not answer without
+(``agent.system.fsguard``): guest-get-fsinfo lists a mount that did not answer without
 its figures, guest-fstrim gives it an error entry, and both go on with the rest.
 """
 
@@ -19,13 +19,13 @@ from typing import Any
 
 import trio
 
-from agent.context import AgentContext
+from agent.core.context import AgentContext
+from agent.core.registry import HandlerSet
 from agent.errors import GenericError
-from agent.fsfreeze.mounts import Mount, MountTableError, read_mount_table
-from agent.fsguard import FsTimeout
-from agent.registry import HandlerSet
-from agent.sysinfo import fstrim
-from agent.sysinfo.blockdev import DiskListError, SysBlock, sys_dev_block
+from agent.system.fsguard import FsTimeout
+from agent.system.mounts import Mount, MountTableError, read_mount_table
+from agent.system.sysinfo import fstrim
+from agent.system.sysinfo.blockdev import DiskListError, SysBlock, sys_dev_block
 
 handlers = HandlerSet()
 log = logging.getLogger(__name__)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
-from agent.context import AgentContext
+from agent.core.context import AgentContext
+from agent.core.registry import HandlerSet
 from agent.errors import GenericError
-from agent.models.payload import Base64Payload
-from agent.processes import Capture, ExecProcess, spawn
-from agent.registry import HandlerSet
-from agent.wire_base64 import decode_base64
+from agent.system.processes import Capture, ExecProcess, spawn
+from agent.wire.b64 import decode_base64
+from agent.wire.payload import Base64Payload
 
 handlers = HandlerSet()
 

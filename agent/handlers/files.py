@@ -6,7 +6,7 @@ SIGTERM, loses nothing. They are opened non-blocking, as qemu-ga sets them,
 so a FIFO or a device cannot hang the agent. open, every call on a file of a
 network or FUSE filesystem (whose server may never answer) or on a block
 device, and every transfer over ``INLINE_IO_LIMIT`` bytes run in a worker
-thread under ``--fs-timeout`` (``agent.fsguard``): a hung mount gets an error
+thread under ``--fs-timeout`` (``agent.system.fsguard``): a hung mount gets an error
 naming the path, and a handle whose call hung fails at once until that call
 comes back. Small transfers of local files, pipes and character devices run
 inline, since a thread costs more than the transfer (a local disk that stops
@@ -22,13 +22,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
 
-from agent.context import AgentContext
+from agent.core.context import AgentContext
+from agent.core.registry import HandlerSet
+from agent.core.store import OpenFile
 from agent.errors import GenericError, os_error_text
-from agent.fsguard import FsTimeout
-from agent.models.payload import Base64Payload
-from agent.registry import HandlerSet
-from agent.store import OpenFile
-from agent.wire_base64 import decode_base64
+from agent.system.fsguard import FsTimeout
+from agent.wire.b64 import decode_base64
+from agent.wire.payload import Base64Payload
 
 handlers = HandlerSet()
 

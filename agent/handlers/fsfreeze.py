@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent.context import AgentContext
-from agent.registry import HandlerSet
+from agent.core.context import AgentContext
+from agent.core.registry import HandlerSet
 
 handlers = HandlerSet()
 

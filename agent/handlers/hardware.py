@@ -17,9 +17,9 @@ from typing import Any
 
 import trio
 
-from agent.context import AgentContext
+from agent.core.context import AgentContext
+from agent.core.registry import HandlerSet
 from agent.errors import GenericError, os_error_text
-from agent.registry import HandlerSet
 
 handlers = HandlerSet()
 

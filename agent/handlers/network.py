@@ -11,10 +11,10 @@ import ipaddress
 import socket
 from typing import Any
 
-from agent.context import AgentContext
+from agent.core.context import AgentContext
+from agent.core.registry import HandlerSet
 from agent.errors import GenericError, os_error_text
-from agent.registry import HandlerSet
-from agent.sysinfo.procfs import parse_ipv4_routes, parse_ipv6_routes
+from agent.system.sysinfo.procfs import parse_ipv4_routes, parse_ipv6_routes
 
 handlers = HandlerSet()
 

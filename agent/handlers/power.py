@@ -22,11 +22,11 @@ from pathlib import Path
 
 import trio
 
-from agent.config import AgentConfig
-from agent.context import AgentContext
+from agent.core.config import AgentConfig
+from agent.core.context import AgentContext
+from agent.core.registry import HandlerSet
 from agent.errors import GenericError, os_error_text
-from agent.registry import HandlerSet
-from agent.system import CommandResult, describe_failure
+from agent.system.executor import CommandResult, describe_failure
 
 log = logging.getLogger(__name__)
 handlers = HandlerSet()

@@ -12,15 +12,15 @@ import subprocess
 
 import trio
 
-from agent.context import AgentContext
+from agent.core.context import AgentContext
+from agent.core.registry import HandlerSet
 from agent.errors import GenericError, os_error_text
 from agent.handlers.exec import environment
-from agent.models.payload import Base64Payload
 from agent.models.struct import Struct
-from agent.processes import spawn
-from agent.registry import HandlerSet
-from agent.streaming import StreamProcess, set_window_size, take_terminal
-from agent.wire_base64 import decode_base64
+from agent.system.processes import spawn
+from agent.system.streaming import StreamProcess, set_window_size, take_terminal
+from agent.wire.b64 import decode_base64
+from agent.wire.payload import Base64Payload
 
 PREFIX = "__io.github.trio-qga_"
 DEFAULT_ROWS, DEFAULT_COLS = 24, 80

@@ -9,11 +9,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from agent.context import AgentContext
+from agent.core.context import AgentContext
+from agent.core.registry import HandlerSet
 from agent.errors import GenericError, os_error_text
-from agent.registry import HandlerSet
-from agent.sysinfo.osrelease import os_release_info
-from agent.sysinfo.procfs import parse_cpustats, parse_diskstats
+from agent.system.sysinfo.osrelease import os_release_info
+from agent.system.sysinfo.procfs import parse_cpustats, parse_diskstats
 
 handlers = HandlerSet()
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.protocol import Framer, Message, ParseError
+from agent.wire.framer import Framer, Message, ParseError
 
 BUILTIN_SCHEMA = "qga-schema.json"
 PARSED_SCHEMA = "qga-schema.parsed.json"  # BUILTIN_SCHEMA's definitions, as plain JSON

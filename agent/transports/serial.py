@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, cast
 
 import trio
 
-from agent.config import DEFAULT_BAUD_RATE
 from agent.transports.conversation import serve_conversation
 from agent.transports.device import Device, DeviceStream, hung_up
+from agent.transports.spec import DEFAULT_BAUD_RATE
 from agent.transports.types import StreamHandler
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from trio_qga_procinfo.handlers import process_list, service_status
 
 from agent import Agent, AgentConfig
 from agent.errors import GenericError
-from agent.system import CommandResult
+from agent.system.executor import CommandResult
 
 
 class FakeSystemctl:

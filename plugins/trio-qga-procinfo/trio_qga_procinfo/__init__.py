@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.plugins import Plugin
+from agent.core.plugins import Plugin
 from trio_qga_procinfo.handlers import handlers
 
 plugin = Plugin.from_schema_file(

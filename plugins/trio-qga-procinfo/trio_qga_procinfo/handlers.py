@@ -6,10 +6,10 @@ import re
 
 import trio
 
-from agent.context import AgentContext
+from agent.core.context import AgentContext
+from agent.core.registry import HandlerSet
 from agent.errors import GenericError
-from agent.registry import HandlerSet
-from agent.system import describe_failure
+from agent.system.executor import describe_failure
 
 handlers = HandlerSet()
 

@@ -1,0 +1,88 @@
+"""The agent's configuration: everything the command line and config file set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.core.store import DEFAULT_MAX_HANDLES
+from agent.system.fsguard import DEFAULT_FS_TIMEOUT
+from agent.system.mounts import DEFAULT_MOUNT_TABLE
+from agent.system.streaming import DEFAULT_IDLE_TIMEOUT
+from agent.transports.spec import (
+    DEFAULT_BAUD_RATE,
+    DEFAULT_METHOD,
+    DEFAULT_SOCKET_MODE,
+    TransportSpec,
+)
+from agent.wire.framer import MAX_DEPTH, MAX_MESSAGE_SIZE
+
+# qemu-ga's defaults.
+DEFAULT_PIDFILE = "/var/run/qemu-ga.pid"
+DEFAULT_STATEDIR = "/var/run"
+# trio-qga's own: what can be recomputed but should survive a reboot (the plugin
+# record), where the state directory (a tmpfs, as qemu-ga's /var/run) does not.
+DEFAULT_CACHE_DIR = "/var/cache/trio-qga"
+# qemu-ga runs "/sbin/shutdown -h -P|-H|-r +0 'hypervisor initiated shutdown'".
+SHUTDOWN = ("/sbin/shutdown", "-h")
+SHUTDOWN_WHEN = ("+0", "hypervisor initiated shutdown")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Settings of one agent. The defaults are qemu-ga's."""
+
+    method: str = DEFAULT_METHOD
+    path: str | None = None  # None: the method's default path
+    logfile: str | None = None  # None: standard error
+    # None: none named, DEFAULT_PIDFILE when daemonized; "": no pid file at all.
+    pidfile: str | None = None
+    statedir: str = DEFAULT_STATEDIR
+    cache_dir: str = DEFAULT_CACHE_DIR  # "": keep no cache, discover plugins at each start
+    verbose: bool = False
+    daemonize: bool = False  # -d: detach into the background
+    retry_path: bool = False  # -r: reopen a channel that cannot open or fails, every 5 s
+    fsfreeze_hook: str | None = None  # script run with freeze/thaw; None: no hook
+    baud_rate: int = DEFAULT_BAUD_RATE
+    socket_mode: int = DEFAULT_SOCKET_MODE  # of a unix-listen socket
+    blocked_rpcs: tuple[str, ...] = ()
+    allowed_rpcs: tuple[str, ...] | None = None  # None: all that are not blocked
+    max_handles: int = DEFAULT_MAX_HANDLES  # open guest-file handles at once
+    plugins: bool = True  # load the commands of installed plugins
+    disabled_plugins: tuple[str, ...] = ()  # plugin (entry point) names not to load
+    command_timeout: float | None = None  # seconds an async handler may run; None: no limit
+    max_message_size: int = MAX_MESSAGE_SIZE
+    max_depth: int = MAX_DEPTH
+    mount_table: str = DEFAULT_MOUNT_TABLE  # what guest-fsfreeze-freeze may freeze
+    thaw_timeout: float | None = None  # seconds frozen before an auto-thaw; None: never
+    # Seconds a streaming-exec program may go unread before it is killed.
+    exec_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    fs_timeout: float = DEFAULT_FS_TIMEOUT  # seconds a filesystem call may block
+    # Commands for the power and clock commands (qemu-ga's, right for a systemd guest).
+    # By default, as qemu-ga 10.2, /sbin/poweroff, /sbin/halt or /sbin/reboot when
+    # present (BusyBox guests have no shutdown), else these.
+    poweroff_command: tuple[str, ...] = (*SHUTDOWN, "-P", *SHUTDOWN_WHEN)
+    halt_command: tuple[str, ...] = (*SHUTDOWN, "-H", *SHUTDOWN_WHEN)
+    reboot_command: tuple[str, ...] = (*SHUTDOWN, "-r", *SHUTDOWN_WHEN)
+    # None: as qemu-ga, systemctl, else pm-utils, else /sys/power/state.
+    suspend_disk_command: tuple[str, ...] | None = None
+    suspend_ram_command: tuple[str, ...] | None = None
+    suspend_hybrid_command: tuple[str, ...] | None = None
+    hwclock_command: tuple[str, ...] = ("/sbin/hwclock",)  # run with -w (or -s)
+
+    @property
+    def pidfile_path(self) -> str | None:
+        """The pid file to write and lock, if any.
+
+        As qemu-ga, an agent in the foreground writes none unless one is named
+        (``-f`` or the configuration file); a daemon writes qemu-ga's by default.
+        """
+        if self.pidfile is None:
+            return DEFAULT_PIDFILE if self.daemonize else None
+        return self.pidfile or None
+
+    @property
+    def transport(self) -> TransportSpec:
+        """The channel the agent serves (``-m``, ``-p``, ``-r`` and the line's options)."""
+        return TransportSpec(
+            self.method, self.path, self.retry_path, self.baud_rate, self.socket_mode
+        )

@@ -1,0 +1,129 @@
+"""From a decoded request to its reply event, in one call: :meth:`Dispatcher.handle`.
+
+Every check that needs no I/O comes first: the request's shape, the command's
+existence and whether it may run, and its arguments against the schema
+model. Then the handler runs (an async one under a cancel scope) and its
+value is checked against the schema. Errors are translated here, at the
+boundary, into the wire's classes. The reply is an event of
+``agent.wire.framer``, which alone turns it into bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from pydantic_core import ValidationError
+
+from agent.core.context import AgentContext
+from agent.core.registry import Command
+from agent.errors import CommandNotFound, GenericError, QgaError
+from agent.models.builder import describe
+from agent.wire.encoder import ErrorReply, Reply, RequestId, ReturnReply
+from agent.wire.payload import Base64Payload
+from agent.wire.request import RequestError, parse_request
+
+log = logging.getLogger(__name__)
+_NO_ARGUMENTS: dict[str, Any] = {}
+
+
+async def _nothing_to_do() -> None:
+    pass
+
+
+class Dispatcher:
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+
+    async def handle(
+        self,
+        request: object,
+        before_wait: Callable[[], Awaitable[None]] = _nothing_to_do,
+    ) -> Reply | None:
+        """The reply to ``request`` (a decoded JSON value), or None when none is due.
+
+        A synchronous handler runs at once, without a checkpoint; before an
+        async one, which may wait, ``before_wait`` runs (the session sends the
+        replies already due).
+        """
+        try:
+            parsed = parse_request(request)
+        except RequestError as err:
+            return ErrorReply(err.error_class, err.desc, err.request_id)
+        try:
+            command = self._command(parsed.name)
+            arguments = self._arguments(command, parsed.arguments)
+        except QgaError as err:
+            return ErrorReply(err.error_class, err.desc, parsed.id)
+        except Exception as err:  # a bug; the session must go on all the same
+            log.error("checking %s failed", parsed.name, exc_info=err)
+            return ErrorReply("GenericError", f"internal error: {err}", parsed.id)
+        log.debug("executing %s", command.name)
+        try:
+            if command.is_async:
+                await before_wait()
+                value = await self._run_async(command, arguments)
+            else:
+                value = command.function(self.ctx, **arguments)
+        except QgaError as err:
+            return ErrorReply(err.error_class, err.desc, parsed.id)
+        except Exception as err:
+            log.error("%s failed", command.name, exc_info=err)
+            return ErrorReply("GenericError", f"internal error in {command.name}: {err}", parsed.id)
+        return self._reply(command, value, parsed.id)
+
+    async def _run_async(self, command: Command, arguments: dict[str, Any]) -> object:
+        timeout = self.ctx.config.command_timeout
+        if timeout is None:  # no scope to enter and leave on every request
+            return await command.function(self.ctx, **arguments)
+        with trio.move_on_after(timeout):
+            return await command.function(self.ctx, **arguments)
+        # Only reached when the deadline cancelled the handler.
+        raise GenericError(f"command {command.name} timed out after {timeout} s")
+
+    def _command(self, name: str) -> Command:
+        command = self.ctx.registry.get(name)
+        if command is None:
+            raise CommandNotFound(f"The command {name} has not been found")
+        reason = self.ctx.policy.disabled_reason(command, self.ctx.state.frozen)
+        if reason is not None:
+            raise CommandNotFound(
+                f"Command {name} has been disabled" + (f": {reason}" if reason else "")
+            )
+        return command
+
+    @staticmethod
+    def _arguments(command: Command, arguments: dict[str, object]) -> dict[str, Any]:
+        validator = command.models.arguments
+        if validator is None:
+            if arguments:
+                raise GenericError(f"Parameter '{next(iter(arguments))}' is unexpected")
+            return _NO_ARGUMENTS
+        try:
+            validated: dict[str, Any] = validator.validate_python(arguments).__dict__
+            return validated
+        except ValidationError as err:
+            raise GenericError(describe(err)) from err
+
+    @staticmethod
+    def _reply(command: Command, value: object, request_id: RequestId) -> Reply | None:
+        if not command.success_response:
+            return None
+        if command.definition.returns is None and type(value) is dict and not value:
+            return ReturnReply(value, request_id)  # {}: nothing to validate
+        checked = value
+        if isinstance(value, dict) and any(type(item) is Base64Payload for item in value.values()):
+            checked = {
+                key: Base64Payload.STAND_IN if isinstance(item, Base64Payload) else item
+                for key, item in value.items()
+            }
+        try:
+            command.models.returns.validate_python(checked)
+        except (ValueError, TypeError) as err:  # ValidationError is a ValueError
+            log.error("reply of %s does not match the schema: %s", command.name, err)
+            return ErrorReply(
+                "GenericError", f"internal error: reply of {command.name} is malformed", request_id
+            )
+        return ReturnReply(value, request_id, command.delimited_reply)

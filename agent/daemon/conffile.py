@@ -1,0 +1,188 @@
+"""qemu-ga's configuration file: a GLib key file, read from group ``[general]``.
+
+    [general]
+    method=virtio-serial
+    verbose=true
+    block-rpcs=guest-exec,guest-file-open
+
+The file is ``-c FILE``, else ``$QGA_CONF``, else ``/etc/qemu/qemu-ga.conf``
+(which may be absent). Its settings come first; command-line flags win, and
+lists add up, as in qemu-ga. :func:`dump` writes a configuration in the same
+format (``-D``), keys in qemu-ga's order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from agent.core.config import DEFAULT_PIDFILE, AgentConfig
+from agent.transports.spec import DEFAULT_PATHS
+
+DEFAULT_CONFIG_FILE = "/etc/qemu/qemu-ga.conf"
+GROUP = "general"
+
+
+class ConfigFileError(Exception):
+    """The configuration file cannot be read, or a value in it is invalid."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """A key of the file and the :class:`AgentConfig` field it sets."""
+
+    name: str
+    field: str
+    kind: Literal["string", "boolean", "list", "seconds"]
+
+
+KEYS = (
+    Key("daemon", "daemonize", "boolean"),
+    Key("method", "method", "string"),
+    Key("path", "path", "string"),
+    Key("logfile", "logfile", "string"),
+    Key("pidfile", "pidfile", "string"),
+    Key("fsfreeze-hook", "fsfreeze_hook", "string"),
+    Key("statedir", "statedir", "string"),
+    Key("verbose", "verbose", "boolean"),
+    Key("retry-path", "retry_path", "boolean"),
+    Key("block-rpcs", "blocked_rpcs", "list"),
+    Key("allow-rpcs", "allowed_rpcs", "list"),
+    Key("fs-timeout", "fs_timeout", "seconds"),  # trio-qga's own
+    Key("cache-dir", "cache_dir", "string"),  # trio-qga's own
+)
+
+
+def config_file(explicit: str | None, environ: Mapping[str, str] = os.environ) -> tuple[str, bool]:
+    """The file to read, and whether it must exist (only when named with ``-c``)."""
+    if explicit is not None:
+        return explicit, True
+    return environ.get("QGA_CONF", DEFAULT_CONFIG_FILE), False
+
+
+def load(path: str, required: bool) -> dict[str, Any]:
+    """The settings of the file at ``path``, by :class:`AgentConfig` field name."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            # GLib ignores leading blanks; configparser would take an indented
+            # line for the continuation of the previous value.
+            text = "".join(line.lstrip(" \t") for line in file)
+    except FileNotFoundError as err:
+        if required:
+            raise ConfigFileError(_failure(path, err.strerror)) from err
+        return {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigFileError(_failure(path, _reason(err))) from err
+    return _settings(path, text)
+
+
+def _settings(path: str, text: str) -> dict[str, Any]:
+    # Here, not at the top: most agents start without a configuration file.
+    import configparser
+
+    # GLib's rules: '=' only, '#' comments, case-sensitive keys, the last of
+    # duplicate keys wins, no interpolation and no default group.
+    parser = configparser.ConfigParser(
+        delimiters=("=",),
+        comment_prefixes=("#",),
+        strict=False,
+        interpolation=None,
+        default_section="\n",  # a name no group header can have
+    )
+    parser.optionxform = str  # type: ignore[assignment, method-assign]
+    try:
+        parser.read_string(text, path)
+    except configparser.Error as err:
+        raise ConfigFileError(_failure(path, _reason(err))) from err
+    if not parser.has_section(GROUP):
+        return {}
+    section = parser[GROUP]
+    try:
+        return {key.field: _parse(key, section[key.name]) for key in KEYS if key.name in section}
+    except ValueError as err:
+        raise ConfigFileError(_failure(path, str(err))) from err
+
+
+def dump(config: AgentConfig) -> str:
+    """``config`` as a key file, as qemu-ga's ``-D`` writes it."""
+    lines = [f"[{GROUP}]"]
+    for key in KEYS:
+        value = getattr(config, key.field)
+        if key.name == "path" and value is None:
+            value = DEFAULT_PATHS.get(config.method)
+        if key.name == "pidfile" and value is None:
+            value = DEFAULT_PIDFILE  # as qemu-ga shows it, in the foreground too
+        if key.kind == "boolean":
+            lines.append(f"{key.name}={'true' if value else 'false'}")
+        elif key.kind == "list":
+            lines.append(f"{key.name}={','.join(value or ())}")
+        elif key.kind == "seconds":
+            lines.append(f"{key.name}={value:g}")
+        elif value is not None:
+            lines.append(f"{key.name}={_escape(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _failure(path: str, reason: str | None) -> str:
+    return f"error loading configuration from path: {path}, {reason}"
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    import configparser
+
+    if isinstance(err, configparser.MissingSectionHeaderError):
+        return "the file does not start with a group"
+    if isinstance(err, configparser.ParsingError):
+        line_number, line = err.errors[0]  # the line as repr() shows it
+        return f"line {line_number} is not a key-value pair, group or comment: {line}"
+    return str(err).splitlines()[0]
+
+
+def _parse(key: Key, text: str) -> object:
+    if key.kind == "boolean":
+        # g_key_file_get_boolean takes exactly these.
+        if text in ("true", "1"):
+            return True
+        if text in ("false", "0"):
+            return False
+        raise ValueError(f"key '{key.name}' has a value that cannot be interpreted: '{text}'")
+    if key.kind == "seconds":
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = 0.0
+        if not 0 < seconds < float("inf"):
+            raise ValueError(f"key '{key.name}' is not a positive number of seconds: '{text}'")
+        return seconds
+    value = _unescape(key, text)
+    if key.kind == "list":
+        # qemu-ga splits on ','; ';' (GLib's own list separator) is taken too.
+        return tuple(name for name in re.split("[,;]", value) if name)
+    return value
+
+
+_ESCAPES = {"s": " ", "n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def _unescape(key: Key, text: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        try:
+            return _ESCAPES[match.group(1)]
+        except KeyError:
+            raise ValueError(
+                f"key '{key.name}' contains an invalid escape sequence: '{match.group(0)}'"
+            ) from None
+
+    return re.sub(r"\\(.?)", replace, text, flags=re.DOTALL)
+
+
+def _escape(text: str) -> str:
+    """As GLib writes a string: blanks escaped only where they lead."""
+    escaped = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    leading = {" ": "\\s", "\t": "\\t"}.get(escaped[:1])
+    return leading + escaped[1:] if leading else escaped

@@ -1,0 +1,265 @@
+"""From the command line and the configuration file to an :class:`AgentConfig`.
+
+qemu-ga's flags plus ``--transport METHOD:PATH``, parsed by :func:`build_parser`;
+:func:`configure` puts the configuration file's settings first, the flags on top,
+and systemd's socket last. Nothing here runs the agent: that is ``agent/cli.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import socket
+
+from agent.core.config import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_PIDFILE,
+    DEFAULT_STATEDIR,
+    AgentConfig,
+)
+from agent.core.store import DEFAULT_MAX_HANDLES
+from agent.daemon import conffile
+from agent.system.fsfreeze.hook import DEFAULT_HOOK
+from agent.system.fsguard import DEFAULT_FS_TIMEOUT
+from agent.system.mounts import DEFAULT_MOUNT_TABLE
+from agent.transports.activation import method_of
+from agent.transports.serve import check_transport
+from agent.transports.spec import DEFAULT_BAUD_RATE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-qga",
+        description="QEMU guest agent on Trio; takes qemu-ga's options.",
+    )
+    parser.add_argument(
+        "--transport",
+        metavar="METHOD:PATH",
+        help="transport and its path in one, e.g. unix-listen:/tmp/qga.sock",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help=f"configuration file (default $QGA_CONF, else {conffile.DEFAULT_CONFIG_FILE})",
+    )
+    parser.add_argument(
+        "-D", "--dump-conf", action="store_true", help="print the configuration and exit"
+    )
+    parser.add_argument("-d", "--daemonize", action="store_true", help="become a daemon")
+    parser.add_argument(
+        "-r",
+        "--retry-path",
+        action="store_true",
+        help="reopen the channel every 5 s when it cannot be opened or fails",
+    )
+    parser.add_argument("-m", "--method", help="transport method (default virtio-serial)")
+    parser.add_argument("-p", "--path", help="device or socket path")
+    parser.add_argument("-l", "--logfile", help="append the log to LOGFILE (default stderr)")
+    parser.add_argument(
+        "-f", "--pidfile", help=f"pid file (default {DEFAULT_PIDFILE} with -d, else none)"
+    )
+    parser.add_argument("-t", "--statedir", help=f"state directory (default {DEFAULT_STATEDIR})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "-b",
+        "--block-rpcs",
+        action="append",
+        metavar="LIST",
+        help="comma-separated commands to disable ('help' lists them)",
+    )
+    parser.add_argument(
+        "-a",
+        "--allow-rpcs",
+        action="append",
+        metavar="LIST",
+        help="comma-separated commands to enable, no others ('help' lists them)",
+    )
+    parser.add_argument(
+        "--socket-mode",
+        type=lambda text: int(text, 8),
+        metavar="OCTAL",
+        help="permissions of a unix-listen socket (default 0600)",
+    )
+    parser.add_argument(
+        "--baud-rate",
+        type=int,
+        metavar="N",
+        help=f"speed of an isa-serial line (default {DEFAULT_BAUD_RATE})",
+    )
+    parser.add_argument(
+        "--command-timeout", type=float, metavar="SECONDS", help="limit for any one command"
+    )
+    parser.add_argument(
+        "--max-handles",
+        type=int,
+        default=DEFAULT_MAX_HANDLES,
+        metavar="N",
+        help=f"guest-file handles open at once (default {DEFAULT_MAX_HANDLES})",
+    )
+    parser.add_argument(
+        "-F",
+        "--fsfreeze-hook",
+        nargs="?",
+        const=DEFAULT_HOOK,
+        metavar="PATH",
+        help=f"run PATH with freeze/thaw around a freeze (default {DEFAULT_HOOK})",
+    )
+    parser.add_argument(
+        "--thaw-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="thaw filesystems frozen for longer than this (default: never)",
+    )
+    parser.add_argument(
+        "--exec-idle-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="kill a streaming-exec program whose output nobody read for this long (default 600)",
+    )
+    parser.add_argument(
+        "--fs-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="give up on a filesystem call (open, read, statvfs, FIFREEZE, ...) after"
+        f" this long and answer all the same (default {DEFAULT_FS_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--mount-table",
+        metavar="FILE",
+        help=f"mountinfo file listing what a freeze covers (default {DEFAULT_MOUNT_TABLE})",
+    )
+    parser.add_argument(
+        "--list-plugins", action="store_true", help="show the plugins found, and exit"
+    )
+    parser.add_argument("--no-plugins", action="store_true", help="load no plugin")
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help=f"keep the plugin record here ('' for none; default {DEFAULT_CACHE_DIR})",
+    )
+    parser.add_argument(
+        "--disable-plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="do not load this plugin (repeatable)",
+    )
+    _add_system_commands(parser)
+    return parser
+
+
+# Options naming the commands that power actions and guest-set-time run (shell-quoted).
+SYSTEM_COMMANDS = {
+    "poweroff_command": "of guest-shutdown (powerdown; /sbin/poweroff when present)",
+    "halt_command": "of guest-shutdown mode=halt (/sbin/halt when present)",
+    "reboot_command": "of guest-shutdown mode=reboot (/sbin/reboot when present)",
+    "suspend_disk_command": "of guest-suspend-disk",
+    "suspend_ram_command": "of guest-suspend-ram",
+    "suspend_hybrid_command": "of guest-suspend-hybrid",
+    "hwclock_command": "of guest-set-time, run with -w or -s",
+}
+
+
+def _add_system_commands(parser: argparse.ArgumentParser) -> None:
+    defaults = AgentConfig()
+    for field, what in SYSTEM_COMMANDS.items():
+        default = getattr(defaults, field)
+        shown = shlex.join(default) if default else "systemctl, pm-utils or /sys/power"
+        parser.add_argument(
+            "--" + field.replace("_", "-"),
+            type=_command,
+            metavar="COMMAND",
+            help=f"the command {what} (default: {shown})",
+        )
+
+
+def _command(text: str) -> tuple[str, ...]:
+    argv = tuple(shlex.split(text))
+    if not argv:
+        raise argparse.ArgumentTypeError("the command is empty")
+    return argv
+
+
+def _seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return seconds
+
+
+def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) -> AgentConfig:
+    """``base`` (the config file's settings) with the flags of the command line on top.
+
+    A flag that is not given leaves ``base`` alone; lists add up, as in qemu-ga.
+    """
+    base = base or AgentConfig()
+    method, path = args.method, args.path
+    if args.transport:
+        method, _, transport_path = args.transport.partition(":")
+        path = transport_path or path
+    given = {
+        "method": method,
+        "path": path,
+        "logfile": args.logfile,
+        "statedir": args.statedir,
+        "cache_dir": args.cache_dir,
+        "socket_mode": args.socket_mode,
+        "baud_rate": args.baud_rate,
+        "command_timeout": args.command_timeout,
+        "max_handles": args.max_handles,
+        "fsfreeze_hook": args.fsfreeze_hook,
+        "thaw_timeout": args.thaw_timeout,
+        "exec_idle_timeout": args.exec_idle_timeout,
+        "fs_timeout": args.fs_timeout,
+        "mount_table": args.mount_table,
+        **{field: getattr(args, field) for field in SYSTEM_COMMANDS},
+    }
+    changes = {name: value for name, value in given.items() if value is not None}
+    if args.pidfile is not None:
+        changes["pidfile"] = args.pidfile  # -f '': no pid file
+    for flag in ("verbose", "daemonize", "retry_path"):
+        if getattr(args, flag):
+            changes[flag] = True
+    if args.no_plugins:
+        changes["plugins"] = False
+    changes["disabled_plugins"] = base.disabled_plugins + tuple(args.disable_plugin)
+    changes["blocked_rpcs"] = base.blocked_rpcs + _names(args.block_rpcs)
+    if args.allow_rpcs is not None:
+        changes["allowed_rpcs"] = (base.allowed_rpcs or ()) + _names(args.allow_rpcs)
+    return dataclasses.replace(base, **changes)
+
+
+def _names(lists: list[str] | None) -> tuple[str, ...]:
+    """The command names of repeated ``-b``/``-a`` flags."""
+    return tuple(name for text in lists or () for name in text.split(",") if name)
+
+
+def wants_list(lists: list[str] | None) -> bool:
+    return any(text in ("help", "?") for text in lists or ())
+
+
+def configure(args: argparse.Namespace, listener: socket.socket | None) -> AgentConfig:
+    """The configuration file's settings, then the flags, then systemd's socket."""
+    path, required = conffile.config_file(args.config)
+    base = dataclasses.replace(AgentConfig(), **conffile.load(path, required))
+    config = config_from_args(args, base)
+    if listener is not None:
+        return dataclasses.replace(config, method=method_of(listener), path=None)
+    check_transport(config.transport)
+    return config
+
+
+def absolute_paths(config: AgentConfig) -> AgentConfig:
+    """The paths as the daemon sees them after ``chdir /``."""
+    paths = {
+        name: os.path.abspath(value)
+        for name in ("logfile", "pidfile", "statedir", "cache_dir", "fsfreeze_hook", "mount_table")
+        if (value := getattr(config, name))
+    }
+    if config.path and config.method != "vsock-listen":
+        paths["path"] = os.path.abspath(config.path)
+    return dataclasses.replace(config, **paths)

@@ -1,0 +1,173 @@
+"""The client's way through libvirt, for guests whose agent channel libvirt owns.
+
+A host tool cannot open the channel of a libvirt domain: libvirt holds it, and passes
+commands on with ``virDomainQemuAgentCommand`` (libvirt-python's
+``libvirt_qemu.qemuAgentCommand``), syncing with the agent before each one. The calls
+block, so they run in worker threads (``trio.to_thread``), never on the event loop.
+libvirt's URIs reach other hosts too (``qemu+ssh://host/system``).
+
+What libvirt changes, compared with a stream of our own:
+
+- An error reply reaches us as libvirt's error text, ``unable to execute QEMU agent
+  command 'NAME': DESC``: the description survives, the error class does not. It is
+  ``CommandNotFound`` when the description says so (qemu-ga's and trio-qga's texts for a
+  missing or disabled command), else ``GenericError``, the class of every other error
+  both agents send.
+- Files are copied in 48 KiB pieces. libvirt's own limit is 4 MiB a message, but
+  through libvirt to a TCG guest here, a 256 KiB guest-file-write (341 KiB of base64)
+  got a parse error from qemu-ga and no answer at all from trio-qga, where 64 KiB
+  worked with both (without libvirt, on the same guest's socket, both take 1 MiB);
+  ``tests/test_libvirt.py`` copies several pieces each way.
+- libvirt waits for a reply to every command. One that sends none (``guest-shutdown``,
+  ``guest-suspend-*``) ends in libvirt's timeout: after a ``guest-ping`` has just been
+  answered, that timeout is taken as the command delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import trio
+
+from agent.host.errors import AgentTimeout, ClientError
+
+CHUNK = 48 * 1024
+NO_REPLY_WAIT = 2  # seconds libvirt waits for the reply that a quiet command never sends
+_AGENT_ERROR = re.compile(r"unable to execute QEMU agent command '[^']*': (.*)", re.DOTALL)
+_NOT_FOUND = re.compile(r"The command \S+ has not been found|Command \S+ has been disabled")
+
+
+def _libvirt() -> tuple[Any, Any]:
+    """libvirt and libvirt_qemu, or a clear error where libvirt-python is missing."""
+    try:
+        import libvirt
+        import libvirt_qemu
+    except ImportError as err:
+        raise ClientError(
+            "the libvirt transport needs libvirt-python: pip install 'trio-qga[libvirt]'"
+        ) from err
+    # libvirt prints every error to stderr unless a handler takes it: ours are raised.
+    libvirt.registerErrorHandler(_ignore, None)
+    return libvirt, libvirt_qemu
+
+
+def _ignore(context: object, error: object) -> None:
+    """libvirt's error callback: the error is raised as libvirtError anyway."""
+
+
+class LibvirtConnection:
+    """One libvirt connection, shared by the channels of its domains (it is thread-safe)."""
+
+    def __init__(self, uri: str, connection: Any, limiter: trio.CapacityLimiter) -> None:
+        self.uri = uri
+        self._connection = connection
+        self.limiter = limiter
+
+    @classmethod
+    async def open(cls, uri: str, limit: int = 16) -> LibvirtConnection:
+        libvirt, _ = _libvirt()
+        limiter = trio.CapacityLimiter(limit)
+        try:
+            connection = await trio.to_thread.run_sync(
+                libvirt.open, uri, limiter=limiter, abandon_on_cancel=True
+            )
+        except libvirt.libvirtError as err:
+            raise ClientError(f"cannot connect to {uri}: {err.get_error_message()}") from err
+        return cls(uri, connection, limiter)
+
+    async def run(self, function: Any, *args: Any) -> Any:
+        """``function(*args)`` in a worker thread, within the connection's limit."""
+        return await trio.to_thread.run_sync(
+            function, *args, limiter=self.limiter, abandon_on_cancel=True
+        )
+
+    async def domain_names(self) -> list[str]:
+        """The running domains' names."""
+        libvirt, _ = _libvirt()
+        flags = libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
+        domains = await self.run(self._connection.listAllDomains, flags)
+        return sorted(domain.name() for domain in domains)
+
+    async def channel(self, name: str, request_timeout: float) -> LibvirtChannel:
+        libvirt, _ = _libvirt()
+        try:
+            domain = await self.run(self._connection.lookupByName, name)
+        except libvirt.libvirtError as err:
+            raise ClientError(f"{name}: {err.get_error_message()}") from err
+        return LibvirtChannel(self, domain, request_timeout)
+
+    async def aclose(self) -> None:
+        await self.run(self._connection.close)
+
+
+class LibvirtChannel:
+    """A :class:`agent.host.client.Channel` through libvirt to one domain's agent."""
+
+    chunk = CHUNK
+
+    def __init__(
+        self,
+        connection: LibvirtConnection,
+        domain: Any,
+        timeout: float,
+        *,
+        owns_connection: bool = False,
+    ) -> None:
+        self.connection = connection
+        self.domain = domain
+        self.timeout = timeout
+        self._owns_connection = owns_connection
+
+    @classmethod
+    async def open(cls, uri: str, domain: str, request_timeout: float) -> LibvirtChannel:
+        """A channel with a connection of its own, closed with it."""
+        connection = await LibvirtConnection.open(uri)
+        try:
+            channel = await connection.channel(domain, request_timeout)
+        except BaseException:
+            await connection.aclose()
+            raise
+        channel._owns_connection = True
+        return channel
+
+    async def resync(self) -> None:
+        """Nothing to do: libvirt syncs with the agent before every command."""
+
+    async def exchange(self, command: str, request: dict[str, Any], *, reply: bool) -> Any:
+        libvirt, libvirt_qemu = _libvirt()
+        if not reply:  # a timeout will be its only answer: first make sure the agent is there
+            await self.exchange("guest-ping", {"execute": "guest-ping"}, reply=True)
+        seconds = max(1, round(self.timeout)) if reply else NO_REPLY_WAIT
+        try:
+            with trio.fail_after(self.timeout + 5):  # libvirt's own timeout comes first
+                text = await self.connection.run(
+                    libvirt_qemu.qemuAgentCommand, self.domain, json.dumps(request), seconds, 0
+                )
+        except trio.TooSlowError as err:
+            raise AgentTimeout(f"{command}: no reply within {self.timeout} s") from err
+        except libvirt.libvirtError as err:
+            return _error_reply(command, err, libvirt, reply)
+        return json.loads(text) if reply else None
+
+    async def aclose(self) -> None:
+        if self._owns_connection:
+            await self.connection.aclose()
+
+
+def _error_reply(command: str, err: Any, libvirt: Any, reply: bool) -> dict[str, Any] | None:
+    """libvirt's error as the agent's error reply, where it is one; else raise."""
+    message = err.get_error_message() or str(err)
+    found = _AGENT_ERROR.search(message)
+    if found:
+        desc = found[1]
+        kind = "CommandNotFound" if _NOT_FOUND.search(desc) else "GenericError"
+        return {"error": {"class": kind, "desc": desc}}
+    if err.get_error_code() == libvirt.VIR_ERR_AGENT_UNRESPONSIVE:
+        if "not connected" in message:
+            raise ClientError(f"{command}: {message}") from err
+        if not reply:
+            return None  # delivered; no reply was coming
+        raise AgentTimeout(f"{command}: {message}") from err
+    raise ClientError(f"{command}: {message}") from err

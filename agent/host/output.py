@@ -1,0 +1,129 @@
+"""What ``trio-qga-client`` shows: progress bars and the results table (rich), or JSON.
+
+Progress goes to standard error (rate and time left, one bar per guest when there are
+several); results go to standard output, one line per guest and a summary, or with
+``--json`` one JSON document with the same results.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TextIO
+
+from agent.host.client import Progress as ProgressCallback
+from agent.host.errors import ClientError
+from agent.host.fleet import TargetResult
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+BIG = 1 << 20  # bytes: smaller copies get no bar unless asked ("always")
+
+
+def _require_rich() -> None:
+    """rich is the client's, not the guest's: it comes with the ``client`` extra."""
+    try:
+        import rich  # noqa: F401
+    except ImportError as err:
+        raise ClientError(
+            "progress bars and tables need rich: pip install 'trio-qga[client]'"
+        ) from err
+
+
+class Bars:
+    """Progress bars for copies, one per guest; ``callback(name)`` feeds one."""
+
+    def __init__(self, progress: Progress | None, threshold: int) -> None:
+        self._progress = progress
+        self._threshold = threshold
+
+    def callback(self, name: str) -> ProgressCallback | None:
+        progress = self._progress
+        if progress is None:
+            return None
+        task = None
+
+        def update(done: int, total: int | None) -> None:
+            nonlocal task
+            if total is not None and total < self._threshold:
+                return
+            if task is None:
+                task = progress.add_task(name, total=total)
+            progress.update(task, completed=done, total=total)
+
+        return update
+
+
+@contextmanager
+def progress_bars(mode: str, out: TextIO) -> Iterator[Bars]:
+    """``mode``: ``always``, ``never``, or ``auto`` (on a terminal, copies over 1 MiB)."""
+    if mode == "never" or (mode == "auto" and not out.isatty()):
+        yield Bars(None, 0)
+        return
+    _require_rich()
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    terminal = out.isatty()
+    console = Console(file=out, force_terminal=terminal or None, width=None if terminal else 120)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        yield Bars(progress, 0 if mode == "always" else BIG)
+
+
+def show_results(
+    results: Sequence[TargetResult], out: TextIO, *, as_json: bool, extra: dict[str, Any]
+) -> None:
+    """One line per guest and a summary, or the same as one JSON document."""
+    failed = sum(not result.ok for result in results)
+    if as_json:
+        document = {
+            "results": [result.as_json() for result in results],
+            "ok": len(results) - failed,
+            "failed": failed,
+            **extra,
+        }
+        out.write(json.dumps(document, indent=2, default=str) + "\n")
+        return
+    _require_rich()
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("domain", "status", "result", "seconds"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for result in results:
+        status = "ok" if result.ok else "FAILED"
+        text = summary(result.value) if result.ok else (result.error or "")
+        table.add_row(result.target, status, text, f"{result.seconds:.2f}")
+    console = Console(file=out, width=200 if not out.isatty() else None)
+    console.print(table)
+    for key, value in extra.items():
+        console.print(f"{key}: {value}")
+    console.print(f"{len(results)} domains: {len(results) - failed} ok, {failed} failed")
+
+
+def summary(value: Any) -> str:
+    """A result on one line."""
+    if value is None:
+        return "ok"
+    if isinstance(value, dict) and "supported_commands" in value:  # guest-info
+        return f"version {value.get('version')}, {len(value['supported_commands'])} commands"
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= 100 else line[:97] + "..."

@@ -1,0 +1,111 @@
+"""Serve one channel: open it, hand each conversation to the agent, reopen on failure.
+
+unix-listen and vsock-listen accept clients one at a time; virtio-serial and
+isa-serial keep their device open and serve one conversation after another
+on it. With ``retry_path`` (qemu-ga's ``-r``) a channel that cannot be opened,
+or fails, is opened again every 5 s instead of stopping the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import trio
+
+from agent.transports.listen import serve_listener
+from agent.transports.serial import serve_isa_serial
+from agent.transports.spec import METHODS, TransportSpec
+from agent.transports.types import StreamHandler
+from agent.transports.unix import serve_unix_listen
+from agent.transports.virtio import serve_virtio_serial
+from agent.transports.vsock import parse_address, serve_vsock_listen
+
+log = logging.getLogger(__name__)
+
+RETRY_INTERVAL = 5.0  # seconds, qemu-ga's
+
+
+class TransportError(Exception):
+    """The transport cannot be opened or failed; the message says why."""
+
+
+def check_transport(spec: TransportSpec) -> None:
+    """Refuse a method, path or address that can never work (before any retry)."""
+    if spec.method not in METHODS:
+        raise TransportError(
+            f"transport method '{spec.method}' is not available (have: {', '.join(METHODS)})"
+        )
+    try:
+        path = spec.resolved_path
+        if spec.method == "vsock-listen":
+            parse_address(path)
+    except ValueError as err:
+        raise TransportError(str(err)) from err
+
+
+async def serve_transport(
+    spec: TransportSpec,
+    handler: StreamHandler,
+    *,
+    listener: socket.socket | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Open ``spec``'s transport (or serve ``listener``, a socket systemd passed)
+    and serve its conversations until cancelled.
+
+    Started once the channel is open; with ``retry_path``, also when the first
+    attempt failed: the agent is up, waiting for its channel.
+    """
+    if listener is None:
+        check_transport(spec)
+    status = _StartedOnce(task_status)
+    while True:
+        try:
+            await _serve_once(spec, handler, listener, status)
+        except OSError as err:
+            failure = TransportError(f"{_describe(spec, listener)}: {err.strerror or err}")
+            if not spec.retry:
+                raise failure from err
+            log.warning("%s; trying again in %g s", failure, RETRY_INTERVAL)
+            status.started()
+        await trio.sleep(RETRY_INTERVAL)
+
+
+async def _serve_once(
+    spec: TransportSpec,
+    handler: StreamHandler,
+    listener: socket.socket | None,
+    task_status: trio.TaskStatus[None],
+) -> None:
+    if listener is not None:
+        await serve_listener(listener, handler, task_status=task_status)
+    elif spec.method == "virtio-serial":
+        await serve_virtio_serial(spec.resolved_path, handler, task_status=task_status)
+    elif spec.method == "isa-serial":
+        await serve_isa_serial(spec.resolved_path, handler, spec.baud_rate, task_status=task_status)
+    elif spec.method == "unix-listen":
+        await serve_unix_listen(
+            spec.resolved_path, spec.socket_mode, handler, task_status=task_status
+        )
+    else:
+        await serve_vsock_listen(spec.resolved_path, handler, task_status=task_status)
+
+
+def _describe(spec: TransportSpec, listener: socket.socket | None) -> str:
+    if listener is not None:
+        return "socket from systemd"
+    return f"{spec.method} {spec.resolved_path}"
+
+
+class _StartedOnce:
+    """A task status that may be reported more than once; the first one counts."""
+
+    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
+        self._task_status = task_status
+        self._reported = False
+
+    def started(self, value: None = None) -> None:
+        if not self._reported:
+            self._reported = True
+            self._task_status.started(value)

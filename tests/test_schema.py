@@ -297,6 +297,26 @@ def test_a_gate_must_be_a_command_of_the_agents_schema_without_gates() -> None:
     )
 
 
+# The commands of ours that qemu-ga has not, and the qemu-ga commands that gate each
+# (SECURITY.md, "Extensions and their gates"). A new extension fails here until
+# someone has decided what gates it.
+EXTENSION_GATES = {
+    **{
+        f"__io.github.trio-qga_exec-{name}": ("guest-exec", "guest-exec-status")
+        for name in ("start", "read", "write", "close-stdin", "resize", "signal")
+    },
+}
+NEWER_QEMU = {"guest-get-load", "guest-network-get-route"}  # qemu-ga's, after 7.2
+
+
+def test_every_extension_declares_its_gates() -> None:
+    qemu = _qemu_definitions()["commands"]
+    ours = load_builtin().commands
+    extensions = {name: ours[name].gated_by for name in ours if name not in qemu}
+    assert extensions == {**EXTENSION_GATES, **{name: () for name in NEWER_QEMU}}
+    assert not any(ours[name].gated_by for name in qemu if name in ours)
+
+
 TYPED_SCHEMA = """
 { 'enum': 'Whence', 'data': ['set', 'cur', 'end'] }
 { 'alternate': 'WhenceArg', 'data': { 'value': 'int', 'name': 'Whence' } }

@@ -22,15 +22,17 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pybase64
 import trio
 
-from agent.client_run import Execution, start
 from agent.models.builder import ModelFactory
 from agent.models.schema import SchemaDefs, load_builtin
 from agent.protocol import Flush, Framer, Message, ParseError
+
+if TYPE_CHECKING:
+    from agent.client_run import Execution
 
 CHUNK = 4 * 1024 * 1024  # bytes per guest-file-read/-write when copying files
 # A 48 MiB read comes back as 64 MiB of base64 plus framing: above the agent's cap.
@@ -389,7 +391,11 @@ class QgaClient:
         terminal: tuple[int, int] | None = None,
     ) -> Execution:
         """Start a guest program whose output streams while it runs; iterate the
-        :class:`~agent.client_run.Execution` for it, await it for the status."""
+        :class:`~agent.client_run.Execution` for it, await it for the status.
+        Raises :class:`~agent.client_run.ExecDisabled` when the agent's command
+        filter disables exec."""
+        from agent.client_run import start  # it imports this module's errors
+
         return await start(self, argv, env=env, cwd=cwd, stdin=stdin, terminal=terminal)
 
     async def exec(

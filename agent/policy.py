@@ -50,8 +50,14 @@ class CommandPolicy:
         return self.passes(command.name) and all(map(self.passes, command.gated_by))
 
     def disabled_reason(self, command: Command, frozen: bool) -> str | None:
-        """None when ``command`` may run; else why not, in qemu-ga's (9.1 and later) words."""
-        if not self.enabled(command):
+        """None when ``command`` may run; else why not, in qemu-ga's (9.1 and later) words.
+
+        On every request: ``enabled`` written out, which costs a quarter as much."""
+        name = command.name
+        if name in self.blocked or (self.allowed is not None and name not in self.allowed):
+            return NOT_ALLOWED
+        gates = command.definition.gated_by
+        if gates and not all(map(self.passes, gates)):
             return NOT_ALLOWED
         if frozen and not command.allowed_while_frozen:
             return NOT_ALLOWED

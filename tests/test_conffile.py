@@ -100,6 +100,22 @@ def test_bad_files_are_refused_with_the_reason(tmp_path: Path, text: str, reason
     assert str(caught.value) == f"error loading configuration from path: {path}, {reason}"
 
 
+def test_the_old_blacklist_key_blocks_too(tmp_path: Path) -> None:
+    """qemu-ga's name for block-rpcs before QEMU 6.0, still in files of that time:
+    ignoring it would enable what the file blocks."""
+    path = write(
+        tmp_path,
+        "[general]\nblock-rpcs=guest-file-open\nblacklist=guest-exec,guest-exec-status\n",
+    )
+    assert load(str(path), required=True) == {
+        "blocked_rpcs": ("guest-exec", "guest-exec-status", "guest-file-open")
+    }
+    alone = write(tmp_path, "[general]\nblacklist=guest-exec\n")
+    assert load(str(alone), required=True) == {"blocked_rpcs": ("guest-exec",)}
+    with pytest.raises(ConfigFileError, match="key 'blacklist' contains an invalid escape"):
+        load(str(write(tmp_path, "[general]\nblacklist=guest-\\x\n")), required=True)
+
+
 def test_which_file(tmp_path: Path) -> None:
     assert config_file("/given.conf", {"QGA_CONF": "/env.conf"}) == ("/given.conf", True)
     assert config_file(None, {"QGA_CONF": "/env.conf"}) == ("/env.conf", False)
@@ -217,6 +233,7 @@ DUMP_CASES = [
     ("-m", "isa-serial", "-r", "-d", "-v", "-l", "/tmp/x.log"),
     ("-m", "unix-listen", "-p", "/tmp/q.sock", "-f", "/tmp/q.pid", "-t", "/tmp"),
     ("-b", "guest-ping"),
+    ("--blacklist=guest-exec",),  # qemu-ga's old name, in RHEL 7's and 8's unit
 ]
 
 
@@ -235,3 +252,26 @@ def test_dump_matches_qemu_ga(args: tuple[str, ...], tmp_path: Path) -> None:
         assert line in ours
         ours = ours.replace(line, "")
     assert ours == theirs
+
+
+def dumped_block_rpcs(dumped: str) -> set[str]:
+    [line] = [line for line in dumped.splitlines() if line.startswith("block-rpcs=")]
+    return set(line.removeprefix("block-rpcs=").split(","))
+
+
+@pytest.mark.qemu_ga
+def test_the_old_blacklist_key_blocks_as_in_qemu_ga(tmp_path: Path) -> None:
+    """qemu-ga 7.2 reads ``blacklist`` (warning that it is deprecated). Its -D lists
+    the names in reverse, so they are compared as sets. Given both keys, 7.2 ignores
+    ``block-rpcs``; trio-qga blocks the names of both, never fewer than qemu-ga."""
+    old = "blacklist=guest-exec,guest-exec-status\n"
+    for text, ours in [
+        (old, {"guest-exec", "guest-exec-status"}),
+        (old + "block-rpcs=guest-info\n", {"guest-exec", "guest-exec-status", "guest-info"}),
+    ]:
+        env = {"QGA_CONF": str(write(tmp_path, "[general]\n" + text))}
+        theirs = subprocess.run(
+            [qemu_ga_binary(), "-D"], capture_output=True, text=True, env=env, check=True
+        ).stdout
+        assert dumped_block_rpcs(theirs) == {"guest-exec", "guest-exec-status"}
+        assert dumped_block_rpcs(dump_conf(env=env)) == ours

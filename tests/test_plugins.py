@@ -44,6 +44,25 @@ def fake_ping(ctx: object) -> dict[str, object]:
 
 
 CLASHING = Plugin("{ 'command': 'guest-ping' }\n", ping_handlers)
+config_handlers = HandlerSet()
+
+
+@config_handlers.command("guest-x-read-config")
+def read_config(ctx: object, name: str) -> str:
+    return ""
+
+
+# Reads a file the host names, as guest-file-open and guest-file-read do together.
+GATED = Plugin(
+    "{ 'command': 'guest-x-read-config', 'data': { 'name': 'str' }, 'returns': 'str',"
+    "  'gated-by': ['guest-file-open', 'guest-file-read'] }\n",
+    config_handlers,
+)
+MISSPELT_GATE = Plugin(
+    "{ 'command': 'guest-x-read-config', 'data': { 'name': 'str' }, 'returns': 'str',"
+    "  'gated-by': ['guest-file-opne'] }\n",
+    config_handlers,
+)
 NOT_A_PLUGIN = "just a string"
 
 
@@ -130,7 +149,48 @@ def test_plugin_commands_obey_the_policy() -> None:
     )
 
 
+def test_a_plugin_command_is_disabled_where_its_gates_are() -> None:
+    registry = builtin_registry()
+    [found] = load_plugins(registry, entry_points=lambda: entry_points(gated="GATED"))
+    assert found.status == "loaded"
+    command = registry.get("guest-x-read-config")
+    assert command is not None
+    for blocked, allowed, enabled in [
+        ((), None, True),
+        (("guest-file-read",), None, False),  # every gate must pass, not just one
+        (("guest-file-open", "guest-file-read"), None, False),
+        ((), ("guest-ping", "guest-x-read-config", "guest-file-open", "guest-file-read"), True),
+    ]:
+        policy = CommandPolicy.from_lists(blocked, allowed)
+        assert (policy.disabled_reason(command, False) is None) is enabled, (blocked, allowed)
+
+
+def test_a_plugin_with_an_unknown_gate_is_skipped() -> None:
+    """A misspelt gate would match no filter, and leave the command ungated."""
+    registry = builtin_registry()
+    [found] = load_plugins(registry, entry_points=lambda: entry_points(typo="MISSPELT_GATE"))
+    assert found.status == (
+        "plugin typo (unknown distribution): guest-x-read-config is gated by"
+        " guest-file-opne, which is not a command of the agent's own schema"
+    )
+    assert registry.get("guest-x-read-config") is None
+
+
 # -------------------------------------------- the installed example plugin --
+def test_the_example_plugins_commands_have_no_gates() -> None:
+    """Audited (SECURITY.md): a process list from /proc, which every guest user can
+    read, and ``systemctl show`` of a unit: no program, file, account or power
+    action of the host's choosing, so nothing a qemu-ga command gates."""
+    registry = builtin_registry()
+    load_plugins(registry)
+    gates = {
+        name: command.gated_by
+        for name in ("guest-x-process-list", "guest-x-service-status")
+        if (command := registry.get(name)) is not None
+    }
+    assert gates == {"guest-x-process-list": (), "guest-x-service-status": ()}
+
+
 async def test_example_plugin_is_served_like_a_builtin(agent_client: StreamClient) -> None:
     info = (await agent_client.execute("guest-info"))["return"]
     names = {c["name"] for c in info["supported_commands"]}

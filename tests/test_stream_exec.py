@@ -17,18 +17,21 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import trio
+import trio.testing
 
+from agent import Agent
 from agent.core.config import AgentConfig
 from agent.host.client import QgaClient
-from agent.host.errors import AgentError
-from agent.host.execution import Chunk, Execution
+from agent.host.errors import AgentError, CommandNotFound
+from agent.host.execution import Chunk, ExecDisabled, Execution
 from agent.system.streaming import set_window_size, take_terminal
 from tests.qga_client import running_agent
 from tests.test_exec import DAEMON, kill_daemon
@@ -251,6 +254,65 @@ async def test_the_commands_are_listed_in_guest_info(qga_client: QgaClient) -> N
     for name in ("start", "read", "write", "close-stdin", "resize", "signal"):
         assert commands[f"{PREFIX}exec-{name}"] is True
     assert "guest-exec" in commands
+
+
+# --------------------------------------------- exec disabled by the filter --
+@asynccontextmanager
+async def client_of(config: AgentConfig) -> AsyncIterator[QgaClient]:
+    """A client of a running agent of ``config``, over a memory stream."""
+    client_end, agent_end = trio.testing.memory_stream_pair()
+    async with Agent(config) as agent, trio.open_nursery() as nursery:
+        nursery.start_soon(agent.serve, agent_end)
+        async with QgaClient(client_end, request_timeout=30) as client:
+            await client.resync()
+            yield client
+
+
+def filtered(tmp_path: Path, *blocked: str) -> AgentConfig:
+    return AgentConfig(
+        statedir=str(tmp_path),
+        pidfile=None,
+        mount_table=os.devnull,
+        plugins=False,
+        blocked_rpcs=blocked,
+    )
+
+
+async def test_run_says_exec_is_disabled_rather_than_falling_back(tmp_path: Path) -> None:
+    async with client_of(filtered(tmp_path, "guest-exec", "guest-exec-status")) as client:
+        with pytest.raises(ExecDisabled) as disabled:
+            await client.run(["/bin/true"])
+    assert isinstance(disabled.value, CommandNotFound)  # as the agent's reply was before
+    assert disabled.value.desc == (
+        "exec is disabled on this agent (guest-info shows guest-exec disabled)"
+    )
+
+
+async def test_run_falls_back_to_guest_exec_when_only_the_streaming_exec_is_blocked(
+    tmp_path: Path,
+) -> None:
+    async with client_of(filtered(tmp_path, PREFIX + "exec-start")) as client:
+        execution = await client.run(["/bin/sh", "-c", "echo fell back"])
+        assert not execution.streaming
+        assert (await execution).stdout == b"fell back\n"
+
+
+async def test_run_says_exec_is_disabled_when_it_is_disabled_after_guest_info(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """guest-info read before a freeze (or a filter) disabled it: the agent's own reason."""
+    async with client_of(filtered(tmp_path, "guest-exec")) as client:
+
+        async def all_enabled() -> dict[str, bool]:
+            return {PREFIX + "exec-start": True}
+
+        monkeypatch.setattr(client, "commands", all_enabled)
+        with pytest.raises(ExecDisabled) as disabled:
+            await client.run(["/bin/true"])
+    assert disabled.value.desc == (
+        f"exec is disabled on this agent (Command {PREFIX}exec-start has been disabled:"
+        " the command is not allowed)"
+    )
 
 
 @pytest.fixture

@@ -95,7 +95,10 @@ class Agent:
         ``log_hold`` is held while filesystems are frozen (the CLI's log handler);
         ``release_memory`` gives freed memory back to the system after a session's
         bulk transfers (the CLI's ``malloc_trim``; an embedding program's allocator
-        is its own business)."""
+        is its own business).
+
+        Raises :class:`agent.core.policy.PolicyError` when ``config``'s allow-list names
+        a command whose gate (``'gated-by'`` in the schema) the filter disables."""
         self.config = config or AgentConfig()
         fs = FsGuard(self.config.fs_timeout)
         freezer = freezer or Freezer(
@@ -121,6 +124,7 @@ class Agent:
             else []
         )
         policy = CommandPolicy.from_lists(self.config.blocked_rpcs, self.config.allowed_rpcs)
+        policy.check(registry)  # an allowed command whose gate is blocked: PolicyError
         store = HandleStore(self.config.statedir, self.config.max_handles)
         self.context = AgentContext(
             self.config,
@@ -141,7 +145,10 @@ class Agent:
 
     async def __aenter__(self) -> Agent:
         """Start the agent's own tasks (the fsfreeze auto-thaw timer); they run
-        until the ``async with`` block ends."""
+        until the ``async with`` block ends. The log says what the command filter
+        disables, so that an administrator sees the policy in force."""
+        if summary := self.context.policy.summary(self.context.registry):
+            log.info("%s", summary)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.context.tasks.open())  # guest-exec children
             nursery = await stack.enter_async_context(trio.open_nursery())

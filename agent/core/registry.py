@@ -67,6 +67,10 @@ class Command:
     def allowed_while_frozen(self) -> bool:
         return self.definition.allowed_while_frozen
 
+    @property
+    def gated_by(self) -> tuple[str, ...]:
+        return self.definition.gated_by
+
 
 class RegistryError(ValueError):
     """A handler that does not fit the schema, or a name clash."""
@@ -119,6 +123,7 @@ class Registry:
         existing = self._commands.get(spec.name)
         if existing is not None:
             raise RegistryError(f"{source}: {spec.name} is already provided by {existing.source}")
+        self._check_gates(definition, source)
         members = _members(definition, defs)
         expected = list(members)
         parameters = list(inspect.signature(spec.function).parameters)[1:]
@@ -137,6 +142,23 @@ class Registry:
                 raise RegistryError(
                     f"{source}: handler of {spec.name} annotates {name} as "
                     f"{_typing_repr(hint)}, schema says {shown}"
+                )
+
+    def _check_gates(self, definition: CommandDef, source: str) -> None:
+        """A gate is a command of the agent's own schema with no gate of its own: a
+        misspelt gate would never be named by a filter, so it would gate nothing;
+        and the gates are the qemu-ga commands themselves, never other extensions."""
+        for gate in definition.gated_by:
+            gate_definition = self._defs.commands.get(gate)
+            if gate_definition is None:
+                raise RegistryError(
+                    f"{source}: {definition.name} is gated by {gate},"
+                    " which is not a command of the agent's own schema"
+                )
+            if gate_definition.gated_by:
+                raise RegistryError(
+                    f"{source}: {definition.name} is gated by {gate}, which is gated itself"
+                    f" (by {', '.join(gate_definition.gated_by)}): name those instead"
                 )
 
 

@@ -39,6 +39,7 @@ class Key:
     kind: Literal["string", "boolean", "list", "seconds"]
 
 
+BLOCK_RPCS = Key("block-rpcs", "blocked_rpcs", "list")
 KEYS = (
     Key("daemon", "daemonize", "boolean"),
     Key("method", "method", "string"),
@@ -49,11 +50,15 @@ KEYS = (
     Key("statedir", "statedir", "string"),
     Key("verbose", "verbose", "boolean"),
     Key("retry-path", "retry_path", "boolean"),
-    Key("block-rpcs", "blocked_rpcs", "list"),
+    BLOCK_RPCS,
     Key("allow-rpcs", "allowed_rpcs", "list"),
     Key("fs-timeout", "fs_timeout", "seconds"),  # trio-qga's own
     Key("cache-dir", "cache_dir", "string"),  # trio-qga's own
 )
+# qemu-ga's name for block-rpcs before QEMU 6.0, still read by 7.2 (with a warning)
+# and in the files of guests set up then: its names add to block-rpcs'. Ignoring it
+# would enable what such a file blocks. -D writes them as block-rpcs.
+OLD_BLOCK_RPCS = Key("blacklist", "blocked_rpcs", "list")
 
 
 def config_file(explicit: str | None, environ: Mapping[str, str] = os.environ) -> tuple[str, bool]:
@@ -101,9 +106,16 @@ def _settings(path: str, text: str) -> dict[str, Any]:
         return {}
     section = parser[GROUP]
     try:
-        return {key.field: _parse(key, section[key.name]) for key in KEYS if key.name in section}
+        settings = {
+            key.field: _parse(key, section[key.name]) for key in KEYS if key.name in section
+        }
+        if OLD_BLOCK_RPCS.name in section:
+            settings[BLOCK_RPCS.field] = _list(
+                OLD_BLOCK_RPCS, section[OLD_BLOCK_RPCS.name]
+            ) + _list(BLOCK_RPCS, section.get(BLOCK_RPCS.name, ""))
     except ValueError as err:
         raise ConfigFileError(_failure(path, str(err))) from err
+    return settings
 
 
 def dump(config: AgentConfig) -> str:
@@ -159,11 +171,14 @@ def _parse(key: Key, text: str) -> object:
         if not 0 < seconds < float("inf"):
             raise ValueError(f"key '{key.name}' is not a positive number of seconds: '{text}'")
         return seconds
-    value = _unescape(key, text)
     if key.kind == "list":
-        # qemu-ga splits on ','; ';' (GLib's own list separator) is taken too.
-        return tuple(name for name in re.split("[,;]", value) if name)
-    return value
+        return _list(key, text)
+    return _unescape(key, text)
+
+
+def _list(key: Key, text: str) -> tuple[str, ...]:
+    # qemu-ga splits on ','; ';' (GLib's own list separator) is taken too.
+    return tuple(name for name in re.split("[,;]", _unescape(key, text)) if name)
 
 
 _ESCAPES = {"s": " ", "n": "\n", "t": "\t", "r": "\r", "\\": "\\"}

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="comma-separated commands to disable ('help' lists them)",
     )
+    parser.add_argument(  # its name before QEMU 6.0, which RHEL 7 and 8 units still pass
+        "--blacklist", action="append", dest="block_rpcs", help=argparse.SUPPRESS
+    )
     parser.add_argument(
         "-a",
         "--allow-rpcs",

@@ -368,7 +368,9 @@ class QgaClient:
         terminal: tuple[int, int] | None = None,
     ) -> Execution:
         """Start a guest program whose output streams while it runs; iterate the
-        :class:`~agent.host.execution.Execution` for it, await it for the status."""
+        :class:`~agent.host.execution.Execution` for it, await it for the status.
+        Raises :class:`~agent.host.execution.ExecDisabled` when the agent's command
+        filter disables exec."""
         return await start(self, argv, env=env, cwd=cwd, stdin=stdin, terminal=terminal)
 
     async def exec(

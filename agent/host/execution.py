@@ -10,8 +10,10 @@ Against trio-qga this uses the streaming exec extension (its
 runs, stdin can be written piece by piece, signals and terminal sizes are
 forwarded. Against an agent without it (qemu-ga) it falls back to guest-exec
 and guest-exec-status polling: the output comes when the program has ended,
-and stdin can only be given up front. Everything goes through
-:meth:`QgaClient.execute`, so it works over any transport the client has.
+and stdin can only be given up front. An agent whose command filter disables
+exec is told apart from an older one: :class:`ExecDisabled`, no fallback.
+Everything goes through :meth:`QgaClient.execute`, so it works over any
+transport the client has.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from __future__ import annotations
 import abc
 import shlex
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import pybase64
 import trio
+
+from agent.host.errors import CommandNotFound
 
 PREFIX = "__io.github.trio-qga_"
 START = PREFIX + "exec-start"
@@ -68,6 +72,29 @@ class NotSupported(Exception):
     """The agent cannot do this without the streaming extension (qemu-ga)."""
 
 
+class ExecDisabled(CommandNotFound):
+    """The agent has exec, but its command filter (or a freeze) disables it."""
+
+    def __init__(self, command: str, reason: str) -> None:
+        super().__init__(command, "CommandNotFound", f"exec is disabled on this agent ({reason})")
+
+
+def streams(commands: Mapping[str, bool]) -> bool:
+    """Whether an agent whose guest-info lists ``commands`` (name: enabled) runs
+    programs through the streaming exec extension (True) or guest-exec (False).
+
+    Raises :class:`ExecDisabled` when it lists guest-exec but disabled: the
+    streaming exec, gated by guest-exec, is then disabled too on trio-qga, and
+    absent on qemu-ga. The streaming exec disabled alone (blocked by name) leaves
+    guest-exec.
+    """
+    if commands.get(START):
+        return True
+    if commands.get("guest-exec") is False:
+        raise ExecDisabled("guest-exec", "guest-info shows guest-exec disabled")
+    return False
+
+
 async def start(
     client: Requester,
     argv: Sequence[str],
@@ -84,7 +111,7 @@ async def start(
     (rows, cols)."""
     if not argv:
         raise ValueError("no program to run")
-    if START in await client.commands():
+    if streams(await client.commands()):
         arguments: dict[str, Any] = {"path": argv[0], "arg": list(argv[1:])}
         if env:
             arguments["env"] = list(env)
@@ -92,7 +119,7 @@ async def start(
             arguments["cwd"] = cwd
         if terminal is not None:
             arguments["terminal"] = {"rows": terminal[0], "cols": terminal[1]}
-        pid = (await client.execute(START, arguments))["pid"]
+        pid = (await _starting(client, START, arguments))["pid"]
         execution: Execution = StreamingExecution(client, pid)
         if stdin is not None:
             await execution.write(stdin)
@@ -102,6 +129,16 @@ async def start(
             raise NotSupported("a terminal needs the streaming exec extension of trio-qga")
         execution = await PolledExecution.start(client, _wrapped(argv, env, cwd), stdin)
     return execution
+
+
+async def _starting(client: Requester, command: str, arguments: dict[str, Any]) -> Any:
+    """``command``'s reply; disabled since guest-info was read (a freeze): ExecDisabled."""
+    try:
+        return await client.execute(command, arguments)
+    except CommandNotFound as err:
+        if "has been disabled" in err.desc:
+            raise ExecDisabled(command, err.desc) from err
+        raise
 
 
 def _wrapped(argv: Sequence[str], env: Sequence[str], cwd: str | None) -> list[str]:
@@ -235,7 +272,7 @@ class PolledExecution(Execution):
         arguments: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
         if stdin is not None:
             arguments["input-data"] = pybase64.b64encode(stdin).decode("ascii")
-        return cls(client, (await client.execute("guest-exec", arguments))["pid"])
+        return cls(client, (await _starting(client, "guest-exec", arguments))["pid"])
 
     async def _poll(self) -> list[Chunk]:
         status = await self.client.execute("guest-exec-status", {"pid": self.pid})

@@ -6,7 +6,8 @@ to it, Ctrl-C is forwarded to it as SIGINT, and we exit with its status
 our terminal goes raw (Ctrl-C is then a byte for the guest's terminal to
 turn into SIGINT) and window size changes follow. Against an agent without
 the streaming extension (qemu-ga) the output comes when the program has
-ended, and our stdin (when it is not a terminal) is read whole first. Leaving
+ended, and our stdin (when it is not a terminal) is read whole first; an agent
+whose command filter disables exec is an error before anything is read. Leaving
 before the program ends (the third Ctrl-C, our stdout closed) sends it SIGHUP,
 as the end of an ssh session does.
 """
@@ -34,6 +35,7 @@ from agent.host.execution import (
     Execution,
     NotSupported,
     StreamingExecution,
+    streams,
 )
 
 STDIN_READ = 64 * 1024
@@ -51,12 +53,14 @@ async def run_command(
     env: Sequence[str] = (),
     cwd: str | None = None,
 ) -> int:
-    """Run ``argv`` in the guest with our standard streams; its shell status."""
-    streaming = START in await client.commands()
+    """Run ``argv`` in the guest with our standard streams; its shell status.
+    An agent whose filter disables exec: :class:`ExecDisabled`, before our stdin is read."""
+    commands = await client.commands()
     stdin = None
-    if not streaming:
+    if not streams(commands):
+        why = "its streaming exec disabled" if START in commands else "no streaming exec (qemu-ga?)"
         print(
-            "trio-qga-client: the agent has no streaming exec (qemu-ga?): using guest-exec,"
+            f"trio-qga-client: the agent has {why}: using guest-exec,"
             " the output will come when the program has ended",
             file=sys.stderr,
         )

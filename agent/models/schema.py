@@ -36,6 +36,9 @@ class CommandDef:
     returns: Any  # a type expression, or None for an empty object
     success_response: bool = True
     allowed_while_frozen: bool = False
+    # The qemu-ga commands whose capability this one reaches (our key): it is
+    # enabled only while the command filter lets every one of them through.
+    gated_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,14 @@ class SchemaDefs:
     types: dict[str, dict[str, Any]] = field(default_factory=dict)  # struct/enum/... by name
 
 
-_COMMAND_KEYS = {"command", "data", "returns", "success-response", "allowed-while-frozen"}
+_COMMAND_KEYS = {
+    "command",
+    "data",
+    "returns",
+    "success-response",
+    "allowed-while-frozen",
+    "gated-by",
+}
 _TYPE_KINDS = ("struct", "enum", "alternate", "union")
 
 
@@ -139,6 +149,7 @@ def _add(defs: SchemaDefs, expr: object, origin: str) -> None:
             returns=expr.get("returns"),
             success_response=bool(expr.get("success-response", True)),
             allowed_while_frozen=bool(expr.get("allowed-while-frozen", False)),
+            gated_by=_gates(expr, origin),
         )
         return
     kinds = [kind for kind in _TYPE_KINDS if kind in expr]
@@ -148,3 +159,16 @@ def _add(defs: SchemaDefs, expr: object, origin: str) -> None:
     if name in defs.types:
         raise SchemaError(f"{origin}: type {name!r} is defined twice")
     defs.types[name] = expr
+
+
+def _gates(expr: dict[str, Any], origin: str) -> tuple[str, ...]:
+    """A command's ``'gated-by'``: a non-empty list of command names, or absent."""
+    if "gated-by" not in expr:
+        return ()
+    gates = expr["gated-by"]
+    if isinstance(gates, list) and gates and all(isinstance(gate, str) for gate in gates):
+        return tuple(gates)
+    raise SchemaError(
+        f"{origin}: command {expr['command']!r}: 'gated-by' must be a non-empty list of"
+        f" command names, not {gates!r}"
+    )

@@ -190,3 +190,7 @@ async def _terminate_on_signal(scope: trio.CancelScope) -> None:
 
 def _say(text: str) -> None:
     print(f"{PROGRAM}: {text}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

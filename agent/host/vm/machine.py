@@ -93,33 +93,11 @@ class BootFiles:
     accel: str
 
 
-class Vm:
-    """A running VM; see :func:`boot_vm`."""
+class Guest:
+    """The guest, through one client of its agent: run programs, copy files."""
 
-    def __init__(
-        self,
-        config: VmConfig,
-        client: QgaClient,
-        sockets: dict[str, Path],
-        isa_socket: Path | None,
-        console: Console,
-        accel: str,
-        kernel: Kernel,
-        timings: BootTimings | None,
-    ) -> None:
-        self.config = config
+    def __init__(self, client: QgaClient) -> None:
         self.client = client
-        self.sockets = sockets  # virtio-serial port name -> its host socket
-        self.isa_socket = isa_socket
-        self.console = console
-        self.accel = accel
-        self.kernel = kernel
-        self.timings = timings
-
-    @property
-    def qga_socket(self) -> Path:
-        """The agent port's socket (one connection at a time: QEMU's)."""
-        return self.sockets[self.config.agent_port]
 
     async def run(
         self,
@@ -164,6 +142,45 @@ class Vm:
     async def get_file(self, path: str, local: str | Path) -> int:
         """Copy a guest file to the host; the bytes copied."""
         return await self.client.get_file(path, str(local))
+
+
+class Vm(Guest):
+    """A running VM; see :func:`boot_vm`."""
+
+    def __init__(
+        self,
+        config: VmConfig,
+        client: QgaClient,
+        sockets: dict[str, Path],
+        isa_socket: Path | None,
+        console: Console,
+        qemu: Qemu,
+        accel: str,
+        kernel: Kernel,
+        timings: BootTimings | None,
+    ) -> None:
+        super().__init__(client)
+        self.config = config
+        self.sockets = sockets  # virtio-serial port name -> its host socket
+        self.isa_socket = isa_socket
+        self.console = console
+        self.accel = accel
+        self.kernel = kernel
+        self.timings = timings
+        self._qemu = qemu
+
+    @property
+    def qga_socket(self) -> Path:
+        """The agent port's socket (one connection at a time: QEMU's)."""
+        return self.sockets[self.config.agent_port]
+
+    @property
+    def running(self) -> bool:
+        return self._qemu.returncode is None
+
+    async def wait(self) -> int:
+        """Until the VM stops by itself (the guest powered off); QEMU's exit status."""
+        return await self._qemu.wait()
 
 
 def echo(chunk: Chunk) -> None:
@@ -238,7 +255,17 @@ async def boot_vm(
                         client = await _first_answer(config, sockets.paths, qemu, console, run)
                         timings = BootTimings.of(started, console.steps, trio.current_time())
                         isa = run / "isa.sock" if config.isa_serial else None
-                        vm = Vm(config, client, sockets.paths, isa, console, accel, kernel, timings)
+                        vm = Vm(
+                            config,
+                            client,
+                            sockets.paths,
+                            isa,
+                            console,
+                            qemu,
+                            accel,
+                            kernel,
+                            timings,
+                        )
                         try:
                             with trio.fail_after(config.timeout or math.inf):
                                 yield vm

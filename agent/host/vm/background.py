@@ -75,7 +75,7 @@ class BackgroundVm:
             raise error
 
     def __enter__(self) -> BackgroundVm:
-        return self.start()
+        return self if self._thread is not None else self.start()
 
     def __exit__(
         self,
@@ -121,7 +121,10 @@ class BackgroundVm:
         return self.vm.sockets
 
     @property
-    def isa_socket(self) -> Path | None:
+    def isa_socket(self) -> Path:
+        """The ISA serial port's socket (``VmConfig(isa_serial=True)``)."""
+        if self.vm.isa_socket is None:
+            raise VmError("this VM has no ISA serial port (isa_serial=True)")
         return self.vm.isa_socket
 
     @property

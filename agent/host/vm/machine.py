@@ -13,6 +13,7 @@ a launcher that is killed).
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import logging
 import math
@@ -43,6 +44,7 @@ from agent.host.vm.qemu import Wiring, choose_accel, command_line
 
 log = logging.getLogger(__name__)
 
+AGENT_PACKAGE = Path(__file__).resolve().parents[2]  # agent/, which the guest runs
 CONSOLE_DRAIN = 2.0  # seconds for the console's last bytes once QEMU is gone
 
 Notice = Callable[[str], None]
@@ -192,6 +194,8 @@ def echo(chunk: Chunk) -> None:
 
 async def prepare(config: VmConfig, notice: Notice) -> tuple[Kernel, Path, str]:
     """(kernel, base initramfs, accelerator): installed, fetched or built if missing."""
+    if config.agent is None:
+        await trio.to_thread.run_sync(_compile_agent)
     await ensure_packages(notice)
     cache = cache_dir()
     kernel = await current_kernel(cache, notice)
@@ -200,6 +204,12 @@ async def prepare(config: VmConfig, notice: Notice) -> tuple[Kernel, Path, str]:
     if accel == "tcg" and config.accel == "auto":
         notice("KVM is not usable here (no /dev/kvm for us, or no vmx/svm): emulating (TCG)")
     return kernel, base, accel
+
+
+def _compile_agent() -> None:
+    """The guest runs trio-qga from this very tree, read-only: bytecode it lacks
+    would be compiled at every start there, slowly. Quick when up to date."""
+    compileall.compile_dir(AGENT_PACKAGE, quiet=2)
 
 
 async def boot_files(config: VmConfig, directory: Path, notice: Notice = log.info) -> BootFiles:

@@ -32,7 +32,7 @@ KERNEL_ARGS = (
     "i8042.dumbkbd",
 )
 # systemd: not the host's fstab (its disks are not here), eth0 keeps its name.
-SYSTEMD_ARGS = ("fstab=no", "net.ifnames=0", "systemd.show_status=error")
+SYSTEMD_ARGS = ("fstab=no", "net.ifnames=0")
 P9 = "security_model=none,multidevs=remap"
 
 

@@ -27,34 +27,45 @@ class Step:
 
 
 class Console:
+    """``log``: where the console is kept (None: :meth:`open`'s default); ``on_step``
+    gets each step as it comes, ``echo`` everything as it comes."""
+
     def __init__(
         self,
-        log: Path,
+        log: Path | None = None,
         on_step: Callable[[Step], object] | None = None,
         echo: BinaryIO | None = None,
     ) -> None:
         self.path = log
-        self._echo = echo
         self.steps: dict[str, Step] = {}
-        self._file = open(log, "wb")  # noqa: SIM115 (closed by pump)
+        self._on_step = on_step
+        self._echo = echo
+        self._file: BinaryIO | None = None
         self._tail: deque[bytes] = deque(maxlen=TAIL_LINES)
         self._partial = b""
-        self._on_step = on_step
+
+    def open(self, default: Path) -> Console:
+        """Start the log (at ``default`` unless told otherwise); :meth:`close` ends it."""
+        self.path = self.path or default
+        self._file = open(self.path, "wb")  # noqa: SIM115 (see close)
+        return self
 
     async def pump(self, stream: trio.abc.ReceiveStream) -> None:
         """Copy the console until QEMU closes it."""
-        try:
-            while data := await stream.receive_some(65536):
-                self._file.write(data)
-                self._file.flush()
-                if self._echo is not None:
-                    self._echo.write(data)
-                    self._echo.flush()
-                lines = (self._partial + data).split(b"\n")
-                self._partial = lines.pop()
-                for line in lines:
-                    self._line(line)
-        finally:
+        assert self._file is not None, "open() first"
+        while data := await stream.receive_some(65536):
+            self._file.write(data)
+            self._file.flush()
+            if self._echo is not None:
+                self._echo.write(data)
+                self._echo.flush()
+            lines = (self._partial + data).split(b"\n")
+            self._partial = lines.pop()
+            for line in lines:
+                self._line(line)
+
+    def close(self) -> None:
+        if self._file is not None:
             self._file.close()
 
     def _line(self, line: bytes) -> None:
@@ -73,4 +84,5 @@ class Console:
         return b"\n".join(lines).decode(errors="replace")
 
     def text(self) -> str:
+        assert self.path is not None, "open() first"
         return self.path.read_bytes().decode(errors="replace")

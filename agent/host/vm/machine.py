@@ -240,57 +240,80 @@ async def boot_vm(
     config = config or VmConfig()
     kernel, base, accel = await prepare(config, notice)
     with single_error():
-        async with file_lock(kernel.lock, shared=True):  # the kernel stays while we run
-            with _run_directory() as run, _sockets(run, config) as sockets:
-                initrd = run / "initrd.img"
-                write_initrd(base, config, kernel, initrd)
-                console = Console(console_log or run / "console.log", on_step, console_echo)
-                command = command_line(
+        async with (
+            file_lock(kernel.lock, shared=True),  # the kernel stays while we run
+            _running(
+                config, kernel, base, accel, Console(console_log, on_step, console_echo)
+            ) as machine,
+        ):
+            client = await _first_answer(config, machine)
+            try:
+                vm = Vm(
                     config,
-                    qemu=qemu_binary(),
-                    accel=accel,
-                    kernel=kernel.image,
-                    initrd=initrd,
-                    wiring=sockets.wiring,
+                    client,
+                    machine.sockets.paths,
+                    machine.run / "isa.sock" if config.isa_serial else None,
+                    machine.console,
+                    machine.qemu,
+                    accel,
+                    kernel,
+                    BootTimings.of(machine.started, machine.console.steps, trio.current_time()),
                 )
-                started = trio.current_time()
-                inherited = [each.fileno() for each in sockets.inherited]
-                async with (
-                    running_qemu(command, inherited=inherited, log=run / "qemu.log") as qemu,
-                    trio.open_nursery() as nursery,
-                ):
-                    sockets.close_inherited()  # QEMU has them: the console ends with it
-                    nursery.start_soon(console.pump, sockets.console_stream())
-                    try:
-                        client = await _first_answer(config, sockets.paths, qemu, console, run)
-                        timings = BootTimings.of(started, console.steps, trio.current_time())
-                        isa = run / "isa.sock" if config.isa_serial else None
-                        vm = Vm(
-                            config,
-                            client,
-                            sockets.paths,
-                            isa,
-                            console,
-                            qemu,
-                            accel,
-                            kernel,
-                            timings,
-                        )
-                        try:
-                            with trio.fail_after(config.timeout or math.inf):
-                                yield vm
-                        except trio.TooSlowError:
-                            raise VmTimeout(
-                                f"the VM ran longer than its {config.timeout} s: stopped"
-                            ) from None
-                        finally:
-                            with trio.CancelScope(shield=True):
-                                await client.aclose()
-                    finally:
-                        with trio.CancelScope(shield=True):
-                            await qemu.stop()
-                        # What QEMU wrote last may still be on its way.
-                        nursery.cancel_scope.deadline = trio.current_time() + CONSOLE_DRAIN
+                with trio.fail_after(config.timeout or math.inf):
+                    yield vm
+            except trio.TooSlowError:
+                raise VmTimeout(f"the VM ran longer than its {config.timeout} s: stopped") from None
+            finally:
+                with trio.CancelScope(shield=True):
+                    await client.aclose()
+
+
+@dataclass(frozen=True)
+class _Machine:
+    """QEMU started, and what goes with it until it has stopped."""
+
+    qemu: Qemu
+    sockets: _Sockets
+    console: Console
+    run: Path  # the VM's own directory
+    started: float  # trio.current_time() when QEMU was started
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    config: VmConfig, kernel: Kernel, base: Path, accel: str, console: Console
+) -> AsyncIterator[_Machine]:
+    """QEMU running with its console read; stopped, reaped and cleaned up after."""
+    with (
+        _run_directory() as run,
+        _sockets(run, config) as sockets,
+        contextlib.closing(console.open(run / "console.log")),
+    ):
+        initrd = run / "initrd.img"
+        write_initrd(base, config, kernel, initrd)
+        command = command_line(
+            config,
+            qemu=qemu_binary(),
+            accel=accel,
+            kernel=kernel.image,
+            initrd=initrd,
+            wiring=sockets.wiring,
+        )
+        started = trio.current_time()
+        inherited = [each.fileno() for each in sockets.inherited]
+        async with (
+            running_qemu(command, inherited=inherited, log=run / "qemu.log") as qemu,
+            trio.open_nursery() as nursery,
+        ):
+            sockets.close_inherited()  # QEMU has them: the console ends with it
+            nursery.start_soon(console.pump, sockets.console_stream())
+            try:
+                yield _Machine(qemu, sockets, console, run, started)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await qemu.stop()
+                # What QEMU wrote last may still be on its way.
+                nursery.cancel_scope.deadline = trio.current_time() + CONSOLE_DRAIN
 
 
 @contextlib.contextmanager
@@ -345,16 +368,15 @@ def _sockets(run: Path, config: VmConfig) -> Iterator[_Sockets]:
             each.close()
 
 
-async def _first_answer(
-    config: VmConfig, sockets: dict[str, Path], qemu: Qemu, console: Console, run: Path
-) -> QgaClient:
+async def _first_answer(config: VmConfig, machine: _Machine) -> QgaClient:
     """A client in step with the guest's agent, once it answers."""
     found: list[QgaClient] = []
     with trio.move_on_after(config.boot_timeout) as waited:
         async with trio.open_nursery() as race:
 
             async def answer() -> None:
-                stream = await trio.open_unix_socket(str(sockets[config.agent_port]))
+                path = machine.sockets.paths[config.agent_port]
+                stream = await trio.open_unix_socket(str(path))
                 channel = StreamChannel(stream, config.boot_timeout)
                 client = QgaClient(channel, request_timeout=config.request_timeout)
                 try:
@@ -370,7 +392,7 @@ async def _first_answer(
                 race.cancel_scope.cancel()
 
             async def stopped() -> None:
-                await qemu.wait()
+                await machine.qemu.wait()
                 race.cancel_scope.cancel()
 
             race.start_soon(answer)
@@ -380,14 +402,15 @@ async def _first_answer(
     if waited.cancelled_caught:
         raise VmTimeout(
             f"the guest's agent did not answer within {config.boot_timeout} s:"
-            f" stopped.{_last_words(console, run)}"
+            f" stopped.{_last_words(machine)}"
         )
-    how = "the guest powered off" if qemu.returncode == 0 else f"QEMU failed ({qemu.returncode})"
-    raise BootFailed(f"{how} before its agent answered.{_last_words(console, run)}")
+    status = machine.qemu.returncode
+    how = "the guest powered off" if status == 0 else f"QEMU failed ({status})"
+    raise BootFailed(f"{how} before its agent answered.{_last_words(machine)}")
 
 
-def _last_words(console: Console, run: Path) -> str:
-    qemu = (run / "qemu.log").read_text(errors="replace").strip()[-2000:]
+def _last_words(machine: _Machine) -> str:
+    qemu = (machine.run / "qemu.log").read_text(errors="replace").strip()[-2000:]
     parts = [f"\nQEMU said:\n{qemu}"] if qemu else []
-    parts.append(f"\nthe console's last lines:\n{console.tail()}")
+    parts.append(f"\nthe console's last lines:\n{machine.console.tail()}")
     return "".join(parts)

@@ -147,9 +147,11 @@ def settings(config: VmConfig) -> dict[str, str]:
     """The init's settings for ``config``, as its shell reads them."""
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory) / "root"
-        unpack(initramfs.boot_archive(config, _kernel()), root)
+        base = initramfs.BaseImage(Path("/nonexistent/initrd.cpio"), Path("/cache/modules"))
+        unpack(initramfs.boot_archive(config, _kernel(), base), root)
         names = [
             "KERNEL",
+            "MODULES",
             "VM_HOSTNAME",
             "NETWORK",
             "SYSTEMD",
@@ -175,6 +177,7 @@ def test_settings_carry_any_argument_to_the_guest() -> None:
     assert shlex.split(found["AGENT"]) == ["/bin/echo", *odd]
     assert "A=b c" in shlex.split(found["AGENT_ENV"])
     assert found["KERNEL"] == "6.1.0-9-amd64"
+    assert found["MODULES"] == "/cache/modules"  # the guest mounts it from the shared root
 
 
 def test_trio_qga_is_the_agent_unless_told_otherwise() -> None:

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     vm.add_argument("--console-log", type=Path, metavar="FILE", help="keep the console here")
     vm.add_argument("-v", "--verbose", action="store_true", help="the console on stderr")
     vm.add_argument("-q", "--quiet", action="store_true", help="no notes of our own")
+    vm.add_argument(
+        "--timings", action="store_true", help="how long the boot's steps took, on stderr"
+    )
     program = argparse.ArgumentParser(add_help=False)
     program.add_argument("--env", action="append", default=[], metavar="K=V", help="(repeatable)")
     program.add_argument("--cwd", help="the program's directory (default: the current one)")
@@ -130,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _setup(args: argparse.Namespace) -> int:
     kernel, base, accel = await prepare(VmConfig(modules=tuple(args.module)), _say)
-    _say(f"ready: kernel {kernel.version} ({kernel.image}), initramfs {base}, {accel}")
+    _say(f"ready: kernel {kernel.version} ({kernel.image}), initramfs {base.initramfs}, {accel}")
     return 0
 
 
@@ -169,6 +172,8 @@ async def _run(args: argparse.Namespace, program: list[str], terminal: bool) -> 
             ) as vm:
                 if progress:
                     progress.clear()
+                if args.timings and vm.timings is not None:
+                    _say(vm.timings.describe())
                 status = await run_command(
                     vm.client,
                     program,

@@ -15,13 +15,14 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from io import BytesIO
 from pathlib import Path
 
 import trio
 
-from agent.host.vm.cache import write_atomically
+from agent.host.vm.cache import cache_lock, staging
 from agent.host.vm.config import AGENT_PORT, VmConfig
 from agent.host.vm.cpio import CpioWriter
 from agent.host.vm.errors import VmError
@@ -34,7 +35,7 @@ BOOT_MODULES = ("virtio_pci", "virtio_console", "virtio_rng", "9pnet_virtio", "9
 NETWORK_MODULES = ("virtio_net",)
 DRIVE_MODULES = ("virtio_blk",)
 CONSOLE = (5, 1)  # /dev/console, for the init's first output
-LAYOUT = 2  # of the cached base image: count up when _build changes it
+LAYOUT = 3  # of the cached base image: count up when _build changes it
 HOST_AGENT_UNITS = ("qemu-guest-agent.service", "trio-qga.service")
 
 
@@ -53,10 +54,18 @@ def boot_modules(config: VmConfig) -> tuple[str, ...]:
     return tuple(load)
 
 
-async def base_image(cache: Path, kernel: Kernel, config: VmConfig) -> Path:
+@dataclass(frozen=True)
+class BaseImage:
+    """The cached part of a boot: the initramfs, and the module tree the guest
+    mounts over 9p as its /lib/modules/<version> (None: its root has them)."""
+
+    initramfs: Path
+    modules: Path | None
+
+
+async def base_image(cache: Path, kernel: Kernel, config: VmConfig) -> BaseImage:
     """The cached base image for ``config``'s modules, built if missing."""
     index = kernel.index()
-    load = index.load_order(boot_modules(config))
     everything = index.load_order([*boot_modules(config), *config.modules])
     busybox = static_busybox()
     if busybox is None:
@@ -67,7 +76,7 @@ async def base_image(cache: Path, kernel: Kernel, config: VmConfig) -> Path:
         [
             LAYOUT,
             kernel.key,
-            load,
+            boot_modules(config),
             everything,
             hashlib.sha256(init).hexdigest(),
             [str(busybox), facts.st_size, facts.st_mtime_ns],
@@ -75,63 +84,70 @@ async def base_image(cache: Path, kernel: Kernel, config: VmConfig) -> Path:
         ]
     )
     digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    path = cache / "initramfs" / f"{kernel.key}-{digest}.cpio"
-    if not path.exists():
+    home = cache / "initramfs" / f"{kernel.key}-{digest}"
+    if not (home / "initrd.cpio").exists():
         await module_files(cache, kernel, everything)
-        image = await trio.to_thread.run_sync(_build, kernel, busybox, init, load, everything)
-        write_atomically(path, image)  # two builders write the same bytes
-    return path
+        async with cache_lock(cache):
+            if not (home / "initrd.cpio").exists():
+                await trio.to_thread.run_sync(
+                    _build, home, kernel, busybox, init, boot_modules(config), everything
+                )
+    return BaseImage(home / "initrd.cpio", None if kernel.package is None else home / "modules")
 
 
-def _build(kernel: Kernel, busybox: Path, init: bytes, load: list[str], tree: list[str]) -> bytes:
-    out = BytesIO()
-    archive = CpioWriter(out)
-    for directory in ("bin", "dev", "etc", "etc/trio-qga-vm", "proc", "sys", "mnt", "run"):
-        archive.directory(directory)
-    archive.char_device("dev/console", *CONSOLE)
-    archive.file("bin/busybox", busybox.read_bytes(), 0o755)
-    applets = subprocess.run(
-        [str(busybox), "--list"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            archive.symlink(f"bin/{applet}", "busybox")
-    archive.file("init", init, 0o755)
-    plain = [read_module(kernel, relative)[0] for relative in load]
-    archive.file("etc/trio-qga-vm/load", "".join(f"{name}\n" for name in plain).encode())
-    for name, data in _module_tree(kernel, busybox, tree):
-        archive.file(f"lib/modules/{kernel.version}/{name}", data)
-    archive.close()
-    return out.getvalue()
+def _build(
+    home: Path, kernel: Kernel, busybox: Path, init: bytes, load: Sequence[str], tree: list[str]
+) -> None:
+    with staging(home.parent, home) as staged:
+        modules = staged / "modules"  # the guest's /lib/modules/<version>
+        _module_tree(modules, kernel, busybox, tree)
+        with open(staged / "initrd.cpio", "wb") as out:
+            archive = CpioWriter(out)
+            for directory in ("bin", "dev", "etc/trio-qga-vm", "proc", "sys", "mnt", "run"):
+                archive.directory(directory)
+            archive.char_device("dev/console", *CONSOLE)
+            archive.file("bin/busybox", busybox.read_bytes(), 0o755)
+            applets = subprocess.run(
+                [str(busybox), "--list"], capture_output=True, text=True, check=True
+            ).stdout.split()
+            for applet in applets:
+                if applet != "busybox":
+                    archive.symlink(f"bin/{applet}", "busybox")
+            archive.file("init", init, 0o755)
+            archive.file("etc/trio-qga-vm/load", (" ".join(load) + "\n").encode())
+            for path in sorted(modules.rglob("*")):
+                if path.is_file():
+                    name = f"lib/modules/{kernel.version}/{path.relative_to(modules)}"
+                    archive.file(name, path.read_bytes())
+            archive.close()
 
 
-def _module_tree(kernel: Kernel, busybox: Path, tree: list[str]) -> list[tuple[str, bytes]]:
-    """The modules and the index files depmod makes of them (for modprobe in the guest)."""
+def _module_tree(modules: Path, kernel: Kernel, busybox: Path, tree: list[str]) -> None:
+    """The modules, plain (busybox's modprobe takes no compressed ones), and the
+    index files depmod makes of them (modprobe in the initramfs and the guest)."""
+    for relative in tree:
+        name, data = read_module(kernel, relative)
+        (modules / name).parent.mkdir(parents=True, exist_ok=True)
+        (modules / name).write_bytes(data)
+    builtin = "".join(f"kernel/{name}.ko\n" for name in sorted(kernel.index().builtin))
+    (modules / "modules.builtin").write_text(builtin)
     with tempfile.TemporaryDirectory() as base:
-        modules = Path(base) / "lib" / "modules" / kernel.version
-        modules.mkdir(parents=True)
-        for relative in tree:
-            name, data = read_module(kernel, relative)
-            (modules / name).parent.mkdir(parents=True, exist_ok=True)
-            (modules / name).write_bytes(data)
-        builtin = "".join(f"kernel/{name}.ko\n" for name in sorted(kernel.index().builtin))
-        (modules / "modules.builtin").write_text(builtin)
+        # depmod -b BASE wants BASE/lib/modules/<version>
+        link = Path(base) / "lib" / "modules" / kernel.version
+        link.parent.mkdir(parents=True)
+        link.symlink_to(modules)
         depmod = shutil.which("depmod")  # kmod's, whose modprobe the guest then has
         command = [depmod] if depmod else [str(busybox), "depmod"]
         subprocess.run([*command, "-b", base, kernel.version], check=True, capture_output=True)
-        return [
-            (str(path.relative_to(modules)), path.read_bytes())
-            for path in sorted(modules.rglob("*"))
-            if path.is_file()
-        ]
 
 
-def boot_archive(config: VmConfig, kernel: Kernel) -> bytes:
+def boot_archive(config: VmConfig, kernel: Kernel, base: BaseImage) -> bytes:
     """The per-boot settings, as a cpio archive to append to the base image."""
     agent = config.agent_command()
     mask = HOST_AGENT_UNITS if agent and config.agent_port == AGENT_PORT else ()
     settings = {
         "KERNEL": kernel.version,
+        "MODULES": "" if base.modules is None else str(base.modules),
         "VM_HOSTNAME": config.hostname,
         "NETWORK": "1" if config.network else "0",
         "SYSTEMD": "1" if config.systemd else "0",
@@ -163,12 +179,12 @@ def check_settings(config: VmConfig) -> None:
             raise VmError(f"virtio-serial port name {port!r}: no spaces or slashes")
 
 
-def write_initrd(base: Path, config: VmConfig, kernel: Kernel, out: Path) -> None:
+def write_initrd(base: BaseImage, config: VmConfig, kernel: Kernel, out: Path) -> None:
     """The initrd of one boot: the base image with the boot's settings after it."""
     check_settings(config)
-    with open(base, "rb") as source, open(out, "wb") as target:
+    with open(base.initramfs, "rb") as source, open(out, "wb") as target:
         shutil.copyfileobj(source, target)
-        target.write(boot_archive(config, kernel))
+        target.write(boot_archive(config, kernel, base))
 
 
 def shares_of(config: VmConfig) -> Sequence[tuple[str, Path]]:

@@ -364,7 +364,7 @@ def _remove_unused(cache: Path, *, keep: str, prefix: str) -> None:
         try:
             shutil.rmtree(home, ignore_errors=True)
             for image in (cache / "initramfs").glob(home.name + "-*"):
-                image.unlink(missing_ok=True)
+                shutil.rmtree(image, ignore_errors=True)
         finally:
             if fd is not None:
                 os.close(fd)

@@ -36,7 +36,7 @@ from agent.host.vm.config import VmConfig
 from agent.host.vm.console import Console, Step
 from agent.host.vm.errors import BootFailed, VmError, VmTimeout
 from agent.host.vm.groups import single_error
-from agent.host.vm.initramfs import base_image, write_initrd
+from agent.host.vm.initramfs import BaseImage, base_image, write_initrd
 from agent.host.vm.kernel import Kernel, current_kernel
 from agent.host.vm.packages import ensure_packages, qemu_binary
 from agent.host.vm.process import Qemu, running_qemu
@@ -70,6 +70,12 @@ class BootTimings:
     init: float
     agent: float
     total: float
+
+    def describe(self) -> str:
+        return (
+            f"boot: QEMU {self.qemu:.2f} s, kernel {self.kernel:.2f} s, init {self.init:.2f} s,"
+            f" agent {self.agent:.2f} s; first answer {self.total:.2f} s after QEMU's start"
+        )
 
     @classmethod
     def of(cls, started: float, steps: dict[str, Step], answered: float) -> BootTimings | None:
@@ -192,7 +198,7 @@ def echo(chunk: Chunk) -> None:
     stream.flush()
 
 
-async def prepare(config: VmConfig, notice: Notice) -> tuple[Kernel, Path, str]:
+async def prepare(config: VmConfig, notice: Notice) -> tuple[Kernel, BaseImage, str]:
     """(kernel, base initramfs, accelerator): installed, fetched or built if missing."""
     if config.agent is None:
         await trio.to_thread.run_sync(_compile_agent)
@@ -281,7 +287,7 @@ class _Machine:
 
 @contextlib.asynccontextmanager
 async def _running(
-    config: VmConfig, kernel: Kernel, base: Path, accel: str, console: Console
+    config: VmConfig, kernel: Kernel, base: BaseImage, accel: str, console: Console
 ) -> AsyncIterator[_Machine]:
     """QEMU running with its console read; stopped, reaped and cleaned up after."""
     with (

@@ -24,9 +24,11 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig
+from agent.core.config import DEFAULT_FS_TIMEOUT, KERNEL_MOUNT_TABLE
 from agent.system.fsfreeze.freezer import Freezer
 from agent.system.fsfreeze.ioctl import LinuxIoctls
 from agent.system.fsfreeze.marker import MARKER_NAME
+from agent.system.fsguard import FsGuard
 from tests.qga_client import StreamClient
 from tests.scratch import BlockedWrite, Scratch
 
@@ -58,6 +60,19 @@ async def serve(
 def scratch_config(tmp_path: Path, scratch: Scratch, **options: Any) -> AgentConfig:
     return AgentConfig(
         statedir=str(tmp_path), pidfile=None, mount_table=str(scratch.mount_table), **options
+    )
+
+
+def recording_freezer(
+    tmp_path: Path, scratch: Scratch, ioctls: LinuxIoctls, *, watchdog: bool = True
+) -> Freezer:
+    """A freezer of the scratch filesystems through ``ioctls``, with the agent's deadline."""
+    return Freezer(
+        str(tmp_path),
+        mount_table=str(scratch.mount_table),
+        fs=FsGuard(DEFAULT_FS_TIMEOUT, mount_table=KERNEL_MOUNT_TABLE),
+        ioctls=ioctls,
+        watchdog=watchdog,
     )
 
 
@@ -93,7 +108,7 @@ async def test_freeze_blocks_writes_until_thaw(tmp_path: Path, scratch: Scratch)
 
 async def test_children_are_frozen_before_parents(tmp_path: Path, scratch: Scratch) -> None:
     ioctls = RecordingIoctls()
-    freezer = Freezer(str(tmp_path), mount_table=str(scratch.mount_table), ioctls=ioctls)
+    freezer = recording_freezer(tmp_path, scratch, ioctls)
     async with serve(scratch_config(tmp_path, scratch), freezer) as (client, _):
         assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
         assert ioctls.frozen == [str(scratch.xfs), str(scratch.ext4)]
@@ -155,7 +170,7 @@ async def test_a_failure_part_way_thaws_what_was_frozen(tmp_path: Path, scratch:
             raise OSError(errno.EIO, "Input/output error")
 
     ioctls = RecordingIoctls(fail_on_ext4)
-    freezer = Freezer(str(tmp_path), mount_table=str(scratch.mount_table), ioctls=ioctls)
+    freezer = recording_freezer(tmp_path, scratch, ioctls)
     async with serve(scratch_config(tmp_path, scratch), freezer) as (client, _):
         reply = await client.execute("guest-fsfreeze-freeze")
         assert reply == error(f"failed to freeze {scratch.ext4}: Input/output error")
@@ -175,9 +190,7 @@ async def test_a_freeze_timing_out_part_way_thaws_what_was_frozen(
             time.sleep(max(0.0, sent + 2 - time.monotonic()))
 
     ioctls = RecordingIoctls(slow_xfs)
-    freezer = Freezer(
-        str(tmp_path), mount_table=str(scratch.mount_table), ioctls=ioctls, watchdog=False
-    )
+    freezer = recording_freezer(tmp_path, scratch, ioctls, watchdog=False)
     config = scratch_config(tmp_path, scratch, command_timeout=1.0)
     async with serve(config, freezer) as (client, _):
         sent = time.monotonic()

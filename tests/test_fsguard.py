@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from agent.core.config import KERNEL_MOUNT_TABLE
 from agent.system.fsguard import FsGuard, FsTimeout
 
 DEADLINE = 0.2
@@ -24,7 +25,7 @@ def blocker(gate: threading.Event, result: int = 7) -> int:
 
 
 async def test_a_call_that_answers_gives_its_result_and_its_errors() -> None:
-    guard = FsGuard(DEADLINE)
+    guard = FsGuard(DEADLINE, mount_table=KERNEL_MOUNT_TABLE)
     assert await guard.call("/mnt", lambda: 3) == 3
     with pytest.raises(FileNotFoundError):
         await guard.call("/mnt", lambda: open("/nonexistent/x"))  # noqa: SIM115
@@ -32,7 +33,7 @@ async def test_a_call_that_answers_gives_its_result_and_its_errors() -> None:
 
 
 async def test_a_hung_call_is_abandoned_and_its_mount_fails_fast_until_it_comes_back() -> None:
-    guard = FsGuard(DEADLINE)
+    guard = FsGuard(DEADLINE, mount_table=KERNEL_MOUNT_TABLE)
     gate = threading.Event()
     discarded: list[int] = []
     came_back = threading.Event()
@@ -61,7 +62,7 @@ async def test_a_hung_call_is_abandoned_and_its_mount_fails_fast_until_it_comes_
 
 
 async def test_a_hung_mount_is_tried_again_after_a_while() -> None:
-    guard = FsGuard(DEADLINE, retry_after=0.3)
+    guard = FsGuard(DEADLINE, mount_table=KERNEL_MOUNT_TABLE, retry_after=0.3)
     gate = threading.Event()
     try:
         with pytest.raises(FsTimeout):
@@ -74,7 +75,7 @@ async def test_a_hung_mount_is_tried_again_after_a_while() -> None:
 
 
 async def test_stuck_threads_are_bounded() -> None:
-    guard = FsGuard(DEADLINE, max_stuck=2)
+    guard = FsGuard(DEADLINE, mount_table=KERNEL_MOUNT_TABLE, max_stuck=2)
     gate = threading.Event()
     try:
         for mount in ("/a", "/b"):
@@ -90,7 +91,7 @@ async def test_stuck_threads_are_bounded() -> None:
 
 
 async def test_a_call_cancelled_from_outside_is_abandoned_too() -> None:
-    guard = FsGuard(10)
+    guard = FsGuard(10, mount_table=KERNEL_MOUNT_TABLE)
     gate = threading.Event()
     discarded: list[int] = []
     with trio.move_on_after(DEADLINE):

@@ -13,11 +13,13 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig
+from agent.core.config import DEFAULT_FS_TIMEOUT, KERNEL_MOUNT_TABLE
 from agent.core.registry import HandlerSet
 from agent.core.session import BULK
 from agent.models.schema import parse
 from agent.system.fsfreeze.freezer import Freezer
 from agent.system.fsfreeze.marker import MARKER_NAME
+from agent.system.fsguard import FsGuard
 from tests.agents import AgentFactory, served
 from tests.fsfreeze_fakes import FakeIoctls
 from tests.qga_client import StreamClient
@@ -237,7 +239,8 @@ def started_frozen(statedir: str) -> Freezer:
     mountpoint whose state FITHAW cannot tell (the agent checks it at start)."""
     (Path(statedir) / MARKER_NAME).write_text('["/frozen"]')
     ioctls = FakeIoctls(unanswered_thaw=("/frozen",))
-    return Freezer(statedir, mount_table=os.devnull, ioctls=ioctls, watchdog=False)
+    fs = FsGuard(DEFAULT_FS_TIMEOUT, mount_table=KERNEL_MOUNT_TABLE)
+    return Freezer(statedir, mount_table=os.devnull, fs=fs, ioctls=ioctls, watchdog=False)
 
 
 async def serve_test_agent(

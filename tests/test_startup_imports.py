@@ -6,6 +6,8 @@ files read from a slow disk."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,24 @@ def test_with_a_plugin_record_the_entry_point_machinery_is_not_imported(
     second = imported_by_the_first_reply(tmp_path, monkeypatch)
     for module in DISCOVERY:
         assert module not in second
+
+
+def test_the_configuration_imports_no_implementation() -> None:
+    """``trio-qga`` reads its options into ``agent.core.config`` before it loads
+    the agent: the defaults live there, so the module loads neither trio nor
+    the modules that implement the settings."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import agent.core.config"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = set(re.findall(r"^import time:.*\| +([\w.]+)$", result.stderr, re.M))
+    assert {module for module in imported if module.split(".")[0] in ("agent", "trio")} == {
+        "agent",
+        "agent.version",
+        "agent.core",
+        "agent.core.config",
+        "agent.transports",
+        "agent.transports.spec",
+    }

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import trio
 
-from agent.core.config import AgentConfig
+from agent.core.config import KERNEL_MOUNT_TABLE, AgentConfig
 from agent.core.context import AgentContext, AgentState
 from agent.core.dispatch import Dispatcher
 from agent.core.plugin_record import recorded_entry_points
@@ -100,13 +100,13 @@ class Agent:
         Raises :class:`agent.core.policy.PolicyError` when ``config``'s allow-list names
         a command whose gate (``'gated-by'`` in the schema) the filter disables."""
         self.config = config or AgentConfig()
-        fs = FsGuard(self.config.fs_timeout)
+        fs = FsGuard(self.config.fs_timeout, mount_table=KERNEL_MOUNT_TABLE)
         freezer = freezer or Freezer(
             self.config.statedir,
             mount_table=self.config.mount_table,
+            fs=fs,
             hook=self.config.fsfreeze_hook,
             thaw_timeout=self.config.thaw_timeout,
-            fs=fs,
             log_hold=log_hold,
         )
         registry = build_registry(handlers, schema)
@@ -132,10 +132,10 @@ class Agent:
             policy,
             store,
             AgentState(freezer),
+            fs,
             executor=executor or ProcessExecutor(),
             root=root or SystemRoot(),
             clock=clock or SystemClock(),
-            fs=fs,
             trim=trim or fitrim,
         )
         self.dispatcher = Dispatcher(self.context)

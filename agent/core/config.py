@@ -1,27 +1,37 @@
-"""The agent's configuration: everything the command line and config file set."""
+"""The agent's configuration: everything the command line and config file set.
+
+Every default value of the agent lives here (the transports' in
+``agent.transports.spec``); the modules that implement a setting take its
+value as a parameter. So importing this module loads no implementation, nor
+trio: the ``trio-qga`` command reads its options before it loads the agent.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.core.store import DEFAULT_MAX_HANDLES
-from agent.system.fsguard import DEFAULT_FS_TIMEOUT
-from agent.system.mounts import DEFAULT_MOUNT_TABLE
-from agent.system.streaming import DEFAULT_IDLE_TIMEOUT
 from agent.transports.spec import (
     DEFAULT_BAUD_RATE,
     DEFAULT_METHOD,
     DEFAULT_SOCKET_MODE,
     TransportSpec,
 )
-from agent.wire.framer import MAX_DEPTH, MAX_MESSAGE_SIZE
 
-# qemu-ga's defaults.
-DEFAULT_PIDFILE = "/var/run/qemu-ga.pid"
+# qemu-ga's paths,
+DEFAULT_PIDFILE = "/var/run/qemu-ga.pid"  # with -d (or daemon=true), when none is named
 DEFAULT_STATEDIR = "/var/run"
-# trio-qga's own: what can be recomputed but should survive a reboot (the plugin
-# record), where the state directory (a tmpfs, as qemu-ga's /var/run) does not.
+# and trio-qga's own: what can be recomputed but should survive a reboot (the
+# plugin record), where the state directory (a tmpfs, as /var/run) does not.
 DEFAULT_CACHE_DIR = "/var/cache/trio-qga"
+# Limits and deadlines.
+DEFAULT_MAX_HANDLES = 1024  # guest-file handles open at once
+DEFAULT_FS_TIMEOUT = 10.0  # seconds a filesystem call may block
+DEFAULT_EXEC_IDLE_TIMEOUT = 600.0  # seconds a streaming-exec program may go unread
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024  # of a request, as qemu-ga
+MAX_DEPTH = 1024  # nesting of a request, as qemu-ga
+# The kernel's mount table: which mount a path is on (the filesystem calls'
+# deadlines), and by default what guest-fsfreeze-freeze may freeze.
+KERNEL_MOUNT_TABLE = "/proc/self/mountinfo"
 # qemu-ga runs "/sbin/shutdown -h -P|-H|-r +0 'hypervisor initiated shutdown'".
 SHUTDOWN = ("/sbin/shutdown", "-h")
 SHUTDOWN_WHEN = ("+0", "hypervisor initiated shutdown")
@@ -52,10 +62,10 @@ class AgentConfig:
     command_timeout: float | None = None  # seconds an async handler may run; None: no limit
     max_message_size: int = MAX_MESSAGE_SIZE
     max_depth: int = MAX_DEPTH
-    mount_table: str = DEFAULT_MOUNT_TABLE  # what guest-fsfreeze-freeze may freeze
+    mount_table: str = KERNEL_MOUNT_TABLE  # what guest-fsfreeze-freeze may freeze
     thaw_timeout: float | None = None  # seconds frozen before an auto-thaw; None: never
     # Seconds a streaming-exec program may go unread before it is killed.
-    exec_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    exec_idle_timeout: float = DEFAULT_EXEC_IDLE_TIMEOUT
     fs_timeout: float = DEFAULT_FS_TIMEOUT  # seconds a filesystem call may block
     # Commands for the power and clock commands (qemu-ga's, right for a systemd guest).
     # By default, as qemu-ga 10.2, /sbin/poweroff, /sbin/halt or /sbin/reboot when

@@ -56,7 +56,7 @@ async def _serve(
     stream: trio.abc.Stream, dispatcher: Dispatcher, release_memory: ReleaseMemory | None
 ) -> None:
     config = dispatcher.ctx.config
-    framer = Framer(config.max_message_size, config.max_depth)
+    framer = Framer(max_size=config.max_message_size, max_depth=config.max_depth)
     pending: list[bytes] = []
     read_size = MIN_READ
     wire = for_session()  # None unless -v

@@ -34,7 +34,6 @@ FIRST_HANDLE = 1000
 # Handles are the schema's int (int64); qemu-ga aborts when its counter gets here.
 COUNTER_END = 2**63 - 1
 STATE_FILE = "qga.state"
-DEFAULT_MAX_HANDLES = 1024
 _COUNTER_LINE = re.compile(r"^\s*fd_counter\s*=\s*([0-9]{1,19})\s*$", re.MULTILINE)
 
 
@@ -151,7 +150,7 @@ class HandleCounter:
 class HandleStore:
     """Open files by handle, with a limit on how many may be open at once."""
 
-    def __init__(self, statedir: str, max_handles: int = DEFAULT_MAX_HANDLES) -> None:
+    def __init__(self, statedir: str, max_handles: int) -> None:
         self._counter = HandleCounter(statedir)  # read at start, to report a damaged file
         self.max_handles = max_handles
         self._files: dict[int, OpenFile] = {}

@@ -15,15 +15,15 @@ import socket
 
 from agent.core.config import (
     DEFAULT_CACHE_DIR,
+    DEFAULT_FS_TIMEOUT,
+    DEFAULT_MAX_HANDLES,
     DEFAULT_PIDFILE,
     DEFAULT_STATEDIR,
+    KERNEL_MOUNT_TABLE,
     AgentConfig,
 )
-from agent.core.store import DEFAULT_MAX_HANDLES
 from agent.daemon import conffile
 from agent.system.fsfreeze.hook import DEFAULT_HOOK
-from agent.system.fsguard import DEFAULT_FS_TIMEOUT
-from agent.system.mounts import DEFAULT_MOUNT_TABLE
 from agent.transports.activation import method_of
 from agent.transports.serve import check_transport
 from agent.transports.spec import DEFAULT_BAUD_RATE
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mount-table",
         metavar="FILE",
-        help=f"mountinfo file listing what a freeze covers (default {DEFAULT_MOUNT_TABLE})",
+        help=f"mountinfo file listing what a freeze covers (default {KERNEL_MOUNT_TABLE})",
     )
     parser.add_argument(
         "--list-plugins", action="store_true", help="show the plugins found, and exit"

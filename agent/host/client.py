@@ -36,6 +36,9 @@ from agent.wire.framer import Flush, Framer, Message, ParseError
 CHUNK = 4 * 1024 * 1024  # bytes per guest-file-read/-write when copying files
 # A 48 MiB read comes back as 64 MiB of base64 plus framing: above the agent's cap.
 MAX_REPLY = 128 * 1024 * 1024
+# Nesting of a reply: no reply of the schema comes near it (guest-exec output
+# is base64, guest-info a list of flat objects); a deeper one is refused.
+MAX_REPLY_DEPTH = 1024
 
 Progress = Callable[[int, int | None], None]  # (bytes done, total if known)
 
@@ -80,7 +83,7 @@ class StreamChannel:
     def __init__(self, stream: trio.abc.Stream, timeout: float) -> None:
         self.stream = stream
         self.timeout = timeout
-        self._framer = Framer(max_size=MAX_REPLY)
+        self._framer = Framer(max_size=MAX_REPLY, max_depth=MAX_REPLY_DEPTH)
         self._events: list[Message | ParseError | Flush] = []
         self._lock = trio.Lock()
         self._in_sync = False

@@ -23,6 +23,7 @@ from agent.wire.framer import Framer, Message, ParseError
 
 BUILTIN_SCHEMA = "qga-schema.json"
 PARSED_SCHEMA = "qga-schema.parsed.json"  # BUILTIN_SCHEMA's definitions, as plain JSON
+MAX_SCHEMA_DEPTH = 64  # QAPI definitions nest a few levels; far deeper is a mistake
 
 
 class SchemaError(ValueError):
@@ -101,8 +102,11 @@ def expressions(text: str, origin: str) -> list[object]:
     """The top-level expressions of QAPI schema text, in order."""
     body = "\n".join("" if line.lstrip().startswith("#") else line for line in text.splitlines())
     found = []
-    framer = Framer()
-    for event in framer.receive(body.encode("utf-8") + b"\n"):
+    data = body.encode("utf-8") + b"\n"
+    # The text is read whole and comes with the code (the agent's, a plugin's):
+    # the caps that guard a stream only need to let it through.
+    framer = Framer(max_size=len(data), max_depth=MAX_SCHEMA_DEPTH)
+    for event in framer.receive(data):
         if isinstance(event, ParseError):
             raise SchemaError(f"{origin}: {event.reason}")
         if isinstance(event, Message):

@@ -29,14 +29,7 @@ from agent.system.fsfreeze.marker import FrozenMarker
 from agent.system.fsfreeze.state import FreezeEvent, FreezeMachine, FreezeState
 from agent.system.fsfreeze.watchdog_client import Watchdog, WatchdogError
 from agent.system.fsguard import FsGuard, FsTimeout
-from agent.system.mounts import (
-    DEFAULT_MOUNT_TABLE,
-    Mount,
-    MountTableError,
-    freeze_plan,
-    read_mount_table,
-    unfreezable,
-)
+from agent.system.mounts import Mount, MountTableError, freeze_plan, read_mount_table, unfreezable
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +61,20 @@ class Freezer:
         self,
         statedir: str,
         *,
-        mount_table: str = DEFAULT_MOUNT_TABLE,
+        mount_table: str,
+        fs: FsGuard,
         hook: str | None = None,
         thaw_timeout: float | None = None,
         ioctls: FreezeIoctls | None = None,
         watchdog: bool = True,
-        fs: FsGuard | None = None,
         hook_timeout: float = HOOK_TIMEOUT,
         log_hold: LogHold | None = None,
     ) -> None:
-        """``ioctls`` None means the real kernel calls; ``watchdog`` arms the
-        watchdog process before each freeze (pointless with fake ioctls); ``fs``
-        gives each FIFREEZE and FITHAW its deadline; ``log_hold`` is held while
-        anything is frozen."""
+        """``mount_table`` lists what a freeze may cover; ``fs`` gives each
+        FIFREEZE and FITHAW its deadline; ``ioctls`` None means the real kernel
+        calls; ``watchdog`` arms the watchdog process before each freeze
+        (pointless with fake ioctls); ``log_hold`` is held while anything is
+        frozen."""
         self._log_hold: LogHold = NoHold() if log_hold is None else log_hold
         self.mount_table = mount_table
         self.hook = hook
@@ -88,7 +82,7 @@ class Freezer:
         self.thaw_timeout = thaw_timeout
         self._ioctls: FreezeIoctls = ioctls or LinuxIoctls()
         self._use_watchdog = watchdog
-        self._fs = fs or FsGuard()
+        self._fs = fs
         self._marker = FrozenMarker(statedir)
         self._watchdog = Watchdog(marker=str(self._marker.path), hook=hook)
         self._lock = trio.Lock()  # one freeze or thaw at a time

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from agent import Agent, AgentConfig
-from agent.core.plugins import ENTRY_POINT_GROUP, Plugin, PluginEntry, load_plugins
+from agent.core.plugins import (
+    ENTRY_POINT_GROUP,
+    Plugin,
+    PluginEntry,
+    installed_plugins,
+    load_plugins,
+)
 from agent.core.policy import NOT_ALLOWED, CommandPolicy
 from agent.core.registry import HandlerSet, Registry
 from agent.models.schema import load_builtin
@@ -84,7 +90,7 @@ def builtin_registry() -> Registry:
 
 def test_a_plugin_adds_its_commands() -> None:
     registry = builtin_registry()
-    [found] = load_plugins(registry, entry_points=lambda: entry_points(hello="HELLO"))
+    [found] = load_plugins(registry, entry_points(hello="HELLO"))
     assert (found.status, found.commands) == ("loaded", ["guest-x-hello"])
     command = registry.get("guest-x-hello")
     assert command is not None
@@ -96,7 +102,7 @@ def test_failures_are_isolated_and_reported() -> None:
     before = len(registry)
     found = load_plugins(
         registry,
-        entry_points=lambda: [
+        [
             *entry_points(
                 bad="BAD_SCHEMA", clash="CLASHING", notplugin="NOT_A_PLUGIN", wrong="MISMATCHED"
             ),
@@ -118,7 +124,7 @@ def test_failures_are_isolated_and_reported() -> None:
 
 def test_a_plugin_cannot_take_another_plugins_command() -> None:
     registry = builtin_registry()
-    found = load_plugins(registry, entry_points=lambda: entry_points(a="HELLO", b="HELLO"))
+    found = load_plugins(registry, entry_points(a="HELLO", b="HELLO"))
     assert [p.status for p in found] == [
         "loaded",
         "plugin b (unknown distribution): guest-x-hello is already provided by"
@@ -128,16 +134,14 @@ def test_a_plugin_cannot_take_another_plugins_command() -> None:
 
 def test_disabled_plugins_are_not_loaded() -> None:
     registry = builtin_registry()
-    [found] = load_plugins(
-        registry, disabled=["hello"], entry_points=lambda: entry_points(hello="HELLO")
-    )
+    [found] = load_plugins(registry, entry_points(hello="HELLO"), disabled=["hello"])
     assert found.status == "disabled"
     assert registry.get("guest-x-hello") is None
 
 
 def test_plugin_commands_obey_the_policy() -> None:
     registry = builtin_registry()
-    load_plugins(registry, entry_points=lambda: entry_points(hello="HELLO"))
+    load_plugins(registry, entry_points(hello="HELLO"))
     command = registry.get("guest-x-hello")
     assert command is not None
     assert CommandPolicy().disabled_reason(command, frozen=True) == NOT_ALLOWED
@@ -151,7 +155,7 @@ def test_plugin_commands_obey_the_policy() -> None:
 
 def test_a_plugin_command_is_disabled_where_its_gates_are() -> None:
     registry = builtin_registry()
-    [found] = load_plugins(registry, entry_points=lambda: entry_points(gated="GATED"))
+    [found] = load_plugins(registry, entry_points(gated="GATED"))
     assert found.status == "loaded"
     command = registry.get("guest-x-read-config")
     assert command is not None
@@ -168,7 +172,7 @@ def test_a_plugin_command_is_disabled_where_its_gates_are() -> None:
 def test_a_plugin_with_an_unknown_gate_is_skipped() -> None:
     """A misspelt gate would match no filter, and leave the command ungated."""
     registry = builtin_registry()
-    [found] = load_plugins(registry, entry_points=lambda: entry_points(typo="MISSPELT_GATE"))
+    [found] = load_plugins(registry, entry_points(typo="MISSPELT_GATE"))
     assert found.status == (
         "plugin typo (unknown distribution): guest-x-read-config is gated by"
         " guest-file-opne, which is not a command of the agent's own schema"
@@ -182,7 +186,7 @@ def test_the_example_plugins_commands_have_no_gates() -> None:
     read, and ``systemctl show`` of a unit: no program, file, account or power
     action of the host's choosing, so nothing a qemu-ga command gates."""
     registry = builtin_registry()
-    load_plugins(registry)
+    load_plugins(registry, installed_plugins())
     gates = {
         name: command.gated_by
         for name in ("guest-x-process-list", "guest-x-service-status")

@@ -14,7 +14,6 @@ harness serves a socket or serial port it opened itself.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import logging
 import socket
@@ -25,8 +24,7 @@ import trio
 from agent.core.config import KERNEL_MOUNT_TABLE, AgentConfig
 from agent.core.context import AgentContext, AgentState
 from agent.core.dispatch import Dispatcher
-from agent.core.plugin_record import recorded_entry_points
-from agent.core.plugins import installed_entry_points, load_plugins
+from agent.core.plugins import installed_plugins, load_plugins
 from agent.core.policy import CommandPolicy
 from agent.core.registry import HandlerSet, Registry
 from agent.core.session import ReleaseMemory, serve_session
@@ -113,12 +111,8 @@ class Agent:
         self.plugins = (
             load_plugins(
                 registry,
+                installed_plugins(self.config.cache_dir),
                 disabled=self.config.disabled_plugins,
-                entry_points=(
-                    functools.partial(recorded_entry_points, self.config.cache_dir)
-                    if self.config.cache_dir
-                    else installed_entry_points
-                ),
             )
             if self.config.plugins
             else []

@@ -42,11 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return list_plugins(tuple(args.disable_plugin))
     if wants_list(args.block_rpcs) or wants_list(args.allow_rpcs):
         from agent.core.agent import build_registry
-        from agent.core.plugins import load_plugins
+        from agent.core.plugins import installed_plugins, load_plugins
 
         registry = build_registry()
         if not args.no_plugins:  # their commands can be blocked too
-            load_plugins(registry, disabled=tuple(args.disable_plugin))
+            load_plugins(registry, installed_plugins(), disabled=tuple(args.disable_plugin))
         print("\n".join(command.name for command in registry))
         return 0
     try:
@@ -70,12 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def list_plugins(disabled: tuple[str, ...]) -> int:
-    """Print each plugin found, from which distribution, whether it loads, its commands."""
+    """Print each plugin found, from which distribution, whether it loads, its commands.
+
+    Found afresh: the plugin record only serves the agent's start."""
     from agent.core.agent import build_registry
-    from agent.core.plugins import load_plugins
+    from agent.core.plugins import installed_plugins, load_plugins
 
     logging.disable(logging.CRITICAL)  # the table says what the log would
-    found = load_plugins(build_registry(), disabled=disabled)
+    found = load_plugins(build_registry(), installed_plugins(), disabled=disabled)
     if not found:
         print("no plugins installed (entry-point group trio_qga.commands)")
     for plugin in found:

@@ -141,8 +141,8 @@ def test_dump_reads_back_as_the_same_configuration(tmp_path: Path) -> None:
     assert dataclasses.replace(AgentConfig(), **load(str(path), required=True)) == config
 
 
-def test_dump_of_the_defaults_is_qemu_ga_s() -> None:
-    assert dump(AgentConfig()) == (
+def test_dump_of_the_commands_defaults_is_qemu_ga_s() -> None:
+    assert dump(AgentConfig.command_defaults()) == (
         "[general]\n"
         "daemon=false\n"
         "method=virtio-serial\n"

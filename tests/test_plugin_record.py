@@ -178,16 +178,16 @@ def test_an_unwritable_cache_directory_means_discovery_every_time(
     assert len(discoveries) == 2
 
 
-def test_an_agent_loads_a_recorded_plugin(
+async def test_an_agent_loads_a_recorded_plugin(
     site: Path, cache: Path, discoveries: list[object]
 ) -> None:
     install(site, "hello-plugin", {"hello": HELLO})
     for _ in range(2):
-        agent = Agent(AgentConfig(statedir=str(cache), cache_dir=str(cache), pidfile=None))
-        [hello] = [plugin for plugin in agent.plugins if plugin.name == "hello"]
-        assert hello.status == "loaded"
-        assert hello.distribution == "hello-plugin 1.0"
-        assert agent.context.registry.get("guest-x-hello") is not None
+        async with Agent(AgentConfig(cache_dir=str(cache), plugins=True)) as agent:
+            [hello] = [plugin for plugin in agent.plugins if plugin.name == "hello"]
+            assert hello.status == "loaded"
+            assert hello.distribution == "hello-plugin 1.0"
+            assert agent.context.registry.get("guest-x-hello") is not None
     assert len(discoveries) == 1
     assert (cache / RECORD_NAME).is_file()
 

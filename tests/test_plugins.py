@@ -21,7 +21,8 @@ from agent.core.plugins import (
 from agent.core.policy import NOT_ALLOWED, CommandPolicy
 from agent.core.registry import HandlerSet, Registry
 from agent.models.schema import load_builtin
-from tests.qga_client import AGENT_COMMAND, SocketClient, StreamClient, running_agent
+from tests.agents import AgentFactory, served
+from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent
 
 # -------------------------------------------------- plugins for the tests --
 hello_handlers = HandlerSet()
@@ -195,20 +196,22 @@ def test_the_example_plugins_commands_have_no_gates() -> None:
     assert gates == {"guest-x-process-list": (), "guest-x-service-status": ()}
 
 
-async def test_example_plugin_is_served_like_a_builtin(agent_client: StreamClient) -> None:
-    info = (await agent_client.execute("guest-info"))["return"]
-    names = {c["name"] for c in info["supported_commands"]}
-    assert {"guest-x-process-list", "guest-x-service-status"} <= names
-    processes = (await agent_client.execute("guest-x-process-list"))["return"]
-    assert os.getpid() in {p["pid"] for p in processes}
-    reply = await agent_client.execute("guest-x-process-list", {"nam": "x"})
-    assert reply["error"]["desc"] == "Parameter 'nam' is unexpected"
+async def test_example_plugin_is_served_like_a_builtin(agent_factory: AgentFactory) -> None:
+    async with served(agent_factory(plugins=True)) as agent_client:
+        info = (await agent_client.execute("guest-info"))["return"]
+        names = {c["name"] for c in info["supported_commands"]}
+        assert {"guest-x-process-list", "guest-x-service-status"} <= names
+        processes = (await agent_client.execute("guest-x-process-list"))["return"]
+        assert os.getpid() in {p["pid"] for p in processes}
+        reply = await agent_client.execute("guest-x-process-list", {"nam": "x"})
+        assert reply["error"]["desc"] == "Parameter 'nam' is unexpected"
 
 
-def test_no_plugins_config(tmp_path: Path) -> None:
-    agent = Agent(AgentConfig(statedir=str(tmp_path), pidfile=None, plugins=False))
-    assert agent.context.registry.get("guest-x-process-list") is None
-    assert agent.plugins == []
+async def test_an_embedded_agent_loads_no_plugin_unless_asked() -> None:
+    assert AgentConfig().plugins is False
+    async with Agent(AgentConfig()) as agent:
+        assert agent.context.registry.get("guest-x-process-list") is None
+        assert agent.plugins == []
 
 
 def test_example_plugin_end_to_end_through_the_daemon(tmp_path: Path) -> None:

@@ -172,9 +172,9 @@ async def test_guest_info_lists_every_command(agent_client: StreamClient, agent:
 
 
 async def test_frozen_state_disables_commands_per_schema(
-    agent_config: AgentConfig, agent_factory: AgentFactory
+    tmp_path: Path, agent_factory: AgentFactory
 ) -> None:
-    agent = agent_factory(freezer=started_frozen(agent_config.statedir))
+    agent = agent_factory(freezer=started_frozen(str(tmp_path)))
     async with served(agent) as agent_client:
         assert await agent_client.execute("guest-ping") == {"return": {}}
         assert await agent_client.execute("guest-sync", {"id": 3}) == {"return": 3}

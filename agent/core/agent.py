@@ -18,13 +18,14 @@ import importlib
 import logging
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import trio
 
 from agent.core.config import KERNEL_MOUNT_TABLE, AgentConfig
 from agent.core.context import AgentContext, AgentState
 from agent.core.dispatch import Dispatcher
-from agent.core.plugins import installed_plugins, load_plugins
+from agent.core.plugins import FoundPlugin, installed_plugins, load_plugins
 from agent.core.policy import CommandPolicy
 from agent.core.registry import HandlerSet, Registry
 from agent.core.session import ReleaseMemory, serve_session
@@ -65,11 +66,28 @@ def build_registry(
     return registry
 
 
+class NotStarted(RuntimeError):
+    """What only a running agent has was asked of one not started (``async with``)."""
+
+
+@dataclass(frozen=True)
+class _Started:
+    """What starting an agent builds."""
+
+    context: AgentContext
+    dispatcher: Dispatcher
+    plugins: list[FoundPlugin]
+
+
 class Agent:
     """One guest agent: its commands, state and configuration.
 
-    It serves one client at a time, as qemu-ga does: a second :meth:`serve`
-    waits until the first session ends.
+    Building one stores its configuration and seams and does nothing else;
+    ``async with agent`` starts it (see :meth:`__aenter__`). What only a
+    started agent has (:attr:`context`, :attr:`dispatcher`, :attr:`plugins`)
+    raises :class:`NotStarted` before that, and stays for inspection after.
+    An agent runs once. It serves one client at a time, as qemu-ga does: a
+    second :meth:`serve` waits until the first session ends.
     """
 
     def __init__(
@@ -86,68 +104,113 @@ class Agent:
         log_hold: LogHold | None = None,
         release_memory: ReleaseMemory | None = None,
     ) -> None:
-        """``executor``, ``root``, ``clock`` and ``trim`` replace the real system
+        """``handlers`` and ``schema`` replace the agent's own commands;
+        ``executor``, ``root``, ``clock`` and ``trim`` replace the real system
         for the commands that change it (tests pass a recording executor, a
         scratch directory, a fake clock and a fake FITRIM);
         ``freezer`` replaces the one built from ``config`` (tests pass fake ioctls);
         ``log_hold`` is held while filesystems are frozen (the CLI's log handler);
         ``release_memory`` gives freed memory back to the system after a session's
         bulk transfers (the CLI's ``malloc_trim``; an embedding program's allocator
-        is its own business).
-
-        Raises :class:`agent.core.policy.PolicyError` when ``config``'s allow-list names
-        a command whose gate (``'gated-by'`` in the schema) the filter disables."""
+        is its own business)."""
         self.config = config or AgentConfig()
-        fs = FsGuard(self.config.fs_timeout, mount_table=KERNEL_MOUNT_TABLE)
-        freezer = freezer or Freezer(
-            self.config.statedir,
-            mount_table=self.config.mount_table,
-            fs=fs,
-            hook=self.config.fsfreeze_hook,
-            thaw_timeout=self.config.thaw_timeout,
-            log_hold=log_hold,
-        )
-        registry = build_registry(handlers, schema)
-        self.plugins = (
-            load_plugins(
-                registry,
-                installed_plugins(self.config.cache_dir),
-                disabled=self.config.disabled_plugins,
-            )
-            if self.config.plugins
-            else []
-        )
-        policy = CommandPolicy.from_lists(self.config.blocked_rpcs, self.config.allowed_rpcs)
-        policy.check(registry)  # an allowed command whose gate is blocked: PolicyError
-        store = HandleStore(self.config.statedir, self.config.max_handles)
-        self.context = AgentContext(
-            self.config,
-            registry,
-            policy,
-            store,
-            AgentState(freezer),
-            fs,
-            executor=executor or ProcessExecutor(),
-            root=root or SystemRoot(),
-            clock=clock or SystemClock(),
-            trim=trim or fitrim,
-        )
-        self.dispatcher = Dispatcher(self.context)
-        self._one_client = trio.Lock()
+        self._handlers = handlers
+        self._schema = schema
+        self._executor = executor
+        self._root = root
+        self._clock = clock
+        self._freezer = freezer
+        self._trim = trim
+        self._log_hold = log_hold
         self._release_memory = release_memory
+        self._started: _Started | None = None
+        self._one_client = trio.Lock()
         self._background = contextlib.AsyncExitStack()  # closes what __aenter__ started
 
+    @property
+    def context(self) -> AgentContext:
+        """What every handler sees: configuration, commands, state."""
+        return self._require_started("context").context
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Runs one request: validation, policy, the handler, the reply."""
+        return self._require_started("dispatcher").dispatcher
+
+    @property
+    def plugins(self) -> list[FoundPlugin]:
+        """The plugins found at start, and what became of each (none unless
+        ``config.plugins``)."""
+        return self._require_started("plugins").plugins
+
+    def _require_started(self, attribute: str) -> _Started:
+        if self._started is None:
+            raise NotStarted(
+                f"Agent.{attribute} exists once the agent has started: inside `async with agent`"
+            )
+        return self._started
+
+    def _start(self) -> _Started:
+        """Everything that reads the system: the commands (the handlers
+        imported, the plugins found and imported), the command filter checked
+        against them, the handle counter and the frozen marker read."""
+        config = self.config
+        registry = build_registry(self._handlers, self._schema)
+        plugins = (
+            load_plugins(
+                registry, installed_plugins(config.cache_dir), disabled=config.disabled_plugins
+            )
+            if config.plugins
+            else []
+        )
+        policy = CommandPolicy.from_lists(config.blocked_rpcs, config.allowed_rpcs)
+        policy.check(registry)  # an allowed command whose gate is blocked: PolicyError
+        fs = FsGuard(config.fs_timeout, mount_table=KERNEL_MOUNT_TABLE)
+        freezer = self._freezer or Freezer(
+            config.statedir,
+            mount_table=config.mount_table,
+            fs=fs,
+            hook=config.fsfreeze_hook,
+            thaw_timeout=config.thaw_timeout,
+            log_hold=self._log_hold,
+        )
+        context = AgentContext(
+            config,
+            registry,
+            policy,
+            HandleStore(config.statedir, config.max_handles),  # reads the handle counter
+            AgentState(freezer),
+            fs,
+            executor=self._executor or ProcessExecutor(),
+            root=self._root or SystemRoot(),
+            clock=self._clock or SystemClock(),
+            trim=self._trim or fitrim,
+        )
+        return _Started(context, Dispatcher(context), plugins)
+
     async def __aenter__(self) -> Agent:
-        """Start the agent's own tasks (the fsfreeze auto-thaw timer); they run
-        until the ``async with`` block ends. The log says what the command filter
-        disables, so that an administrator sees the policy in force."""
-        if summary := self.context.policy.summary(self.context.registry):
+        """Start the agent: build its commands (its own, and the installed
+        plugins' if ``config.plugins``), check the command filter against them,
+        read the state directory (the handle counter; the frozen marker, checked
+        against the filesystems), and start the agent's own tasks (the fsfreeze
+        auto-thaw timer), which run until the ``async with`` block ends. The log
+        says what the command filter disables, so that an administrator sees
+        the policy in force.
+
+        Raises :class:`agent.core.policy.PolicyError` when the configuration's
+        allow-list names a command whose gate (``'gated-by'`` in the schema) the
+        filter disables."""
+        if self._started is not None:
+            raise RuntimeError("an agent runs once: build another one to start again")
+        self._started = started = self._start()
+        context = started.context
+        if summary := context.policy.summary(context.registry):
             log.info("%s", summary)
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(self.context.tasks.open())  # guest-exec children
+            await stack.enter_async_context(context.tasks.open())  # guest-exec children
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
-            await nursery.start(self.context.state.freezer.run)
+            await nursery.start(context.state.freezer.run)  # reads the frozen marker
             self._background = stack.pop_all()
         return self
 
@@ -162,7 +225,10 @@ class Agent:
 
         Called when the agent stops, SIGTERM included: nothing is left half done,
         and no filesystem is left frozen (the thaw is shielded from cancellation).
+        An agent that never started holds nothing.
         """
+        if self._started is None:
+            return
         await self.context.state.freezer.aclose()
         try:  # a close flushes, which waits on a hung NFS or FUSE server
             await self.context.fs.call(
@@ -200,8 +266,8 @@ class Agent:
     ) -> None:
         """Serve ``stream`` until the peer closes it, leaving it open: the
         transports' handler, since the transport that opened a stream closes it."""
-        if not self.context.tasks.running:
-            raise RuntimeError("an agent serves only while it runs: inside `async with agent`")
+        if self._started is None or not self._started.context.tasks.running:
+            raise NotStarted("an agent serves only while it runs: inside `async with agent`")
         # A lock free at once is taken without the pass through the scheduler
         # that ``async with`` makes (every connection's, 4-5 us of the 150 of a
         # connect cycle); the session's first read is the checkpoint.
@@ -211,7 +277,7 @@ class Agent:
             await self._one_client.acquire()
         try:
             task_status.started()
-            await serve_session(stream, self.dispatcher, self._release_memory)
+            await serve_session(stream, self._started.dispatcher, self._release_memory)
         finally:
             self._one_client.release()
 

@@ -4,6 +4,12 @@ Every default value of the agent lives here (the transports' in
 ``agent.transports.spec``); the modules that implement a setting take its
 value as a parameter. So importing this module loads no implementation, nor
 trio: the ``trio-qga`` command reads its options before it loads the agent.
+
+Two sets of defaults: :class:`AgentConfig` itself is an embedding's, which
+writes nothing outside the directories it names (no state directory, no
+plugin record) and loads no plugin; :meth:`AgentConfig.command_defaults` is
+the ``trio-qga`` command's: qemu-ga's ``/var/run``, the installed plugins and
+their record in ``/var/cache/trio-qga``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from agent.transports.spec import (
     TransportSpec,
 )
 
-# qemu-ga's paths,
+# The trio-qga command's paths: qemu-ga's,
 DEFAULT_PIDFILE = "/var/run/qemu-ga.pid"  # with -d (or daemon=true), when none is named
 DEFAULT_STATEDIR = "/var/run"
 # and trio-qga's own: what can be recomputed but should survive a reboot (the
@@ -39,15 +45,26 @@ SHUTDOWN_WHEN = ("+0", "hypervisor initiated shutdown")
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """Settings of one agent. The defaults are qemu-ga's."""
+    """Settings of one agent: an embedding's defaults, otherwise qemu-ga's.
+
+    An embedding (a test suite, a test-VM harness) writes only where its
+    configuration names: by default it has no state directory (``statedir``
+    None: the handle counter is kept in memory, so handle ids start again at
+    1000 with each agent; no frozen marker is written, so an agent that
+    restarts while filesystems are frozen does not know it), no pid file, and
+    no plugins (``plugins`` False: the installed plugins are not looked for).
+    The ``trio-qga`` command starts from :meth:`command_defaults` instead.
+    """
 
     method: str = DEFAULT_METHOD
     path: str | None = None  # None: the method's default path
     logfile: str | None = None  # None: standard error
     # None: none named, DEFAULT_PIDFILE when daemonized; "": no pid file at all.
     pidfile: str | None = None
-    statedir: str = DEFAULT_STATEDIR
-    cache_dir: str = DEFAULT_CACHE_DIR  # "": keep no cache, discover plugins at each start
+    statedir: str | None = None  # qga.state and the frozen marker; None: none, see above
+    # The plugin record's (see agent.core.plugins); None or "": none, the plugins
+    # are discovered at each start.
+    cache_dir: str | None = None
     verbose: bool = False
     daemonize: bool = False  # -d: detach into the background
     retry_path: bool = False  # -r: reopen a channel that cannot open or fails, every 5 s
@@ -57,7 +74,7 @@ class AgentConfig:
     blocked_rpcs: tuple[str, ...] = ()
     allowed_rpcs: tuple[str, ...] | None = None  # None: all that are not blocked
     max_handles: int = DEFAULT_MAX_HANDLES  # open guest-file handles at once
-    plugins: bool = True  # load the commands of installed plugins
+    plugins: bool = False  # load the commands of the installed plugins
     disabled_plugins: tuple[str, ...] = ()  # plugin (entry point) names not to load
     command_timeout: float | None = None  # seconds an async handler may run; None: no limit
     max_message_size: int = MAX_MESSAGE_SIZE
@@ -78,6 +95,13 @@ class AgentConfig:
     suspend_ram_command: tuple[str, ...] | None = None
     suspend_hybrid_command: tuple[str, ...] | None = None
     hwclock_command: tuple[str, ...] = ("/sbin/hwclock",)  # run with -w (or -s)
+
+    @classmethod
+    def command_defaults(cls) -> AgentConfig:
+        """What the ``trio-qga`` command starts from, before its configuration
+        file and flags: qemu-ga's state directory, the installed plugins, and
+        the cache directory that keeps their record across reboots."""
+        return cls(statedir=DEFAULT_STATEDIR, plugins=True, cache_dir=DEFAULT_CACHE_DIR)
 
     @property
     def pidfile_path(self) -> str | None:

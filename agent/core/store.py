@@ -4,9 +4,12 @@ Handles belong to the agent, not to one connection: as with qemu-ga, a host
 that reconnects goes on using the handles it opened. Ids never repeat, even
 across restarts: the counter lives in the state directory (qemu-ga's
 ``qga.state`` file, same format, so a switch between the two agents keeps
-it) and is saved before a handle is handed out.
+it) and is saved before a handle is handed out. An agent without a state
+directory (``statedir=None``, an embedding's default) keeps the counter in
+memory: its ids start at 1000 again each time it starts, so a host that
+outlives the agent could see an id again, naming another file.
 
-The state file is read when the agent starts. A damaged one (not qemu-ga's
+The state file is read when the agent starts (``async with``). A damaged one (not qemu-ga's
 format, unreadable) is moved aside as ``qga.state.corrupt-TIME`` and the
 counter goes on from the clock (microseconds since 1970), above any handle an
 earlier run can have counted to. A missing or read-only state directory does
@@ -61,59 +64,17 @@ class DamagedState(ValueError):
 
 
 class HandleCounter:
-    """The next handle id, persisted in ``statedir/qga.state``."""
+    """The next handle id, persisted in ``statedir/qga.state`` (in memory only
+    when ``statedir`` is None)."""
 
-    def __init__(self, statedir: str) -> None:
-        self.path = Path(statedir) / STATE_FILE
-        try:
-            self._next = max(FIRST_HANDLE, self._load())
-        except (OSError, DamagedState) as err:
-            self._next = self._recover(err)
-
-    def _load(self) -> int:
-        try:
-            data = read_own_file(self.path)  # a planted link or FIFO is refused
-        except FileNotFoundError:
-            if not self.path.parent.is_dir():
-                log.warning(
-                    "state directory %s does not exist: guest-file-open will fail until it does",
-                    self.path.parent,
-                )
-            elif not os.access(self.path.parent, os.W_OK):
-                log.warning(
-                    "state directory %s is not writable: guest-file-open will fail until it is",
-                    self.path.parent,
-                )
-            return FIRST_HANDLE
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DamagedState(f"not UTF-8: {err.reason} at byte {err.start}") from err
-        found = _COUNTER_LINE.search(text)
-        if found is None:
-            raise DamagedState("no fd_counter=NUMBER line")
-        return int(found.group(1))
-
-    def _recover(self, err: OSError | DamagedState) -> int:
-        """Keep the damaged file aside; go on from a counter no earlier run reached."""
-        reason = os_error_text(err) if isinstance(err, OSError) else str(err)
-        aside = self.path.with_name(
-            f"{STATE_FILE}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-        )
-        try:
-            os.replace(self.path, aside)
-            kept = f"moved aside to {aside}"
-        except OSError as move_error:
-            kept = f"could not be moved aside: {os_error_text(move_error)}"
-        counter = max(FIRST_HANDLE, time.time_ns() // 1000)
-        log.error(
-            "state file %s is damaged (%s); %s; handles go on from the clock, at %d",
-            self.path,
-            reason,
-            kept,
-            counter,
-        )
-        return counter
+    def __init__(self, statedir: str | None) -> None:
+        self.path = None if statedir is None else Path(statedir) / STATE_FILE
+        self._next = FIRST_HANDLE
+        if self.path is not None:
+            try:
+                self._next = max(FIRST_HANDLE, _load(self.path))
+            except (OSError, DamagedState) as err:
+                self._next = _recover(self.path, err)
 
     def take(self, in_use: Container[int] = ()) -> int:
         """A fresh id; the one after it is on disk before this one is returned.
@@ -136,22 +97,68 @@ class HandleCounter:
 
     def _save(self, next_handle: int) -> None:
         """Replace the state file atomically: a crash leaves the old or the new one."""
+        if self.path is None:
+            return
         try:
             replace_own_file(self.path, f"[global]\nfd_counter={next_handle}\n")
         except OSError as err:
-            raise self._failure(err) from err
+            raise GenericError(
+                f"failed to save the handle counter in {self.path}: {os_error_text(err)}"
+            ) from err
 
-    def _failure(self, err: OSError) -> GenericError:
-        return GenericError(
-            f"failed to save the handle counter in {self.path}: {os_error_text(err)}"
-        )
+
+def _load(path: Path) -> int:
+    """The counter saved at ``path``; the first handle if there is none yet."""
+    try:
+        data = read_own_file(path)  # a planted link or FIFO is refused
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            log.warning(
+                "state directory %s does not exist: guest-file-open will fail until it does",
+                path.parent,
+            )
+        elif not os.access(path.parent, os.W_OK):
+            log.warning(
+                "state directory %s is not writable: guest-file-open will fail until it is",
+                path.parent,
+            )
+        return FIRST_HANDLE
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DamagedState(f"not UTF-8: {err.reason} at byte {err.start}") from err
+    found = _COUNTER_LINE.search(text)
+    if found is None:
+        raise DamagedState("no fd_counter=NUMBER line")
+    return int(found.group(1))
+
+
+def _recover(path: Path, err: OSError | DamagedState) -> int:
+    """Keep the damaged file aside; go on from a counter no earlier run reached."""
+    reason = os_error_text(err) if isinstance(err, OSError) else str(err)
+    aside = path.with_name(f"{STATE_FILE}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    try:
+        os.replace(path, aside)
+        kept = f"moved aside to {aside}"
+    except OSError as move_error:
+        kept = f"could not be moved aside: {os_error_text(move_error)}"
+    counter = max(FIRST_HANDLE, time.time_ns() // 1000)
+    log.error(
+        "state file %s is damaged (%s); %s; handles go on from the clock, at %d",
+        path,
+        reason,
+        kept,
+        counter,
+    )
+    return counter
 
 
 class HandleStore:
     """Open files by handle, with a limit on how many may be open at once."""
 
-    def __init__(self, statedir: str, max_handles: int) -> None:
-        self._counter = HandleCounter(statedir)  # read at start, to report a damaged file
+    def __init__(self, statedir: str | None, max_handles: int) -> None:
+        """Built when the agent starts: the counter is read then, to report a damaged file."""
+        self._counter = HandleCounter(statedir)
         self.max_handles = max_handles
         self._files: dict[int, OpenFile] = {}
 

@@ -164,7 +164,7 @@ async def run(
     the transport is open, ``on_stopping`` on a signal.
     Returns how many filesystem calls were left stuck (abandoned threads).
     """
-    from agent.core.agent import Agent  # after logging is set up: building it may log
+    from agent.core.agent import Agent  # after logging is set up: starting it logs
 
     agent = Agent(config, log_hold=log_hold, release_memory=freed_memory_releaser())
     async with agent, trio.open_nursery() as nursery:

@@ -199,7 +199,7 @@ def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) 
 
     A flag that is not given leaves ``base`` alone; lists add up, as in qemu-ga.
     """
-    base = base or AgentConfig()
+    base = base or AgentConfig.command_defaults()
     method, path = args.method, args.path
     if args.transport:
         method, _, transport_path = args.transport.partition(":")
@@ -248,7 +248,7 @@ def wants_list(lists: list[str] | None) -> bool:
 def configure(args: argparse.Namespace, listener: socket.socket | None) -> AgentConfig:
     """The configuration file's settings, then the flags, then systemd's socket."""
     path, required = conffile.config_file(args.config)
-    base = dataclasses.replace(AgentConfig(), **conffile.load(path, required))
+    base = dataclasses.replace(AgentConfig.command_defaults(), **conffile.load(path, required))
     config = config_from_args(args, base)
     if listener is not None:
         return dataclasses.replace(config, method=method_of(listener), path=None)

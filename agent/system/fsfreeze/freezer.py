@@ -59,7 +59,7 @@ class Freezer:
 
     def __init__(
         self,
-        statedir: str,
+        statedir: str | None,
         *,
         mount_table: str,
         fs: FsGuard,
@@ -70,11 +70,14 @@ class Freezer:
         hook_timeout: float = HOOK_TIMEOUT,
         log_hold: LogHold | None = None,
     ) -> None:
-        """``mount_table`` lists what a freeze may cover; ``fs`` gives each
-        FIFREEZE and FITHAW its deadline; ``ioctls`` None means the real kernel
-        calls; ``watchdog`` arms the watchdog process before each freeze
-        (pointless with fake ioctls); ``log_hold`` is held while anything is
-        frozen."""
+        """``statedir`` holds the frozen marker; None keeps none, and an agent
+        that restarts while frozen then starts thawed, not knowing (the watchdog
+        still thaws when the agent dies). ``mount_table`` lists what a freeze
+        may cover; ``fs`` gives each FIFREEZE and FITHAW its deadline;
+        ``ioctls`` None means the real kernel calls; ``watchdog`` arms the
+        watchdog process before each freeze (pointless with fake ioctls);
+        ``log_hold`` is held while anything is frozen. Nothing is read
+        here: the marker is, when :meth:`run` starts."""
         self._log_hold: LogHold = NoHold() if log_hold is None else log_hold
         self.mount_table = mount_table
         self.hook = hook
@@ -83,8 +86,9 @@ class Freezer:
         self._ioctls: FreezeIoctls = ioctls or LinuxIoctls()
         self._use_watchdog = watchdog
         self._fs = fs
-        self._marker = FrozenMarker(statedir)
-        self._watchdog = Watchdog(marker=str(self._marker.path), hook=hook)
+        self._marker = None if statedir is None else FrozenMarker(statedir)
+        marker = None if self._marker is None else self._marker.path
+        self._watchdog = Watchdog(marker=marker, hook=hook)
         self._lock = trio.Lock()  # one freeze or thaw at a time
         self._deadline = math.inf  # of the auto-thaw, in trio time
         self._deadline_changed = trio.Event()
@@ -92,13 +96,6 @@ class Freezer:
         # a marker that does not say, as qemu-ga's), then a thaw covers all.
         self._frozen: list[str] | None = []
         self._machine = FreezeMachine()
-        if self._marker.exists():
-            # As qemu-ga: a previous agent froze and did not thaw.
-            # Until run() has checked what it claims (_verify_marker).
-            self._machine = FreezeMachine(FreezeState.FROZEN)
-            self._frozen = self._marker.mountpoints()
-            self._log_hold.hold()
-            log.warning("%s exists: checking what is frozen", self._marker.path)
 
     @property
     def state(self) -> FreezeState:
@@ -145,9 +142,15 @@ class Freezer:
 
         First, a marker left by an earlier agent is checked against the filesystems.
         """
-        if self.frozen:  # from the marker
+        if self._marker is not None and self._marker.exists():
+            # As qemu-ga: a previous agent froze and did not thaw.
+            # Frozen until _verify_marker has checked what it claims.
             async with self._lock:
-                await self._verify_marker()
+                self._machine = FreezeMachine(FreezeState.FROZEN)
+                self._frozen = self._marker.mountpoints()
+                self._log_hold.hold()
+                log.warning("%s exists: checking what is frozen", self._marker.path)
+                await self._verify_marker(self._marker)
         if self.frozen:
             self._arm_auto_thaw()
         task_status.started()
@@ -162,7 +165,7 @@ class Freezer:
             )
             await self._thaw_logging_errors("auto-thaw")
 
-    async def _verify_marker(self) -> None:
+    async def _verify_marker(self, marker: FrozenMarker) -> None:
         """What an earlier agent's marker claims, checked by a thaw attempt per
         mountpoint it lists (all freezable ones when it does not say): FITHAW
         answers EINVAL when nothing is frozen. The agent starts thawed unless a
@@ -185,7 +188,7 @@ class Freezer:
                 )
         log.warning(
             "%s lists %d filesystem(s): %s",
-            self._marker.path,
+            marker.path,
             len(listed),
             "; ".join(found) or "none",
         )
@@ -271,6 +274,8 @@ class Freezer:
         return frozen
 
     def _write_marker(self, mountpoints: list[str]) -> None:
+        if self._marker is None:
+            return
         try:
             self._marker.write(mountpoints)
         except OSError as err:  # as qemu-ga: a warning, the freeze goes on
@@ -299,10 +304,11 @@ class Freezer:
                     count += await self._fs.call(mountpoint, partial(self._thaw_one, mountpoint))
                 except FsTimeout as err:
                     log.error("cannot thaw %s: %s", mountpoint, err)
-            try:
-                self._marker.remove()
-            except OSError as err:
-                log.warning("cannot remove %s: %s", self._marker.path, os_error_text(err))
+            if self._marker is not None:
+                try:
+                    self._marker.remove()
+                except OSError as err:
+                    log.warning("cannot remove %s: %s", self._marker.path, os_error_text(err))
             self._frozen = []
             self._machine.fire(FreezeEvent.THAWED)
             self._log_hold.resume()

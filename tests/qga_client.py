@@ -148,11 +148,18 @@ class SocketClient:
 AGENT_COMMAND = [sys.executable, "-m", "agent"]
 
 
+def own_cache(directory: Path) -> list[str]:
+    """The option that keeps an agent's plugin record in ``directory``, not in
+    the machine's /var/cache/trio-qga (``tests/default_paths.py``)."""
+    return ["--cache-dir", str(directory / "cache")]
+
+
 @contextmanager
 def running_agent(
     tmp_path: Path, *extra: str, socket_name: str = "qga.sock"
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """Our agent as a process on a unix socket in ``tmp_path``; stopped with SIGTERM."""
+    """Our agent as a process on a unix socket in ``tmp_path``, where it keeps its
+    state, pid file and plugin record; stopped with SIGTERM."""
     sock = tmp_path / socket_name
     proc = subprocess.Popen(
         [
@@ -163,6 +170,7 @@ def running_agent(
             str(tmp_path),
             "-f",
             str(tmp_path / "agent.pid"),
+            *own_cache(tmp_path),
             *extra,
         ],
         stderr=subprocess.PIPE,

@@ -15,7 +15,7 @@ from agent import AgentConfig
 from agent.daemon import conffile
 from agent.daemon.cli import main
 from agent.daemon.options import build_parser, config_from_args
-from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent, wait_for_socket
+from tests.qga_client import AGENT_COMMAND, SocketClient, own_cache, running_agent, wait_for_socket
 
 
 def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,7 +72,15 @@ def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
 
 def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*AGENT_COMMAND, "-t", str(tmp_path), "-f", str(tmp_path / "agent.pid"), *args],
+        [
+            *AGENT_COMMAND,
+            "-t",
+            str(tmp_path),
+            "-f",
+            str(tmp_path / "agent.pid"),
+            *own_cache(tmp_path),
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -189,6 +197,7 @@ def test_pid_file_named_by_the_configuration_file_is_held_in_the_foreground(
     conf.write_text(f"[general]\npidfile={pidfile}\n")
     sock = tmp_path / "qga.sock"
     argv = ["-c", str(conf), "--transport", f"unix-listen:{sock}", "-t", str(tmp_path)]
+    argv += own_cache(tmp_path)
     proc = subprocess.Popen([*AGENT_COMMAND, *argv], stderr=subprocess.PIPE)
     try:
         wait_for_socket(sock, proc)

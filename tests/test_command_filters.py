@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent
+from tests.qga_client import AGENT_COMMAND, SocketClient, own_cache, running_agent
 from tests.reference import running_qemu_ga
 
 PREFIX = "__io.github.trio-qga_"
@@ -200,7 +200,15 @@ def test_allowing_the_streaming_exec_without_guest_exec_is_refused_at_start(
         flags = (*flags, "-c", str(tmp_path / "qemu-ga.conf"))
     sock = tmp_path / "qga.sock"
     result = subprocess.run(
-        [*AGENT_COMMAND, "--transport", f"unix-listen:{sock}", "-t", str(tmp_path), *flags],
+        [
+            *AGENT_COMMAND,
+            "--transport",
+            f"unix-listen:{sock}",
+            "-t",
+            str(tmp_path),
+            *own_cache(tmp_path),
+            *flags,
+        ],
         capture_output=True,
         text=True,
         timeout=60,

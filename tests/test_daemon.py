@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.qga_client import AGENT_COMMAND, SocketClient
+from tests.qga_client import AGENT_COMMAND, SocketClient, own_cache
 
 
 def launch(tmp_path: Path, *extra: str, sock: str = "qga.sock") -> subprocess.CompletedProcess[str]:
@@ -27,6 +27,7 @@ def launch(tmp_path: Path, *extra: str, sock: str = "qga.sock") -> subprocess.Co
             str(tmp_path),
             "-f",
             str(tmp_path / "agent.pid"),
+            *own_cache(tmp_path),
             *extra,
         ],
         capture_output=True,
@@ -129,6 +130,7 @@ def test_daemon_that_cannot_open_its_channel_fails_in_the_launcher(tmp_path: Pat
             str(tmp_path),
             "-f",
             str(tmp_path / "agent.pid"),
+            *own_cache(tmp_path),
         ],
         capture_output=True,
         text=True,
@@ -154,6 +156,8 @@ def test_relative_paths_are_kept_when_daemonized(tmp_path: Path) -> None:
             "agent.pid",
             "-l",
             "log",
+            "--cache-dir",
+            "cache",
         ],
         capture_output=True,
         text=True,

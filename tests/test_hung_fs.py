@@ -28,7 +28,7 @@ import pybase64
 
 from agent.system.fsfreeze.marker import MARKER_NAME
 from tests.hung_mounts import HungMounts
-from tests.qga_client import Reply, SocketClient, wait_for_socket, wait_or_kill
+from tests.qga_client import Reply, SocketClient, own_cache, wait_for_socket, wait_or_kill
 from tests.reference import qemu_ga_binary
 from tests.scratch import BlockedWrite, Scratch
 from tests.test_fsfreeze_cli import eventually
@@ -58,6 +58,7 @@ def agent_in(mounts: HungMounts, workdir: Path, *extra: str) -> Iterator[Running
     sock, log = workdir / "qga.sock", workdir / "agent.log"
     command = [sys.executable, "-m", "agent", "--transport", f"unix-listen:{sock}"]
     command += ["-t", str(workdir), "-f", str(workdir / "agent.pid"), "-l", str(log)]
+    command += own_cache(workdir)
     command += ["--mount-table", str(mounts.mount_table), "--fs-timeout", f"{FS_TIMEOUT:g}"]
     with running_in(mounts, [*command, *extra], sock, log, kill=False) as agent:
         yield agent

@@ -22,7 +22,7 @@ from agent.core.policy import NOT_ALLOWED, CommandPolicy
 from agent.core.registry import HandlerSet, Registry
 from agent.models.schema import load_builtin
 from tests.agents import AgentFactory, served
-from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent
+from tests.qga_client import AGENT_COMMAND, SocketClient, own_cache, running_agent
 
 # -------------------------------------------------- plugins for the tests --
 hello_handlers = HandlerSet()
@@ -251,6 +251,7 @@ def test_a_broken_installed_plugin_leaves_the_agent_serving(tmp_path: Path) -> N
             str(tmp_path / "pid"),
             "-l",
             str(log),
+            *own_cache(tmp_path),
         ],
         env=env,
     )

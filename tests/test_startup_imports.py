@@ -32,8 +32,7 @@ def imported_by_the_first_reply(
 ) -> set[str]:
     """The modules the agent (started with ``options``) imported by its first reply."""
     monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # python -X importtime: to stderr
-    cache = ("--cache-dir", str(tmp_path / "cache"))  # not the machine's /var/cache
-    with running_agent(tmp_path, *cache, *options) as (proc, sock):
+    with running_agent(tmp_path, *options) as (proc, sock):  # its cache: tmp_path/cache
         client = SocketClient(sock)
         client.resync(1)
         client.close()

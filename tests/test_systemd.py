@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.qga_client import AGENT_COMMAND, SocketClient
+from tests.qga_client import AGENT_COMMAND, SocketClient, own_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "trio-qga.service"
 
 
 def agent_command(tmp_path: Path, *extra: str) -> list[str]:
-    return [*AGENT_COMMAND, "-t", str(tmp_path), "-f", str(tmp_path / "agent.pid"), *extra]
+    pidfile = str(tmp_path / "agent.pid")
+    return [*AGENT_COMMAND, "-t", str(tmp_path), "-f", pidfile, *own_cache(tmp_path), *extra]
 
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])

@@ -28,7 +28,7 @@ from agent.transports.serial import serve_isa_serial
 from agent.transports.serve import TransportError, check_transport, serve_transport
 from agent.transports.virtio import serve_port
 from agent.transports.vsock import parse_address
-from tests.qga_client import AGENT_COMMAND, StreamClient
+from tests.qga_client import AGENT_COMMAND, StreamClient, own_cache
 
 VMADDR_CID_LOCAL = 1  # the vsock loopback (socket.VMADDR_CID_LOCAL from Python 3.12)
 PING = b'{"execute":"guest-ping","id":1}\n'
@@ -318,6 +318,7 @@ def test_cli_serves_a_serial_line_at_the_given_baud_rate(tmp_path: Path) -> None
                 str(tmp_path),
                 "-f",
                 str(tmp_path / "agent.pid"),
+                *own_cache(tmp_path),
             ],
             stderr=subprocess.DEVNULL,
         )

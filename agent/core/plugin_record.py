@@ -4,16 +4,17 @@ while the Python environment is the one the last agent saw. Only
 optimisation, not a second way to find plugins.
 
 Discovery through ``importlib.metadata`` imports the email, zipfile and csv
-modules (1.3 MiB, and 6 to 40 ms of every start on a host, 2.2 s in the median
-of a TCG guest's, against 0.11 s for the record; ``docs/agent-lifecycle.md``),
-for plugins that are almost always the same. After each discovery the agent
-records the group's entry points in ``plugins.json``, a file of its own in its
-cache directory (``--cache-dir``, ``/var/cache/trio-qga`` for the ``trio-qga``
-command, none for an embedded agent: it must outlive a reboot, which the state
-directory, a tmpfs, does not), beside the environment's fingerprint; the next
-start uses the record if the fingerprint still matches, and discovers again
-otherwise. The record knows entry points only as rows of three strings
-(``name``, ``value``, ``distribution``).
+modules (1.3 MiB, tens of milliseconds of every start on a host, 2.2 s in the
+median of a TCG guest's, against 0.11 s for the record;
+``docs/agent-lifecycle.md``), for plugins that are almost always the same.
+After each discovery the agent records the group's entry points in
+``plugins.json``, a file of its own in its cache directory (``--cache-dir``:
+``/var/cache/trio-qga`` for the ``trio-qga`` command, none for an embedded
+agent; it must outlive a reboot, which the state directory, a tmpfs, does
+not), beside the environment's fingerprint; the next start uses the record if
+the fingerprint still matches, and discovers again otherwise. The record knows
+entry points only as rows of three strings (``name``, ``value``,
+``distribution``).
 
 The fingerprint is what installing, upgrading or removing a distribution
 changes, and what editing its entry points changes:

@@ -113,8 +113,8 @@ def installed_plugins(cache_dir: str | None = None) -> list[PluginEntry]:
     ``agent.core.plugin_record``). That spares the first answer of a guest
     the import of importlib.metadata and the email, zipfile and csv modules it
     brings: in a TCG guest, discovery takes 2.2 s (median; 0.55 to 4.6 s)
-    where the record takes 0.11 s (0.04 to 0.8 s); on a host, 6 to 40 ms
-    against 1 ms (``docs/agent-lifecycle.md``).
+    where the record takes 0.11 s (0.04 to 0.8 s); on a host, tens of
+    milliseconds against one (``docs/agent-lifecycle.md``).
     """
     if not cache_dir:
         return _discover()

@@ -37,9 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.system.fsfreeze.ioctl import ALLOW_ENV  # noqa: E402
-from tests.qga_client import SocketClient, running_agent  # noqa: E402
-from tests.reference import running_qemu_ga  # noqa: E402
-from tests.scratch import mount_scratch, unmount_scratch  # noqa: E402
+from tests.support.clients import SocketClient  # noqa: E402
+from tests.support.processes import running_agent  # noqa: E402
+from tests.support.reference import running_qemu_ga  # noqa: E402
+from tests.support.scratch import mount_scratch, unmount_scratch  # noqa: E402
 
 
 def timed(client: SocketClient, name: str, arguments: dict[str, object] | None = None) -> float:

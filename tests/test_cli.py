@@ -15,7 +15,15 @@ from agent import AgentConfig
 from agent.daemon import conffile
 from agent.daemon.cli import main
 from agent.daemon.options import build_parser, config_from_args
-from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent, wait_for_socket
+from tests.support.clients import SocketClient
+from tests.support.processes import (
+    AGENT_COMMAND,
+    run_agent,
+    running_agent,
+    spawn_agent,
+    stop,
+    wait_for_socket,
+)
 
 
 def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,19 +78,10 @@ def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
         client.close()
 
 
-def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*AGENT_COMMAND, "-t", str(tmp_path), "-f", str(tmp_path / "agent.pid"), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 def test_refuses_to_replace_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
     target = tmp_path / "precious"
     target.write_text("keep me")
-    result = run_cli(tmp_path, "--transport", f"unix-listen:{target}")
+    result = run_agent(tmp_path, "--transport", f"unix-listen:{target}")
     assert result.returncode == 1
     assert "exists and is not a socket" in result.stderr
     assert target.read_text() == "keep me"
@@ -94,7 +93,7 @@ def test_refuses_a_socket_another_process_listens_on(tmp_path: Path) -> None:
     live.bind(str(path))
     live.listen(1)
     try:
-        result = run_cli(tmp_path, "-m", "unix-listen", "-p", str(path))
+        result = run_agent(tmp_path, "-m", "unix-listen", "-p", str(path))
         assert result.returncode == 1
         assert "another process is listening" in result.stderr
         assert path.exists()
@@ -104,14 +103,14 @@ def test_refuses_a_socket_another_process_listens_on(tmp_path: Path) -> None:
 
 def test_second_agent_on_the_same_pidfile_refuses(tmp_path: Path) -> None:
     with running_agent(tmp_path) as (proc, _):
-        result = run_cli(tmp_path, "--transport", f"unix-listen:{tmp_path / 'other.sock'}")
+        result = run_agent(tmp_path, "--transport", f"unix-listen:{tmp_path / 'other.sock'}")
         assert result.returncode == 1
         assert f"locked by another agent (pid {proc.pid})" in result.stderr
         assert (tmp_path / "agent.pid").read_text().strip() == str(proc.pid)
 
 
 def test_unknown_transport_is_a_clear_error(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, "-m", "carrier-pigeon", "-p", "/dev/null")
+    result = run_agent(tmp_path, "-m", "carrier-pigeon", "-p", "/dev/null")
     assert result.returncode == 1
     assert "transport method 'carrier-pigeon' is not available" in result.stderr
 
@@ -189,13 +188,10 @@ def test_pid_file_named_by_the_configuration_file_is_held_in_the_foreground(
     conf.write_text(f"[general]\npidfile={pidfile}\n")
     sock = tmp_path / "qga.sock"
     argv = ["-c", str(conf), "--transport", f"unix-listen:{sock}", "-t", str(tmp_path)]
-    proc = subprocess.Popen([*AGENT_COMMAND, *argv], stderr=subprocess.PIPE)
+    proc = spawn_agent(None, *argv)  # no -f: the file names it
     try:
         wait_for_socket(sock, proc)
         assert pidfile.read_text().strip() == str(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        if proc.stderr:
-            proc.stderr.close()
+        assert stop(proc) == 0
     assert not pidfile.exists()

@@ -15,7 +15,7 @@ import trio.testing
 from agent.transports.device import Device, DeviceStream
 from agent.transports.serial import LineStream
 from agent.transports.virtio import PortStream
-from tests import exchange_checks
+from tests.support import exchange_checks
 
 
 class ClosesDevice(DeviceStream):

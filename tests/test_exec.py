@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +11,10 @@ import pytest
 import trio
 import trio.testing
 
-from agent import Agent, AgentConfig
 from agent.system import processes as processes_module
-from tests.agents import session
-from tests.qga_client import StreamClient
+from tests.support.agents import AgentFactory, session
+from tests.support.clients import StreamClient
+from tests.support.exec_programs import DAEMON, kill_daemon
 
 
 def b64(data: bytes) -> str:
@@ -201,14 +199,6 @@ async def test_exited_waits_for_captured_output_to_close(
     assert base64.b64decode(status["out-data"]) == b"late\n"
 
 
-DAEMON = "sleep 25 & echo $! > {pidfile}; echo started"
-
-
-def kill_daemon(pidfile: Path) -> None:
-    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-        os.kill(int(pidfile.read_text()), signal.SIGKILL)
-
-
 async def test_a_daemon_holding_stdout_does_not_hide_the_exit(
     agent_client: StreamClient, tmp_path: Path
 ) -> None:
@@ -291,9 +281,9 @@ async def test_a_bad_capture_mode_is_refused(agent_client: StreamClient) -> None
 
 
 async def test_children_outlive_a_session_and_die_with_the_agent(
-    agent_config: AgentConfig,
+    agent_factory: AgentFactory,
 ) -> None:
-    async with Agent(agent_config) as agent:
+    async with agent_factory() as agent:
         async with session(agent) as client:
             pid = await exec_ok(client, "/bin/sh", "-c", "sleep 30 & sleep 30")
         assert process_state(pid) not in (None, "Z")

@@ -23,12 +23,13 @@ from typing import Any
 
 import pytest
 
-from agent import Agent, AgentConfig
+from agent import Agent
 from agent.core.store import COUNTER_END, FIRST_HANDLE, HandleCounter
-from tests.agents import served as serve_agent
-from tests.qga_client import SocketClient, StreamClient, strict_json
-from tests.reference import qemu_ga_binary, running_qemu_ga
-from tests.scratch import small_tmpfs
+from tests.support.agents import AgentFactory
+from tests.support.agents import served as serve_agent
+from tests.support.clients import SocketClient, StreamClient, strict_json
+from tests.support.reference import qemu_ga_binary, running_qemu_ga
+from tests.support.scratch import small_tmpfs
 
 MiB = 1 << 20
 
@@ -231,20 +232,20 @@ def qemu_ga_exit_status(statedir: Path, workdir: Path) -> tuple[int, str]:
 
 
 @asynccontextmanager
-async def served(statedir: Path) -> AsyncIterator[tuple[Agent, StreamClient]]:
-    agent = Agent(AgentConfig(statedir=str(statedir), pidfile=None, mount_table=os.devnull))
+async def served(make: AgentFactory, statedir: Path) -> AsyncIterator[tuple[Agent, StreamClient]]:
+    agent = make(statedir=str(statedir))
     async with serve_agent(agent) as client:
         yield agent, client
 
 
 async def test_a_damaged_state_file_is_reported_kept_aside_and_handles_go_on(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    agent_factory: AgentFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = tmp_path / "qga.state"
     state.write_bytes(DAMAGED_STATE)
     (tmp_path / "f").write_bytes(b"x")
     start = time.time_ns() // 1000
-    async with served(tmp_path) as (_, client):
+    async with served(agent_factory, tmp_path) as (_, client):
         # Said at start, before any request.
         assert any(
             "is damaged" in record.getMessage() and record.levelname == "ERROR"
@@ -268,11 +269,11 @@ def test_qemu_ga_stops_with_status_0_on_a_damaged_state_file(tmp_path: Path) -> 
 
 
 async def test_a_missing_state_dir_starts_and_file_opens_give_the_reason(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    agent_factory: AgentFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "f").write_bytes(b"x")
     missing = tmp_path / "missing"
-    async with served(missing) as (agent, client):
+    async with served(agent_factory, missing) as (agent, client):
         assert any("does not exist" in record.getMessage() for record in caplog.records)
         assert await client.execute("guest-ping") == {"return": {}}
         reply = await client.execute("guest-file-open", {"path": str(tmp_path / "f")})
@@ -288,11 +289,11 @@ async def test_a_missing_state_dir_starts_and_file_opens_give_the_reason(
 
 
 async def test_a_read_only_state_dir_starts_and_file_opens_give_the_reason(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    agent_factory: AgentFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "f").write_bytes(b"x")
     with small_tmpfs(tmp_path / "ro", "1m", read_only=True) as statedir:
-        async with served(statedir) as (agent, client):
+        async with served(agent_factory, statedir) as (agent, client):
             assert any("is not writable" in record.getMessage() for record in caplog.records)
             reply = await client.execute("guest-file-open", {"path": str(tmp_path / "f")})
             assert reply["error"]["desc"] == (
@@ -310,12 +311,12 @@ def open_descriptors() -> int:
 
 
 async def test_the_counter_at_its_end_wraps_and_keeps_no_unreturned_handle(
-    tmp_path: Path,
+    agent_factory: AgentFactory, tmp_path: Path
 ) -> None:
     (tmp_path / "qga.state").write_text(f"[global]\nfd_counter={COUNTER_END - 1}\n")
     (tmp_path / "f").write_bytes(b"x")
     before = open_descriptors()
-    async with served(tmp_path) as (agent, client):
+    async with served(agent_factory, tmp_path) as (agent, client):
         handles = [await open_handle(client, tmp_path / "f", "r") for _ in range(3)]
         assert handles == [COUNTER_END - 1, FIRST_HANDLE, FIRST_HANDLE + 1]
         assert sorted(opened.handle for opened in agent.context.store) == sorted(handles)

@@ -16,7 +16,7 @@ import agent.wire.framer as framer_module
 import agent.wire.scanner as scanner_module
 from agent.wire.encoder import NO_ID, encode_error, encode_return
 from agent.wire.framer import Event, Flush, Framer, Message, ParseError
-from tests.qga_client import strict_json
+from tests.support.clients import strict_json
 
 PING = {"execute": "guest-ping"}
 

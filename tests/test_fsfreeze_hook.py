@@ -16,7 +16,7 @@ from agent.errors import GenericError
 from agent.system.fsfreeze.state import (
     FreezeState,
 )
-from tests.fsfreeze_fakes import (
+from tests.support.fsfreeze_fakes import (
     FAKE,
     FakeIoctls,
     fake_freezer,

@@ -10,7 +10,7 @@ from agent.system.fsfreeze.marker import MARKER_NAME
 from agent.system.fsfreeze.state import (
     FreezeState,
 )
-from tests.fsfreeze_fakes import (
+from tests.support.fsfreeze_fakes import (
     FAKE,
     FAKE_FREEZE_ORDER,
     FakeIoctls,

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,11 +26,11 @@ from typing import Any
 import pybase64
 
 from agent.system.fsfreeze.marker import MARKER_NAME
-from tests.hung_mounts import HungMounts
-from tests.qga_client import Reply, SocketClient, wait_for_socket, wait_or_kill
-from tests.reference import qemu_ga_binary
-from tests.scratch import BlockedWrite, Scratch
-from tests.test_fsfreeze_cli import eventually
+from tests.support.clients import Reply, SocketClient
+from tests.support.hung_mounts import HungMounts
+from tests.support.processes import eventually, spawn_agent, stop, wait_for_socket
+from tests.support.reference import qemu_ga_binary
+from tests.support.scratch import BlockedWrite, Scratch
 
 FS_TIMEOUT = 1.0
 MARGIN = 4.0  # seconds on top of the deadline, for a loaded machine
@@ -56,10 +55,16 @@ class RunningAgent:
 def agent_in(mounts: HungMounts, workdir: Path, *extra: str) -> Iterator[RunningAgent]:
     """trio-qga in the hung mounts' namespace; released, then stopped with SIGTERM."""
     sock, log = workdir / "qga.sock", workdir / "agent.log"
-    command = [sys.executable, "-m", "agent", "--transport", f"unix-listen:{sock}"]
-    command += ["-t", str(workdir), "-f", str(workdir / "agent.pid"), "-l", str(log)]
-    command += ["--mount-table", str(mounts.mount_table), "--fs-timeout", f"{FS_TIMEOUT:g}"]
-    with running_in(mounts, [*command, *extra], sock, log, kill=False) as agent:
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = spawn_agent(
+        workdir,
+        *("--transport", f"unix-listen:{sock}", "-l", str(log)),
+        *("--mount-table", str(mounts.mount_table), "--fs-timeout", f"{FS_TIMEOUT:g}"),
+        *extra,
+        wrapper=mounts.command(),
+        env=mounts.environment(),
+    )
+    with running_in(mounts, proc, sock, log, kill=False) as agent:
         yield agent
 
 
@@ -69,18 +74,16 @@ def qemu_ga_in(mounts: HungMounts, workdir: Path) -> Iterator[RunningAgent]:
     sock, log = workdir / "qga.sock", workdir / "qemu-ga.log"
     command = [qemu_ga_binary(), "-m", "unix-listen", "-p", str(sock), "-t", str(workdir)]
     command += ["-f", str(workdir / "qemu-ga.pid"), "-l", str(log)]
-    with running_in(mounts, command, sock, log, kill=True) as agent:
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(mounts.command(*command), stderr=subprocess.PIPE)
+    with running_in(mounts, proc, sock, log, kill=True) as agent:
         yield agent
 
 
 @contextmanager
 def running_in(
-    mounts: HungMounts, command: list[str], sock: Path, log: Path, *, kill: bool
+    mounts: HungMounts, proc: subprocess.Popen[bytes], sock: Path, log: Path, *, kill: bool
 ) -> Iterator[RunningAgent]:
-    sock.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        mounts.command(*command), env=mounts.environment(), stderr=subprocess.PIPE
-    )
     agent = RunningAgent(proc, sock, log, sock.parent)
     try:
         wait_for_socket(sock, proc)
@@ -91,11 +94,7 @@ def running_in(
         if kill:
             proc.kill()
         mounts.release()  # nothing of it may stay stuck
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        wait_or_kill(proc, 20)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop(proc, 20)
 
 
 def timed(

@@ -19,10 +19,10 @@ from agent.system.executor import SystemRoot
 from agent.system.fsfreeze.ioctl import REFUSED_ENV, check_allowed
 from agent.system.mounts import parse_mountinfo
 from agent.system.sysinfo.fstrim import TrimRefused, block_mounts
-from tests.agents import AgentFactory, served
-from tests.qga_client import StreamClient
-from tests.scratch import Scratch
-from tests.test_info_blockdev import FakeSys
+from tests.support.agents import AgentFactory, served
+from tests.support.clients import StreamClient
+from tests.support.fake_sys import FakeSys
+from tests.support.scratch import Scratch
 
 
 async def test_get_disks_lists_disks_partitions_and_dependencies(

@@ -1,6 +1,6 @@
 """Proof under libvirt, the host that drives guest agents in production.
 
-The suite starts libvirt's daemons itself (``tests/libvirt_host.py``) and boots two
+The suite starts libvirt's daemons itself (``tests/support/libvirt_host.py``) and boots two
 transient TCG domains at once, alike but for their agent: Debian's qemu-ga in one,
 trio-qga in the other, each on the ``org.qemu.guest_agent.0`` channel libvirt owns. Every
 check goes through ``virsh`` only, the same on both, and the results are compared check by
@@ -29,16 +29,16 @@ import trio
 
 from agent.host.client import QgaClient
 from agent.host.errors import AgentError, CommandNotFound
-from tests.libvirt_host import GuestDomain, LibvirtHost, build_initramfs
-from tests.reference import qemu_ga_binary
-from tests.test_vm import run_in_vm_script
+from tests.support.libvirt_host import GuestDomain, LibvirtHost, build_initramfs
+from tests.support.reference import qemu_ga_binary
+from tests.support.vm import run_in_vm_script
 
 ROOT = Path(__file__).resolve().parent.parent
-GUEST = ROOT / "tests" / "libvirt-guest"
+GUEST = ROOT / "tests" / "support" / "libvirt-guest"
 PORT = "/dev/virtio-ports/org.qemu.guest_agent.0"
 AGENTS = ("qemu-ga", "trio-qga")
 BOOT_DEADLINE = 300.0  # seconds from virsh create to the agent's first answer (TCG, busy host)
-USER = "qgauser"  # made by tests/libvirt-guest
+USER = "qgauser"  # made by tests/support/libvirt-guest
 SCRATCH = "/mnt/scratch"
 ADDRESSES = ("domifaddr", "{}", "--source", "agent")
 

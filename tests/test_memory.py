@@ -9,7 +9,8 @@ import os
 import time
 from pathlib import Path
 
-from tests.qga_client import SocketClient, running_agent
+from tests.support.clients import SocketClient
+from tests.support.processes import running_agent
 
 MIB = 1024 * 1024
 SLACK_KIB = 5 * 1024

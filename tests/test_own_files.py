@@ -23,7 +23,7 @@ from agent.core.store import HandleCounter
 from agent.daemon.pidfile import PidfileError, held_pidfile
 from agent.system.fsfreeze.marker import FrozenMarker
 from agent.system.ownfiles import PlantedFile, open_own_file
-from tests.reference import qemu_ga_binary
+from tests.support.reference import qemu_ga_binary
 
 PRECIOUS = b"root:$6$precious:19000:0:99999:7:::\n"
 

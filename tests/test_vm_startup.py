@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reference import qemu_ga_binary
-from tests.test_vm import BOOT_DEADLINE, PORTS, ROOT, HostEnd, installed_agent, run_in_vm_script
+from tests.support.reference import qemu_ga_binary
+from tests.support.vm import BOOT_DEADLINE, PORTS, ROOT, HostEnd, installed_agent, run_in_vm_script
 
 FLOOR_SERVER = ROOT / "benchmarks" / "stack_floor.py"
 

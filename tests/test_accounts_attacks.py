@@ -28,6 +28,8 @@ from tests.support.guest_data import KEY1, KEY2
 from tests.support.scratch_user import RootOnly, ScratchUser, files_holding
 from tests.support.system_fakes import RecordingExecutor
 
+pytestmark = pytest.mark.slow
+
 GET, ADD, REMOVE = (
     "guest-ssh-get-authorized-keys",
     "guest-ssh-add-authorized-keys",

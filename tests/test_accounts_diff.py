@@ -30,6 +30,8 @@ from tests.support.processes import running_agent
 from tests.support.reference import running_qemu_ga
 from tests.support.scratch_user import RootOnly, ScratchUser, files_holding
 
+pytestmark = [pytest.mark.slow, pytest.mark.qemu_ga]
+
 LEASH = 3.0  # seconds qemu-ga gets where it is expected to hang
 
 

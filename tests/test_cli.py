@@ -25,6 +25,8 @@ from tests.support.processes import (
     wait_for_socket,
 )
 
+pytestmark = pytest.mark.slow
+
 
 def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-V"]) == 0

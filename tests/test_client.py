@@ -16,6 +16,8 @@ from agent.host.client import QgaClient, StreamChannel
 from agent.host.errors import AgentError, AgentTimeout, ClientError, CommandNotFound
 from tests.support.processes import run_client, running_agent
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def client(qga_client: QgaClient) -> QgaClient:

@@ -24,6 +24,8 @@ from tests.support.clients import SocketClient
 from tests.support.processes import run_agent, run_client, running_agent
 from tests.support.reference import running_qemu_ga
 
+pytestmark = pytest.mark.slow
+
 PREFIX = "__io.github.trio-qga_"
 STREAMING = tuple(
     f"{PREFIX}exec-{name}" for name in ("start", "read", "write", "close-stdin", "resize", "signal")

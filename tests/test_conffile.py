@@ -15,6 +15,8 @@ from tests.support.clients import SocketClient
 from tests.support.processes import run_agent, running_agent
 from tests.support.reference import qemu_ga_binary
 
+pytestmark = pytest.mark.slow
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "qemu-ga.conf"

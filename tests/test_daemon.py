@@ -12,8 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.support.clients import SocketClient
 from tests.support.processes import run_agent
+
+pytestmark = pytest.mark.slow
 
 
 def launch(tmp_path: Path, *extra: str, sock: str = "qga.sock") -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,8 @@ import trio.testing
 from agent import Agent, AgentConfig, serve_stream
 from agent.host.client import QgaClient
 
+pytestmark = pytest.mark.slow
+
 pytest_plugins = ["pytester"]
 
 

@@ -16,6 +16,8 @@ from tests.support.agents import AgentFactory, session
 from tests.support.clients import StreamClient
 from tests.support.exec_programs import DAEMON, kill_daemon
 
+pytestmark = pytest.mark.slow
+
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()

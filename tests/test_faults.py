@@ -86,6 +86,7 @@ def write_session(sock: Path, path: Path) -> tuple[list[dict[str, Any]], int]:
     return replies, path.stat().st_size
 
 
+@pytest.mark.qemu_ga
 def test_disk_full_answers_what_landed_then_the_error(
     full_disks: tuple[Path, Path], our_socket: Path, qemu_ga_socket: Path
 ) -> None:
@@ -181,6 +182,7 @@ async def open_handle(client: StreamClient, path: Path, mode: str = "w") -> int:
 INVALID_UTF8_AFTER_ESCAPED_QUOTE = b'{"execute":"guest-ping","id":"x\xfe\\"}\xfe"}\n'
 
 
+@pytest.mark.qemu_ga
 def test_invalid_utf8_in_a_string_gets_one_strict_error(
     our_socket: Path, qemu_ga_socket: Path
 ) -> None:
@@ -261,6 +263,7 @@ async def test_a_damaged_state_file_is_reported_kept_aside_and_handles_go_on(
     assert state.read_text() == f"[global]\nfd_counter={second + 1}\n"
 
 
+@pytest.mark.qemu_ga
 def test_qemu_ga_stops_with_status_0_on_a_damaged_state_file(tmp_path: Path) -> None:
     (tmp_path / "qga.state").write_bytes(DAMAGED_STATE)
     status, log = qemu_ga_exit_status(tmp_path, tmp_path)
@@ -268,6 +271,7 @@ def test_qemu_ga_stops_with_status_0_on_a_damaged_state_file(tmp_path: Path) -> 
     assert "failed to load persistent state" in log
 
 
+@pytest.mark.qemu_ga
 async def test_a_missing_state_dir_starts_and_file_opens_give_the_reason(
     agent_factory: AgentFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -288,6 +292,7 @@ async def test_a_missing_state_dir_starts_and_file_opens_give_the_reason(
     assert "unable to create state file" in log
 
 
+@pytest.mark.qemu_ga
 async def test_a_read_only_state_dir_starts_and_file_opens_give_the_reason(
     agent_factory: AgentFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -334,6 +339,7 @@ def test_a_wrapped_counter_skips_handles_still_open(tmp_path: Path) -> None:
     assert counter.take(in_use={FIRST_HANDLE + 3}) == FIRST_HANDLE + 4
 
 
+@pytest.mark.qemu_ga
 def test_qemu_ga_restarts_handles_at_0_past_a_32_bit_counter(tmp_path: Path) -> None:
     # qemu-ga reads fd_counter as a 32-bit int: past it, handles 0, 1, ... again.
     (tmp_path / "qga.state").write_text(f"[global]\nfd_counter={COUNTER_END - 1}\n")
@@ -363,6 +369,7 @@ def test_a_long_bad_message_gets_one_error(data: bytes, our_socket: Path) -> Non
     assert "error" in strict_json(ours[0])
 
 
+@pytest.mark.qemu_ga
 @pytest.mark.parametrize("shape", ["open brackets", "deep objects"])
 def test_qemu_ga_answers_a_piece_of_a_long_bad_message_with_many_errors(
     shape: str, qemu_ga_socket: Path

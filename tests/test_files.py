@@ -21,6 +21,8 @@ from tests.support.agents import AgentFactory, served
 from tests.support.clients import SocketClient, StreamClient
 from tests.support.processes import running_agent
 
+pytestmark = pytest.mark.slow
+
 GENERIC = "GenericError"
 
 

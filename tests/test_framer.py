@@ -18,6 +18,8 @@ from agent.wire.encoder import NO_ID, encode_error, encode_return
 from agent.wire.framer import Event, Flush, Framer, Message, ParseError
 from tests.support.clients import strict_json
 
+pytestmark = pytest.mark.slow
+
 PING = {"execute": "guest-ping"}
 
 

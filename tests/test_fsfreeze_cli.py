@@ -24,6 +24,8 @@ from tests.support.clients import SocketClient
 from tests.support.processes import eventually, running_agent
 from tests.support.scratch import BlockedWrite, Scratch, processes_mentioning
 
+pytestmark = pytest.mark.slow
+
 
 def write_to(directory: Path) -> BlockedWrite:
     return BlockedWrite(directory / f"cli-write-{time.time_ns()}", b"written while frozen")

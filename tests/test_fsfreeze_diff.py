@@ -25,7 +25,7 @@ from tests.support.processes import running_agent
 from tests.support.reference import running_qemu_ga
 from tests.support.scratch import BlockedWrite, Scratch, processes_mentioning
 
-pytestmark = pytest.mark.qemu_ga
+pytestmark = [pytest.mark.slow, pytest.mark.qemu_ga]
 
 SAFE_COMMANDS = {"guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-fsfreeze-freeze-list"}
 

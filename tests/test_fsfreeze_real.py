@@ -29,6 +29,8 @@ from agent.system.fsfreeze.marker import MARKER_NAME
 from tests.support.agents import AgentFactory, served
 from tests.support.scratch import BlockedWrite, Scratch
 
+pytestmark = pytest.mark.slow
+
 _names = itertools.count()
 
 

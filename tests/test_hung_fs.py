@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pybase64
+import pytest
 
 from agent.system.fsfreeze.marker import MARKER_NAME
 from tests.support.clients import Reply, SocketClient
@@ -31,6 +32,8 @@ from tests.support.hung_mounts import HungMounts
 from tests.support.processes import eventually, spawn_agent, stop, wait_for_socket
 from tests.support.reference import qemu_ga_binary
 from tests.support.scratch import BlockedWrite, Scratch
+
+pytestmark = pytest.mark.slow
 
 FS_TIMEOUT = 1.0
 MARGIN = 4.0  # seconds on top of the deadline, for a loaded machine
@@ -407,6 +410,7 @@ def next_status_after_sigkill(mounts: HungMounts, start: Callable[..., Any], wor
     return status
 
 
+@pytest.mark.qemu_ga
 def test_the_issue_table(hung_mounts: HungMounts, tmp_path: Path) -> None:
     """The issue's requests against trio-qga (--fs-timeout 1) and qemu-ga 7.2."""
     qemu_ga_binary()  # skips loudly when it is not installed (fails in CI)

@@ -33,6 +33,9 @@ from tests.support.libvirt_host import GuestDomain, LibvirtHost, build_initramfs
 from tests.support.reference import qemu_ga_binary
 from tests.support.vm import run_in_vm_script
 
+# Its domains boot run-in-vm's kernel; one of them runs qemu-ga.
+pytestmark = [pytest.mark.libvirt, pytest.mark.vm, pytest.mark.slow, pytest.mark.qemu_ga]
+
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = ROOT / "tests" / "support" / "libvirt-guest"
 PORT = "/dev/virtio-ports/org.qemu.guest_agent.0"

@@ -130,6 +130,7 @@ def test_a_file_of_another_users_is_refused(tmp_path: Path) -> None:
     assert stat.S_ISREG(path.lstat().st_mode)
 
 
+@pytest.mark.qemu_ga
 def test_qemu_ga_writes_its_pid_through_a_planted_link(tmp_path: Path, precious: Path) -> None:
     """The record of what qemu-ga 7.2 does (it writes its pid file only with -d):
     the link's target, here a scratch file, is truncated and gets its pid."""

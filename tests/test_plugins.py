@@ -17,6 +17,8 @@ from tests.support.agents import AgentFactory
 from tests.support.clients import SocketClient, StreamClient
 from tests.support.processes import run_agent, running_agent
 
+pytestmark = pytest.mark.slow
+
 # -------------------------------------------------- plugins for the tests --
 hello_handlers = HandlerSet()
 

@@ -13,6 +13,8 @@ import pytest
 from tests.support.clients import SocketClient
 from tests.support.processes import running_agent
 
+pytestmark = pytest.mark.slow
+
 NOT_AT_START = (
     "psutil",  # guest-get-users, guest-network-get-interfaces, the procinfo plugin
     "trio_serial",  # the isa-serial transport

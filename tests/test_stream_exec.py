@@ -36,6 +36,8 @@ from tests.support.agents import AgentFactory
 from tests.support.exec_programs import DAEMON, kill_daemon
 from tests.support.processes import client_command, run_client, running_agent
 
+pytestmark = pytest.mark.slow
+
 PREFIX = "__io.github.trio-qga_"
 
 

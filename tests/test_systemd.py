@@ -15,6 +15,8 @@ import pytest
 from tests.support.clients import SocketClient
 from tests.support.processes import ROOT, run_agent, spawn_agent
 
+pytestmark = pytest.mark.slow
+
 UNIT = ROOT / "systemd" / "trio-qga.service"
 
 

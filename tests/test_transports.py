@@ -31,6 +31,8 @@ from tests.support.agents import AgentFactory
 from tests.support.clients import StreamClient
 from tests.support.processes import spawn_agent
 
+pytestmark = pytest.mark.slow
+
 VMADDR_CID_LOCAL = 1  # the vsock loopback (socket.VMADDR_CID_LOCAL from Python 3.12)
 PING = b'{"execute":"guest-ping","id":1}\n'
 PONG = {"return": {}, "id": 1}

@@ -35,6 +35,9 @@ from tests.support.vm import (
     run_in_vm_script,
 )
 
+# Its VM runs qemu-ga too: every test here needs it installed.
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.qemu_ga]
+
 METHODS = {"virtio": "virtio-serial", "isa": "isa-serial"}
 FILE_DATA = bytes(range(256)) * 16  # 4 KiB, every byte value
 
@@ -283,7 +286,6 @@ def test_every_command_is_logged_with_verbose(trio_qga: Phase) -> None:
             assert f"executing {command}" in log
 
 
-@pytest.mark.qemu_ga
 @pytest.mark.parametrize("port", PORTS)
 def test_same_session_as_qemu_ga(trio_qga: Phase, qemu_ga: Phase, port: str) -> None:
     ours, theirs = trio_qga.sessions[port], qemu_ga.sessions[port]
@@ -296,7 +298,6 @@ def test_same_session_as_qemu_ga(trio_qga: Phase, qemu_ga: Phase, port: str) -> 
     assert ours["reconnect"]["after_resync"] == theirs["reconnect"]["after_resync"]
 
 
-@pytest.mark.qemu_ga
 def test_qemu_ga_stops_on_sigterm_too(qemu_ga: Phase) -> None:
     """qemu-ga 7.2 quits on SIGTERM, but not always cleanly.
 

@@ -27,6 +27,8 @@ import pytest
 from tests.support.clients import SocketClient
 from tests.support.vm import BOOT_TIMEOUT, ROOT, run_in_vm_script, vm_agent_command
 
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
 USER = "qgatest"
 KEY1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIVmOne one@host"
 KEY2 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQVmTwo two@host"

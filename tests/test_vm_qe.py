@@ -51,6 +51,9 @@ from tests.support.reference import qemu_ga_binary
 from tests.support.vm import HostEnd, run_in_vm_script
 from tests.support.vm_modules import extra_modules
 
+# Every check runs against both agents.
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.qemu_ga]
+
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA_MODULES = ("virtio_blk", "crc32c_generic", "ext4")
 SERIAL = "QGA-QE-0001"

@@ -24,6 +24,8 @@ import pytest
 from tests.support.reference import qemu_ga_binary
 from tests.support.vm import BOOT_DEADLINE, PORTS, ROOT, HostEnd, installed_agent, run_in_vm_script
 
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
 FLOOR_SERVER = ROOT / "benchmarks" / "stack_floor.py"
 
 
@@ -34,7 +36,9 @@ def agent_argv(agent: str, state: Path) -> list[str]:
     return [sys.executable, str(FLOOR_SERVER), f"virtio-serial:{PORTS['virtio']}"]
 
 
-@pytest.mark.parametrize("agent", ["qemu-ga", "stack floor"])
+@pytest.mark.parametrize(
+    "agent", [pytest.param("qemu-ga", marks=pytest.mark.qemu_ga), "stack floor"]
+)
 def test_first_answer_after_qemu_starts(agent: str, tmp_path: Path) -> None:
     answered = first_answer(agent_argv(agent, tmp_path), tmp_path)
     print(f"\n{agent}: first answer {answered:.1f} s after QEMU started (virtio-serial, TCG)")

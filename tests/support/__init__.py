@@ -27,6 +27,9 @@ VMs and libvirt
   libvirt_host     libvirt's daemons of our own, and throw-away domains
   vm_agent.py, vm_guest.py, vm_qe_guest.py, libvirt-guest: what the guests run;
   libvirt-initramfs: the libvirt domains' initramfs
+
+markers            the ``qemu_ga``, ``vm`` and ``libvirt`` markers, checked where the
+                   helpers above do what they name
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ pytest.register_assert_rewrite("tests.support")
 # The modules with fixtures or hooks, registered by the root conftest.py through this list.
 pytest_plugins = [
     "tests.support.agents",
+    "tests.support.markers",
     "tests.support.scratch",
     "tests.support.reference",
     "tests.support.scratch_user",

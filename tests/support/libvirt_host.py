@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
+from tests.support.markers import require_marker
 from tests.support.vm_modules import CACHE, extra_modules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +75,9 @@ class LibvirtHost:
         self._made_run_dir = False
 
     def start(self) -> None:
+        """libvirtd and virtlogd running, answering ``virsh``; only for tests marked
+        ``libvirt``."""
+        require_marker("libvirt")
         for sub in ("etc", "run", "lib", "log"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         (self.base / "etc" / "libvirtd.conf").write_text(

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.markers import require_marker
 from tests.support.processes import running_agent, stop, wait_for_socket
 
 
 def qemu_ga_binary() -> str:
-    """The path of qemu-ga; fails in CI (which installs it), skips loudly elsewhere."""
+    """The path of qemu-ga; fails in CI (which installs it), skips loudly elsewhere.
+    Only for tests marked ``qemu_ga``."""
+    require_marker("qemu_ga")
     found = shutil.which("qemu-ga") or (
         "/usr/sbin/qemu-ga" if Path("/usr/sbin/qemu-ga").exists() else None
     )

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.markers import require_marker
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN_IN_VM = Path(os.environ.get("RUN_IN_VM", ROOT.parent / "shared" / "vm" / "run-in-vm"))
 PORTS = {"virtio": "/dev/virtio-ports/org.qemu.guest_agent.0", "isa": "/dev/ttyS1"}
@@ -33,7 +35,9 @@ Reply = dict[str, Any]
 
 
 def run_in_vm_script() -> Path:
-    """The run-in-vm script; fails in CI (which has it), skips loudly elsewhere."""
+    """The run-in-vm script; fails in CI (which has it), skips loudly elsewhere. Only
+    for tests marked ``vm``."""
+    require_marker("vm")
     if RUN_IN_VM.is_file():
         return RUN_IN_VM
     message = f"run-in-vm not found at {RUN_IN_VM} (set RUN_IN_VM to its path)"

@@ -5,8 +5,8 @@ starts them.
 :func:`running_agent` serves it on a unix socket for the length of a ``with``,
 :func:`run_agent` runs it to its end (a refusal at start, ``-D``, ``-V``, the
 launcher of ``-d``). Every such agent runs this tree's code (:func:`environment`)
-and, given a work directory, keeps its state and pid file there, never in the
-machine's ``/run``.
+and, given a work directory, keeps its state, pid file and plugin record there,
+never in the machine's ``/run`` or ``/var/cache``.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ def environment(**variables: str) -> dict[str, str]:
 
 
 def agent_command(workdir: Path | None, *options: str) -> list[str]:
-    """trio-qga's command line: with ``workdir``, its state directory and pid file
-    there (``-t``, ``-f``), then ``options``."""
+    """trio-qga's command line: with ``workdir``, its state directory, pid file and
+    plugin record there (``-t``, ``-f``, ``--cache-dir``), then ``options``."""
     if workdir is None:
         return [*AGENT_COMMAND, *options]
-    return [*AGENT_COMMAND, "-t", str(workdir), "-f", str(workdir / "agent.pid"), *options]
+    here = ["-t", str(workdir), "-f", str(workdir / "agent.pid")]
+    return [*AGENT_COMMAND, *here, "--cache-dir", str(workdir / "cache"), *options]
 
 
 def spawn_agent(

@@ -3,7 +3,7 @@
     sudo .venv/bin/python benchmarks/bench_fsfreeze.py [--rounds N] [--pause S]
 
 Needs root: it mounts its own scratch images on loop devices (as the tests
-do, ``tests/scratch.py``) and removes them at the end. Both agents are only
+do, ``tests/support/scratch.py``) and removes them at the end. Both agents are only
 ever asked to freeze those two mountpoints, by name; ours also gets a mount
 table listing only the scratch mounts and the ``TRIO_QGA_FREEZE_ALLOW`` guard.
 Rounds alternate between the agents so that machine noise hits both.

@@ -1,6 +1,6 @@
 """What a guest user can plant in their home against the ssh key commands.
 
-A real scratch user (``tests/scratch_user.py``) whose home is under the test's
+A real scratch user (``tests/support/scratch_user.py``) whose home is under the test's
 temporary directory, and a root-only file standing in for /etc/shadow. The agent
 runs as root on the real system root and finds the user through NSS, as in a
 guest. Each attack must be refused (or made harmless) without the root-only

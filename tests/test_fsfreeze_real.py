@@ -1,5 +1,5 @@
 """fsfreeze for real: FIFREEZE and FITHAW on the suite's scratch ext4 and xfs
-filesystems (``tests/scratch.py``), through an agent served in this process.
+filesystems (``tests/support/scratch.py``), through an agent served in this process.
 
 A frozen filesystem is shown frozen by a write to it that blocks (in a
 thread) until the thaw, after which the data is there.

@@ -1,7 +1,7 @@
 """A hung filesystem never hangs the agent: every request answered in bounded time.
 
 The hung mounts are FUSE filesystems whose operations block until the test
-releases them (``tests/hung_mounts.py``), one plain ``fuse`` and one
+releases them (``tests/support/hung_mounts.py``), one plain ``fuse`` and one
 ``fuseblk`` on a loop device. Agents run as processes inside their mount
 namespace with ``--fs-timeout 1``. Each test proves the answer comes within
 the deadline plus a margin (the machine is loaded: the margin is generous),

@@ -34,7 +34,7 @@ from tests.support.reference import qemu_ga_binary
 from tests.support.vm import run_in_vm_script
 
 # Its domains boot run-in-vm's kernel; one of them runs qemu-ga.
-pytestmark = [pytest.mark.libvirt, pytest.mark.vm, pytest.mark.slow, pytest.mark.qemu_ga]
+pytestmark = [pytest.mark.libvirt, pytest.mark.vm, pytest.mark.qemu_ga]
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = ROOT / "tests" / "support" / "libvirt-guest"

@@ -36,7 +36,7 @@ from tests.support.vm import (
 )
 
 # Its VM runs qemu-ga too: every test here needs it installed.
-pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.qemu_ga]
+pytestmark = [pytest.mark.vm, pytest.mark.qemu_ga]
 
 METHODS = {"virtio": "virtio-serial", "isa": "isa-serial"}
 FILE_DATA = bytes(range(256)) * 16  # 4 KiB, every byte value

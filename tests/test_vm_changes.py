@@ -27,7 +27,7 @@ import pytest
 from tests.support.clients import SocketClient
 from tests.support.vm import BOOT_TIMEOUT, ROOT, run_in_vm_script, vm_agent_command
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow]
+pytestmark = pytest.mark.vm
 
 USER = "qgatest"
 KEY1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIVmOne one@host"

@@ -52,7 +52,7 @@ from tests.support.vm import HostEnd, run_in_vm_script
 from tests.support.vm_modules import extra_modules
 
 # Every check runs against both agents.
-pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.qemu_ga]
+pytestmark = [pytest.mark.vm, pytest.mark.qemu_ga]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA_MODULES = ("virtio_blk", "crc32c_generic", "ext4")

@@ -22,7 +22,7 @@ import trio
 from agent.host.client import QgaClient
 from tests.support.vm import BOOT_TIMEOUT, ROOT, run_in_vm_script, vm_agent_command
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow]
+pytestmark = pytest.mark.vm
 
 LINES = 5
 INTERVAL = 0.5  # seconds between the guest's lines

@@ -2,8 +2,9 @@
 qemu-ga, boots a VM or starts libvirt carries the marker (``pyproject.toml``
 registers them), so that ``-m`` selects what it says. The helpers that do these
 things call :func:`require_marker`; a test that reaches one without its marker
-fails, naming the marker to add. ``slow`` is measured, not checked here
-(``docs/testing.md``)."""
+fails, naming the marker to add. A ``vm`` or ``libvirt`` test is ``slow`` as
+well, so that no VM boots in the fast tier; otherwise ``slow`` is measured, not
+checked here (``docs/testing.md``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from collections.abc import Generator
 import pytest
 
 _running: list[pytest.Item] = []  # the test being run, from its setup to its teardown
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("vm") or item.get_closest_marker("libvirt"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(wrapper=True)

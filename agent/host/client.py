@@ -60,7 +60,8 @@ class ExecResult:
 class Channel(Protocol):
     """How requests reach an agent: a stream of our own, or a host that owns the channel."""
 
-    chunk: int  # bytes per guest-file-read/-write when copying files
+    read_chunk: int  # bytes per guest-file-read when copying files
+    write_chunk: int  # bytes per guest-file-write
 
     async def exchange(self, command: str, request: dict[str, Any], *, reply: bool) -> Any:
         """Send ``request``; the agent's reply (a JSON object), or None when ``reply`` is
@@ -75,7 +76,7 @@ class Channel(Protocol):
 class StreamChannel:
     """The protocol over a byte stream: framing, 0xFF resync, a timeout per exchange."""
 
-    chunk = CHUNK
+    read_chunk = write_chunk = CHUNK
 
     def __init__(self, stream: trio.abc.Stream, timeout: float) -> None:
         self.stream = stream
@@ -287,7 +288,7 @@ class QgaClient:
             done = 0
             while True:
                 reply = await self.execute(
-                    "guest-file-read", {"handle": handle, "count": self.channel.chunk}
+                    "guest-file-read", {"handle": handle, "count": self.channel.read_chunk}
                 )
                 data = pybase64.b64decode(reply["buf-b64"], validate=True)
                 if len(data) != reply["count"]:
@@ -319,7 +320,7 @@ class QgaClient:
         """Write ``data`` to guest file ``path`` (created or truncated)."""
         handle = await self.execute("guest-file-open", {"path": path, "mode": mode})
         try:
-            done, chunk = 0, self.channel.chunk
+            done, chunk = 0, self.channel.write_chunk
             with memoryview(data) as view:
                 while done < len(data):
                     piece = pybase64.b64encode(view[done : done + chunk]).decode("ascii")

@@ -33,7 +33,8 @@ import trio
 
 from agent.host.errors import AgentTimeout, ClientError
 
-CHUNK = 48 * 1024
+READ_CHUNK = 48 * 1024
+WRITE_CHUNK = 48 * 1024
 NO_REPLY_WAIT = 2  # seconds libvirt waits for the reply that a quiet command never sends
 _AGENT_ERROR = re.compile(r"unable to execute QEMU agent command '[^']*': (.*)", re.DOTALL)
 _NOT_FOUND = re.compile(r"The command \S+ has not been found|Command \S+ has been disabled")
@@ -105,7 +106,8 @@ class LibvirtConnection:
 class LibvirtChannel:
     """A :class:`agent.host.client.Channel` through libvirt to one domain's agent."""
 
-    chunk = CHUNK
+    read_chunk = READ_CHUNK
+    write_chunk = WRITE_CHUNK
 
     def __init__(
         self,

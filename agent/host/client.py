@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
@@ -279,12 +279,25 @@ class QgaClient:
         with open(local, "wb") as out:  # noqa: ASYNC230 (small local writes)
             return await self._copy_from(path, out.write, progress)
 
+    @contextlib.asynccontextmanager
+    async def _opened(self, path: str, mode: str) -> AsyncIterator[int]:
+        """A guest file handle, closed at the end. When the copy failed, that error is
+        the one raised, not the close's (through libvirt, a timed-out request can make
+        the next one time out too)."""
+        handle: int = await self.execute("guest-file-open", {"path": path, "mode": mode})
+        try:
+            yield handle
+        except BaseException:
+            with contextlib.suppress(ClientError):
+                await self.execute("guest-file-close", {"handle": handle})
+            raise
+        await self.execute("guest-file-close", {"handle": handle})
+
     async def _copy_from(
         self, path: str, sink: Callable[[bytes], object], progress: Progress | None
     ) -> int:
-        handle = await self.execute("guest-file-open", {"path": path, "mode": "r"})
-        try:
-            total = await self._size(handle)
+        async with self._opened(path, "r") as handle:
+            total = await self._size(handle) if progress else None
             done = 0
             while True:
                 reply = await self.execute(
@@ -299,8 +312,6 @@ class QgaClient:
                     progress(done, total)
                 if reply["eof"] or not data:
                     return done
-        finally:
-            await self.execute("guest-file-close", {"handle": handle})
 
     async def _size(self, handle: int) -> int | None:
         """The file's size, for progress; None where it has none (a FIFO)."""
@@ -318,8 +329,7 @@ class QgaClient:
         self, path: str, data: bytes, progress: Progress | None = None, mode: str = "w"
     ) -> int:
         """Write ``data`` to guest file ``path`` (created or truncated)."""
-        handle = await self.execute("guest-file-open", {"path": path, "mode": mode})
-        try:
+        async with self._opened(path, mode) as handle:
             done, chunk = 0, self.channel.write_chunk
             with memoryview(data) as view:
                 while done < len(data):
@@ -334,8 +344,6 @@ class QgaClient:
                         progress(done, len(data))
             await self.execute("guest-file-flush", {"handle": handle})
             return done
-        finally:
-            await self.execute("guest-file-close", {"handle": handle})
 
     async def put_file(self, local: str, path: str, progress: Progress | None = None) -> int:
         with open(local, "rb") as source:  # noqa: ASYNC230

@@ -116,6 +116,9 @@ def test_domains_before_and_after_the_command_add_up() -> None:
         ([*WHERE, "ping", "--connect", "qemu:///system"], "exclude each other"),
         (["-c", "qemu:///system", "ping"], "--connect needs --domain"),
         ([*WHERE, "-d", "web1", "ping"], "--domain needs --connect"),
+        (["-c", "qemu:///system", "-d", "web*", "cat", "/etc/hostname"], "cat needs one domain"),
+        (["-c", "qemu:///system", "-d", "a", "-d", "b", "run", "true"], "run needs one domain"),
+        (["-c", "qemu:///system", "-d", "web*", "get", "/x", "./x"], "needs {domain} in LOCAL"),
     ],
 )
 def test_where_to_go_is_checked(
@@ -265,6 +268,7 @@ def test_json_run_takes_stdin_and_gives_the_programs_status(agent: Path) -> None
         ),
         (["get", "/nonexistent/file", "/tmp/x"], 2, "GenericError", "failed to open file"),
         (["put", "/nonexistent/local", "/tmp/x"], 1, "LocalError", "No such file or directory"),
+        (["run", "-t", "--", "true"], 1, "LocalError", "run -t is interactive"),
     ],
 )
 def test_json_for_errors(agent: Path, args: list[str], status: int, kind: str, desc: str) -> None:

@@ -171,13 +171,18 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--domain needs --connect")
     if not hasattr(args, "mountpoints"):
         args.mountpoints = []
+    args.fleet = bool(args.connect and (len(args.domain) > 1 or GLOB & set(args.domain[0])))
+    if args.fleet and args.command in ("cat", "run"):
+        parser.error(f"{args.command} needs one domain (cat: use get with {{domain}} in LOCAL)")
+    if args.fleet and args.command == "get" and "{domain}" not in args.local:
+        parser.error("get from several domains needs {domain} in LOCAL")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     try:
-        if args.connect and (len(args.domain) > 1 or GLOB & set(args.domain[0])):
+        if args.fleet:
             return trio.run(_fleet, args)
         return trio.run(_single, args)
     except AgentError as err:
@@ -279,10 +284,6 @@ async def _fleet(args: argparse.Namespace) -> int:
     from agent.host.libvirt_channel import LibvirtConnection  # optional: libvirt-python
 
     started = trio.current_time()
-    if args.command in ("cat", "run"):
-        raise ValueError(f"{args.command} needs one domain (cat: use get with {{domain}} in LOCAL)")
-    if args.command == "get" and "{domain}" not in args.local:
-        raise ValueError("get from several domains needs {domain} in LOCAL")
     try:
         connection = await LibvirtConnection.open(args.connect, args.jobs)
     except ClientError as err:

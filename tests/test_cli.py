@@ -80,6 +80,51 @@ def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
         client.close()
 
 
+SECONDS = "expected seconds, a number > 0"
+COMMAND = "expected a command with its arguments, as a shell splits them"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--fs-timeout", "abc", SECONDS),
+        ("--thaw-timeout", "0", SECONDS),
+        ("--exec-idle-timeout", "nan", SECONDS),
+        ("--command-timeout", "-5", SECONDS),
+        ("--command-timeout", "inf", SECONDS),
+        ("--max-handles", "0", "expected a whole number > 0"),
+        ("--baud-rate", "fast", "expected a whole number > 0"),
+        ("--socket-mode", "rw-rw----", "expected permissions in octal, such as 0660"),
+        ("--socket-mode", "17777", "expected permissions in octal, such as 0660"),
+        ("--poweroff-command", "", COMMAND),
+        ("--hwclock-command", "'/sbin/hwclock", COMMAND),
+    ],
+)
+def test_option_errors_name_the_option_and_what_it_expects(
+    option: str, value: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([option, value])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error == f"trio-qga: error: argument {option}: {expected}, got {value!r}"
+
+
+def test_option_values_that_are_taken() -> None:
+    options = ["--socket-mode", "660", "--max-handles", "3", "--fs-timeout", "0.5"]
+    args = build_parser().parse_args([*options, "--poweroff-command", "busybox poweroff -f"])
+    assert (args.socket_mode, args.max_handles, args.fs_timeout) == (0o660, 3, 0.5)
+    assert args.poweroff_command == ("busybox", "poweroff", "-f")
+
+
+def test_an_option_error_as_the_user_sees_it() -> None:
+    done = subprocess.run(
+        [*AGENT_COMMAND, "--fs-timeout", "abc"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert "--fs-timeout: expected seconds, a number > 0, got 'abc'" in done.stderr
+
+
 def test_refuses_to_replace_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
     target = tmp_path / "precious"
     target.write_text("keep me")

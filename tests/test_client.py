@@ -7,6 +7,7 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -107,6 +108,59 @@ async def test_closed_connection_is_a_client_error() -> None:
     await agent_end.aclose()
     with pytest.raises(ClientError, match="connection to the agent is broken"):
         await QgaClient(client_end, request_timeout=2).resync()
+
+
+class ScriptedChannel:
+    """A :class:`agent.host.client.Channel` that answers from a script and records what
+    was asked; a reply that is an exception is raised."""
+
+    read_chunk = write_chunk = 4
+
+    def __init__(self, replies: dict[str, list[Any]]) -> None:
+        self.replies = replies
+        self.sent: list[str] = []
+
+    async def exchange(self, command: str, request: dict[str, Any], *, reply: bool) -> Any:
+        self.sent.append(command)
+        answer = self.replies[command].pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return {"return": answer}
+
+    async def resync(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_failed_copy_raises_its_own_error_not_the_closes() -> None:
+    """Through libvirt a timed-out write makes the close time out too: the write's error
+    is the one to report."""
+    channel = ScriptedChannel(
+        {
+            "guest-file-open": [1000],
+            "guest-file-write": [AgentTimeout("guest-file-write: no reply within 5 s")],
+            "guest-file-close": [AgentTimeout("guest-file-close: no reply within 5 s")],
+        }
+    )
+    with pytest.raises(AgentTimeout, match="guest-file-write"):
+        await QgaClient(channel).write_file("/tmp/f", b"data")
+    assert channel.sent == ["guest-file-open", "guest-file-write", "guest-file-close"]
+
+
+async def test_a_copy_without_progress_asks_no_size(tmp_path: Path) -> None:
+    """The size (two seeks) only serves progress: without it, a copy is open, reads, close."""
+    reads = [
+        {"count": 4, "buf-b64": "YWJjZA==", "eof": False},
+        {"count": 1, "buf-b64": "ZQ==", "eof": True},
+    ]
+    channel = ScriptedChannel(
+        {"guest-file-open": [1000], "guest-file-read": reads, "guest-file-close": [{}]}
+    )
+    assert await QgaClient(channel).get_file("/g", str(tmp_path / "copy")) == 5
+    assert (tmp_path / "copy").read_bytes() == b"abcde"
+    assert channel.sent == ["guest-file-open", *["guest-file-read"] * 2, "guest-file-close"]
 
 
 # ----------------------------------------------------- the CLI, as a process --

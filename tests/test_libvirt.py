@@ -408,7 +408,7 @@ async def test_client_over_libvirt(guests: dict[str, Guest], tmp_path: Path) -> 
     async with client:
         await client.ping()
         assert (await client.info()).version == "0.1.0"
-        piece = client.channel.chunk
+        piece = client.channel.write_chunk
         content = os.urandom(3 * piece + 3)  # four of the transport's pieces
         seen: list[int] = []
         assert await client.write_file("/run/big", content, lambda d, t: seen.append(d)) == len(
@@ -436,8 +436,9 @@ async def test_client_over_libvirt(guests: dict[str, Guest], tmp_path: Path) -> 
 
     names = {agent: g.domain.name for agent, g in guests.items()}
     each = ["--connect", guest.host.uri, "--domain", f"qga-test-*-{os.getpid()}"]
-    info = await trio.run_process([*CLIENT, *each, "--json", "info"], capture_stdout=True)
-    versions = {r["domain"]: r["result"]["version"] for r in json.loads(info.stdout)["results"]}
+    info = await trio.run_process([*CLIENT, *each, "info", "--json"], capture_stdout=True)
+    *results, _ = (json.loads(line) for line in info.stdout.splitlines())
+    versions = {r["target"]: r["return"]["version"] for r in results}
     assert versions == {names["qemu-ga"]: "7.2.22", names["trio-qga"]: "0.1.0"}
 
     frozen_check = " && ".join(
@@ -449,9 +450,10 @@ async def test_client_over_libvirt(guests: dict[str, Guest], tmp_path: Path) -> 
         [*CLIENT, *each, "--json", "fsfreeze", "freeze-thaw", "--run", frozen_check],
         capture_stdout=True,
     )
-    report = json.loads(cycle.stdout)
-    assert (report["all_frozen"], report["command_status"], report["failed"]) == (True, 0, 0)
-    assert {r["thawed"] for r in report["results"]} == {1}
+    *frozen, summary = (json.loads(line) for line in cycle.stdout.splitlines())
+    report = summary["summary"]
+    assert (report["all_frozen"], report["command"]["status"], report["failed"]) == (True, 0, 0)
+    assert {r["return"]["thawed"] for r in frozen} == {1}
 
     one_missing = ["--domain", names["trio-qga"], "--domain", "qga-test-no-such-domain"]
     ping = await trio.run_process(

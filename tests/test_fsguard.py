@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from agent.system.fsguard import FsGuard, FsTimeout
 
@@ -85,6 +87,33 @@ async def test_stuck_threads_are_bounded() -> None:
             await guard.call("/c", lambda: 1)
         # trio's own thread limiter is untouched by the stuck ones.
         assert await trio.to_thread.run_sync(lambda: 4) == 4
+    finally:
+        gate.set()
+
+
+async def test_a_call_that_never_got_a_thread_is_neither_stuck_nor_a_hung_mount() -> None:
+    """When every thread of the guard is busy, a call that waits past its deadline
+    for one fails without starting: its mount was never asked."""
+    guard = FsGuard(DEADLINE, max_stuck=1)  # two threads
+    gate = threading.Event()
+    ran: list[str] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            for mount in ("/a", "/b"):  # waited for, well within their own deadline
+                nursery.start_soon(partial(guard.call, mount, partial(blocker, gate), limit=10))
+            await wait_all_tasks_blocked()  # both hold their thread
+            with trio.fail_after(5), pytest.raises(FsTimeout) as caught:
+                await guard.call("/c", lambda: ran.append("/c"))
+            assert caught.value.fast
+            assert str(caught.value) == (
+                "no thread for filesystem calls was free within 0.2 s (2 busy); try later"
+            )
+            assert "/c" not in guard.hung
+            assert guard.stuck == 0
+            gate.set()
+        assert await guard.call("/c", lambda: 3) == 3
+        assert ran == []  # the abandoned call never started, even once a thread was free
+        assert guard.stuck == 0
     finally:
         gate.set()
 

@@ -80,6 +80,10 @@ class HungMounts:
             log.warning("%s answers again", mount)
 
 
+class _NeverStarted(Exception):
+    """Raised in a thread that took an abandoned call: nobody waits for it."""
+
+
 class _Call(Generic[_T]):
     """One call in a worker thread, and what happens to its result when nobody waits."""
 
@@ -87,6 +91,7 @@ class _Call(Generic[_T]):
         self._function = function
         self._discard = discard
         self._lock = threading.Lock()
+        self._started = False
         self._done = False
         self._has_result = False
         self._result: _T | None = None
@@ -94,7 +99,12 @@ class _Call(Generic[_T]):
         self._on_late_end: Callable[[], None] = lambda: None
 
     def run(self) -> _T:
-        """In the worker thread."""
+        """In the worker thread. A call abandoned before a thread took it (it
+        waited for a free thread past its deadline) never starts."""
+        with self._lock:
+            if self._abandoned:
+                raise _NeverStarted
+            self._started = True
         try:
             result = self._function()
         except BaseException:
@@ -113,16 +123,21 @@ class _Call(Generic[_T]):
             self._on_late_end()
 
     @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
     def ended(self) -> bool:
         return self._done
 
     def abandon(self, on_late_end: Callable[[], None]) -> bool:
-        """In trio: nobody will take the result. True if the thread is still running
-        (``on_late_end`` then runs in it when it ends)."""
+        """In trio: nobody will take the result. True if the call is running in its
+        thread (``on_late_end`` then runs there when it ends); a call not yet
+        started never will."""
         with self._lock:
             self._abandoned = True
             self._on_late_end = on_late_end
-            running = not self._done
+            running = self._started and not self._done
         if not running:  # it ended, but the cancellation came first: its result is ours
             self._drop_result()
         return running
@@ -211,6 +226,13 @@ class FsGuard:
                 if call.ended and mount is not None:
                     self.hung.clear(mount)
             return result
+        if not call.started:  # the mount was never asked: nothing learnt about it
+            raise FsTimeout(
+                mount,
+                timeout,
+                f"no thread for filesystem calls was free within {timeout:g} s"
+                f" ({self._limiter.borrowed_tokens} busy); try later",
+            )
         if mount is not None:
             self.hung.mark(mount)
         log.warning(

@@ -105,6 +105,7 @@ async def wait_for_exit(pid: int) -> ExitStatus:
             trio.lowlevel.notify_closing(pidfd)
             os.close(pidfd)
         return _exit_status(pid, os.WNOHANG)
+    # A plain worker thread: waitid() waits for a child, not for a filesystem.
     return await trio.to_thread.run_sync(_exit_status, pid, 0, abandon_on_cancel=True)
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import GenericError, os_error_text
-from agent.system.ownfiles import read_own_file, replace_own_file
+from agent.system.ownfiles import read_own_file
+from agent.system.userfiles import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class HandleCounter:
     def _save(self, next_handle: int) -> None:
         """Replace the state file atomically: a crash leaves the old or the new one."""
         try:
-            replace_own_file(self.path, f"[global]\nfd_counter={next_handle}\n")
+            replace_file(self.path, b"[global]\nfd_counter=%d\n" % next_handle, durable=False)
         except OSError as err:
             raise self._failure(err) from err
 

@@ -202,7 +202,9 @@ class KeysFile:
         data = "".join(line + "\n" for line in lines).encode(errors="surrogateescape")
         uid, gid = self.account.uid, self.account.gid
         try:
-            userfiles.replace_file(dir_fd, AUTHORIZED_KEYS, data, 0o600, uid, gid)
+            userfiles.replace_file(
+                AUTHORIZED_KEYS, data, dir_fd=dir_fd, mode=0o600, owner=(uid, gid), durable=True
+            )
         except OSError as err:
             raise GenericError(f"failed to write to '{self.shown}': {os_error_text(err)}") from err
 

@@ -30,7 +30,7 @@ from agent.core.plugins import installed_entry_points, load_plugins
 from agent.core.policy import CommandPolicy
 from agent.core.registry import HandlerSet, Registry
 from agent.core.session import ReleaseMemory, serve_session
-from agent.core.store import HandleStore
+from agent.core.store import SessionStore
 from agent.models.schema import SchemaDefs, load_builtin
 from agent.system.executor import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
 from agent.system.fsfreeze.freezer import Freezer
@@ -125,7 +125,7 @@ class Agent:
         )
         policy = CommandPolicy.from_lists(self.config.blocked_rpcs, self.config.allowed_rpcs)
         policy.check(registry)  # an allowed command whose gate is blocked: PolicyError
-        store = HandleStore(self.config.statedir, self.config.max_handles)
+        store = SessionStore(self.config.statedir, self.config.max_handles)
         self.context = AgentContext(
             self.config,
             registry,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from agent.core.config import AgentConfig
 from agent.core.policy import CommandPolicy
 from agent.core.registry import Registry
-from agent.core.store import HandleStore
+from agent.core.store import SessionStore
 from agent.core.tasks import BackgroundTasks
 from agent.system.executor import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
 from agent.system.fsfreeze.freezer import Freezer
@@ -35,7 +35,7 @@ class AgentContext:
     config: AgentConfig
     registry: Registry
     policy: CommandPolicy
-    store: HandleStore
+    store: SessionStore
     state: AgentState
     executor: Executor = field(default_factory=ProcessExecutor)  # runs system commands
     root: SystemRoot = field(default_factory=SystemRoot)  # where system files are

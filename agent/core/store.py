@@ -149,8 +149,10 @@ class HandleCounter:
         )
 
 
-class HandleStore:
-    """Open files by handle, with a limit on how many may be open at once."""
+class SessionStore:
+    """The session store: the one store of open file handles that every session
+    of the agent shares (``ctx.store``), with a limit on how many may be open at
+    once. A host that reconnects finds its handles here."""
 
     def __init__(self, statedir: str, max_handles: int = DEFAULT_MAX_HANDLES) -> None:
         self._counter = HandleCounter(statedir)  # read at start, to report a damaged file

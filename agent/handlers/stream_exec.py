@@ -1,5 +1,5 @@
 """The streaming exec extension: start a program, read its output while it runs,
-write its stdin, resize its terminal, signal it (``agent/streaming.py``).
+write its stdin, resize its terminal, signal it (``agent.system.streaming``).
 
 The names carry QAPI's downstream prefix (see the schema), so that no future
 QEMU command can take them. guest-exec and guest-exec-status are untouched.
@@ -61,7 +61,7 @@ async def exec_start(
         child = await _start_on_terminal(argv, environ, cwd, size)
     ctx.processes.add(child)
     timeout = ctx.config.exec_idle_timeout
-    ctx.tasks.start_soon(child.run, timeout, ctx.processes.remove, name=f"exec {child.pid}")
+    ctx.tasks.start_soon(child.supervise, timeout, ctx.processes.remove, name=f"exec {child.pid}")
     return {"pid": child.pid}
 
 
@@ -113,7 +113,7 @@ async def exec_read(
     }
     if child.finished:
         ctx.processes.remove(pid)
-        child.collect()
+        child.reap()
         assert child.status is not None
         if child.status.exitcode is not None:
             reply["exitcode"] = child.status.exitcode

@@ -142,7 +142,8 @@ class ExecProcess:
         self.finished_event = trio.Event()
 
     async def supervise(self, input_data: bytes | None) -> None:
-        """Feed the child, drain its output, note its exit. Runs in the background."""
+        """Feed the child, drain its output, note its exit. Runs in the background
+        until the child is finished; :meth:`reap` then frees its pid."""
         try:
             async with trio.open_nursery() as feeding:
                 if self.process.stdin is not None:
@@ -190,7 +191,7 @@ class ExecProcess:
             os.killpg(self.pid, signal.SIGKILL)
 
     def reap(self) -> None:
-        """Collect the exited child, freeing its pid."""
+        """The host was told of the exit: collect the exited child, freeing its pid."""
         self.process.poll()
 
 

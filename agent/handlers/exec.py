@@ -42,7 +42,9 @@ def capture_mode(capture_output: bool | str | None) -> str:
 
 
 def environment(env: Sequence[str] | None) -> dict[str, str] | None:
-    """qemu-ga's ``env`` list (``NAME=VALUE``) replaces the agent's environment."""
+    """An ``env`` list (``NAME=VALUE``) as a mapping. guest-exec gives it to the
+    child as its whole environment, as qemu-ga does (glib's spawn takes it as
+    envp); the streaming exec adds it to the agent's (docs/exec.md)."""
     if env is None:
         return None
     result: dict[str, str] = {}

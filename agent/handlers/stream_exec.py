@@ -38,6 +38,9 @@ async def exec_start(
     cwd: str | None,
     terminal: Struct | None,
 ) -> dict[str, object]:
+    # Added to the agent's environment, where guest-exec's replaces it (qemu-ga's
+    # contract): a program that is run as from a shell, as `ssh host cmd` runs
+    # it, needs PATH, HOME and the rest; the host cannot know the guest's values.
     added = environment(env)
     environ = None if added is None else {**os.environ, **added}
     ctx.processes.check_room()

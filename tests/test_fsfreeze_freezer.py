@@ -184,11 +184,11 @@ async def test_the_agent_thaws_when_it_stops(
     agent = agent_factory(freezer=fake_freezer(tmp_path, table, ioctls))
     with trio.CancelScope() as scope:
         async with agent:
-            assert await agent.context.state.freezer.freeze() == 3
+            assert await agent.context.freezer.freeze() == 3
             scope.cancel()  # as SIGTERM does to the CLI's nursery
             await trio.sleep_forever()
     assert ioctls.frozen == set()
-    assert not agent.context.state.frozen
+    assert not agent.context.freezer.frozen
 
 
 @pytest.fixture

@@ -17,18 +17,6 @@ from agent.system.sysinfo.fstrim import Trim, fitrim
 
 
 @dataclass
-class AgentState:
-    """State shared by every session of one agent."""
-
-    freezer: Freezer
-
-    @property
-    def frozen(self) -> bool:
-        """Guest filesystems are (being) frozen: most commands are refused."""
-        return self.freezer.frozen
-
-
-@dataclass
 class AgentContext:
     """Passed to every handler as its first argument."""
 
@@ -36,7 +24,7 @@ class AgentContext:
     registry: Registry
     policy: CommandPolicy
     store: SessionStore
-    state: AgentState
+    freezer: Freezer  # ``frozen``: guest filesystems are (being) frozen, most commands refused
     executor: Executor = field(default_factory=ProcessExecutor)  # runs system commands
     root: SystemRoot = field(default_factory=SystemRoot)  # where system files are
     clock: Clock = field(default_factory=SystemClock)  # sets the system time

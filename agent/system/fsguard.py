@@ -26,8 +26,10 @@ takes a thread of the same bound as any other call.
 
 What does not come here: reads of /proc and /sys, which the kernel answers
 from memory; the system's own files on the root filesystem (os-release,
-``/sbin``), which the agent runs from (if that hangs, the agent does); and
-the small transfers of local files by guest-file-* (see
+``/sbin``), which the agent runs from (if that hangs, the agent does); the
+agent's own small files in its state directory (the handle counter saved at
+each guest-file-open, the frozen marker; ``/var/run`` by default, a tmpfs);
+and the small transfers of local files by guest-file-* (see
 ``agent.handlers.files``), which cost less inline than a thread. A plain
 ``trio.to_thread`` elsewhere says in a comment why it cannot hang on a
 filesystem.

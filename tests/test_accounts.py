@@ -154,6 +154,30 @@ async def test_add_creates_ssh_dir_and_file_with_the_right_modes(
     assert sorted(os.listdir(path.parent)) == ["authorized_keys"]  # no temporary left
 
 
+async def test_the_keys_file_is_on_disk_when_the_command_answers(
+    agent_factory: AgentFactory, root: SystemRoot, alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new file is synced before it takes the old one's place, and ``~/.ssh``
+    after: a guest crash after the reply cannot lose the keys nor leave an
+    empty file."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    reply = await call(
+        agent_factory, root, "guest-ssh-add-authorized-keys", username="alice", keys=[KEY1]
+    )
+    assert reply == {"return": {}}
+    ssh_dir = keys_file(root, alice).parent
+    [new_file, directory] = synced
+    assert new_file.startswith(f"{ssh_dir}/.authorized_keys.")
+    assert directory == str(ssh_dir)
+
+
 async def test_add_appends_without_duplicates_and_keeps_other_lines(
     agent_factory: AgentFactory, root: SystemRoot, alice: User
 ) -> None:

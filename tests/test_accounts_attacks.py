@@ -16,6 +16,7 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -271,9 +272,9 @@ async def test_a_swap_between_read_and_replace_only_replaces_the_plant(
     )
     real_replace = userfiles.replace_file
 
-    def swap_then_replace(*args: object) -> None:
+    def swap_then_replace(*args: Any, **kwargs: Any) -> None:
         swap()
-        real_replace(*args)  # type: ignore[arg-type]
+        real_replace(*args, **kwargs)
 
     monkeypatch.setattr(userfiles, "replace_file", swap_then_replace)
     before = root_only.snapshot()

@@ -122,6 +122,23 @@ async def test_env_replaces_the_environment(agent_client: StreamClient) -> None:
     assert lines == {"A=b=c", "PATH=/usr/bin:/bin"}
 
 
+@pytest.mark.qemu_ga
+@pytest.mark.parametrize("env", [["A=b=c", "PATH=/usr/bin:/bin", "EMPTY="], []])
+async def test_env_replaces_the_environment_as_qemu_gas_does(
+    agent_client: StreamClient, qemu_ga_socket: Path, env: list[str]
+) -> None:
+    """qemu-ga hands ``env`` to glib's spawn as the child's envp: the whole
+    environment, the agent's own not inherited (docs/exec.md)."""
+
+    async def child_environment(client: StreamClient) -> set[str]:
+        status = await run(client, "/usr/bin/env", env=env, **{"capture-output": True})
+        return set(base64.b64decode(status.get("out-data", "")).decode().splitlines())
+
+    async with await trio.open_unix_socket(str(qemu_ga_socket)) as stream:
+        theirs = await child_environment(StreamClient(stream))
+    assert await child_environment(agent_client) == theirs == set(env)
+
+
 async def test_output_is_capped_and_the_rest_drained(
     agent_client: StreamClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

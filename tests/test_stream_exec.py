@@ -170,6 +170,28 @@ async def test_env_and_cwd(qga_client: QgaClient, tmp_path: Path) -> None:
     assert (result.stdout, result.exitcode) == (f"hello {tmp_path}\n".encode(), 0)
 
 
+async def test_env_is_added_to_the_agents_environment(
+    qga_client: QgaClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlike guest-exec's ``env``, which replaces the environment as qemu-ga's
+    does (tests/test_exec.py): see docs/exec.md."""
+    monkeypatch.setenv("TRIO_QGA_INHERITED", "kept")  # the agent runs in this process
+    monkeypatch.setenv("TRIO_QGA_REPLACED", "old")
+    start = {"path": "/usr/bin/env", "env": ["TRIO_QGA_REPLACED=new", "TRIO_QGA_ADDED=1"]}
+    pid = (await qga_client.execute(PREFIX + "exec-start", start))["pid"]
+    out = b""
+    with trio.fail_after(20):
+        while True:
+            arguments = {"pid": pid, "out-offset": len(out), "wait": 10}
+            reply = await qga_client.execute(PREFIX + "exec-read", arguments)
+            out += base64.b64decode(reply["out-data"])
+            if reply["exited"]:
+                break
+    lines = set(out.decode().splitlines())
+    assert {"TRIO_QGA_INHERITED=kept", "TRIO_QGA_REPLACED=new", "TRIO_QGA_ADDED=1"} <= lines
+    assert "TRIO_QGA_REPLACED=old" not in lines
+
+
 async def test_a_missing_directory_or_program_is_a_clear_error(
     qga_client: QgaClient, tmp_path: Path
 ) -> None:

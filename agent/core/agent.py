@@ -23,14 +23,14 @@ from collections.abc import Iterable
 import trio
 
 from agent.core.config import AgentConfig
-from agent.core.context import AgentContext, AgentState
+from agent.core.context import AgentContext
 from agent.core.dispatch import Dispatcher
 from agent.core.plugin_record import recorded_entry_points
 from agent.core.plugins import installed_entry_points, load_plugins
 from agent.core.policy import CommandPolicy
 from agent.core.registry import HandlerSet, Registry
 from agent.core.session import ReleaseMemory, serve_session
-from agent.core.store import HandleStore
+from agent.core.store import SessionStore
 from agent.models.schema import SchemaDefs, load_builtin
 from agent.system.executor import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
 from agent.system.fsfreeze.freezer import Freezer
@@ -125,13 +125,13 @@ class Agent:
         )
         policy = CommandPolicy.from_lists(self.config.blocked_rpcs, self.config.allowed_rpcs)
         policy.check(registry)  # an allowed command whose gate is blocked: PolicyError
-        store = HandleStore(self.config.statedir, self.config.max_handles)
+        store = SessionStore(self.config.statedir, self.config.max_handles)
         self.context = AgentContext(
             self.config,
             registry,
             policy,
             store,
-            AgentState(freezer),
+            freezer,
             executor=executor or ProcessExecutor(),
             root=root or SystemRoot(),
             clock=clock or SystemClock(),
@@ -153,7 +153,7 @@ class Agent:
             await stack.enter_async_context(self.context.tasks.open())  # guest-exec children
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
-            await nursery.start(self.context.state.freezer.run)
+            await nursery.start(self.context.freezer.run)
             self._background = stack.pop_all()
         return self
 
@@ -169,7 +169,7 @@ class Agent:
         Called when the agent stops, SIGTERM included: nothing is left half done,
         and no filesystem is left frozen (the thaw is shielded from cancellation).
         """
-        await self.context.state.freezer.aclose()
+        await self.context.freezer.aclose()
         try:  # a close flushes, which waits on a hung NFS or FUSE server
             await self.context.fs.call(
                 None,

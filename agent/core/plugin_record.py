@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.plugins import PluginEntry, installed_entry_points
-from agent.system.ownfiles import read_own_file, replace_own_file
+from agent.system.ownfiles import read_own_file
+from agent.system.userfiles import replace_file
 
 RECORD_NAME = "plugins.json"
 RECORD_VERSION = 1
@@ -111,7 +112,7 @@ def write_record(path: Path, fingerprint: list[Any], entries: list[PluginEntry])
         ],
     }
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    replace_own_file(path, json.dumps(record))
+    replace_file(path, json.dumps(record).encode(), durable=False)
 
 
 def _path_entry(path: str) -> list[Any]:

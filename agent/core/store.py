@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import GenericError, os_error_text
-from agent.system.ownfiles import read_own_file, replace_own_file
+from agent.system.ownfiles import read_own_file
+from agent.system.userfiles import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class HandleCounter:
     def _save(self, next_handle: int) -> None:
         """Replace the state file atomically: a crash leaves the old or the new one."""
         try:
-            replace_own_file(self.path, f"[global]\nfd_counter={next_handle}\n")
+            replace_file(self.path, b"[global]\nfd_counter=%d\n" % next_handle, durable=False)
         except OSError as err:
             raise self._failure(err) from err
 
@@ -148,8 +149,10 @@ class HandleCounter:
         )
 
 
-class HandleStore:
-    """Open files by handle, with a limit on how many may be open at once."""
+class SessionStore:
+    """The session store: the one store of open file handles that every session
+    of the agent shares (``ctx.store``), with a limit on how many may be open at
+    once. A host that reconnects finds its handles here."""
 
     def __init__(self, statedir: str, max_handles: int = DEFAULT_MAX_HANDLES) -> None:
         self._counter = HandleCounter(statedir)  # read at start, to report a damaged file

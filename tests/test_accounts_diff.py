@@ -24,10 +24,13 @@ from typing import Any
 
 import pytest
 
-from tests.qga_client import SocketClient, running_agent
-from tests.reference import running_qemu_ga
-from tests.scratch_user import RootOnly, ScratchUser, files_holding
-from tests.test_accounts import KEY1, KEY2, VIRSH_KEYS
+from tests.support.clients import SocketClient
+from tests.support.guest_data import KEY1, KEY2, VIRSH_KEYS
+from tests.support.processes import running_agent
+from tests.support.reference import running_qemu_ga
+from tests.support.scratch_user import RootOnly, ScratchUser, files_holding
+
+pytestmark = [pytest.mark.slow, pytest.mark.qemu_ga]
 
 LEASH = 3.0  # seconds qemu-ga gets where it is expected to hang
 

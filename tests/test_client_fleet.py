@@ -16,14 +16,14 @@ import trio
 from agent.host.cli import match_domains
 from agent.host.client import QgaClient
 from agent.host.errors import AgentError, AgentTimeout, ClientError
-from agent.host.fleet import Freezable, TargetResult, freeze_all, run_all
+from agent.host.fleet import ErrorInfo, Freezable, TargetResult, freeze_all, run_all
 from agent.host.libvirt_channel import (
     NO_REPLY_WAIT,
     LibvirtChannel,
     LibvirtConnection,
     _error_reply,
 )
-from agent.host.output import show_results
+from agent.host.output import show_table, summary_of, write_json
 
 
 async def test_run_all_keeps_order_limits_concurrency_and_times_out_each(
@@ -48,9 +48,9 @@ async def test_run_all_keeps_order_limits_concurrency_and_times_out_each(
     assert [r.target for r in results] == names
     assert [(r.ok, r.value, r.error) for r in results] == [
         (True, "A", None),
-        (False, None, "no result within 10 s"),
+        (False, None, ErrorInfo("Timeout", "no result within 10 s")),
         (True, "B", None),
-        (False, None, "the agent closed the connection"),
+        (False, None, ErrorInfo("ClientError", "the agent closed the connection")),
         (True, "C", None),
     ]
     assert peak == 2
@@ -105,7 +105,7 @@ async def test_freeze_all_runs_the_command_while_all_are_frozen() -> None:
     assert seen == [True, True, True]
     assert outcome.all_frozen
     assert outcome.command_status == 0
-    assert [(r.ok, r.detail) for r in outcome.results] == [(True, {"frozen": 2, "thawed": 2})] * 3
+    assert [(r.ok, r.value) for r in outcome.results] == [(True, {"frozen": 2, "thawed": 2})] * 3
     assert all(not g.frozen and g.thaws == 1 and not g.connected for g in guests.values())
 
 
@@ -123,7 +123,8 @@ async def test_a_refused_freeze_thaws_the_others_and_skips_the_command() -> None
     assert not outcome.all_frozen
     assert outcome.command_status is None
     bad = outcome.results[1]
-    assert (bad.ok, bad.error) == (False, "freeze: GenericError: failed to freeze /")
+    assert (bad.ok, bad.value) == (False, None)
+    assert bad.error == ErrorInfo("GenericError", "freeze: failed to freeze /", from_agent=True)
     assert guests["bad"].thaws == 0  # the agent thawed what it froze
     assert (guests["a"].thaws, guests["c"].thaws) == (1, 1)
     assert not any(g.frozen for g in guests.values())
@@ -135,7 +136,7 @@ async def test_the_deadline_thaws_every_guest_a_freeze_reached(
     guests = {"a": FakeGuest(), "slow": FakeGuest(freeze_delay=50)}
     outcome = await freeze_all(list(guests), fleet(**guests), limit=2, each=100, deadline=10)
     assert not outcome.all_frozen
-    assert outcome.results[1].error == "freeze: the deadline passed"
+    assert outcome.results[1].error == ErrorInfo("Timeout", "freeze: the deadline passed")
     assert (guests["a"].thaws, guests["slow"].thaws) == (1, 1)  # its freeze may have landed
 
 
@@ -227,29 +228,53 @@ def test_libvirt_transport_errors() -> None:
         _error_reply("guest-ping", FakeLibvirtError(42, "Domain not found"), FAKE_LIBVIRT, True)
 
 
-def test_results_as_lines_and_summary_or_as_json() -> None:
+def test_results_as_a_table_with_a_summary() -> None:
     results = [
         TargetResult("web1", True, {"version": "0.1.0", "supported_commands": [{}, {}]}),
-        TargetResult("web2", False, error="no result within 600 s", seconds=600),
+        TargetResult("web2", False, error=ErrorInfo("Timeout", "no result within 600 s")),
     ]
     text = io.StringIO()
-    show_results(results, text, as_json=False, extra={"all_frozen": False})
+    show_table(results, text, extra={"all frozen": False})
     lines = [line.split() for line in text.getvalue().splitlines()]
     assert lines[1][:2] == ["web1", "ok"]
     assert "version 0.1.0, 2 commands" in text.getvalue()
     assert lines[2][:2] == ["web2", "FAILED"]
-    assert text.getvalue().splitlines()[-2:] == ["all_frozen: False", "2 domains: 1 ok, 1 failed"]
-    document = io.StringIO()
-    show_results(results, document, as_json=True, extra={"all_frozen": False})
-    parsed = json.loads(document.getvalue())
-    assert (parsed["ok"], parsed["failed"], parsed["all_frozen"]) == (1, 1, False)
-    assert parsed["results"][1] == {
-        "domain": "web2",
-        "ok": False,
-        "result": None,
-        "error": "no result within 600 s",
-        "seconds": 600,
-    }
+    assert "Timeout: no result within 600 s" in text.getvalue()
+    assert text.getvalue().splitlines()[-2:] == ["all frozen: False", "2 domains: 1 ok, 1 failed"]
+
+
+def test_results_as_json_lines_with_a_summary_line() -> None:
+    results = [
+        TargetResult("web1", True, {}, seconds=0.01234),
+        TargetResult(
+            "web2",
+            False,
+            {"frozen": 1},
+            ErrorInfo("GenericError", "thaw: failed", from_agent=True),
+            600,
+        ),
+    ]
+    out = io.StringIO()
+    write_json(results, out, summary_of(results, 600.5))
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [
+        {"target": "web1", "ok": True, "return": {}, "error": None, "seconds": 0.012},
+        {
+            "target": "web2",
+            "ok": False,
+            "return": {"frozen": 1},
+            "error": {"class": "GenericError", "desc": "thaw: failed"},
+            "seconds": 600,
+        },
+        {
+            "summary": {
+                "targets": 2,
+                "ok": 1,
+                "failed": 1,
+                "seconds": 600.5,
+                "error": None,
+            }
+        },
+    ]
 
 
 async def test_a_command_without_reply_goes_after_a_ping(monkeypatch: pytest.MonkeyPatch) -> None:

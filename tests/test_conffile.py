@@ -11,8 +11,11 @@ import pytest
 from agent.core.config import AgentConfig
 from agent.daemon.cli import main
 from agent.daemon.conffile import ConfigFileError, config_file, dump, load
-from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent
-from tests.reference import qemu_ga_binary
+from tests.support.clients import SocketClient
+from tests.support.processes import run_agent, running_agent
+from tests.support.reference import qemu_ga_binary
+
+pytestmark = pytest.mark.slow
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -159,9 +162,8 @@ def test_dump_of_the_commands_defaults_is_qemu_ga_s() -> None:
 
 
 def dump_conf(*args: str, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        [*AGENT_COMMAND, *args, "-D"], capture_output=True, text=True, env=env, check=True
-    )
+    result = run_agent(None, *args, "-D", env=env)
+    assert result.returncode == 0, result.stderr
     return result.stdout
 
 

@@ -1,4 +1,4 @@
-"""The check that keeps the suite off the agent's default paths (``tests/default_paths.py``)
+"""The check that keeps the suite off the agent's default paths (``tests/support/default_paths.py``)
 sees every kind of change to them, and fails the test that makes it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.core.config import DEFAULT_CACHE_DIR, DEFAULT_PIDFILE, DEFAULT_STATEDIR
-from tests.default_paths import DefaultPaths
+from tests.support.default_paths import DefaultPaths
 
 pytest_plugins = ["pytester"]
 
@@ -69,14 +69,12 @@ def test_changing_or_removing_what_is_there_is_seen(paths: DefaultPaths) -> None
     ]
 
 
-def test_a_test_that_writes_there_fails(
-    pytester: pytest.Pytester, paths: DefaultPaths, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_test_that_writes_there_fails(pytester: pytest.Pytester, paths: DefaultPaths) -> None:
     pytester.makeconftest(
         f"""
         import pytest
         from pathlib import Path
-        from tests.default_paths import DefaultPaths
+        from tests.support.default_paths import DefaultPaths
 
         @pytest.fixture(scope="session")
         def default_paths():
@@ -95,8 +93,7 @@ def test_a_test_that_writes_there_fails(
             Path({str(paths.cache_dir)!r}).mkdir()
         """
     )
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))  # tests.*
-    result = pytester.runpytest_subprocess("-p", "tests.default_paths", "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-p", "tests.support.default_paths")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(
         [

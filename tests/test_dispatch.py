@@ -15,7 +15,7 @@ from agent.core.registry import HandlerSet
 from agent.models.schema import parse
 from agent.wire.encoder import INLINE_PAYLOAD, NO_ID, ErrorReply, ReturnReply, encode_reply
 from agent.wire.payload import Base64Payload
-from tests.agents import AgentFactory
+from tests.support.agents import AgentFactory
 
 SCHEMA = """
 { 'struct': 'Data', 'data': { 'buf-b64': 'str', 'count': 'int' } }

@@ -15,6 +15,8 @@ from agent import Agent, AgentConfig, serve_stream
 from agent.core.agent import NotStarted
 from agent.host.client import QgaClient
 
+pytestmark = pytest.mark.slow
+
 pytest_plugins = ["pytester"]
 
 

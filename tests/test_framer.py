@@ -17,7 +17,9 @@ import agent.wire.scanner as scanner_module
 from agent.core.config import MAX_DEPTH, MAX_MESSAGE_SIZE
 from agent.wire.encoder import NO_ID, encode_error, encode_return
 from agent.wire.framer import Event, Flush, Framer, Message, ParseError
-from tests.qga_client import strict_json
+from tests.support.clients import strict_json
+
+pytestmark = pytest.mark.slow
 
 PING = {"execute": "guest-ping"}
 

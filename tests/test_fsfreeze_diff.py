@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from tests.qga_client import Reply, SocketClient, running_agent
-from tests.reference import running_qemu_ga
-from tests.scratch import BlockedWrite, Scratch, processes_mentioning
+from tests.support.clients import Reply, SocketClient
+from tests.support.processes import running_agent
+from tests.support.reference import running_qemu_ga
+from tests.support.scratch import BlockedWrite, Scratch, processes_mentioning
 
-pytestmark = pytest.mark.qemu_ga
+pytestmark = [pytest.mark.slow, pytest.mark.qemu_ga]
 
 SAFE_COMMANDS = {"guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-fsfreeze-freeze-list"}
 

@@ -17,7 +17,7 @@ from agent.system.fsfreeze.state import (
     FreezeState,
 )
 from agent.system.fsguard import FsGuard
-from tests.fsfreeze_fakes import (
+from tests.support.fsfreeze_fakes import (
     FAKE,
     FAKE_FREEZE_ORDER,
     FakeIoctls,

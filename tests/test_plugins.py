@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import textwrap
 from importlib import metadata
 from pathlib import Path
@@ -21,8 +20,11 @@ from agent.core.plugins import (
 from agent.core.policy import NOT_ALLOWED, CommandPolicy
 from agent.core.registry import HandlerSet, Registry
 from agent.models.schema import load_builtin
-from tests.agents import AgentFactory, served
-from tests.qga_client import AGENT_COMMAND, SocketClient, own_cache, running_agent
+from tests.support.agents import AgentFactory, served
+from tests.support.clients import SocketClient
+from tests.support.processes import run_agent, running_agent
+
+pytestmark = pytest.mark.slow
 
 # -------------------------------------------------- plugins for the tests --
 hello_handlers = HandlerSet()
@@ -237,47 +239,23 @@ def test_a_broken_installed_plugin_leaves_the_agent_serving(tmp_path: Path) -> N
         f"[{ENTRY_POINT_GROUP}]\nbroken = broken_plugin:plugin\n"
     )
     (site / "broken_plugin.py").write_text(textwrap.dedent("raise RuntimeError('boom')\n"))
-    env = {**os.environ, "PYTHONPATH": str(site)}
     log = tmp_path / "agent.log"
-    sock = tmp_path / "qga.sock"
-    proc = subprocess.Popen(
-        [
-            *AGENT_COMMAND,
-            "--transport",
-            f"unix-listen:{sock}",
-            "-t",
-            str(tmp_path),
-            "-f",
-            str(tmp_path / "pid"),
-            "-l",
-            str(log),
-            *own_cache(tmp_path),
-        ],
-        env=env,
-    )
-    try:
+    with running_agent(tmp_path, "-l", str(log), env={"PYTHONPATH": str(site)}) as (_, sock):
         client = SocketClient(sock)
         assert client.execute("guest-ping") == {"return": {}}
         client.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
     text = log.read_text()
     assert "plugin broken (broken-plugin 1.0) skipped: failed to import" in text
     assert "RuntimeError: boom" in text
 
 
 def test_list_plugins_shows_where_each_comes_from() -> None:
-    result = subprocess.run([*AGENT_COMMAND, "--list-plugins"], capture_output=True, text=True)
+    result = run_agent(None, "--list-plugins")
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert lines[0] == "procinfo\ttrio-qga-procinfo 0.1.0\ttrio_qga_procinfo:plugin\tloaded"
     assert lines[1:] == ["\tguest-x-process-list", "\tguest-x-service-status"]
-    disabled = subprocess.run(
-        [*AGENT_COMMAND, "--list-plugins", "--disable-plugin", "procinfo"],
-        capture_output=True,
-        text=True,
-    )
+    disabled = run_agent(None, "--list-plugins", "--disable-plugin", "procinfo")
     assert disabled.stdout.endswith("\tdisabled\n")
 
 
@@ -300,9 +278,8 @@ def test_plugins_can_be_turned_off(tmp_path: Path, flags: list[str]) -> None:
 def test_block_rpcs_help_lists_the_commands_of_the_plugins_that_load(
     flags: list[str], listed: bool
 ) -> None:
-    result = subprocess.run(
-        [*AGENT_COMMAND, "-b", "help", *flags], capture_output=True, text=True, check=True
-    )
+    result = run_agent(None, "-b", "help", *flags)
+    assert result.returncode == 0, result.stderr
     names = result.stdout.splitlines()
     assert "guest-ping" in names
     assert ("guest-x-process-list" in names) is listed

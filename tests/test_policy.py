@@ -14,7 +14,7 @@ from agent import Agent
 from agent.core.policy import NOT_ALLOWED, CommandPolicy, PolicyError
 from agent.core.registry import Command, HandlerSet, Registry
 from agent.models.schema import parse
-from tests.agents import AgentFactory, served
+from tests.support.agents import AgentFactory, served
 
 EXEC = "guest-exec"
 STATUS = "guest-exec-status"

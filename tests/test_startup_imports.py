@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.qga_client import SocketClient, running_agent
+from tests.support.clients import SocketClient
+from tests.support.processes import running_agent
+
+pytestmark = pytest.mark.slow
 
 NOT_AT_START = (
     "psutil",  # guest-get-users, guest-network-get-interfaces, the procinfo plugin

@@ -12,15 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.qga_client import AGENT_COMMAND, SocketClient, own_cache
+from tests.support.clients import SocketClient
+from tests.support.processes import ROOT, run_agent, spawn_agent
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
 UNIT = ROOT / "systemd" / "trio-qga.service"
-
-
-def agent_command(tmp_path: Path, *extra: str) -> list[str]:
-    pidfile = str(tmp_path / "agent.pid")
-    return [*AGENT_COMMAND, "-t", str(tmp_path), "-f", pidfile, *own_cache(tmp_path), *extra]
 
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
@@ -32,9 +29,10 @@ def test_ready_once_serving_and_stopping_on_sigterm(tmp_path: Path, abstract: bo
     manager.settimeout(30)
     sock = tmp_path / "qga.sock"
     with manager:
-        agent = subprocess.Popen(
-            agent_command(tmp_path, "--transport", f"unix-listen:{sock}"),
-            env={**os.environ, "NOTIFY_SOCKET": name},
+        agent = spawn_agent(
+            tmp_path,
+            *("--transport", f"unix-listen:{sock}"),
+            env={"NOTIFY_SOCKET": name},
             stderr=subprocess.DEVNULL,
         )
         try:
@@ -55,17 +53,12 @@ def activated(
     tmp_path: Path, listener: socket.socket, *extra: str, fds: str = "1"
 ) -> subprocess.Popen[bytes]:
     """The agent started as systemd starts it: the socket as fd 3, LISTEN_PID its pid."""
-    return subprocess.Popen(
-        [
-            "sh",
-            "-c",
-            f'LISTEN_PID=$$ LISTEN_FDS={fds} exec "$@"',
-            "sh",
-            *agent_command(tmp_path, *extra),
-        ],
+    return spawn_agent(
+        tmp_path,
+        *extra,
+        wrapper=["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS={fds} exec "$@"', "sh"],
         pass_fds=[3],
         preexec_fn=lambda: os.dup2(listener.fileno(), 3),
-        stderr=subprocess.PIPE,
     )
 
 
@@ -107,9 +100,7 @@ def test_socket_activation_by_systemd_s_own_tool(tmp_path: Path) -> None:
             "by test_socket_activation_serves_the_socket_systemd_passed"
         )
     path = tmp_path / "activated.sock"
-    agent = subprocess.Popen(
-        [tool, "-l", str(path), *agent_command(tmp_path)], stderr=subprocess.PIPE
-    )
+    agent = spawn_agent(tmp_path, wrapper=[tool, "-l", str(path)])
     ping_then_stop(agent, path)  # the tool starts the agent on the first connection
 
 
@@ -125,14 +116,8 @@ def test_socket_activation_with_more_than_one_socket_is_refused(tmp_path: Path) 
 
 
 def test_listen_fds_for_another_process_are_ignored(tmp_path: Path) -> None:
-    env = {**os.environ, "LISTEN_PID": "1", "LISTEN_FDS": "1"}
-    result = subprocess.run(
-        [*agent_command(tmp_path, "-m", "unix-listen"), "-D"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    env = {"LISTEN_PID": "1", "LISTEN_FDS": "1"}
+    result = run_agent(tmp_path, "-m", "unix-listen", "-D", env=env)
     assert result.returncode == 1
     assert "method unix-listen needs a path" in result.stderr
 

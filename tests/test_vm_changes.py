@@ -15,9 +15,7 @@ The tests share the VM and run in order; the last one powers it off.
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,42 +24,16 @@ from typing import Any
 
 import pytest
 
-from tests.qga_client import SocketClient
+from tests.support.clients import SocketClient
+from tests.support.vm import BOOT_TIMEOUT, ROOT, run_in_vm_script, vm_agent_command
 
-ROOT = Path(__file__).resolve().parent.parent
-RUN_IN_VM = Path(os.environ.get("RUN_IN_VM", ROOT.parent / "shared" / "vm" / "run-in-vm"))
-PORT = "/dev/virtio-ports/org.qemu.guest_agent.0"
-BOOT_TIMEOUT = 240.0  # TCG on a busy 2-core host: boot, then import trio in the guest
+pytestmark = pytest.mark.vm
+
 USER = "qgatest"
 KEY1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIVmOne one@host"
 KEY2 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQVmTwo two@host"
 Y2030 = 1_893_456_000  # 2030-01-01T00:00:00Z
 CRYPTED = "$6$trioqga$0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789./"
-
-
-def run_in_vm() -> Path:
-    if RUN_IN_VM.is_file():
-        return RUN_IN_VM
-    message = f"run-in-vm not found at {RUN_IN_VM} (set RUN_IN_VM to its path)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def vm_agent_command(script: Path, sock: Path, *options: str) -> list[str]:
-    """run-in-vm (with ``options``) serving trio-qga on the virtio port, wired to ``sock``."""
-    return [
-        str(script),
-        *options,
-        "--timeout",
-        str(int(BOOT_TIMEOUT + 120)),
-        "--qga-socket",
-        str(sock),
-        "--",
-        sys.executable,
-        str(ROOT / "tests" / "vm_agent.py"),
-        PORT,
-    ]
 
 
 @dataclass
@@ -100,7 +72,7 @@ class Vm:
 
 @pytest.fixture(scope="module")
 def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
-    script = run_in_vm()
+    script = run_in_vm_script()
     work = tmp_path_factory.mktemp("vm-changes")
     sock, output = work / "qga.sock", work / "run-in-vm.out"
     started = time.monotonic()

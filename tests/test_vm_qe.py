@@ -47,12 +47,14 @@ from typing import Any
 
 import pytest
 
-from tests.reference import qemu_ga_binary
-from tests.test_vm import HostEnd
-from tests.vm_modules import extra_modules
+from tests.support.reference import qemu_ga_binary
+from tests.support.vm import HostEnd, run_in_vm_script
+from tests.support.vm_modules import extra_modules
+
+# Every check runs against both agents.
+pytestmark = [pytest.mark.vm, pytest.mark.qemu_ga]
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_IN_VM = Path(os.environ.get("RUN_IN_VM", ROOT.parent / "shared" / "vm" / "run-in-vm"))
 EXTRA_MODULES = ("virtio_blk", "crc32c_generic", "ext4")
 SERIAL = "QGA-QE-0001"
 MOUNTPOINT = "/mnt/qe"
@@ -122,7 +124,7 @@ class Guest:
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
-    require(RUN_IN_VM.is_file(), f"run-in-vm not found at {RUN_IN_VM} (set RUN_IN_VM)")
+    run_in_vm = run_in_vm_script()
     require(shutil.which("mkfs.ext4") is not None, "mkfs.ext4 missing (e2fsprogs)")
     require(Path(UDEVD).exists(), f"{UDEVD} missing: scripts/setup --test installs udev")
     qemu_ga = qemu_ga_binary()
@@ -137,7 +139,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     env["TRIO_QGA_FREEZE_ALLOW"] = MOUNTPOINT  # the guard, in the guest: only the disk
     env.pop("TRIO_QGA_FREEZE_REFUSED", None)
     config = {
-        "modules": extra_modules(RUN_IN_VM, EXTRA_MODULES),
+        "modules": extra_modules(run_in_vm, EXTRA_MODULES),
         "disk": DISK,
         "mountpoint": MOUNTPOINT,
         "virtio": "/dev/virtio-ports/org.qemu.guest_agent.0",
@@ -149,7 +151,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     with open(output, "wb") as out:
         process = subprocess.Popen(
             [
-                str(RUN_IN_VM),
+                str(run_in_vm),
                 "--cpus",
                 "2",
                 "--timeout",
@@ -160,7 +162,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
                 str(sockets["qemu"]),
                 "--",
                 sys.executable,
-                str(ROOT / "tests" / "vm_qe_guest.py"),
+                str(ROOT / "tests" / "support" / "vm_qe_guest.py"),
                 json.dumps(config),
             ],
             cwd=ROOT,

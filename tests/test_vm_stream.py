@@ -20,7 +20,9 @@ import pytest
 import trio
 
 from agent.host.client import QgaClient
-from tests.test_vm_changes import BOOT_TIMEOUT, ROOT, run_in_vm, vm_agent_command
+from tests.support.vm import BOOT_TIMEOUT, ROOT, run_in_vm_script, vm_agent_command
+
+pytestmark = pytest.mark.vm
 
 LINES = 5
 INTERVAL = 0.5  # seconds between the guest's lines
@@ -29,7 +31,7 @@ ECHOES = 20
 
 @pytest.fixture(scope="module")
 def vm_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    script = run_in_vm()
+    script = run_in_vm_script()
     work = tmp_path_factory.mktemp("vm-stream")
     sock = work / "qga.sock"
     with open(work / "run-in-vm.out", "wb") as out:

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from agent.wire.wirelog import for_session
-from tests.qga_client import StreamClient
+from tests.support.clients import StreamClient
 
 SECRET = b"hunter2-very-secret"
 SECRET_B64 = base64.b64encode(SECRET).decode()

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import trio
 
 from agent.core.config import KERNEL_MOUNT_TABLE, AgentConfig
-from agent.core.context import AgentContext, AgentState
+from agent.core.context import AgentContext
 from agent.core.dispatch import Dispatcher
 from agent.core.plugins import FoundPlugin, installed_plugins, load_plugins
 from agent.core.policy import CommandPolicy
 from agent.core.registry import HandlerSet, Registry
 from agent.core.session import ReleaseMemory, serve_session
-from agent.core.store import HandleStore
+from agent.core.store import SessionStore
 from agent.models.schema import SchemaDefs, load_builtin
 from agent.system.executor import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
 from agent.system.fsfreeze.freezer import Freezer
@@ -178,8 +178,8 @@ class Agent:
             config,
             registry,
             policy,
-            HandleStore(config.statedir, config.max_handles),  # reads the handle counter
-            AgentState(freezer),
+            SessionStore(config.statedir, config.max_handles),  # reads the handle counter
+            freezer,
             fs,
             executor=self._executor or ProcessExecutor(),
             root=self._root or SystemRoot(),
@@ -210,7 +210,7 @@ class Agent:
             await stack.enter_async_context(context.tasks.open())  # guest-exec children
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
-            await nursery.start(context.state.freezer.run)  # reads the frozen marker
+            await nursery.start(context.freezer.run)  # reads the frozen marker
             self._background = stack.pop_all()
         return self
 
@@ -229,7 +229,7 @@ class Agent:
         """
         if self._started is None:
             return
-        await self.context.state.freezer.aclose()
+        await self.context.freezer.aclose()
         try:  # a close flushes, which waits on a hung NFS or FUSE server
             await self.context.fs.call(
                 None,

@@ -87,7 +87,7 @@ class Dispatcher:
         command = self.ctx.registry.get(name)
         if command is None:
             raise CommandNotFound(f"The command {name} has not been found")
-        reason = self.ctx.policy.disabled_reason(command, self.ctx.state.frozen)
+        reason = self.ctx.policy.disabled_reason(command, self.ctx.freezer.frozen)
         if reason is not None:
             raise CommandNotFound(
                 f"Command {name} has been disabled" + (f": {reason}" if reason else "")

@@ -52,7 +52,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.system.ownfiles import read_own_file, replace_own_file
+from agent.system.ownfiles import read_own_file
+from agent.system.userfiles import replace_file
 
 RECORD_NAME = "plugins.json"
 RECORD_VERSION = 1
@@ -114,7 +115,7 @@ def write_record(path: Path, fingerprint: list[Any], entries: list[Row]) -> None
     (its directory is made if missing, as systemd's CacheDirectory= would)."""
     record = {"version": RECORD_VERSION, "fingerprint": fingerprint, "entry_points": entries}
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    replace_own_file(path, json.dumps(record))
+    replace_file(path, json.dumps(record).encode(), durable=False)
 
 
 def _path_entry(path: str) -> list[Any]:

@@ -9,12 +9,12 @@ directory (``statedir=None``, an embedding's default) keeps the counter in
 memory: its ids start at 1000 again each time it starts, so a host that
 outlives the agent could see an id again, naming another file.
 
-The state file is read when the agent starts (``async with``). A damaged one (not qemu-ga's
-format, unreadable) is moved aside as ``qga.state.corrupt-TIME`` and the
-counter goes on from the clock (microseconds since 1970), above any handle an
-earlier run can have counted to. A missing or read-only state directory does
-not stop the agent: it says so at start, and every guest-file-open answers
-the reason until the directory is usable.
+The state file is read when the agent starts (``async with``). A damaged one
+(not qemu-ga's format, unreadable) is moved aside as ``qga.state.corrupt-TIME``
+and the counter goes on from the clock (microseconds since 1970), above any
+handle an earlier run can have counted to. A missing or read-only state
+directory does not stop the agent: it says so at start, and every
+guest-file-open answers the reason until the directory is usable.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import GenericError, os_error_text
-from agent.system.ownfiles import read_own_file, replace_own_file
+from agent.system.ownfiles import read_own_file
+from agent.system.userfiles import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class HandleCounter:
         if self.path is None:
             return
         try:
-            replace_own_file(self.path, f"[global]\nfd_counter={next_handle}\n")
+            replace_file(self.path, b"[global]\nfd_counter=%d\n" % next_handle, durable=False)
         except OSError as err:
             raise GenericError(
                 f"failed to save the handle counter in {self.path}: {os_error_text(err)}"
@@ -153,8 +154,10 @@ def _recover(path: Path, err: OSError | DamagedState) -> int:
     return counter
 
 
-class HandleStore:
-    """Open files by handle, with a limit on how many may be open at once."""
+class SessionStore:
+    """The session store: the one store of open file handles that every session
+    of the agent shares (``ctx.store``), with a limit on how many may be open at
+    once. A host that reconnects finds its handles here."""
 
     def __init__(self, statedir: str | None, max_handles: int) -> None:
         """Built when the agent starts: the counter is read then, to report a damaged file."""

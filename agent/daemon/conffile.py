@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from agent.argtypes import positive_seconds
 from agent.core.config import DEFAULT_PIDFILE, AgentConfig
 from agent.transports.spec import DEFAULT_PATHS
 
@@ -165,12 +166,11 @@ def _parse(key: Key, text: str) -> object:
         raise ValueError(f"key '{key.name}' has a value that cannot be interpreted: '{text}'")
     if key.kind == "seconds":
         try:
-            seconds = float(text)
+            return positive_seconds(text)
         except ValueError:
-            seconds = 0.0
-        if not 0 < seconds < float("inf"):
-            raise ValueError(f"key '{key.name}' is not a positive number of seconds: '{text}'")
-        return seconds
+            raise ValueError(
+                f"key '{key.name}' is not a positive number of seconds: '{text}'"
+            ) from None
     if key.kind == "list":
         return _list(key, text)
     return _unescape(key, text)

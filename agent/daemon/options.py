@@ -13,6 +13,7 @@ import os
 import shlex
 import socket
 
+from agent.argtypes import COMMAND, COUNT, MODE, SECONDS
 from agent.core.config import (
     DEFAULT_CACHE_DIR,
     DEFAULT_FS_TIMEOUT,
@@ -83,22 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--socket-mode",
-        type=lambda text: int(text, 8),
+        type=MODE,
         metavar="OCTAL",
         help="permissions of a unix-listen socket (default 0600)",
     )
     parser.add_argument(
         "--baud-rate",
-        type=int,
+        type=COUNT,
         metavar="N",
         help=f"speed of an isa-serial line (default {DEFAULT_BAUD_RATE})",
     )
     parser.add_argument(
-        "--command-timeout", type=float, metavar="SECONDS", help="limit for any one command"
+        "--command-timeout", type=SECONDS, metavar="SECONDS", help="limit for any one command"
     )
     parser.add_argument(
         "--max-handles",
-        type=int,
+        type=COUNT,
         default=DEFAULT_MAX_HANDLES,
         metavar="N",
         help=f"guest-file handles open at once (default {DEFAULT_MAX_HANDLES})",
@@ -113,19 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--thaw-timeout",
-        type=_seconds,
+        type=SECONDS,
         metavar="SECONDS",
         help="thaw filesystems frozen for longer than this (default: never)",
     )
     parser.add_argument(
         "--exec-idle-timeout",
-        type=_seconds,
+        type=SECONDS,
         metavar="SECONDS",
         help="kill a streaming-exec program whose output nobody read for this long (default 600)",
     )
     parser.add_argument(
         "--fs-timeout",
-        type=_seconds,
+        type=SECONDS,
         metavar="SECONDS",
         help="give up on a filesystem call (open, read, statvfs, FIFREEZE, ...) after"
         f" this long and answer all the same (default {DEFAULT_FS_TIMEOUT:g})",
@@ -174,24 +175,10 @@ def _add_system_commands(parser: argparse.ArgumentParser) -> None:
         shown = shlex.join(default) if default else "systemctl, pm-utils or /sys/power"
         parser.add_argument(
             "--" + field.replace("_", "-"),
-            type=_command,
+            type=COMMAND,
             metavar="COMMAND",
             help=f"the command {what} (default: {shown})",
         )
-
-
-def _command(text: str) -> tuple[str, ...]:
-    argv = tuple(shlex.split(text))
-    if not argv:
-        raise argparse.ArgumentTypeError("the command is empty")
-    return argv
-
-
-def _seconds(text: str) -> float:
-    seconds = float(text)
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
-    return seconds
 
 
 def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) -> AgentConfig:

@@ -26,7 +26,7 @@ def guest_ping(ctx: AgentContext) -> dict[str, object]:
 
 @handlers.command("guest-info")
 def guest_info(ctx: AgentContext) -> dict[str, object]:
-    frozen = ctx.state.frozen
+    frozen = ctx.freezer.frozen
     return {
         "version": VERSION,
         "supported_commands": [

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
@@ -63,7 +63,8 @@ class ExecResult:
 class Channel(Protocol):
     """How requests reach an agent: a stream of our own, or a host that owns the channel."""
 
-    chunk: int  # bytes per guest-file-read/-write when copying files
+    read_chunk: int  # bytes per guest-file-read when copying files
+    write_chunk: int  # bytes per guest-file-write
 
     async def exchange(self, command: str, request: dict[str, Any], *, reply: bool) -> Any:
         """Send ``request``; the agent's reply (a JSON object), or None when ``reply`` is
@@ -78,7 +79,7 @@ class Channel(Protocol):
 class StreamChannel:
     """The protocol over a byte stream: framing, 0xFF resync, a timeout per exchange."""
 
-    chunk = CHUNK
+    read_chunk = write_chunk = CHUNK
 
     def __init__(self, stream: trio.abc.Stream, timeout: float) -> None:
         self.stream = stream
@@ -281,16 +282,29 @@ class QgaClient:
         with open(local, "wb") as out:  # noqa: ASYNC230 (small local writes)
             return await self._copy_from(path, out.write, progress)
 
+    @contextlib.asynccontextmanager
+    async def _opened(self, path: str, mode: str) -> AsyncIterator[int]:
+        """A guest file handle, closed at the end. When the copy failed, that error is
+        the one raised, not the close's (through libvirt, a timed-out request can make
+        the next one time out too)."""
+        handle: int = await self.execute("guest-file-open", {"path": path, "mode": mode})
+        try:
+            yield handle
+        except BaseException:
+            with contextlib.suppress(ClientError):
+                await self.execute("guest-file-close", {"handle": handle})
+            raise
+        await self.execute("guest-file-close", {"handle": handle})
+
     async def _copy_from(
         self, path: str, sink: Callable[[bytes], object], progress: Progress | None
     ) -> int:
-        handle = await self.execute("guest-file-open", {"path": path, "mode": "r"})
-        try:
-            total = await self._size(handle)
+        async with self._opened(path, "r") as handle:
+            total = await self._size(handle) if progress else None
             done = 0
             while True:
                 reply = await self.execute(
-                    "guest-file-read", {"handle": handle, "count": self.channel.chunk}
+                    "guest-file-read", {"handle": handle, "count": self.channel.read_chunk}
                 )
                 data = pybase64.b64decode(reply["buf-b64"], validate=True)
                 if len(data) != reply["count"]:
@@ -301,8 +315,6 @@ class QgaClient:
                     progress(done, total)
                 if reply["eof"] or not data:
                     return done
-        finally:
-            await self.execute("guest-file-close", {"handle": handle})
 
     async def _size(self, handle: int) -> int | None:
         """The file's size, for progress; None where it has none (a FIFO)."""
@@ -320,9 +332,8 @@ class QgaClient:
         self, path: str, data: bytes, progress: Progress | None = None, mode: str = "w"
     ) -> int:
         """Write ``data`` to guest file ``path`` (created or truncated)."""
-        handle = await self.execute("guest-file-open", {"path": path, "mode": mode})
-        try:
-            done, chunk = 0, self.channel.chunk
+        async with self._opened(path, mode) as handle:
+            done, chunk = 0, self.channel.write_chunk
             with memoryview(data) as view:
                 while done < len(data):
                     piece = pybase64.b64encode(view[done : done + chunk]).decode("ascii")
@@ -336,8 +347,6 @@ class QgaClient:
                         progress(done, len(data))
             await self.execute("guest-file-flush", {"handle": handle})
             return done
-        finally:
-            await self.execute("guest-file-close", {"handle": handle})
 
     async def put_file(self, local: str, path: str, progress: Progress | None = None) -> int:
         with open(local, "rb") as source:  # noqa: ASYNC230

@@ -12,36 +12,79 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
 
-from agent.host.errors import AgentError, ClientError
+from agent.host.errors import AgentError, AgentTimeout, ClientError
+from agent.host.execution import NotSupported
 
 THAW_TIMEOUT = 30.0  # seconds a thaw may take, whatever is left of the deadline
 
 
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why a command failed on one guest: the agent's error class and text, or one of the
+    client's own classes (:func:`error_info`)."""
+
+    kind: str
+    desc: str
+    from_agent: bool = False  # an error reply, not a failure to get one
+
+    def as_json(self) -> dict[str, str]:
+        return {"class": self.kind, "desc": self.desc}
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.desc}"
+
+
 @dataclass
 class TargetResult:
-    """What one command did on one guest."""
+    """What one command did on one guest. ``value`` is JSON-able; a failed command may
+    have one too (a program's output with its non-zero status, the steps of a freeze)."""
 
     target: str
     ok: bool
     value: Any = None
-    error: str | None = None
+    error: ErrorInfo | None = None
     seconds: float = 0.0
-    detail: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
+        """The result's JSON document (the format of docs/client.md)."""
         return {
-            "domain": self.target,
+            "target": self.target,
             "ok": self.ok,
-            "result": self.value,
-            "error": self.error,
+            "return": self.value,
+            "error": self.error.as_json() if self.error else None,
             "seconds": round(self.seconds, 3),
-            **self.detail,
         }
+
+
+class Unsuccessful(Exception):
+    """An operation that ran to its end and failed, with a result to show all the same
+    (a guest program's output and non-zero status)."""
+
+    def __init__(self, error: ErrorInfo, value: Any) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.value = value
+
+
+def error_info(err: BaseException, step: str = "") -> ErrorInfo:
+    """``err`` as the class and text a result shows; ``step`` prefixes the text."""
+    prefix = f"{step}: " if step else ""
+    if isinstance(err, AgentError):
+        return ErrorInfo(err.error_class, prefix + err.desc, from_agent=True)
+    if isinstance(err, AgentTimeout | trio.TooSlowError):
+        kind = "Timeout"
+    elif isinstance(err, ClientError):
+        kind = "ClientError"
+    elif isinstance(err, NotSupported):
+        kind = "NotSupported"
+    else:  # OSError, ValueError: a local file, bad input
+        kind = "LocalError"
+    return ErrorInfo(kind, prefix + str(err))
 
 
 async def run_all(
@@ -63,9 +106,13 @@ async def run_all(
                 with trio.fail_after(each):
                     value = await operation(target)
             except trio.TooSlowError:
-                result = TargetResult(target, False, error=f"no result within {each:g} s")
-            except (ClientError, OSError, ValueError) as err:
-                result = TargetResult(target, False, error=describe(err))
+                result = TargetResult(
+                    target, False, error=ErrorInfo("Timeout", f"no result within {each:g} s")
+                )
+            except Unsuccessful as failed:
+                result = TargetResult(target, False, failed.value, failed.error)
+            except (ClientError, OSError, ValueError, NotSupported) as err:
+                result = TargetResult(target, False, error=error_info(err))
             else:
                 result = TargetResult(target, True, value)
             result.seconds = trio.current_time() - started
@@ -75,12 +122,6 @@ async def run_all(
         for target in targets:
             nursery.start_soon(one, target)
     return [results[target] for target in targets]
-
-
-def describe(err: BaseException) -> str:
-    if isinstance(err, AgentError):
-        return f"{err.error_class}: {err.desc}"
-    return str(err)
 
 
 class Freezable(Protocol):
@@ -124,40 +165,42 @@ async def freeze_all(
     the freeze with an error is not thawed: the agent thawed what it had frozen.
     """
     results = {target: TargetResult(target, False) for target in targets}
+    steps: dict[str, dict[str, int]] = {target: {} for target in targets}  # frozen, thawed
+    started: dict[str, float] = {}
+    ended: dict[str, float] = {}  # the freeze's end, then the thaw's
     to_thaw: dict[str, Freezable] = {}
     limiter = trio.CapacityLimiter(max(1, limit))
     outcome = FreezeOutcome(list(results.values()), all_frozen=False)
 
     async def freeze_one(stack: AsyncExitStack, target: str) -> None:
         result = results[target]
-        started = trio.current_time()
         async with limiter:
+            started[target] = trio.current_time()
             try:
                 with trio.fail_after(each):
                     client = await stack.enter_async_context(connect(target))
                     to_thaw[target] = client
-                    result.detail["frozen"] = await client.fsfreeze_freeze(mountpoints)
+                    steps[target]["frozen"] = await client.fsfreeze_freeze(mountpoints)
             except trio.TooSlowError:
-                result.error = f"freeze: no reply within {each:g} s"
+                result.error = ErrorInfo("Timeout", f"freeze: no reply within {each:g} s")
             except AgentError as err:
                 del to_thaw[target]
-                result.error = f"freeze: {describe(err)}"
+                result.error = error_info(err, "freeze")
             except (ClientError, OSError) as err:
-                result.error = f"freeze: {err}"
+                result.error = error_info(err, "freeze")
             finally:
-                result.seconds = trio.current_time() - started
+                ended[target] = trio.current_time()
 
     async def thaw_one(target: str, client: Freezable) -> None:
         result = results[target]
-        with trio.move_on_after(max(each, THAW_TIMEOUT)):
+        with trio.move_on_after(max(each, THAW_TIMEOUT)) as waited:
             try:
-                result.detail["thawed"] = await client.fsfreeze_thaw()
+                steps[target]["thawed"] = await client.fsfreeze_thaw()
             except (ClientError, OSError) as err:
-                result.error = result.error or f"thaw: {describe(err)}"
-            else:
-                result.ok = result.error is None
-            return
-        result.error = result.error or "thaw: no reply"
+                result.error = result.error or error_info(err, "thaw")
+        if waited.cancelled_caught:
+            result.error = result.error or ErrorInfo("Timeout", "thaw: no reply")
+        ended[target] = trio.current_time()
 
     async with AsyncExitStack() as stack:
         try:
@@ -165,17 +208,22 @@ async def freeze_all(
                 async with trio.open_nursery() as nursery:
                     for target in targets:
                         nursery.start_soon(freeze_one, stack, target)
-                outcome.all_frozen = all("frozen" in r.detail for r in results.values())
+                outcome.all_frozen = all("frozen" in done for done in steps.values())
                 if outcome.all_frozen and command is not None:
                     outcome.command_status = await command()
             if window.cancelled_caught:
                 outcome.command_error = "the deadline passed" if outcome.all_frozen else None
-                for result in results.values():
-                    if "frozen" not in result.detail and result.error is None:
-                        result.error = "freeze: the deadline passed"
+                for target, result in results.items():
+                    if "frozen" not in steps[target] and result.error is None:
+                        result.error = ErrorInfo("Timeout", "freeze: the deadline passed")
         finally:
             with trio.CancelScope(shield=True):
                 async with trio.open_nursery() as nursery:
                     for target, client in to_thaw.items():
                         nursery.start_soon(thaw_one, target, client)
+            for target, result in results.items():
+                result.value = steps[target] or None
+                result.ok = result.error is None and "thawed" in steps[target]
+                if target in started:
+                    result.seconds = ended[target] - started[target]
     return outcome

@@ -89,10 +89,6 @@ def from_parsed(text: str, parsed: str | None) -> SchemaDefs:
     return parse(text, BUILTIN_SCHEMA)
 
 
-def load_file(path: Path) -> SchemaDefs:
-    return parse(path.read_text("utf-8"), str(path))
-
-
 def parse(text: str, origin: str) -> SchemaDefs:
     """Parse QAPI schema text; ``origin`` names it in error messages."""
     return definitions(expressions(text, origin), origin)

@@ -202,10 +202,16 @@ class Freezer:
 
     # ---------------------------------------------------------------- freeze --
 
+    async def _mount_table(self) -> list[Mount]:
+        """The mount table, read by the runner (a configured one is a file anywhere);
+        tried even with calls stuck elsewhere, as a thaw needs it."""
+        read = partial(read_mount_table, self.mount_table)
+        return await self._fs.call(None, read, fail_fast=False)
+
     async def _plan(self, mountpoints: Sequence[str] | None) -> list[Mount]:
         try:
-            table = await trio.to_thread.run_sync(read_mount_table, self.mount_table)
-        except MountTableError as err:
+            table = await self._mount_table()
+        except (MountTableError, FsTimeout) as err:
             raise GenericError(str(err)) from err
         for path, reason in unfreezable(table, mountpoints or ()).items():
             log.info("guest-fsfreeze-freeze-list: ignoring '%s': %s", path, reason)
@@ -326,8 +332,8 @@ class Freezer:
     async def _all_freezable(self) -> list[str]:
         """Every freezable mountpoint, for a thaw that does not know what was frozen."""
         try:
-            table = await trio.to_thread.run_sync(read_mount_table, self.mount_table)
-        except MountTableError as err:
+            table = await self._mount_table()
+        except (MountTableError, FsTimeout) as err:
             log.error("cannot thaw: %s", err)
             return []
         return [mount.mountpoint for mount in freeze_plan(table, None)]

@@ -12,7 +12,7 @@ the domains are ``type='qemu'`` (TCG) anyway. The probe's result is kept in run-
 cache directory. Clients reach the daemons at ``qemu:///system?socket=DIR/run/libvirt-sock``.
 
 :class:`GuestDomain` boots as ``../shared/vm/run-in-vm`` does: its cached kernel, an
-initramfs with its ``guest-init`` (``tests/libvirt-initramfs``) and this machine's root
+initramfs with its ``guest-init`` (``libvirt-initramfs``) and this machine's root
 over 9p under a tmpfs overlay, and the modules of ``EXTRA_MODULES`` (``vm_modules``);
 the command comes through the same exchange directory.
 """
@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from tests.vm_modules import CACHE, extra_modules
+from tests.support.markers import require_marker
+from tests.support.vm_modules import CACHE, extra_modules
 
-ROOT = Path(__file__).resolve().parent.parent
-INITRAMFS = ROOT / "tests" / "libvirt-initramfs"
+ROOT = Path(__file__).resolve().parents[2]
+INITRAMFS = Path(__file__).with_name("libvirt-initramfs")
 # crc32c_generic by name: ext4 needs it, and the kernel has no modprobe to load it with
 EXTRA_MODULES = ("virtio_blk", "virtio_net", "crc32c_generic", "ext4")
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -74,6 +75,9 @@ class LibvirtHost:
         self._made_run_dir = False
 
     def start(self) -> None:
+        """libvirtd and virtlogd running, answering ``virsh``; only for tests marked
+        ``libvirt``."""
+        require_marker("libvirt")
         for sub in ("etc", "run", "lib", "log"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         (self.base / "etc" / "libvirtd.conf").write_text(

@@ -5,7 +5,7 @@ then exits. The power command is busybox's ``poweroff -f``: the VM has busybox
 as PID 1 and no systemd. Uses only the embedding API, so it needs no
 transport module.
 
-    python tests/vm_agent.py PORT
+    python tests/support/vm_agent.py PORT
 """
 
 from __future__ import annotations

@@ -1,0 +1,54 @@
+"""What the tests share. Test modules import from here, never from each other
+(``tests/test_suite_layout.py``).
+
+Agents and clients
+  agents           ``agent_factory`` (the one way a test builds an agent), ``served``,
+                   ``session``: agents in this process, on memory streams
+  processes        ``spawn_agent`` (the one way a test starts trio-qga as a process),
+                   ``running_agent``, ``run_agent``, ``run_client``, waiting on them
+  clients          ``StreamClient`` (trio stream), ``SocketClient`` (unix socket)
+  reference        the real qemu-ga, run the same way as ours
+  exchange_checks  what every ``ExchangeStream`` must do
+
+Stand-ins for the guest, harmless to this machine
+  system_fakes     recording executor, fake clock, scratch system root
+  fsfreeze_fakes   recording ioctls and mount tables of made-up paths
+  fake_sys         a scratch /sys with block devices
+  guest_data       an os-release and ssh keys shared with the qemu-ga comparisons
+  exec_programs    programs the exec tests run
+  scratch          ext4, xfs, tmpfs and bind mounts the fsfreeze tests may freeze
+  scratch_user     a real user with a home under the test's directory
+  hung_mounts      FUSE mounts that hang on command (``hungfs.py``), in their own
+                   mount namespace
+
+VMs and libvirt
+  vm               run-in-vm, the host's end of a guest port, the installed agent
+  vm_modules       kernel modules run-in-vm's kernel lacks
+  libvirt_host     libvirt's daemons of our own, and throw-away domains
+  vm_agent.py, vm_guest.py, vm_qe_guest.py, libvirt-guest: what the guests run;
+  libvirt-initramfs: the libvirt domains' initramfs
+
+markers            the ``qemu_ga``, ``vm`` and ``libvirt`` markers, checked where the
+                   helpers above do what they name
+default_paths      fails the test, and the session, that touches the agent's default
+                   paths on this machine (/var/cache/trio-qga, /run/qga.state*, ...)
+"""
+
+from __future__ import annotations
+
+import pytest
+
+# The helpers' asserts explain themselves as the tests' do.
+pytest.register_assert_rewrite("tests.support")
+
+# The modules with fixtures or hooks, registered by the root conftest.py through this list.
+pytest_plugins = [
+    "tests.support.default_paths",
+    "tests.support.agents",
+    "tests.support.markers",
+    "tests.support.scratch",
+    "tests.support.reference",
+    "tests.support.scratch_user",
+    "tests.support.hung_mounts",
+    "tests.support.fsfreeze_fakes",
+]

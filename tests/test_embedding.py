@@ -125,7 +125,7 @@ async def test_serve_transport_inside_the_callers_nursery(tmp_path: Path) -> Non
     sock = tmp_path / "qga.sock"
     config = AgentConfig(method="unix-listen", path=str(sock), statedir=str(tmp_path), pidfile=None)
     async with Agent(config) as agent, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve_transport)
+        await nursery.start(agent.serve_transports)
         assert sock.exists()  # ready means listening
         client = await QgaClient.connect_unix(str(sock), request_timeout=10)
         await client.ping()

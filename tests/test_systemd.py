@@ -50,15 +50,37 @@ def test_ready_once_serving_and_stopping_on_sigterm(tmp_path: Path, abstract: bo
 
 
 def activated(
-    tmp_path: Path, listener: socket.socket, *extra: str, fds: str = "1"
+    tmp_path: Path,
+    listener: socket.socket | list[socket.socket],
+    *extra: str,
+    fds: str | None = None,
+    names: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """The agent started as systemd starts it: the socket as fd 3, LISTEN_PID its pid."""
+    """The agent started as systemd starts it: the sockets from fd 3 on, LISTEN_PID
+    its pid, LISTEN_FDS their number (or ``fds``), LISTEN_FDNAMES ``names``."""
+    listeners = listener if isinstance(listener, list) else [listener]
+    passed = [3 + index for index in range(len(listeners))]
+    variables = f"LISTEN_PID=$$ LISTEN_FDS={fds or len(listeners)}"
+    if names is not None:
+        variables += f" LISTEN_FDNAMES={names}"
+
+    def pass_sockets() -> None:
+        # Out of the way first: a socket may sit on a number another one goes to.
+        # (The child closes what is not passed once this has run.)
+        high = [200 + index for index in range(len(listeners))]
+        for sock, number in zip(listeners, high, strict=True):
+            os.dup2(sock.fileno(), number)
+        for number, target in zip(high, passed, strict=True):
+            os.dup2(number, target)
+
     return spawn_agent(
         tmp_path,
         *extra,
-        wrapper=["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS={fds} exec "$@"', "sh"],
-        pass_fds=[3],
-        preexec_fn=lambda: os.dup2(listener.fileno(), 3),
+        env=env,
+        wrapper=["sh", "-c", f'{variables} exec "$@"', "sh"],
+        pass_fds=passed,
+        preexec_fn=pass_sockets,
     )
 
 
@@ -104,15 +126,77 @@ def test_socket_activation_by_systemd_s_own_tool(tmp_path: Path) -> None:
     ping_then_stop(agent, path)  # the tool starts the agent on the first connection
 
 
-def test_socket_activation_with_more_than_one_socket_is_refused(tmp_path: Path) -> None:
+def listening(path: Path) -> socket.socket:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(tmp_path / "a.sock"))
+    listener.bind(str(path))
     listener.listen()
-    with listener:
-        agent = activated(tmp_path, listener, fds="2")
+    return listener
+
+
+def test_socket_activation_serves_every_socket_and_the_transports_named(
+    tmp_path: Path,
+) -> None:
+    """Two sockets from systemd, each a transport of its own, beside a --transport
+    one; -m/-p give way to systemd's sockets, as in qemu-ga. READY=1 comes once
+    all three serve."""
+    first, second, own = tmp_path / "a.sock", tmp_path / "b.sock", tmp_path / "own.sock"
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(tmp_path / "notify"))
+    manager.settimeout(30)
+    with listening(first) as one, listening(second) as two, manager:
+        agent = activated(
+            tmp_path,
+            [one, two],
+            *("-m", "virtio-serial", "-p", "/nonexistent", "--transport", f"unix-listen:{own}"),
+            names="trio-qga.socket:vsock-or-other",
+            env={"NOTIFY_SOCKET": str(tmp_path / "notify")},
+        )
+        try:
+            assert manager.recv(4096) == b"READY=1"
+            clients = [SocketClient(path, timeout=0.5) for path in (first, second, own)]
+            for client in clients:  # all connected at once, each served
+                assert client.execute("guest-ping") == {"return": {}}
+            for client in clients:
+                client.close()
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(10) == 0
+            if agent.stderr:
+                agent.stderr.close()
+    assert first.exists()  # systemd's sockets are left alone
+    assert not own.exists()  # the agent's own is removed
+
+
+def test_socket_activation_with_a_socket_missing_is_refused(tmp_path: Path) -> None:
+    with listening(tmp_path / "a.sock") as listener:
+        agent = activated(tmp_path, listener, fds="2", names="first:second")
         _, err = agent.communicate(timeout=30)
     assert agent.returncode == 1
-    assert b"trio-qga listens on one socket; systemd passed 2" in err
+    assert b"trio-qga: socket 'second' (fd 4) from systemd: Bad file descriptor" in err
+
+
+def test_ready_once_the_transports_that_can_open_are_open(tmp_path: Path) -> None:
+    """With -r, a channel that is absent is waited for after READY=1; the others serve."""
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(tmp_path / "notify"))
+    manager.settimeout(30)
+    sock = tmp_path / "qga.sock"
+    with manager:
+        agent = spawn_agent(
+            tmp_path,
+            *("-r", "-m", "virtio-serial", "-p", str(tmp_path / "no-port-yet")),
+            *("--transport", f"unix-listen:{sock}"),
+            env={"NOTIFY_SOCKET": str(tmp_path / "notify")},
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert manager.recv(4096) == b"READY=1"
+            client = SocketClient(sock, timeout=0.5)
+            assert client.execute("guest-ping") == {"return": {}}
+            client.close()
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(10) == 0
 
 
 def test_listen_fds_for_another_process_are_ignored(tmp_path: Path) -> None:

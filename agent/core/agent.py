@@ -17,7 +17,7 @@ import contextlib
 import importlib
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -36,7 +36,9 @@ from agent.system.fsfreeze.freezer import Freezer
 from agent.system.fsfreeze.loghold import LogHold
 from agent.system.fsguard import FsGuard, FsTimeout
 from agent.system.sysinfo.fstrim import Trim, fitrim
-from agent.transports.serve import serve_transport
+from agent.transports.activation import method_of
+from agent.transports.group import Channel, serve_all
+from agent.transports.spec import TransportSpec
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,10 @@ class Agent:
     ``async with agent`` starts it (see :meth:`__aenter__`). What only a
     started agent has (:attr:`context`, :attr:`dispatcher`, :attr:`plugins`)
     raises :class:`NotStarted` before that, and stays for inspection after.
-    An agent runs once. It serves one client at a time, as qemu-ga does: a
-    second :meth:`serve` waits until the first session ends.
+    An agent runs once. Each of its transports serves one client at a time,
+    as qemu-ga does, and :meth:`serve` too; sessions of different transports
+    run side by side, on the agent's one state (open files, processes, the
+    freeze).
     """
 
     def __init__(
@@ -250,11 +254,21 @@ class Agent:
         """Serve ``stream`` until the peer closes it, then close it. The agent
         must be running (inside ``async with agent``), as in production.
 
-        With ``await nursery.start(agent.serve, stream)`` the caller resumes once
-        the session has begun (a second client waits for the first, as with qemu-ga).
+        One client at a time, as qemu-ga's: a second :meth:`serve` waits until
+        the first session ends. With ``await nursery.start(agent.serve,
+        stream)`` the caller resumes once the session has begun.
         """
         try:
-            await self._converse(stream, task_status=task_status)
+            # A lock free at once is taken without the pass through the scheduler
+            # that ``async with`` makes; the session's first read is the checkpoint.
+            try:
+                self._one_client.acquire_nowait()
+            except trio.WouldBlock:
+                await self._one_client.acquire()
+            try:
+                await self._converse(stream, task_status=task_status)
+            finally:
+                self._one_client.release()
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -265,37 +279,39 @@ class Agent:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve ``stream`` until the peer closes it, leaving it open: the
-        transports' handler, since the transport that opened a stream closes it."""
+        transports' handler, since the transport that opened a stream closes it.
+        Each transport serves one client at a time by itself; sessions of
+        different transports run side by side."""
         if self._started is None or not self._started.context.tasks.running:
             raise NotStarted("an agent serves only while it runs: inside `async with agent`")
-        # A lock free at once is taken without the pass through the scheduler
-        # that ``async with`` makes (every connection's, 4-5 us of the 150 of a
-        # connect cycle); the session's first read is the checkpoint.
-        try:
-            self._one_client.acquire_nowait()
-        except trio.WouldBlock:
-            await self._one_client.acquire()
-        try:
-            task_status.started()
-            await serve_session(stream, self._started.dispatcher, self._release_memory)
-        finally:
-            self._one_client.release()
+        task_status.started()
+        await serve_session(stream, self._started.dispatcher, self._release_memory)
 
-    async def serve_transport(
+    async def serve_transports(
         self,
         *,
-        listener: socket.socket | None = None,
+        listeners: Sequence[socket.socket] = (),
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Open the configured transport (or serve ``listener``, a listening socket
-        the caller opened, such as systemd's) and serve its clients until cancelled.
+        """Serve the configured transports, and ``listeners`` (listening sockets
+        the caller opened, such as systemd's), each in a task of its own, until
+        cancelled or until the last has ended for good (its error is raised:
+        :class:`agent.transports.serve.TransportError`).
 
-        With ``await nursery.start(agent.serve_transport)`` the caller resumes once
-        the transport is open (the socket listening, the device open).
+        With ``listeners``, qemu-ga's default transport (virtio-serial) is not
+        added when the configuration names none. With ``await
+        nursery.start(agent.serve_transports)`` the caller resumes once every
+        transport that can open now is open (the sockets listening, the devices
+        open); one that cannot is logged and left out, or with ``retry_path``
+        waited for.
         """
-        await serve_transport(
-            self.config.transport, self._converse, listener=listener, task_status=task_status
-        )
+        specs = self.config.named_transports if listeners else self.config.transport_specs
+        channels = [Channel(spec) for spec in specs]
+        channels += [
+            Channel(TransportSpec(method_of(sock), retry=self.config.retry_path), sock)
+            for sock in listeners
+        ]
+        await serve_all(channels, self._converse, task_status=task_status)
 
 
 async def serve_stream(stream: trio.abc.Stream, config: AgentConfig | None = None) -> None:

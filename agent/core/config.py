@@ -21,6 +21,7 @@ from agent.transports.spec import (
     DEFAULT_METHOD,
     DEFAULT_SOCKET_MODE,
     TransportSpec,
+    split_transport,
 )
 
 # The trio-qga command's paths: qemu-ga's,
@@ -56,8 +57,12 @@ class AgentConfig:
     The ``trio-qga`` command starts from :meth:`command_defaults` instead.
     """
 
-    method: str = DEFAULT_METHOD
+    # The transports: -m/-p (or the file's method/path) name one, as in qemu-ga;
+    # ``transports`` (--transport, the file's transports) more, METHOD:PATH each.
+    # When none is named, the agent serves qemu-ga's default (virtio-serial).
+    method: str | None = None  # None: not named (virtio-serial if -p is)
     path: str | None = None  # None: the method's default path
+    transports: tuple[str, ...] = ()
     logfile: str | None = None  # None: standard error
     # None: none named, DEFAULT_PIDFILE when daemonized; "": no pid file at all.
     pidfile: str | None = None
@@ -116,7 +121,23 @@ class AgentConfig:
 
     @property
     def transport(self) -> TransportSpec:
-        """The channel the agent serves (``-m``, ``-p``, ``-r`` and the line's options)."""
-        return TransportSpec(
-            self.method, self.path, self.retry_path, self.baud_rate, self.socket_mode
-        )
+        """The channel of ``-m`` and ``-p`` (qemu-ga's), virtio-serial unless named."""
+        return self._spec(self.method or DEFAULT_METHOD, self.path)
+
+    @property
+    def named_transports(self) -> tuple[TransportSpec, ...]:
+        """The channels the configuration names: ``-m``/``-p``'s if either is
+        given, then ``transports``, in order (the same one twice included:
+        ``agent.transports.serve.check_transports`` refuses that)."""
+        named = (self.transport,) if self.method is not None or self.path is not None else ()
+        return named + tuple(self._spec(*split_transport(text)) for text in self.transports)
+
+    @property
+    def transport_specs(self) -> tuple[TransportSpec, ...]:
+        """The channels the agent serves: those named, else qemu-ga's default."""
+        return self.named_transports or (self.transport,)
+
+    def _spec(self, method: str, path: str | None) -> TransportSpec:
+        """A channel with the options that apply to every one (``-r``, the line's
+        speed, the socket's mode)."""
+        return TransportSpec(method, path, self.retry_path, self.baud_rate, self.socket_mode)

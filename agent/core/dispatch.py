@@ -18,6 +18,7 @@ import trio
 from pydantic_core import ValidationError
 
 from agent.core.context import AgentContext
+from agent.core.policy import NOT_ALLOWED, disabled
 from agent.core.registry import Command
 from agent.errors import CommandNotFound, GenericError, QgaError
 from agent.models.builder import describe
@@ -64,6 +65,7 @@ class Dispatcher:
         try:
             if command.is_async:
                 await before_wait()
+                self._check_still_allowed(command)
                 value = await self._run_async(command, arguments)
             else:
                 value = command.function(self.ctx, **arguments)
@@ -89,10 +91,15 @@ class Dispatcher:
             raise CommandNotFound(f"The command {name} has not been found")
         reason = self.ctx.policy.disabled_reason(command, self.ctx.freezer.frozen)
         if reason is not None:
-            raise CommandNotFound(
-                f"Command {name} has been disabled" + (f": {reason}" if reason else "")
-            )
+            raise disabled(name, reason)
         return command
+
+    def _check_still_allowed(self, command: Command) -> None:
+        """Refuse a command that may not run while frozen, if a freeze began
+        (in another session) while this one sent the replies due: from the
+        moment a freeze starts, every session is held to it."""
+        if self.ctx.freezer.frozen and not command.allowed_while_frozen:
+            raise disabled(command.name, NOT_ALLOWED)
 
     @staticmethod
     def _arguments(command: Command, arguments: dict[str, object]) -> dict[str, Any]:

@@ -20,12 +20,14 @@ guest-file-open answers the reason until the directory is usable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Container, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import GenericError, os_error_text
@@ -43,7 +45,13 @@ _COUNTER_LINE = re.compile(r"^\s*fd_counter\s*=\s*([0-9]{1,19})\s*$", re.MULTILI
 
 @dataclass(eq=False)
 class OpenFile:
-    """One guest file opened by a host: a raw, unbuffered, non-blocking descriptor."""
+    """One guest file opened by a host: a raw, unbuffered, non-blocking descriptor.
+
+    Any session may use any handle, and one may close it while another's call
+    on it runs in a worker thread: every call holds the descriptor through
+    :meth:`use`, and a close waits for the last of them, so that the number,
+    which the OS hands out again at once, never names another file under a call.
+    """
 
     handle: int
     fd: int
@@ -54,8 +62,37 @@ class OpenFile:
     write_error: OSError | None = None
     may_block: bool = True  # its I/O may wait on a server: network or FUSE file, block device
     hung: bool = False  # a call on it timed out and has not come back
+    _users: int = field(default=0, repr=False)  # calls holding the descriptor (use())
+    _closing: bool = field(default=False, repr=False)  # closed while in use: the last user closes
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[int]:
+        """The descriptor, open until the block ends (in whatever thread it runs)."""
+        with self._lock:
+            if self.fd < 0 or self._closing:
+                raise OSError(errno.EBADF, f"handle {self.handle} was closed")
+            self._users += 1
+            fd = self.fd
+        try:
+            yield fd
+        finally:
+            with self._lock:
+                self._users -= 1
+                close_now = self._closing and not self._users
+            if close_now:
+                with contextlib.suppress(OSError):  # nobody is left to tell
+                    self._close_fd()
 
     def close(self) -> None:
+        """Close the descriptor, now or, while calls use it, when the last one ends."""
+        with self._lock:
+            self._closing = True  # no call takes the descriptor from now on
+            if self._users:
+                return
+        self._close_fd()
+
+    def _close_fd(self) -> None:
         fd, self.fd = self.fd, -1  # the integer is reused by the OS at once
         os.close(fd)
 

@@ -1,8 +1,12 @@
 """The freezer: freeze and thaw guest filesystems, and never leave them frozen.
 
-It drives the state machine of ``agent.system.fsfreeze.state``. A freeze runs the
-hook, writes the frozen marker, arms the watchdog process (started at the
-first freeze and kept), then issues FIFREEZE children first; whatever stops
+It drives the state machine of ``agent.system.fsfreeze.state``. A freeze begins
+at once for every session of the agent (they run side by side: one freeze at
+a time, and the commands not allowed while frozen are refused to all from
+then on), reads what to freeze, lets the guest-file writes under way end
+(``agent.system.fsfreeze.gate``), runs the hook, writes the frozen marker,
+arms the watchdog process (started at the first freeze and kept), then
+issues FIFREEZE children first; whatever stops
 it part way (an error, a cancelled or timed-out command, an agent that is
 shutting down) undoes it inside a shielded cancel scope: what was frozen is
 thawed before the error reply goes out. A thaw happens on the
@@ -22,6 +26,7 @@ from typing import Protocol
 import trio
 
 from agent.errors import GenericError, os_error_text
+from agent.system.fsfreeze.gate import WriteGate
 from agent.system.fsfreeze.hook import HOOK_TIMEOUT, run_hook
 from agent.system.fsfreeze.ioctl import LinuxIoctls
 from agent.system.fsfreeze.loghold import LogHold, NoHold
@@ -36,6 +41,13 @@ log = logging.getLogger(__name__)
 # A thaw hook that runs while the agent cleans up (a failed freeze, shutdown,
 # auto-thaw) may not keep it from finishing for longer than this.
 CLEANUP_HOOK_TIMEOUT = 30.0
+
+
+class AlreadyFrozen(Exception):
+    """A freeze while another one is under way, or done: the command is disabled."""
+
+    def __init__(self, state: FreezeState) -> None:
+        super().__init__(f"fsfreeze: the filesystems are {state.value}")
 
 
 class FreezeIoctls(Protocol):
@@ -90,6 +102,7 @@ class Freezer:
         marker = None if self._marker is None else self._marker.path
         self._watchdog = Watchdog(marker=marker, hook=hook)
         self._lock = trio.Lock()  # one freeze or thaw at a time
+        self.writes = WriteGate()  # guest-file writes under way, closed while frozen
         self._deadline = math.inf  # of the auto-thaw, in trio time
         self._deadline_changed = trio.Event()
         # What we froze, in freeze order; None: unknown (we started frozen from
@@ -107,16 +120,22 @@ class Freezer:
         return self._machine.frozen
 
     async def freeze(self, mountpoints: Sequence[str] | None = None) -> int:
-        """Freeze ``mountpoints`` (None: every freezable filesystem); the number frozen."""
-        async with self._lock:
+        """Freeze ``mountpoints`` (None: every freezable filesystem); the number frozen.
+
+        The freeze begins before this first waits (:attr:`frozen` is then
+        true for every session), unless a thaw is finishing. Raises
+        :class:`AlreadyFrozen` when another freeze is under way or done.
+        """
+        try:
+            self._lock.acquire_nowait()  # no pass through the scheduler before it begins
+        except trio.WouldBlock:
+            await self._lock.acquire()  # a thaw releasing the watchdog, or the start-up check
+        try:
             if self._machine.state is not FreezeState.THAWED:
-                raise GenericError(f"fsfreeze: the filesystems are {self._machine.state.value}")
-            log.info("guest-fsfreeze called")
-            plan = await self._plan(mountpoints)
-            if not plan:
-                log.info("nothing to freeze")
-                return 0
-            return await self._freeze(plan)
+                raise AlreadyFrozen(self._machine.state)
+            return await self._freeze(mountpoints)
+        finally:
+            self._lock.release()
 
     async def thaw(self, *, hook_timeout: float | None = None) -> int:
         """Thaw what we froze; the number of filesystems thawed (0 when none was frozen)."""
@@ -147,6 +166,7 @@ class Freezer:
             # Frozen until _verify_marker has checked what it claims.
             async with self._lock:
                 self._machine = FreezeMachine(FreezeState.FROZEN)
+                self.writes.close()
                 self._frozen = self._marker.mountpoints()
                 self._log_hold.hold()
                 log.warning("%s exists: checking what is frozen", self._marker.path)
@@ -217,12 +237,19 @@ class Freezer:
             log.info("guest-fsfreeze-freeze-list: ignoring '%s': %s", path, reason)
         return freeze_plan(table, mountpoints)
 
-    async def _freeze(self, plan: list[Mount]) -> int:
-        self._machine.fire(FreezeEvent.FREEZE)
+    async def _freeze(self, mountpoints: Sequence[str] | None) -> int:
+        self._machine.fire(FreezeEvent.FREEZE)  # every session is held to the frozen state
+        self.writes.close()
         self._log_hold.hold()  # from here on, nothing of ours may write to a filesystem
+        log.info("guest-fsfreeze called")
         frozen: list[str] = []
         hook_ran = done = False
         try:
+            plan = await self._plan(mountpoints)
+            if not plan:
+                log.info("nothing to freeze")
+                return 0
+            await self._drain_writes()
             if self.hook:
                 await run_hook(self.hook, "freeze", self.hook_timeout)
                 hook_ran = True
@@ -246,6 +273,18 @@ class Freezer:
         self._arm_auto_thaw()
         log.info("froze %d filesystem(s): %s", len(frozen), ", ".join(frozen))
         return len(frozen)
+
+    async def _drain_writes(self) -> None:
+        """Let the guest-file writes under way end before the first FIFREEZE
+        (``agent.system.fsfreeze.gate``); those that do not, within the
+        filesystem deadline, fail the freeze."""
+        with trio.move_on_after(self._fs.timeout):
+            await self.writes.drained()
+        if self.writes.inside:
+            raise GenericError(
+                f"fsfreeze: {self.writes.inside} guest-file write(s) still under way after"
+                f" {self._fs.timeout:g} s; nothing was frozen"
+            )
 
     async def _freeze_guarded(self, mount: Mount) -> bool:
         """FIFREEZE under the deadline; one that ends after it is undone then."""
@@ -317,6 +356,7 @@ class Freezer:
                     log.warning("cannot remove %s: %s", self._marker.path, os_error_text(err))
             self._frozen = []
             self._machine.fire(FreezeEvent.THAWED)
+            self.writes.open()
             self._log_hold.resume()
             log.info("thawed %d filesystem(s)", count)
             await self._watchdog.release()  # still under the lock: no freeze meanwhile

@@ -17,6 +17,7 @@ from typing import Any
 import trio
 from pydantic_core import ValidationError
 
+from agent.core.bulk import encode_big_payloads, has_big_payload
 from agent.core.context import AgentContext
 from agent.core.policy import NOT_ALLOWED, disabled
 from agent.core.registry import Command
@@ -74,6 +75,8 @@ class Dispatcher:
         except Exception as err:
             log.error("%s failed", command.name, exc_info=err)
             return ErrorReply("GenericError", f"internal error in {command.name}: {err}", parsed.id)
+        if has_big_payload(value):  # a big read's: encoded without stalling other sessions
+            value = await encode_big_payloads(value)
         return self._reply(command, value, parsed.id)
 
     async def _run_async(self, command: Command, arguments: dict[str, Any]) -> object:

@@ -98,7 +98,10 @@ def encode_return_parts(value: dict[str, object], request_id: RequestId = NO_ID)
     for index, (key, item) in enumerate(value.items()):
         text += (", " if index else "") + _encode_key(key) + ": "
         if isinstance(item, Base64Payload):
-            if len(item.data) <= INLINE_PAYLOAD:
+            if item.encoded is not None:
+                parts += [(text + '"').encode("ascii"), *item.encoded]
+                text = '"'
+            elif len(item.data) <= INLINE_PAYLOAD:
                 text += '"' + pybase64.b64encode_as_string(item.data) + '"'
             else:
                 parts += [(text + '"').encode("ascii"), pybase64.b64encode(item.data)]

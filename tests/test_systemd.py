@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ from tests.support.processes import ROOT, run_agent, spawn_agent
 
 pytestmark = pytest.mark.slow
 
-UNIT = ROOT / "systemd" / "trio-qga.service"
+UNITS = sorted((ROOT / "systemd").glob("*.service"))
 
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
@@ -206,8 +207,9 @@ def test_listen_fds_for_another_process_are_ignored(tmp_path: Path) -> None:
     assert "method unix-listen needs a path" in result.stderr
 
 
-def test_unit_file_is_valid_for_systemd(tmp_path: Path) -> None:
-    text = UNIT.read_text()
+@pytest.mark.parametrize("unit_file", UNITS, ids=[path.name for path in UNITS])
+def test_unit_file_is_valid_for_systemd(tmp_path: Path, unit_file: Path) -> None:
+    text = unit_file.read_text()
     assert "\nType=notify\n" in text
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
     assert " -d" not in exec_start  # systemd supervises the process it starts
@@ -219,10 +221,23 @@ def test_unit_file_is_valid_for_systemd(tmp_path: Path) -> None:
         pytest.skip(message)
     # verify checks that ExecStart exists: point it at this checkout's script.
     script = Path(sys.executable).parent / "trio-qga"
-    unit = tmp_path / "trio-qga.service"
+    unit = tmp_path / unit_file.name
     unit.write_text(text.replace(exec_start, f"ExecStart={script}"))
     result = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def test_the_multi_transport_unit_names_three_transports() -> None:
+    """systemd/trio-qga-multi.service's command line, as trio-qga reads it."""
+    text = (ROOT / "systemd" / "trio-qga-multi.service").read_text()
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    result = run_agent(None, *shlex.split(exec_start)[1:], "-D")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "method=virtio-serial" in lines
+    assert "path=/dev/virtio-ports/org.qemu.guest_agent.0" in lines
+    assert "retry-path=true" in lines
+    assert "transports=vsock-listen:-1:1234,unix-listen:/run/trio-qga.sock" in lines

@@ -1,0 +1,217 @@
+"""Several transports: pings on one while another streams file reads back to back.
+
+    .venv/bin/python -m benchmarks.bench_transports [--rounds N] [--pings N]
+        [--read-mib N] [--json FILE] [--source DIR]
+
+trio-qga runs as a process on two unix sockets (``--transport`` twice). Each
+round measures, on a fresh agent:
+
+- pings alone: ``--pings`` guest-ping round trips on the first socket, one
+  every ``PACE`` seconds (the sampling spans the whole stream);
+- streaming alone: guest-file-read of ``--read-mib`` MiB back to back on the
+  second socket (from a 64 MiB file, read again from the start at its end),
+  for as long as the pings take; MiB/s of file data;
+- together: the same pings while the same stream runs.
+
+The streaming host is a process of its own (``--stream-worker``), so that its
+reading does not share this process's GIL with the pings' clock; it takes the
+replies' bytes and checks their count, without decoding the base64 (a host's
+decoding is its own cost). ``--source DIR`` runs the agent from another tree
+(an export of another commit: ``git archive REV | tar -x -C DIR``), for a
+before/after. Figures are printed, never asserted: ping p50 and p99 alone and
+together, and the stream's throughput together as a share of alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_core import MIB, PING, PING_REPLY, ROOT
+from benchmarks.bench_exec import median_ms, p99_ms
+
+PACE = 0.005  # seconds between pings
+FILE_SIZE = 64 * MIB
+
+
+def connect(path: Path, deadline: float) -> socket.socket:
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def agent(workdir: Path, source: Path) -> Iterator[tuple[Path, Path]]:
+    """trio-qga on two sockets, from ``source``; yields them once both answer."""
+    first, second = workdir / "first.sock", workdir / "second.sock"
+    command = [sys.executable, "-m", "agent", "--no-plugins", "--cache-dir", ""]
+    command += ["-t", str(workdir), "-f", ""]
+    command += ["--transport", f"unix-listen:{first}", "--transport", f"unix-listen:{second}"]
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    proc = subprocess.Popen(command, cwd=source, env=env, stderr=subprocess.DEVNULL)
+    try:
+        for path in (first, second):
+            with contextlib.closing(connect(path, time.monotonic() + 60)) as sock:
+                sock.sendall(PING)
+                assert sock.recv(100) == PING_REPLY
+        yield first, second
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def pings(path: Path, count: int) -> list[float]:
+    """Round trips of ``count`` pings, one every PACE seconds."""
+    times = []
+    with contextlib.closing(connect(path, time.monotonic() + 10)) as sock:
+        for _ in range(count):
+            start = time.perf_counter()
+            sock.sendall(PING)
+            reply = b""
+            while not reply.endswith(b"\n"):
+                reply += sock.recv(100)
+            times.append(time.perf_counter() - start)
+            assert reply == PING_REPLY, reply
+            time.sleep(PACE)
+    return times
+
+
+@contextlib.contextmanager
+def streaming(path: Path, data: Path, read_size: int) -> Iterator[dict[str, float]]:
+    """A host streaming reads on ``path`` in a process of its own, while the block
+    runs; then its figures (``mib_per_s``)."""
+    figures: dict[str, float] = {}
+    command = [sys.executable, "-m", "benchmarks.bench_transports", "--stream-worker"]
+    command += [str(path), str(data), str(read_size)]
+    worker = subprocess.Popen(
+        command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert worker.stdin is not None
+    assert worker.stdout is not None
+    assert worker.stdout.readline() == "streaming\n"
+    try:
+        yield figures
+    finally:
+        worker.stdin.close()  # the worker's cue to stop
+        figures.update(json.loads(worker.stdout.read()))
+        worker.wait(60)
+
+
+def stream_worker(path: str, data: str, read_size: int) -> int:
+    """Reads back to back until stdin closes; prints bytes and seconds as JSON."""
+    sock = connect(Path(path), time.monotonic() + 10)
+    reply = Reply(sock)
+    sock.sendall(json.dumps({"execute": "guest-file-open", "arguments": {"path": data}}).encode())
+    handle = json.loads(reply.line())["return"]
+    read = json.dumps(
+        {"execute": "guest-file-read", "arguments": {"handle": handle, "count": read_size}}
+    ).encode()
+    seek = json.dumps(
+        {"execute": "guest-file-seek", "arguments": {"handle": handle, "offset": 0, "whence": 0}}
+    ).encode()
+    print("streaming", flush=True)
+    moved = 0
+    start = time.perf_counter()
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        sock.sendall(read)
+        line = reply.line()
+        count = int(line[len(b'{"return": {"count": ') :].split(b",", 1)[0])
+        moved += count
+        if count < read_size:  # the end of the file: from the start again
+            sock.sendall(seek)
+            reply.line()
+    seconds = time.perf_counter() - start
+    print(json.dumps({"mib_per_s": moved / MIB / seconds, "seconds": seconds}))
+    return 0
+
+
+class Reply:
+    """Reply lines from a socket, read in big pieces, joined once each."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.rest = b""
+
+    def line(self) -> bytes:
+        pieces = [self.rest]
+        while b"\n" not in pieces[-1]:
+            data = self.sock.recv(4 * MIB)
+            assert data, "the agent closed the socket"
+            pieces.append(data)
+        joined = b"".join(pieces)
+        line, self.rest = joined.split(b"\n", 1)
+        return line
+
+
+def round_figures(workdir: Path, source: Path, count: int, read_size: int) -> dict[str, Any]:
+    data = workdir / "data"
+    with open(data, "wb") as file:
+        file.write(os.urandom(FILE_SIZE))
+    with agent(workdir, source) as (first, second):
+        alone = pings(first, count)
+        with streaming(second, data, read_size) as stream_alone:
+            time.sleep(sum(alone) + count * PACE)
+        with streaming(second, data, read_size) as stream_together:
+            together = pings(first, count)
+    return {
+        "ping_alone_p50_ms": median_ms(alone),
+        "ping_alone_p99_ms": p99_ms(alone),
+        "ping_together_p50_ms": median_ms(together),
+        "ping_together_p99_ms": p99_ms(together),
+        "ping_together_max_ms": max(together) * 1e3,
+        "stream_alone_mib_s": stream_alone["mib_per_s"],
+        "stream_together_mib_s": stream_together["mib_per_s"],
+    }
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--stream-worker"]:
+        return stream_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--pings", type=int, default=1000, help="pings per phase (default 1000)")
+    parser.add_argument("--read-mib", type=int, default=1, help="MiB per read (default 1)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--source", type=Path, default=ROOT, help="the agent's tree (default this)")
+    args = parser.parse_args()
+    rounds = []
+    for number in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="bench-transports-") as workdir:
+            figures = round_figures(Path(workdir), args.source, args.pings, args.read_mib * MIB)
+        rounds.append(figures)
+        print(f"round {number + 1}: " + json.dumps({k: round(v, 2) for k, v in figures.items()}))
+    summary = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    summary["stream_together_share"] = (
+        summary["stream_together_mib_s"] / summary["stream_alone_mib_s"]
+    )
+    summary["ping_p99_ratio"] = summary["ping_together_p99_ms"] / summary["ping_alone_p99_ms"]
+    print(f"reads of {args.read_mib} MiB, median of {args.rounds} rounds:")
+    for key, value in summary.items():
+        print(f"  {key:28} {value:8.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"rounds": rounds, "summary": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

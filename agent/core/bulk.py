@@ -18,7 +18,8 @@ import trio
 from agent.wire.payload import Base64Payload
 
 # Bytes encoded at a time: a multiple of 3, so that the pieces' base64 joins
-# up without padding inside; about a millisecond of encoding.
+# up without padding inside; well under a millisecond of encoding (its output
+# may have to be faulted in: the page faults are counted in the piece too).
 PIECE = 3 * 256 * 1024
 
 

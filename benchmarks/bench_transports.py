@@ -4,14 +4,15 @@
         [--read-mib N] [--json FILE] [--source DIR]
 
 trio-qga runs as a process on two unix sockets (``--transport`` twice). Each
-round measures, on a fresh agent:
+round, on a fresh agent, interleaves ``--slices`` times (so that the load of a
+shared machine weighs on each alike):
 
-- pings alone: ``--pings`` guest-ping round trips on the first socket, one
-  every ``PACE`` seconds (the sampling spans the whole stream);
+- pings alone: guest-ping round trips on the first socket, one every ``PACE``
+  seconds (``--pings`` per round in all);
 - streaming alone: guest-file-read of ``--read-mib`` MiB back to back on the
   second socket (from a 64 MiB file, read again from the start at its end),
-  for as long as the pings take; MiB/s of file data;
-- together: the same pings while the same stream runs.
+  for as long as those pings took; MiB/s of file data;
+- together: as many pings while the same stream runs.
 
 The streaming host is a process of its own (``--stream-worker``), so that its
 reading does not share this process's GIL with the pings' clock; it takes the
@@ -96,29 +97,41 @@ def pings(path: Path, count: int) -> list[float]:
     return times
 
 
-@contextlib.contextmanager
-def streaming(path: Path, data: Path, read_size: int) -> Iterator[dict[str, float]]:
-    """A host streaming reads on ``path`` in a process of its own, while the block
-    runs; then its figures (``mib_per_s``)."""
-    figures: dict[str, float] = {}
-    command = [sys.executable, "-m", "benchmarks.bench_transports", "--stream-worker"]
-    command += [str(path), str(data), str(read_size)]
-    worker = subprocess.Popen(
-        command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert worker.stdin is not None
-    assert worker.stdout is not None
-    assert worker.stdout.readline() == "streaming\n"
-    try:
-        yield figures
-    finally:
-        worker.stdin.close()  # the worker's cue to stop
-        figures.update(json.loads(worker.stdout.read()))
-        worker.wait(60)
+class StreamHost:
+    """A host streaming reads on a socket, in a process of its own (``--stream-worker``),
+    when told: :meth:`stream` starts it, :meth:`pause` stops it and gives the bytes
+    of file data moved and the seconds it took."""
+
+    def __init__(self, path: Path, data: Path, read_size: int) -> None:
+        command = [sys.executable, "-m", "benchmarks.bench_transports", "--stream-worker"]
+        command += [str(path), str(data), str(read_size)]
+        self.worker = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.worker.stdin is not None
+        assert self.worker.stdout is not None
+        self.commands, self.answers = self.worker.stdin, self.worker.stdout
+        assert self.answers.readline() == "ready\n"
+
+    def stream(self) -> None:
+        self.commands.write("stream\n")
+        self.commands.flush()
+        assert self.answers.readline() == "streaming\n"
+
+    def pause(self) -> tuple[int, float]:
+        self.commands.write("pause\n")
+        self.commands.flush()
+        moved, seconds = json.loads(self.answers.readline())
+        return moved, seconds
+
+    def close(self) -> None:
+        self.commands.close()
+        self.worker.wait(60)
 
 
 def stream_worker(path: str, data: str, read_size: int) -> int:
-    """Reads back to back until stdin closes; prints bytes and seconds as JSON."""
+    """Reads back to back between a ``stream`` and a ``pause`` line on stdin; on each
+    pause prints [bytes, seconds] as JSON. Ends at the end of stdin."""
     sock = connect(Path(path), time.monotonic() + 10)
     reply = Reply(sock)
     sock.sendall(json.dumps({"execute": "guest-file-open", "arguments": {"path": data}}).encode())
@@ -129,19 +142,23 @@ def stream_worker(path: str, data: str, read_size: int) -> int:
     seek = json.dumps(
         {"execute": "guest-file-seek", "arguments": {"handle": handle, "offset": 0, "whence": 0}}
     ).encode()
-    print("streaming", flush=True)
-    moved = 0
-    start = time.perf_counter()
-    while not select.select([sys.stdin], [], [], 0)[0]:
-        sock.sendall(read)
-        line = reply.line()
-        count = int(line[len(b'{"return": {"count": ') :].split(b",", 1)[0])
-        moved += count
-        if count < read_size:  # the end of the file: from the start again
-            sock.sendall(seek)
-            reply.line()
-    seconds = time.perf_counter() - start
-    print(json.dumps({"mib_per_s": moved / MIB / seconds, "seconds": seconds}))
+    print("ready", flush=True)
+    for command in sys.stdin:
+        assert command == "stream\n", command
+        print("streaming", flush=True)
+        moved = 0
+        start = time.perf_counter()
+        while not select.select([sys.stdin], [], [], 0)[0]:
+            sock.sendall(read)
+            line = reply.line()
+            count = int(line[len(b'{"return": {"count": ') :].split(b",", 1)[0])
+            moved += count
+            if count < read_size:  # the end of the file: from the start again
+                sock.sendall(seek)
+                reply.line()
+        seconds = time.perf_counter() - start
+        assert sys.stdin.readline() == "pause\n"
+        print(json.dumps([moved, seconds]), flush=True)
     return 0
 
 
@@ -163,24 +180,44 @@ class Reply:
         return line
 
 
-def round_figures(workdir: Path, source: Path, count: int, read_size: int) -> dict[str, Any]:
+def round_figures(
+    workdir: Path, source: Path, count: int, read_size: int, slices: int
+) -> dict[str, Any]:
+    """One agent; ``slices`` times: pings alone, the stream alone, both together
+    (interleaved, so that the load of a shared machine weighs on each alike)."""
     data = workdir / "data"
     with open(data, "wb") as file:
         file.write(os.urandom(FILE_SIZE))
+    alone: list[float] = []
+    together: list[float] = []
+    stream_alone = [0, 0.0]
+    stream_together = [0, 0.0]
     with agent(workdir, source) as (first, second):
-        alone = pings(first, count)
-        with streaming(second, data, read_size) as stream_alone:
-            time.sleep(sum(alone) + count * PACE)
-        with streaming(second, data, read_size) as stream_together:
-            together = pings(first, count)
+        host = StreamHost(second, data, read_size)
+        try:
+            for _ in range(slices):
+                batch = pings(first, count // slices)
+                alone += batch
+                host.stream()
+                time.sleep(sum(batch) + len(batch) * PACE)
+                moved, seconds = host.pause()
+                stream_alone[0] += moved
+                stream_alone[1] += seconds
+                host.stream()
+                together += pings(first, count // slices)
+                moved, seconds = host.pause()
+                stream_together[0] += moved
+                stream_together[1] += seconds
+        finally:
+            host.close()
     return {
         "ping_alone_p50_ms": median_ms(alone),
         "ping_alone_p99_ms": p99_ms(alone),
         "ping_together_p50_ms": median_ms(together),
         "ping_together_p99_ms": p99_ms(together),
         "ping_together_max_ms": max(together) * 1e3,
-        "stream_alone_mib_s": stream_alone["mib_per_s"],
-        "stream_together_mib_s": stream_together["mib_per_s"],
+        "stream_alone_mib_s": stream_alone[0] / MIB / stream_alone[1],
+        "stream_together_mib_s": stream_together[0] / MIB / stream_together[1],
     }
 
 
@@ -191,13 +228,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--pings", type=int, default=1000, help="pings per phase (default 1000)")
     parser.add_argument("--read-mib", type=int, default=1, help="MiB per read (default 1)")
+    parser.add_argument(
+        "--slices", type=int, default=10, help="interleaved slices per round (default 10)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--source", type=Path, default=ROOT, help="the agent's tree (default this)")
     args = parser.parse_args()
     rounds = []
     for number in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="bench-transports-") as workdir:
-            figures = round_figures(Path(workdir), args.source, args.pings, args.read_mib * MIB)
+            figures = round_figures(
+                Path(workdir), args.source, args.pings, args.read_mib * MIB, args.slices
+            )
         rounds.append(figures)
         print(f"round {number + 1}: " + json.dumps({k: round(v, 2) for k, v in figures.items()}))
     summary = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
@@ -205,7 +247,10 @@ def main() -> int:
         summary["stream_together_mib_s"] / summary["stream_alone_mib_s"]
     )
     summary["ping_p99_ratio"] = summary["ping_together_p99_ms"] / summary["ping_alone_p99_ms"]
-    print(f"reads of {args.read_mib} MiB, median of {args.rounds} rounds:")
+    print(
+        f"reads of {args.read_mib} MiB, median of {args.rounds} rounds"
+        f" (load average {os.getloadavg()[0]:.1f}):"
+    )
     for key, value in summary.items():
         print(f"  {key:28} {value:8.2f}")
     if args.json:

@@ -412,7 +412,7 @@ def core_metrics() -> list[Metric]:
         Metric("pipelined", "pipelined pings per second", higher_is_better=True),
         Metric("connect", "connect+sync+ping+close per second", higher_is_better=True),
         Metric("connect-cpu", "agent CPU per connect+sync+ping+close (us)"),
-        Metric("read-4k-cpu", "agent CPU per MiB, reads of 4 KiB (ms)"),
+        Metric("small-reads-cpu", "agent CPU per MiB, reads of 4 KiB (ms)"),
         Metric("memory-after-load", "resident memory after 1 and 16 MiB transfers (MiB)"),
         Metric("memory-after-48m", "resident memory after a 48 MiB read (MiB)"),
     ]
@@ -420,7 +420,7 @@ def core_metrics() -> list[Metric]:
 
 # The rows each phase measures (a phase runs when one of its rows is asked for).
 STARTUP_ROWS = {"startup", "startup-cpu", "first-start-cpu", "idle-memory", "first-start-memory"}
-REQUEST_ROWS = {"ping-p50", "ping-p99", "pipelined", "connect", "connect-cpu", "read-4k-cpu"}
+REQUEST_ROWS = {"ping-p50", "ping-p99", "pipelined", "connect", "connect-cpu", "small-reads-cpu"}
 MEMORY_ROWS = {"memory-after-load", "memory-after-48m"}
 
 
@@ -526,8 +526,8 @@ def _request_rounds(
                     cpu0 = on_cpu_seconds(pid)
                     rows.add("connect", name, connect_cycles(sock, n_cycles))
                     rows.add("connect-cpu", name, (on_cpu_seconds(pid) - cpu0) / n_cycles * 1e6)
-                if "read-4k-cpu" in rows:
-                    rows.add("read-4k-cpu", name, small_read_cpu(pid, sock, source))
+                if "small-reads-cpu" in rows:
+                    rows.add("small-reads-cpu", name, small_read_cpu(pid, sock, source))
 
 
 def _memory_rounds(

@@ -4,7 +4,8 @@ A git revision is installed once and kept, by commit hash, under the cache
 directory (``~/.cache/trio-qga-bench`` by default): later runs start at once.
 The working tree is copied as it is at the start of the run (its tracked and
 untracked files, less what git ignores) and installed into a venv kept for it,
-whose dependencies are installed again only when a ``pyproject.toml`` changes.
+installed again only when a file changed (its dependencies too only when a
+``pyproject.toml`` did).
 Both are installed the same way, as a guest installs the agent (not editable),
 with the example plugins of ``plugins/`` as ``scripts/setup --test`` installs
 them, so that the two builds differ in their code only.
@@ -71,11 +72,14 @@ def working_tree(cache: Path = DEFAULT_CACHE) -> Build:
             if name and path.is_file():  # a tracked file deleted in the tree is gone
                 (source / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, source / name)
-        stamp = _dependencies_stamp(source)
-        if (home / READY).exists() and (home / READY).read_text() == stamp:
-            _pip(home, "--no-deps", "--force-reinstall", *_projects(source))
-        else:
+        stamp, content = _stamp(source, "**/pyproject.toml"), _stamp(source, "**/*")
+        installed = home / "installed"  # the stamp of the content installed last
+        if not (home / READY).exists() or (home / READY).read_text() != stamp:
             _install(home, source, stamp=stamp)
+        elif not installed.exists() or installed.read_text() != content:
+            installed.unlink(missing_ok=True)
+            _pip(home, "--no-deps", "--force-reinstall", *_projects(source))
+        installed.write_text(content)
     head = git("rev-parse", "--short=10", "HEAD", what="HEAD")
     changed = git("status", "--porcelain", what="git status")
     return Build(
@@ -116,11 +120,12 @@ def _projects(source: Path) -> list[str]:
     return [str(source), *plugins]
 
 
-def _dependencies_stamp(source: Path) -> str:
-    """Changes when a project's dependencies may have changed."""
+def _stamp(source: Path, pattern: str) -> str:
+    """A digest of the files of ``source`` that match ``pattern``, names and content."""
     digest = hashlib.sha256()
-    for pyproject in sorted(source.glob("**/pyproject.toml")):
-        digest.update(str(pyproject.relative_to(source)).encode() + pyproject.read_bytes())
+    for path in sorted(source.glob(pattern)):
+        if path.is_file():
+            digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

@@ -21,15 +21,16 @@ class MemoryRelease:
     is its own business: then it never does).
 
     1 MiB buffers sit below the allocator's fixed mmap threshold
-    (``agent/daemon/allocator.py``); freed under a block still in use, they stay
-    in the heap. Given back when the host goes quiet or leaves, a session that
-    moved 1 and 16 MiB transfers holds what an idle one does
-    (``benchmarks/ab.py --only memory-after-load memory-after-48m``: trio-qga
-    within 1.1x the floor, against 38 to 69 MiB kept without it;
-    ``tests/test_memory.py``). Until then, every read waits at most QUIET for
-    the next request, instead of taking the stream's reply-and-read exchange;
-    small requests never start the count, so pings and 4 KiB reads pay one
-    call per read and nothing else.
+    (``agent/daemon/allocator.py``); freed under a block still in use, they
+    stay in the heap, in some runs and not others. Without this policy
+    (``benchmarks/ab.py --base fbd476c --only memory-after-load
+    memory-after-48m``, 5 rounds) the medians were 1.01x (34.1 against 33.8
+    MiB), but ``tests/test_memory.py`` failed one run in three: more than 5 MiB
+    above idle after a 48 MiB read (the allocator's notes: 60 to 77 MiB against
+    38 idle in two runs of six). It stays for those runs. Until memory went
+    back, every read waits at most QUIET for the next request, instead of
+    taking the stream's reply-and-read exchange; small requests never start
+    the count, so pings and 4 KiB reads pay one call per read and nothing else.
     """
 
     __slots__ = ("_moved", "_release")

@@ -10,10 +10,13 @@ this one loop's :class:`~agent.core.outbox.Outbox`, so there is a single writer
 by construction. The replies to the requests of one read go out in one write,
 except that replies already due are sent before a handler that may wait.
 
-Two policies shape the loop without changing what a host sees, each in a class
-of its own that says what figure justifies it: how much to read at a time
-(:class:`~agent.core.read_sizes.ReadSizes`), and when to give memory freed by
-bulk transfers back to the system (:class:`~agent.core.memory_release.MemoryRelease`).
+Three policies shape the loop without changing what a host sees, each behind a
+small interface that says which benchmark figure justifies it: how much to read
+at a time (:class:`~agent.core.read_sizes.ReadSizes`), when to give the memory
+freed by bulk transfers back to the system
+(:class:`~agent.core.memory_release.MemoryRelease`), and, inside the streams
+that send a reply and read the next request in one call, how long to look for
+that request before sleeping (:func:`~agent.transports.contract.poll_after_reply`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Core protocol benchmark: trio-qga and the real qemu-ga side by side, in one run.
 
-    .venv/bin/python benchmarks/bench_core.py [--quick] [--size MIB] [--json FILE]
+    .venv/bin/python benchmarks/bench_core.py [--quick] [--size MIB] [--only ROW ...]
 
-Both agents run as processes on unix sockets, driven by the same blocking
+The agents run as processes on unix sockets, driven by the same blocking
 Python client: start-up to the first reply and memory once started, ping
 latency, pipelined pings, connect + 0xFF sync + ping + close cycles, the
 agent's CPU per MiB of 4 KiB reads, and memory after 1 MiB and 16 MiB reads
@@ -12,9 +12,10 @@ CPU time, the steadier figure on a busy machine) and memory, an interpreter
 that imports trio and pydantic and nothing else; for the ping, connect and
 4 KiB read rows, ``benchmarks/stack_floor.py``, a bare server answering the
 same requests with trio's own streams and the stdlib. Rounds alternate
-between the agents so that machine noise hits both; each row gives the
-medians and the ratio of each round (ours / theirs), its median and range,
-never a pass/fail.
+between the agents so that machine noise hits them all; each row gives the
+medians and ratios taken round by round (``benchmarks/report.py``), never a
+pass/fail. :func:`measure` takes any number of trio-qga builds:
+``benchmarks/ab.py`` compares two.
 """
 
 from __future__ import annotations

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeGuard
 
 import pybase64
 
@@ -27,39 +25,8 @@ class _Absent(enum.Enum):
 NO_ID = _Absent.ABSENT
 RequestId = object  # any JSON value, or NO_ID
 
-
-def _one_shot_encoder() -> Callable[[object], str]:
-    """``json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode``, with its C
-    encoder built once instead of on every call.
-
-    ``encode`` builds the C encoder anew for each value: 6 us for a ping's reply
-    (``{"return": {}}``), which is why the hot path's replies used to be
-    concatenated by hand (0.45 us). Built once, the encoder takes 0.45 us for
-    it too, and a 4 KiB read's reply with its base64 as fast as the hand-made
-    one (timeit, best of 50 runs; ``benchmarks/ab.py`` rows unchanged), so every
-    reply is encoded the one plain way.
-    """
-    make: Any = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # no C accelerator (not CPython)
-        return json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
-    # markers, default, string encoder, indent, separators, sort_keys, skipkeys,
-    # allow_nan: JSONEncoder(ensure_ascii=True, allow_nan=False)'s, without the
-    # circular check (replies are trees; RecursionError is handled by _encode).
-    encoder = make(
-        None,
-        json.JSONEncoder().default,
-        json.encoder.encode_basestring_ascii,
-        None,
-        ": ",
-        ", ",
-        False,
-        False,
-        False,
-    )
-    return lambda value: "".join(encoder(value, 0))
-
-
-_json_encode = _one_shot_encoder()
+_json_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+_encode_ascii_string = json.encoder.encode_basestring_ascii
 # Base64 payloads up to this size go in the reply line; bigger ones are sent as
 # pieces of their own, without being copied into it.
 INLINE_PAYLOAD = 64 * 1024
@@ -115,39 +82,39 @@ def encode_reply(reply: Reply) -> list[bytes]:
     if isinstance(reply, ErrorReply):
         return [encode_error(reply.error_class, reply.desc, reply.id)]
     value = reply.value
-    if type(value) is dict and any(type(v) is Base64Payload for v in value.values()):
-        if any(_big(v) for v in value.values()):
-            return _encode_around_payloads(value, reply.id)
-        value = {key: _inline(item) for key, item in value.items()}  # a small read's
+    if type(value) is dict and value and any(type(v) is Base64Payload for v in value.values()):
+        return encode_return_parts(value, reply.id)
     return [encode_return(value, reply.id, delimited=reply.delimited)]
 
 
-def _big(item: object) -> TypeGuard[Base64Payload]:
-    return type(item) is Base64Payload and len(item.data) > INLINE_PAYLOAD
+def encode_return_parts(value: dict[str, object], request_id: RequestId = NO_ID) -> list[bytes]:
+    """Like :func:`encode_return` for an object holding :class:`Base64Payload` values.
 
-
-def _inline(item: object) -> object:
-    """A small payload as the string it stands for; anything else as it is."""
-    return pybase64.b64encode_as_string(item.data) if type(item) is Base64Payload else item
-
-
-def _encode_around_payloads(value: dict[str, object], request_id: RequestId) -> list[bytes]:
-    """The reply line of ``value`` cut around its big payloads, each of which is
-    a piece of its own: sent as it is, never copied into the line."""
+    The reply comes in pieces, so a big payload is sent without being joined;
+    a small one (a 4 KiB read's) goes in the line itself.
+    """
     parts: list[bytes] = []
     text = '{"return": {'
     for index, (key, item) in enumerate(value.items()):
-        text += (", " if index else "") + _encode(key) + ": "
-        if _big(item):
-            parts += [(text + '"').encode("ascii"), pybase64.b64encode(item.data)]
-            text = '"'
+        text += (", " if index else "") + _encode_key(key) + ": "
+        if isinstance(item, Base64Payload):
+            if len(item.data) <= INLINE_PAYLOAD:
+                text += '"' + pybase64.b64encode_as_string(item.data) + '"'
+            else:
+                parts += [(text + '"').encode("ascii"), pybase64.b64encode(item.data)]
+                text = '"'
         else:
-            text += _encode(_inline(item))
+            text += _encode_value(item)
     text += "}"
     if request_id is not NO_ID:
-        text += ', "id": ' + _encode(request_id)
+        text += ', "id": ' + _encode_value(request_id)
     parts.append((text + "}\n").encode("ascii"))
     return parts
+
+
+def _encode_key(key: str) -> str:
+    """A member name (ASCII, from the schema) without the encoder's set-up."""
+    return _encode_ascii_string(key) if key.isascii() else _encode(key)
 
 
 def encode_return(
@@ -157,9 +124,26 @@ def encode_return(
 
     ``delimited`` puts the 0xFF sentinel first, for ``guest-sync-delimited``.
     """
-    reply = {"return": value} if request_id is NO_ID else {"return": value, "id": request_id}
-    line = (_encode(reply) + "\n").encode("ascii")
+    text = '{"return": ' + _encode_value(value)
+    if request_id is not NO_ID:
+        text += ', "id": ' + _encode_value(request_id)
+    line = (text + "}\n").encode("ascii")
     return DELIMITER + line if delimited else line
+
+
+def _encode_value(value: object) -> str:
+    """JSON text of ``value``, with a shortcut for the pings' and syncs' replies.
+
+    The shortcuts save most of the encoder's per-call set-up on the hot path.
+    """
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is dict and not value:
+        return "{}"
+    return _encode(value)
 
 
 def encode_error(error_class: str, desc: str, request_id: RequestId = NO_ID) -> bytes:

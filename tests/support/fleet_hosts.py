@@ -107,25 +107,19 @@ class Fleet:
                 domain.virsh("domfsthaw", "{}")
 
 
-def _agent(agent: str, qemu_ga: str, hook: Path) -> list[str]:
+def _agent(agent: str, qemu_ga: str, hook: bool) -> list[str]:
     if agent == "qemu-ga":
         return [qemu_ga, "-f", "/run/qemu-ga.pid"]
-    return [
-        sys.executable,
-        "-m",
-        "agent",
-        "-f",
-        "/run/trio-qga.pid",
-        "--thaw-timeout",
-        str(THAW_TIMEOUT),
-        "-F",
-        str(hook),
-    ]
+    command = [sys.executable, "-m", "agent", "-f", "/run/trio-qga.pid"]
+    command += ["--thaw-timeout", str(THAW_TIMEOUT)]
+    return [*command, "-F", f"{EXCHANGE}/fsfreeze-hook"] if hook else command
 
 
 @contextmanager
-def two_hosts(base: Path, run_in_vm: Path, qemu_ga: str) -> Iterator[Fleet]:
-    """Both daemons and the three domains, every agent answering; all stopped at the end."""
+def two_hosts(base: Path, run_in_vm: Path, qemu_ga: str, *, hook: bool = True) -> Iterator[Fleet]:
+    """Both daemons and the three domains, every agent answering; all stopped at the end.
+    ``hook``: the trio-qga guests run the test's fsfreeze hook (a program started in the
+    guest at every freeze and thaw: a benchmark goes without)."""
     started = time.monotonic()
     with ExitStack() as stack:
         hosts = {}
@@ -138,7 +132,6 @@ def two_hosts(base: Path, run_in_vm: Path, qemu_ga: str) -> Iterator[Fleet]:
         build_initramfs(initrd, run_in_vm)
         domains = []
         for label, agent in LAYOUT:
-            hook = Path(EXCHANGE) / "fsfreeze-hook"
             command = [str(GUEST), *_agent(agent, qemu_ga, hook)]
             command += ["-m", "virtio-serial", "-p", PORT, "-t", "/run"]
             name = f"fleet-{agent}"

@@ -259,16 +259,8 @@ class Agent:
         stream)`` the caller resumes once the session has begun.
         """
         try:
-            # A lock free at once is taken without the pass through the scheduler
-            # that ``async with`` makes; the session's first read is the checkpoint.
-            try:
-                self._one_client.acquire_nowait()
-            except trio.WouldBlock:
-                await self._one_client.acquire()
-            try:
+            async with self._one_client:
                 await self._converse(stream, task_status=task_status)
-            finally:
-                self._one_client.release()
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -8,6 +8,8 @@ Agents and clients
                    ``running_agent``, ``run_agent``, ``run_client``, waiting on them
   clients          ``StreamClient`` (trio stream), ``SocketClient`` (unix socket)
   reference        the real qemu-ga, run the same way as ours
+  fake_hosts       libvirt hosts and guests in this process, for trio-qga-client's
+                   fleets: hosts down or hung, guests slow or refusing a freeze
   exchange_checks  what every ``ExchangeStream`` must do
 
 Stand-ins for the guest, harmless to this machine

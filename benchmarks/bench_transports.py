@@ -1,9 +1,13 @@
 """Several transports: pings on one while another streams file reads back to back.
 
     .venv/bin/python -m benchmarks.bench_transports [--rounds N] [--pings N]
-        [--read-mib N] [--json FILE] [--source DIR]
+        [--read-mib N] [--slices N] [--base REV] [--json FILE]
 
-trio-qga runs as a process on two unix sockets (``--transport`` twice). Each
+trio-qga runs as a process on two unix sockets (``--transport`` twice),
+installed as ``benchmarks/ab.py`` installs it (``benchmarks/builds.py``): the
+working tree (B) and, with ``--base``, a git revision (A) in alternating
+rounds, B/A in the table (a revision that serves several transports: main
+before issue 25 serves one). Each
 round, on a fresh agent, interleaves ``--slices`` times (so that the load of a
 shared machine weighs on each alike):
 
@@ -17,10 +21,9 @@ shared machine weighs on each alike):
 The streaming host is a process of its own (``--stream-worker``), so that its
 reading does not share this process's GIL with the pings' clock; it takes the
 replies' bytes and checks their count, without decoding the base64 (a host's
-decoding is its own cost). ``--source DIR`` runs the agent from another tree
-(an export of another commit: ``git archive REV | tar -x -C DIR``), for a
-before/after. Figures are printed, never asserted: ping p50 and p99 alone and
-together, and the stream's throughput together as a share of alone.
+decoding is its own cost). Figures are printed, never asserted, as a median
+and range over the rounds: ping p50 and p99 alone and together, and the
+stream's throughput alone and together (``stream_together_share``).
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+from benchmarks import builds
 from benchmarks.bench_core import MIB, PING, PING_REPLY, ROOT
 from benchmarks.bench_exec import median_ms, p99_ms
 
@@ -62,14 +65,14 @@ def connect(path: Path, deadline: float) -> socket.socket:
 
 
 @contextlib.contextmanager
-def agent(workdir: Path, source: Path) -> Iterator[tuple[Path, Path]]:
-    """trio-qga on two sockets, from ``source``; yields them once both answer."""
+def agent(workdir: Path, python: Path) -> Iterator[tuple[Path, Path]]:
+    """trio-qga on two sockets, installed for ``python``; yields them once both answer."""
     first, second = workdir / "first.sock", workdir / "second.sock"
-    command = [sys.executable, "-m", "agent", "--no-plugins", "--cache-dir", ""]
+    command = [str(python), "-m", "agent", "--no-plugins", "--cache-dir", ""]
     command += ["-t", str(workdir), "-f", ""]
     command += ["--transport", f"unix-listen:{first}", "--transport", f"unix-listen:{second}"]
-    env = {**os.environ, "PYTHONPATH": str(source)}
-    proc = subprocess.Popen(command, cwd=source, env=env, stderr=subprocess.DEVNULL)
+    # Run from the work directory: from the checkout, its agent/ would be imported.
+    proc = subprocess.Popen(command, cwd=workdir, stderr=subprocess.DEVNULL)
     try:
         for path in (first, second):
             with contextlib.closing(connect(path, time.monotonic() + 60)) as sock:
@@ -181,8 +184,8 @@ class Reply:
 
 
 def round_figures(
-    workdir: Path, source: Path, count: int, read_size: int, slices: int
-) -> dict[str, Any]:
+    workdir: Path, python: Path, count: int, read_size: int, slices: int
+) -> dict[str, float]:
     """One agent; ``slices`` times: pings alone, the stream alone, both together
     (interleaved, so that the load of a shared machine weighs on each alike)."""
     data = workdir / "data"
@@ -192,7 +195,7 @@ def round_figures(
     together: list[float] = []
     stream_alone = [0, 0.0]
     stream_together = [0, 0.0]
-    with agent(workdir, source) as (first, second):
+    with agent(workdir, python) as (first, second):
         host = StreamHost(second, data, read_size)
         try:
             for _ in range(slices):
@@ -226,35 +229,54 @@ def main() -> int:
         return stream_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    parser.add_argument("--pings", type=int, default=1000, help="pings per phase (default 1000)")
+    parser.add_argument("--pings", type=int, default=1000, help="pings per round (default 1000)")
     parser.add_argument("--read-mib", type=int, default=1, help="MiB per read (default 1)")
     parser.add_argument(
         "--slices", type=int, default=10, help="interleaved slices per round (default 10)"
     )
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--source", type=Path, default=ROOT, help="the agent's tree (default this)")
+    parser.add_argument(
+        "--base", help="also a git revision (A), in alternating rounds with the working tree (B)"
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=builds.DEFAULT_CACHE, help="where builds are kept"
+    )
+    parser.add_argument("--json", type=Path, help="also write every round's figures here")
     args = parser.parse_args()
-    rounds = []
+    chosen = {"B": builds.working_tree(args.cache)}
+    if args.base:
+        chosen = {"A": builds.revision(args.base, args.cache), **chosen}
+    for name, build in chosen.items():
+        print(f"{name}: {build.label}")
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
     for number in range(args.rounds):
-        with tempfile.TemporaryDirectory(prefix="bench-transports-") as workdir:
-            figures = round_figures(
-                Path(workdir), args.source, args.pings, args.read_mib * MIB, args.slices
+        for name, build in chosen.items():
+            with tempfile.TemporaryDirectory(prefix="bench-transports-") as workdir:
+                figures = round_figures(
+                    Path(workdir), build.python, args.pings, args.read_mib * MIB, args.slices
+                )
+            figures["stream_together_share"] = (
+                figures["stream_together_mib_s"] / figures["stream_alone_mib_s"]
             )
-        rounds.append(figures)
-        print(f"round {number + 1}: " + json.dumps({k: round(v, 2) for k, v in figures.items()}))
-    summary = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-    summary["stream_together_share"] = (
-        summary["stream_together_mib_s"] / summary["stream_alone_mib_s"]
-    )
-    summary["ping_p99_ratio"] = summary["ping_together_p99_ms"] / summary["ping_alone_p99_ms"]
+            rounds[name].append(figures)
+            shown = {key: round(value, 2) for key, value in figures.items()}
+            print(f"round {number + 1} {name}: {json.dumps(shown)}")
     print(
-        f"reads of {args.read_mib} MiB, median of {args.rounds} rounds"
-        f" (load average {os.getloadavg()[0]:.1f}):"
+        f"reads of {args.read_mib} MiB; median [range] of {args.rounds} rounds"
+        f" (load average at the end {os.getloadavg()[0]:.1f}):"
     )
-    for key, value in summary.items():
-        print(f"  {key:28} {value:8.2f}")
+    for key in rounds["B"][0]:
+        cells = []
+        for name in chosen:
+            values = [figures[key] for figures in rounds[name]]
+            cells.append(
+                f"{name} {statistics.median(values):8.2f} [{min(values):.2f}-{max(values):.2f}]"
+            )
+        if args.base:
+            base, tree = (statistics.median(f[key] for f in rounds[n]) for n in ("A", "B"))
+            cells.append(f"B/A {tree / base:.2f}")
+        print(f"  {key:24} " + "   ".join(cells))
     if args.json:
-        args.json.write_text(json.dumps({"rounds": rounds, "summary": summary}, indent=2))
+        args.json.write_text(json.dumps({"read_mib": args.read_mib, "rounds": rounds}, indent=2))
     return 0
 
 

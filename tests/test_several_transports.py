@@ -521,19 +521,19 @@ async def test_the_write_gate_refuses_once_closed_and_drains() -> None:
     entered = threading.Event()
 
     def write() -> None:
-        with gate.passage():
+        gate.enter()
+        try:
             entered.set()
             release.wait(10)
+        finally:
+            gate.leave()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(functools.partial(trio.to_thread.run_sync, write))
         assert await trio.to_thread.run_sync(entered.wait, 10)
         gate.close()
-        with (
-            pytest.raises(GenericError, match=r"being frozen .* nothing was written"),
-            gate.passage(),
-        ):
-            pass
+        with pytest.raises(GenericError, match=r"being frozen .* nothing was written"):
+            gate.enter()
         with trio.move_on_after(0.1):
             await gate.drained()
         assert gate.inside == 1
@@ -542,5 +542,6 @@ async def test_the_write_gate_refuses_once_closed_and_drains() -> None:
             await gate.drained()
         assert gate.inside == 0
     gate.open()
-    with gate.passage():
-        assert gate.inside == 1
+    gate.enter()
+    assert gate.inside == 1
+    gate.leave()

@@ -13,14 +13,13 @@ inline, since a thread costs more than the transfer (a local disk that stops
 answering can still stall those, as it stalls the kernel's own writeback).
 
 Handles belong to the agent, not to a session: any session may use or close
-any handle, a close waiting for the calls under way on it (``OpenFile.use``).
+any handle, a close waiting for the calls under way on it (``OpenFile.hold``).
 Opens and writes pass the freezer's write gate, so that a freeze another
 session starts never lands in the middle of one (``agent.system.fsfreeze.gate``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -77,20 +76,20 @@ async def _io(
 
     A call that times out is abandoned and marks the handle hung until it
     comes back (the descriptor stays open under it until it does, even
-    through a guest-file-close: see ``OpenFile.use``).
+    through a guest-file-close: see ``OpenFile.hold``).
     """
     if opened.hung:
         raise GenericError(
             f"handle {opened.handle} ('{opened.path}'): an earlier call on it did not"
             f" answer within {ctx.fs.timeout:g} s and has not come back; close the handle"
         )
-    call = partial(_on_descriptor, opened, gate, function, *args)
     if not opened.may_block and size <= INLINE_IO_LIMIT:
-        return call()
+        return _on_descriptor(opened, gate, function, *args)
 
     def came_back() -> None:
         opened.hung = False
 
+    call = partial(_on_descriptor, opened, gate, function, *args)
     try:
         return await ctx.fs.call_on_path(opened.path, call, on_late_end=came_back)
     except FsTimeout as err:
@@ -104,8 +103,17 @@ def _on_descriptor(
 ) -> _T:
     """In whatever thread the call runs: the descriptor held for its length,
     and the write gate if any."""
-    with opened.use() as fd, gate.passage() if gate else contextlib.nullcontext():
-        return function(fd, *args)
+    fd = opened.hold()
+    try:
+        if gate is None:
+            return function(fd, *args)
+        gate.enter()
+        try:
+            return function(fd, *args)
+        finally:
+            gate.leave()
+    finally:
+        opened.release()
 
 
 @handlers.command("guest-file-open")
@@ -141,8 +149,11 @@ async def guest_file_open(ctx: AgentContext, path: str, mode: str | None) -> int
 def _open(gate: WriteGate, path: str, flags: int) -> tuple[int, int, int]:
     """The descriptor, its file's mode and the device of its filesystem; an
     open may create or truncate the file, so it passes the write gate."""
-    with gate.passage():
+    gate.enter()
+    try:
         fd = os.open(path, flags, NEW_FILE_MODE)
+    finally:
+        gate.leave()
     try:
         status = os.fstat(fd)
         if stat.S_ISDIR(status.st_mode):

@@ -4,18 +4,19 @@ The agent's sessions run side by side, and a write another session started
 may be under way in a worker thread when a freeze begins. Were FIFREEZE
 issued under it, what remains of the write would wait in the kernel for the
 thaw and land after it, half the data on either side of the freeze. So each
-write holds the gate for its whole length (:meth:`WriteGate.passage`, in
-whatever thread it runs); a freeze closes the gate, which refuses new writes
-with a clear error, and waits for those inside to finish (:meth:`drained`)
-before the first FIFREEZE. A write either completes before the freeze or
-fails without writing anything. The gate opens again at the thaw.
+write holds the gate for its whole length (:meth:`WriteGate.enter`, then
+:meth:`WriteGate.leave`, in whatever thread it runs); a freeze closes the
+gate, which refuses new writes with a clear error, and waits for those
+inside to finish (:meth:`WriteGate.drained`) before the first FIFREEZE. A
+write either completes before the freeze or fails without writing anything.
+The gate opens again at the thaw.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import trio
 
@@ -36,9 +37,9 @@ class WriteGate:
         """Writes under way."""
         return self._inside
 
-    @contextlib.contextmanager
-    def passage(self) -> Iterator[None]:
-        """Hold the gate while writing; raises GenericError at once when it is closed."""
+    def enter(self) -> None:
+        """Before a write (in whatever thread it runs); raises GenericError at
+        once when the gate is closed. Each enter is matched by a :meth:`leave`."""
         with self._lock:
             if self._closed:
                 raise GenericError(
@@ -46,14 +47,14 @@ class WriteGate:
                     " nothing was written"
                 )
             self._inside += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._inside -= 1
-                on_empty = self._on_empty if not self._inside else None
-            if on_empty is not None:
-                on_empty()
+
+    def leave(self) -> None:
+        """After the write, whatever became of it."""
+        with self._lock:
+            self._inside -= 1
+            on_empty = self._on_empty if not self._inside else None
+        if on_empty is not None:
+            on_empty()
 
     def close(self) -> None:
         """A freeze begins: no new write passes."""

@@ -111,6 +111,24 @@ async def test_a_handle_opened_on_one_is_read_and_closed_on_the_other(
         assert await one.execute("guest-file-read", {"handle": handle}) == gone
 
 
+async def test_a_program_started_on_one_is_followed_on_the_other(
+    agent_factory: AgentFactory, tmp_path: Path
+) -> None:
+    async with two_clients(agent_factory, tmp_path) as (one, two):
+        arguments = {"path": "/bin/echo", "arg": ["side by side"], "capture-output": True}
+        pid = (await one.execute("guest-exec", arguments))["return"]["pid"]
+        with trio.fail_after(10):
+            while True:  # polled, as a host polls
+                status = (await two.execute("guest-exec-status", {"pid": pid}))["return"]
+                if status["exited"]:
+                    break
+                await trio.sleep(0.01)
+        assert base64.b64decode(status["out-data"]) == b"side by side\n"
+        # Reaped once reported, for both: qemu-ga forgets a pid once it said it exited.
+        gone = await one.execute("guest-exec-status", {"pid": pid})
+        assert gone["error"]["class"] == "GenericError"
+
+
 async def test_a_close_waits_for_the_call_under_way_on_the_handle(
     agent_factory: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -112,4 +112,4 @@ async def test_secrets_and_content_never_reach_the_log(
 
 def test_no_wire_log_without_debug(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    assert for_session() is None
+    assert for_session(lambda command: (frozenset(), frozenset())) is None

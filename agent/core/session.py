@@ -59,7 +59,7 @@ async def _serve(
     framer = Framer(max_size=config.max_message_size, max_depth=config.max_depth)
     pending: list[bytes] = []
     read_size = MIN_READ
-    wire = for_session()  # None unless -v
+    wire = for_session(dispatcher.ctx.registry.secrets)  # None unless -v
     moved = 0  # bytes of bulk requests and replies since memory was last given back
 
     async def flush() -> None:  # the replies due, before a handler that may wait
@@ -137,14 +137,15 @@ async def _answer(
             if reply is not None:
                 encoded = encode_reply(reply)
                 if wire:
-                    wire.reply(encoded)
+                    wire.reply(reply, encoded)
                 pending += encoded
         elif isinstance(event, ParseError):
             log.debug("parse error: %s", event.reason)
-            encoded = encode_reply(ErrorReply("GenericError", event.reason))
+            error = ErrorReply("GenericError", event.reason)
+            encoded = encode_reply(error)
             if wire:
                 wire.parse_error()
-                wire.reply(encoded)
+                wire.reply(error, encoded)
             pending += encoded
         elif isinstance(event, Flush):
             log.debug("0xFF: parser flushed")

@@ -8,12 +8,17 @@ compiles from the command's model, so that the two cannot drift.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from trio_qga_procinfo import plugin
 
+from agent.host.client import QgaClient
+from agent.host.errors import ClientError
 from agent.models.builder import ModelFactory, describe
 from agent.models.generated import SchemaModels, builtin_models
 from agent.models.schema import SchemaDefs, load_builtin, parse
@@ -143,8 +148,9 @@ def test_union_and_alternate_models() -> None:
     assert stats[0].idle == 4
     seek = models.arguments("guest-file-seek")
     assert seek is not None
-    assert seek.model_validate({"handle": 1, "offset": 0, "whence": "end"}).whence == "end"
-    assert seek.model_validate({"handle": 1, "offset": 0, "whence": 2}).whence == 2
+    by_name: Any = seek.model_validate({"handle": 1, "offset": 0, "whence": "end"})
+    by_value: Any = seek.model_validate({"handle": 1, "offset": 0, "whence": 2})
+    assert (by_name.whence, by_value.whence) == ("end", 2)
     with pytest.raises(ValidationError) as caught:
         seek.model_validate({"handle": 1, "offset": 0, "whence": None})
     assert describe(caught.value) == (
@@ -156,3 +162,75 @@ def test_models_are_made_once() -> None:
     models = builtin_models()
     assert models.returns("guest-info") is models.returns("guest-info")
     assert models.type_of("GuestAgentCommandInfo") is models.type_of("GuestAgentCommandInfo")
+
+
+# Commands that change nothing: their replies on this machine, through the models.
+READ_ONLY = [
+    "guest-info",
+    "guest-ping",
+    "guest-get-time",
+    "guest-get-host-name",
+    "guest-get-users",
+    "guest-get-timezone",
+    "guest-get-osinfo",
+    "guest-get-load",
+    "guest-get-cpustats",
+    "guest-get-diskstats",
+    "guest-get-disks",
+    "guest-get-fsinfo",
+    "guest-network-get-interfaces",
+    "guest-network-get-route",
+    "guest-get-vcpus",
+    "guest-get-memory-blocks",
+    "guest-get-memory-block-info",
+    "guest-fsfreeze-status",
+]
+
+
+def client_json(client: QgaClient, command: str, value: object) -> str:
+    """What ``trio-qga-client --json`` prints of a command's (typed) value."""
+    return json.dumps(client.models.dump_return(command, value))
+
+
+def assert_same_json(client: QgaClient, command: str, raw: object) -> None:
+    """The model's JSON by alias is the agent's reply value, byte for byte."""
+    assert client_json(client, command, client.typed(command, raw)) == json.dumps(raw), command
+
+
+@pytest.mark.parametrize("command", READ_ONLY)
+async def test_the_models_json_is_the_agents_reply(qga_client: QgaClient, command: str) -> None:
+    assert_same_json(qga_client, command, await qga_client.execute(command))
+
+
+async def test_absent_members_stay_absent_through_the_client(
+    qga_client: QgaClient, tmp_path: Path
+) -> None:
+    """guest-exec-status before the program ends has no exitcode nor output."""
+    started = await qga_client.execute(
+        "guest-exec", {"path": "/bin/sh", "arg": ["-c", "echo out; echo err >&2; sleep 1"],
+                       "capture-output": True},
+    )  # fmt: skip
+    status = await qga_client.call("guest-exec-status", pid=started["pid"])
+    assert not status.exited
+    assert status.exitcode is None
+    assert status.model_fields_set == {"exited"}
+    assert client_json(qga_client, "guest-exec-status", status) == '{"exited": false}'
+    with trio.fail_after(30):
+        while True:
+            raw = await qga_client.execute("guest-exec-status", started)
+            if raw["exited"]:
+                break
+            await trio.sleep(0.05)
+    assert list(raw) == ["exited", "exitcode", "out-data", "err-data", "out-truncated",
+                         "err-truncated"]  # fmt: skip
+    assert_same_json(qga_client, "guest-exec-status", raw)
+    (tmp_path / "f").write_bytes(b"abc")
+    handle = await qga_client.execute("guest-file-open", {"path": str(tmp_path / "f")})
+    read = await qga_client.execute("guest-file-read", {"handle": handle})
+    assert_same_json(qga_client, "guest-file-read", read)
+
+
+async def test_a_reply_that_does_not_fit_the_schema_is_an_error(qga_client: QgaClient) -> None:
+    with pytest.raises(ClientError, match="guest-get-time: the reply does not match the schema"):
+        qga_client.typed("guest-get-time", "soon")
+    assert qga_client.typed("guest-x-unknown", {"any": "thing"}) == {"any": "thing"}

@@ -17,6 +17,7 @@ import trio
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from trio_qga_procinfo import plugin
 
+from agent.daemon import cli
 from agent.host.client import QgaClient
 from agent.host.errors import ClientError
 from agent.models.builder import ModelFactory, describe
@@ -234,3 +235,35 @@ async def test_a_reply_that_does_not_fit_the_schema_is_an_error(qga_client: QgaC
     with pytest.raises(ClientError, match="guest-get-time: the reply does not match the schema"):
         qga_client.typed("guest-get-time", "soon")
     assert qga_client.typed("guest-x-unknown", {"any": "thing"}) == {"any": "thing"}
+
+
+# ---------------------------------------------------------- --dump-schema --
+def dumped_schema(capsys: pytest.CaptureFixture[str], *flags: str) -> dict[str, Any]:
+    assert cli.main(["--dump-schema", *flags]) == 0
+    schemas: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return schemas
+
+
+def test_dump_schema_gives_every_commands_json_schemas(capsys: pytest.CaptureFixture[str]) -> None:
+    schemas = dumped_schema(capsys)
+    assert set(schemas) == set(SCHEMAS["agent"].commands) | set(PLUGIN_DEFS.commands)
+    assert all(set(entry) == {"arguments", "returns"} for entry in schemas.values())
+    assert schemas["guest-ping"]["arguments"] is None
+    read = schemas["guest-file-read"]
+    assert read["arguments"]["required"] == ["handle"]
+    assert read["arguments"]["additionalProperties"] is False
+    assert list(read["returns"]["properties"]) == ["count", "buf-b64", "eof"]
+    assert schemas["guest-info"]["returns"] == builtin_models().returns(
+        "guest-info"
+    ).model_json_schema(by_alias=True)
+    processes = schemas["guest-x-process-list"]["returns"]
+    assert processes["type"] == "array"
+    assert "rss-bytes" in processes["$defs"]["GuestXProcess"]["properties"]
+    assert schemas["guest-x-service-status"]["arguments"]["required"] == ["name"]
+
+
+def test_dump_schema_without_plugins(capsys: pytest.CaptureFixture[str]) -> None:
+    assert set(dumped_schema(capsys, "--no-plugins")) == set(SCHEMAS["agent"].commands)
+    assert set(dumped_schema(capsys, "--disable-plugin", "procinfo")) == set(
+        SCHEMAS["agent"].commands
+    )

@@ -288,3 +288,11 @@ async def test_the_documented_example_runs(
     assert "lo 127.0.0.1/8" in lines
     assert json.loads(lines[-2]) == await qga_client.execute("guest-get-osinfo")
     assert lines[-1] == "GuestFileRead ['count', 'buf-b64', 'eof']"
+
+
+def test_members_named_as_basemodel_methods() -> None:
+    schema = "{ 'struct': 'S', 'data': { 'json': 'int', 'copy': 'str' } }\n"
+    models = SchemaModels(parse(schema + "{ 'command': 'x', 'returns': 'S' }", "t"))
+    value = models.validate_return("x", {"json": 1, "copy": "c"})
+    assert (value.json, value.copy) == (1, "c")
+    assert models.dump_return("x", value) == {"json": 1, "copy": "c"}

@@ -19,6 +19,7 @@ use these models.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Annotated, Any, Literal, Union
 
 from annotated_types import Ge, Le
@@ -147,9 +148,13 @@ class SchemaModels:
                 kind = self.type_of(member.type)
             default = Field(None if member.optional else ..., alias=member.wire)
             fields[member.name] = (kind, default)
-        model: type[BaseModel] = _create_model(
-            name, __config__=_CONFIG, __module__=__name__, **fields
-        )
+        with warnings.catch_warnings():
+            # A member may be named as a BaseModel method (``json``, ``copy``): the
+            # field wins on instances, which is what a member's reader wants.
+            warnings.filterwarnings("ignore", "Field name .* shadows an attribute", UserWarning)
+            model: type[BaseModel] = _create_model(
+                name, __config__=_CONFIG, __module__=__name__, **fields
+            )
         return model
 
 

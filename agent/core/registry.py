@@ -56,6 +56,7 @@ class Command:
     models: CommandModels
     function: HandlerFunction
     is_async: bool
+    delimited_reply: bool  # the schema's, copied: the dispatcher reads it on every reply
     source: str  # who provides it: "trio-qga" or a plugin's distribution
 
     @property
@@ -69,10 +70,6 @@ class Command:
     @property
     def gated_by(self) -> tuple[str, ...]:
         return self.definition.gated_by
-
-    @property
-    def delimited_reply(self) -> bool:
-        return self.definition.delimited_reply
 
 
 class RegistryError(ValueError):
@@ -107,6 +104,7 @@ class Registry:
                 models=factory.command(definition),
                 function=spec.function,
                 is_async=inspect.iscoroutinefunction(spec.function),
+                delimited_reply=definition.delimited_reply,
                 source=source,
             )
 

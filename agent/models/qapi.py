@@ -16,10 +16,8 @@ value of their discriminator member.
 from __future__ import annotations
 
 import keyword
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.models.schema import SchemaDefs, SchemaError
 
@@ -53,8 +51,9 @@ ALTERNATE_ERROR_MESSAGE = "expected {expected}"
 EMPTY_OBJECT = "EmptyObject"  # the model of what a command without 'returns' gives
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
+# NamedTuples, not dataclasses: this module is imported before the agent's
+# first reply, and a frozen dataclass costs ten times more to define.
+class Member(NamedTuple):
     """One member of a struct, a union branch or a command's arguments."""
 
     wire: str  # its name on the wire: 'buf-b64'
@@ -71,7 +70,8 @@ def python_name(member: str) -> str:
 
 def model_name(command: str) -> str:
     """A class name from a command name: ``guest-file-read`` -> ``GuestFileRead``."""
-    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", command))
+    words = "".join(c if c.isascii() and c.isalnum() else " " for c in command).split()
+    return "".join(word[:1].upper() + word[1:] for word in words)
 
 
 def arguments_name(command: str) -> str:
@@ -109,8 +109,7 @@ def enum_values(found: dict[str, Any]) -> list[str]:
     return values
 
 
-@dataclass(frozen=True, slots=True)
-class UnionBranch:
+class UnionBranch(NamedTuple):
     """One branch of a flat union: the discriminator's value and every member of
     the branch in QAPI's order (the base's, the discriminator among them, then the
     branch struct's)."""

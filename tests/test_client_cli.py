@@ -328,8 +328,10 @@ def test_json_freeze_thaw_gives_the_target_and_a_summary(agent: Path) -> None:
     )
     assert done.returncode == 1  # the command failed
     target, summary = json_lines(done)
+    window = target["return"].pop("window")
     assert (target["ok"], target["return"]) == (True, {"frozen": 0, "thawed": 0})
-    assert summary["summary"] | {"seconds": 0} == {
+    assert 0 <= window <= summary["summary"]["window"] <= summary["summary"]["seconds"]
+    assert summary["summary"] | {"seconds": 0, "window": 0} == {
         "targets": 1,
         "ok": 1,
         "failed": 0,
@@ -337,6 +339,7 @@ def test_json_freeze_thaw_gives_the_target_and_a_summary(agent: Path) -> None:
         "error": None,
         "all_frozen": True,
         "command": {"status": 3, "error": None},
+        "window": 0,
     }
 
 
@@ -449,5 +452,7 @@ def test_freeze_thaw_over_several_domains_as_json(capsys: pytest.CaptureFixture[
         capsys, "-d", "web*", "fsfreeze", "freeze-thaw", "--run", "true", "/no/such"
     )
     assert status == 0
-    assert [line["return"] for line in lines[:2]] == [{"frozen": 0, "thawed": 0}] * 2
+    assert [line["return"] | {"window": 0} for line in lines[:2]] == [
+        {"frozen": 0, "thawed": 0, "window": 0}
+    ] * 2
     assert lines[2]["summary"]["command"] == {"status": 0, "error": None}

@@ -1,4 +1,4 @@
-"""The frozen marker (``agent/fsfreeze/marker.py``): written before freezing,
+"""The frozen marker (``agent/system/fsfreeze/marker.py``): written before freezing,
 removed after thawing, and read back by an agent that starts frozen."""
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ import trio.testing
 
 from agent import Agent
 from agent.core.config import DEFAULT_FS_TIMEOUT, KERNEL_MOUNT_TABLE
+from agent.core.memory_release import BULK
 from agent.core.registry import HandlerSet
-from agent.core.session import BULK
 from agent.models.schema import parse
 from agent.system.fsfreeze.freezer import Freezer
 from agent.system.fsfreeze.marker import MARKER_NAME
@@ -391,7 +391,7 @@ async def test_memory_is_given_back_after_bulk_data_when_the_host_is_quiet_or_le
     agent_factory: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pause = 0.5  # long enough that the ping below comes in time on a loaded machine
-    monkeypatch.setattr("agent.core.session.QUIET", pause)
+    monkeypatch.setattr("agent.core.memory_release.QUIET", pause)
     releases = 0
     first_release = trio.Event()
 

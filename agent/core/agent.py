@@ -268,18 +268,9 @@ class Agent:
         transports' handler, since the transport that opened a stream closes it."""
         if self._started is None or not self._started.context.tasks.running:
             raise NotStarted("an agent serves only while it runs: inside `async with agent`")
-        # A lock free at once is taken without the pass through the scheduler
-        # that ``async with`` makes (every connection's, 4-5 us of the 150 of a
-        # connect cycle); the session's first read is the checkpoint.
-        try:
-            self._one_client.acquire_nowait()
-        except trio.WouldBlock:
-            await self._one_client.acquire()
-        try:
+        async with self._one_client:
             task_status.started()
             await serve_session(stream, self._started.dispatcher, self._release_memory)
-        finally:
-            self._one_client.release()
 
     async def serve_transport(
         self,

@@ -31,7 +31,7 @@ Not a directory's own mtime: it moves with any file made in it, and
 ``sys.path``.
 
 A record that is missing, unreadable, malformed, of another fingerprint, or
-not the agent's own regular file (``agent/ownfiles.py``: a link or a file a
+not the agent's own regular file (``agent/system/ownfiles.py``: a link or a file a
 user planted in a shared directory) is ignored, never trusted. A record that
 cannot be written (a read-only filesystem, an agent that is not root) only
 means discovery at every start. Agents of different environments that share

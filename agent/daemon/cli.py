@@ -1,4 +1,4 @@
-"""The ``trio-qga`` command: run the agent that ``agent/cli_config.py`` configured.
+"""The ``trio-qga`` command: run the agent that ``agent/daemon/options.py`` configured.
 
 ``main`` turns argv into an :class:`AgentConfig` there, then takes what running
 it needs: daemonizing, logging, the pid file, systemd's notifications, the

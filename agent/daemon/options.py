@@ -2,7 +2,7 @@
 
 qemu-ga's flags plus ``--transport METHOD:PATH``, parsed by :func:`build_parser`;
 :func:`configure` puts the configuration file's settings first, the flags on top,
-and systemd's socket last. Nothing here runs the agent: that is ``agent/cli.py``.
+and systemd's socket last. Nothing here runs the agent: that is ``agent/daemon/cli.py``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ Agents and clients
                    ``running_agent``, ``run_agent``, ``run_client``, waiting on them
   clients          ``StreamClient`` (trio stream), ``SocketClient`` (unix socket)
   reference        the real qemu-ga, run the same way as ours
+  fake_hosts       libvirt hosts and guests in this process, for trio-qga-client's
+                   fleets: hosts down or hung, guests slow or refusing a freeze
   exchange_checks  what every ``ExchangeStream`` must do
 
 Stand-ins for the guest, harmless to this machine
@@ -28,6 +30,8 @@ VMs and libvirt
   vm_agent.py, vm_guest.py, vm_qe_guest.py, libvirt-guest: what the guests run;
   libvirt-initramfs: the libvirt domains' initramfs
 
+markdown           the README's and docs' code blocks, notes, links and tables, as
+                   ``test_docs.py`` and ``test_docs_examples.py`` check them
 markers            the ``qemu_ga``, ``vm`` and ``libvirt`` markers, checked where the
                    helpers above do what they name
 default_paths      fails the test, and the session, that touches the agent's default

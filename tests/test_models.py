@@ -9,7 +9,6 @@ compiles from the command's model, so that the two cannot drift.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -268,26 +267,6 @@ def test_dump_schema_without_plugins(capsys: pytest.CaptureFixture[str]) -> None
     assert set(dumped_schema(capsys, "--disable-plugin", "procinfo")) == set(
         SCHEMAS["agent"].commands
     )
-
-
-# ------------------------------------------------------ docs/models.md --
-DOC = Path(__file__).resolve().parent.parent / "docs" / "models.md"
-
-
-async def test_the_documented_example_runs(
-    qga_client: QgaClient, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """docs/models.md's client example, run as it is written."""
-    [example, *_] = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
-    namespace: dict[str, Any] = {}
-    exec(compile(example, str(DOC), "exec"), namespace)
-    await namespace["describe_guest"](qga_client)
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("agent 0.1.0, ")
-    assert lines[1] == "disabled: none"
-    assert "lo 127.0.0.1/8" in lines
-    assert json.loads(lines[-2]) == await qga_client.execute("guest-get-osinfo")
-    assert lines[-1] == "GuestFileRead ['count', 'buf-b64', 'eof']"
 
 
 def test_members_named_as_basemodel_methods() -> None:

@@ -16,6 +16,7 @@ import trio
 from agent.host import cli
 from agent.host.client import StreamChannel
 from agent.host.errors import ClientError
+from tests.support.clients import SocketClient
 from tests.support.processes import running_agent
 
 CLIENT_COMMAND = [sys.executable, "-m", "agent.host.cli"]
@@ -241,6 +242,32 @@ def test_json_for_every_subcommand_that_succeeds(agent: Path, tmp_path: Path) ->
     assert sync > 0
     info = one_document(client(agent, "info", "--json"), agent)["return"]
     assert info["version"] == "0.1.0"
+
+
+def raw_return(sock: Path, command: str) -> object:
+    """The agent's reply value, read without the client (one client at a time)."""
+    raw = SocketClient(sock)
+    try:
+        raw.resync(1)
+        return raw.execute(command)["return"]
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["guest-info", "guest-get-osinfo", "guest-get-timezone", "guest-network-get-interfaces"],
+)
+def test_json_return_is_the_agents_reply_value_byte_for_byte(agent: Path, command: str) -> None:
+    """Through the command's model and back by wire names, absent members absent
+    (guest-get-osinfo leaves out what the guest's os-release lacks)."""
+    expected = json.dumps(raw_return(agent, command))
+    done = client(agent, "--json", "execute", command)
+    assert done.returncode == 0, done.stderr
+    assert json.dumps(one_document(done, agent)["return"]) == expected
+    if command == "guest-info":
+        shown = client(agent, "--json", "info")
+        assert json.dumps(one_document(shown, agent)["return"]) == expected
 
 
 def test_json_run_takes_stdin_and_gives_the_programs_status(agent: Path) -> None:

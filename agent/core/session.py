@@ -55,7 +55,7 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher, memory: Memory
     framer = Framer(max_size=config.max_message_size, max_depth=config.max_depth)
     outbox = Outbox(stream)
     sizes = ReadSizes()
-    wire = for_session()  # None unless -v
+    wire = for_session(dispatcher.ctx.registry.secrets)  # None unless -v
     try:
         data: bytes | bytearray | None = await stream.receive_some(sizes.next)
         while data:
@@ -93,14 +93,15 @@ async def _answer(
             if reply is not None:
                 encoded = encode_reply(reply)
                 if wire:
-                    wire.reply(encoded)
+                    wire.reply(reply, encoded)
                 outbox.add(encoded)
         elif isinstance(event, ParseError):
             log.debug("parse error: %s", event.reason)
-            encoded = encode_reply(ErrorReply("GenericError", event.reason))
+            error = ErrorReply("GenericError", event.reason)
+            encoded = encode_reply(error)
             if wire:
                 wire.parse_error()
-                wire.reply(encoded)
+                wire.reply(error, encoded)
             outbox.add(encoded)
         elif isinstance(event, Flush):
             log.debug("0xFF: parser flushed")

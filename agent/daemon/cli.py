@@ -8,6 +8,7 @@ signals that stop it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -40,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.list_plugins:
         return list_plugins(tuple(args.disable_plugin))
+    if args.dump_schema:
+        return dump_schema(not args.no_plugins, tuple(args.disable_plugin))
     if wants_list(args.block_rpcs) or wants_list(args.allow_rpcs):
         from agent.core.agent import build_registry
         from agent.core.plugins import installed_plugins, load_plugins
@@ -84,6 +87,26 @@ def list_plugins(disabled: tuple[str, ...]) -> int:
         print(f"{plugin.name}\t{plugin.distribution}\t{plugin.target}\t{plugin.status}")
         for command in plugin.commands:
             print(f"\t{command}")
+    return 0
+
+
+def dump_schema(plugins: bool, disabled: tuple[str, ...]) -> int:
+    """Print one JSON object: each command's name (the plugins' too, unless
+    ``plugins`` is false) to the JSON Schemas of its arguments (null: it takes
+    none) and of its return, generated from its models (docs/models.md)."""
+    from agent.core.agent import build_registry
+    from agent.core.plugins import installed_plugins, load_plugins
+    from agent.models.generated import SchemaModels
+
+    registry = build_registry()
+    if plugins:  # a plugin that fails to load is logged (standard error) and left out
+        load_plugins(registry, installed_plugins(), disabled=disabled)
+    models: dict[int, SchemaModels] = {}  # one set for each schema: the agent's, a plugin's
+    schemas = {}
+    for command in registry:
+        found = models.setdefault(id(command.schema), SchemaModels(command.schema))
+        schemas[command.name] = found.json_schemas(command.name)
+    print(json.dumps(schemas, indent=2))
     return 0
 
 

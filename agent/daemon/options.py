@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--list-plugins", action="store_true", help="show the plugins found, and exit"
     )
+    parser.add_argument(
+        "--dump-schema",
+        action="store_true",
+        help="print the JSON Schemas of every command's arguments and return"
+        " (plugins' included), and exit",
+    )
     parser.add_argument("--no-plugins", action="store_true", help="load no plugin")
     parser.add_argument(
         "--cache-dir",

@@ -1,15 +1,22 @@
 """Fixtures shared by the whole suite.
 
-``agent_client`` (``tests/agents.py``, with ``agent_factory`` and the
+``agent_client`` (``tests/support/agents.py``, with ``agent_factory`` and the
 ``served`` helper) serves a fresh agent on one end of an in-memory stream
 pair and hands the test a client on the other end: no sockets, no processes.
 
 fsfreeze safety: freezing the host's root filesystem hangs the machine. No
-test may freeze anything but the scratch filesystems of ``tests/scratch.py``:
+test may freeze anything but the scratch filesystems of ``tests/support/scratch.py``:
 ``freeze_guard`` sets ``TRIO_QGA_FREEZE_ALLOW`` for the whole session (every
 agent, in this process or started by it, refuses FIFREEZE elsewhere) and
 fails the test in which a refusal happened; agents of ``agent_config`` get a
 mount table that lists nothing (``/dev/null``).
+
+The machine's own files: ``tests/support/default_paths.py`` fails a test, and the
+session, that creates or changes any of the agent's default paths
+(``/var/cache/trio-qga``, and ``qemu-ga.pid`` and ``qga.state*`` in
+``/var/run``). Agents of ``agent_config`` keep their state in the test's
+temporary directory and load no plugin; ``trio-qga`` processes started by a
+test get ``-t``, ``--cache-dir`` (and ``-f`` when they write a pid file) in it.
 """
 
 from __future__ import annotations
@@ -23,14 +30,8 @@ import pytest
 from agent import AgentConfig
 from agent.system.fsfreeze.ioctl import ALLOW_ENV, REFUSED_ENV
 
-pytest_plugins = [
-    "tests.agents",
-    "tests.scratch",
-    "tests.reference",
-    "tests.scratch_user",
-    "tests.hung_mounts",
-    "tests.fsfreeze_fakes",
-]
+# The fixtures of the suite's support package: tests/support/__init__.py lists its modules.
+pytest_plugins = ["tests.support"]
 
 
 @pytest.fixture(scope="session", autouse=True)

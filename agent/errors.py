@@ -28,13 +28,6 @@ class CommandNotFound(QgaError):
     error_class = "CommandNotFound"
 
 
-class Unsupported(GenericError):
-    """qemu-ga's QERR_UNSUPPORTED, for what this guest cannot do."""
-
-    def __init__(self) -> None:
-        super().__init__("this feature or command is not currently supported")
-
-
 def os_error_text(err: OSError) -> str:
     """The OS's own words for an error, as qemu-ga's error_setg_errno() prints."""
     return err.strerror or str(err)

@@ -3,7 +3,7 @@
     sudo .venv/bin/python benchmarks/bench_fsfreeze.py [--rounds N] [--pause S]
 
 Needs root: it mounts its own scratch images on loop devices (as the tests
-do, ``tests/scratch.py``) and removes them at the end. Both agents are only
+do, ``tests/support/scratch.py``) and removes them at the end. Both agents are only
 ever asked to freeze those two mountpoints, by name; ours also gets a mount
 table listing only the scratch mounts and the ``TRIO_QGA_FREEZE_ALLOW`` guard.
 Rounds alternate between the agents so that machine noise hits both.
@@ -37,9 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.system.fsfreeze.ioctl import ALLOW_ENV  # noqa: E402
-from tests.qga_client import SocketClient, running_agent  # noqa: E402
-from tests.reference import running_qemu_ga  # noqa: E402
-from tests.scratch import mount_scratch, unmount_scratch  # noqa: E402
+from tests.support.clients import SocketClient  # noqa: E402
+from tests.support.processes import running_agent  # noqa: E402
+from tests.support.reference import running_qemu_ga  # noqa: E402
+from tests.support.scratch import mount_scratch, unmount_scratch  # noqa: E402
 
 
 def timed(client: SocketClient, name: str, arguments: dict[str, object] | None = None) -> float:

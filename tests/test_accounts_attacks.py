@@ -1,6 +1,6 @@
 """What a guest user can plant in their home against the ssh key commands.
 
-A real scratch user (``tests/scratch_user.py``) whose home is under the test's
+A real scratch user (``tests/support/scratch_user.py``) whose home is under the test's
 temporary directory, and a root-only file standing in for /etc/shadow. The agent
 runs as root on the real system root and finds the user through NSS, as in a
 guest. Each attack must be refused (or made harmless) without the root-only
@@ -16,17 +16,20 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from agent import AgentConfig
 from agent.handlers import accounts
 from agent.system import userfiles
 from agent.system.fsidentity import current_fs_ids
-from tests.scratch_user import RootOnly, ScratchUser, files_holding
-from tests.system_fakes import RecordingExecutor
-from tests.test_accounts import KEY1, KEY2, served
+from tests.support.agents import AgentFactory, served
+from tests.support.guest_data import KEY1, KEY2
+from tests.support.scratch_user import RootOnly, ScratchUser, files_holding
+from tests.support.system_fakes import RecordingExecutor
+
+pytestmark = pytest.mark.slow
 
 GET, ADD, REMOVE = (
     "guest-ssh-get-authorized-keys",
@@ -42,12 +45,12 @@ BOUND = 60  # seconds; far more than any answer takes, even on a loaded machine
 
 
 async def run(
-    config: AgentConfig, user: ScratchUser, *calls: tuple[str, dict[str, object]]
+    make: AgentFactory, user: ScratchUser, *calls: tuple[str, dict[str, object]]
 ) -> list[dict[str, object]]:
     """The replies to ``calls`` for ``user``, then proof the agent still answers."""
     replies = []
     with trio.fail_after(BOUND):
-        async with served(config, RecordingExecutor()) as client:
+        async with served(make(executor=RecordingExecutor())) as client:
             for name, arguments in calls:
                 replies.append(await client.execute(name, {"username": user.name, **arguments}))
             assert await client.execute("guest-ping") == {"return": {}}
@@ -73,27 +76,27 @@ def refused(reply: dict[str, object], path: Path, reason: str) -> bool:
 
 @pytest.mark.parametrize("command", ["get", "add", "remove"])
 async def test_a_keys_file_linked_to_a_root_only_file_is_not_followed(
-    agent_config: AgentConfig, scratch_user: ScratchUser, root_only: RootOnly, command: str
+    agent_factory: AgentFactory, scratch_user: ScratchUser, root_only: RootOnly, command: str
 ) -> None:
     scratch_user.make_ssh_dir()
     link = scratch_user.keys_file
     link.symlink_to(root_only.file)
     scratch_user.plant(link)
     before = root_only.snapshot()
-    [reply] = await run(agent_config, scratch_user, COMMANDS[command])
+    [reply] = await run(agent_factory, scratch_user, COMMANDS[command])
     assert refused(reply, link, "it is a symbolic link")
     assert os.readlink(link) == str(root_only.file)
     assert_nothing_leaked(scratch_user, root_only, before, [reply])
 
 
 async def test_reset_replaces_a_planted_link_without_reading_it(
-    agent_config: AgentConfig, scratch_user: ScratchUser, root_only: RootOnly
+    agent_factory: AgentFactory, scratch_user: ScratchUser, root_only: RootOnly
 ) -> None:
     scratch_user.make_ssh_dir()
     scratch_user.keys_file.symlink_to(root_only.file)
     scratch_user.plant(scratch_user.keys_file)
     before = root_only.snapshot()
-    replies = await run(agent_config, scratch_user, (ADD, {"keys": [KEY1], "reset": True}))
+    replies = await run(agent_factory, scratch_user, (ADD, {"keys": [KEY1], "reset": True}))
     assert replies == [{"return": {}}]
     path = scratch_user.keys_file
     assert not path.is_symlink()
@@ -104,39 +107,39 @@ async def test_reset_replaces_a_planted_link_without_reading_it(
 
 @pytest.mark.parametrize("command", ["get", "add", "remove"])
 async def test_an_ssh_dir_linked_to_a_root_owned_dir_is_not_followed(
-    agent_config: AgentConfig, scratch_user: ScratchUser, root_only: RootOnly, command: str
+    agent_factory: AgentFactory, scratch_user: ScratchUser, root_only: RootOnly, command: str
 ) -> None:
     scratch_user.ssh_dir.symlink_to(root_only.directory)
     scratch_user.plant(scratch_user.ssh_dir)
     before = root_only.snapshot()
-    [reply] = await run(agent_config, scratch_user, COMMANDS[command])
+    [reply] = await run(agent_factory, scratch_user, COMMANDS[command])
     assert refused(reply, scratch_user.ssh_dir, "it is a symbolic link")
     assert_nothing_leaked(scratch_user, root_only, before, [reply])
 
 
 @pytest.mark.parametrize("command", ["get", "add", "remove"])
 async def test_a_hard_link_to_a_root_only_file_is_refused(
-    agent_config: AgentConfig, scratch_user: ScratchUser, root_only: RootOnly, command: str
+    agent_factory: AgentFactory, scratch_user: ScratchUser, root_only: RootOnly, command: str
 ) -> None:
     # What a user can do where fs.protected_hardlinks is off (root does it here).
     scratch_user.make_ssh_dir()
     os.link(root_only.file, scratch_user.keys_file)
     before = root_only.snapshot()
-    [reply] = await run(agent_config, scratch_user, COMMANDS[command])
+    [reply] = await run(agent_factory, scratch_user, COMMANDS[command])
     assert refused(reply, scratch_user.keys_file, "it has 2 hard links")
     assert_nothing_leaked(scratch_user, root_only, before, [reply], planted=root_only.file)
 
 
 @pytest.mark.parametrize("command", ["get", "add", "remove"])
 async def test_a_root_only_file_whose_other_name_is_gone_stays_unreadable(
-    agent_config: AgentConfig, scratch_user: ScratchUser, root_only: RootOnly, command: str
+    agent_factory: AgentFactory, scratch_user: ScratchUser, root_only: RootOnly, command: str
 ) -> None:
     """A hard link outlives the removal of the original (as /etc/shadow- is replaced):
     one link, root's, 0600. The user's own identity cannot open it."""
     scratch_user.make_ssh_dir()
     os.link(root_only.file, scratch_user.keys_file)
     root_only.file.unlink()
-    [reply] = await run(agent_config, scratch_user, COMMANDS[command])
+    [reply] = await run(agent_factory, scratch_user, COMMANDS[command])
     path = scratch_user.keys_file
     assert reply == {
         "error": {
@@ -160,7 +163,7 @@ async def test_a_root_only_file_whose_other_name_is_gone_stays_unreadable(
     ids=["fifo", "device"],
 )
 async def test_a_fifo_or_device_as_keys_file_does_not_hang_the_agent(
-    agent_config: AgentConfig,
+    agent_factory: AgentFactory,
     scratch_user: ScratchUser,
     command: str,
     make: Callable[[Path], None],
@@ -169,7 +172,7 @@ async def test_a_fifo_or_device_as_keys_file_does_not_hang_the_agent(
     scratch_user.make_ssh_dir()
     make(scratch_user.keys_file)
     scratch_user.plant(scratch_user.keys_file)
-    [reply] = await run(agent_config, scratch_user, COMMANDS[command])  # bounded, then a ping
+    [reply] = await run(agent_factory, scratch_user, COMMANDS[command])  # bounded, then a ping
     assert refused(reply, scratch_user.keys_file, f"it is {kind}, not a regular file")
 
 
@@ -219,7 +222,7 @@ def replace_with(path: Path, plant: Callable[[Path], None]) -> Callable[[], None
     ],
 )
 async def test_a_swap_between_look_and_open_is_caught_on_the_descriptor(
-    agent_config: AgentConfig,
+    agent_factory: AgentFactory,
     scratch_user: ScratchUser,
     root_only: RootOnly,
     monkeypatch: pytest.MonkeyPatch,
@@ -249,14 +252,14 @@ async def test_a_swap_between_look_and_open_is_caught_on_the_descriptor(
 
     monkeypatch.setattr(userfiles, "stat_entry", look_then_swap)
     before = root_only.snapshot()
-    replies = await run(agent_config, scratch_user, COMMANDS["get"], COMMANDS["add"])
+    replies = await run(agent_factory, scratch_user, COMMANDS["get"], COMMANDS["add"])
     for reply in replies:
         assert refused(reply, scratch_user.keys_file, reason)
     assert_nothing_leaked(scratch_user, root_only, before, replies)
 
 
 async def test_a_swap_between_read_and_replace_only_replaces_the_plant(
-    agent_config: AgentConfig,
+    agent_factory: AgentFactory,
     scratch_user: ScratchUser,
     root_only: RootOnly,
     monkeypatch: pytest.MonkeyPatch,
@@ -269,13 +272,13 @@ async def test_a_swap_between_read_and_replace_only_replaces_the_plant(
     )
     real_replace = userfiles.replace_file
 
-    def swap_then_replace(*args: object) -> None:
+    def swap_then_replace(*args: Any, **kwargs: Any) -> None:
         swap()
-        real_replace(*args)  # type: ignore[arg-type]
+        real_replace(*args, **kwargs)
 
     monkeypatch.setattr(userfiles, "replace_file", swap_then_replace)
     before = root_only.snapshot()
-    replies = await run(agent_config, scratch_user, COMMANDS["add"])
+    replies = await run(agent_factory, scratch_user, COMMANDS["add"])
     assert replies == [{"return": {}}]
     path = scratch_user.keys_file
     assert not path.is_symlink()
@@ -284,7 +287,7 @@ async def test_a_swap_between_read_and_replace_only_replaces_the_plant(
 
 
 async def test_an_ssh_dir_swapped_after_it_was_opened_is_not_reached(
-    agent_config: AgentConfig,
+    agent_factory: AgentFactory,
     scratch_user: ScratchUser,
     root_only: RootOnly,
     monkeypatch: pytest.MonkeyPatch,
@@ -309,7 +312,7 @@ async def test_an_ssh_dir_swapped_after_it_was_opened_is_not_reached(
 
     monkeypatch.setattr(userfiles, "read_file", swap_then_read)
     before = root_only.snapshot()
-    replies = await run(agent_config, scratch_user, COMMANDS["add"])
+    replies = await run(agent_factory, scratch_user, COMMANDS["add"])
     assert replies == [{"return": {}}]
     assert (moved / "authorized_keys").read_text() == f"{KEY2}\n{KEY1}\n"
     assert_nothing_leaked(scratch_user, root_only, before, replies)
@@ -319,7 +322,7 @@ async def test_an_ssh_dir_swapped_after_it_was_opened_is_not_reached(
 
 
 async def test_only_the_agents_own_thread_takes_the_users_identity(
-    agent_config: AgentConfig, scratch_user: ScratchUser, monkeypatch: pytest.MonkeyPatch
+    agent_factory: AgentFactory, scratch_user: ScratchUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the work runs as the user, every other thread (the event loop's
     included) is still root, with root's groups; afterwards nothing changed."""
@@ -340,7 +343,7 @@ async def test_only_the_agents_own_thread_takes_the_users_identity(
     monkeypatch.setattr(userfiles, "read_file", observed_read)
     with trio.fail_after(BOUND):
         async with (
-            served(agent_config, RecordingExecutor()) as client,
+            served(agent_factory(executor=RecordingExecutor())) as client,
             trio.open_nursery() as nursery,
         ):
 
@@ -361,9 +364,9 @@ async def test_only_the_agents_own_thread_takes_the_users_identity(
 
 
 async def test_new_files_are_made_by_the_user(
-    agent_config: AgentConfig, scratch_user: ScratchUser
+    agent_factory: AgentFactory, scratch_user: ScratchUser
 ) -> None:
-    assert await run(agent_config, scratch_user, COMMANDS["add"]) == [{"return": {}}]
+    assert await run(agent_factory, scratch_user, COMMANDS["add"]) == [{"return": {}}]
     for path, mode in ((scratch_user.ssh_dir, 0o700), (scratch_user.keys_file, 0o600)):
         status = path.lstat()
         assert (status.st_uid, status.st_gid) == (scratch_user.uid, scratch_user.gid)

@@ -24,10 +24,13 @@ from typing import Any
 
 import pytest
 
-from tests.qga_client import SocketClient, running_agent
-from tests.reference import running_qemu_ga
-from tests.scratch_user import RootOnly, ScratchUser, files_holding
-from tests.test_accounts import KEY1, KEY2, VIRSH_KEYS
+from tests.support.clients import SocketClient
+from tests.support.guest_data import KEY1, KEY2, VIRSH_KEYS
+from tests.support.processes import running_agent
+from tests.support.reference import running_qemu_ga
+from tests.support.scratch_user import RootOnly, ScratchUser, files_holding
+
+pytestmark = [pytest.mark.slow, pytest.mark.qemu_ga]
 
 LEASH = 3.0  # seconds qemu-ga gets where it is expected to hang
 
@@ -73,7 +76,7 @@ def test_what_virsh_sends_gives_what_qemu_ga_gives(
     theirs, ours = results["qemu-ga"], results["trio-qga"]
     assert ours[:2] == theirs[:2] == [{"return": {}}, f"{KEY2}\n"]
     assert ours[2] == theirs[2] == {"return": {}}
-    # qemu-ga lists keys last line first; trio-qga in file order (README).
+    # qemu-ga lists keys last line first; trio-qga in file order (docs/commands.md).
     assert sorted(ours[3]["return"]["keys"]) == sorted(theirs[3]["return"]["keys"]) == [KEY1, KEY2]
     assert ours[4:] == theirs[4:] == [{"return": {}}, {"return": {"keys": [KEY1]}}]
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.qga_client import SocketClient, running_agent
-from tests.reference import running_qemu_ga
+from tests.support.clients import SocketClient
+from tests.support.processes import running_agent
+from tests.support.reference import running_qemu_ga
 
 pytestmark = pytest.mark.qemu_ga
 

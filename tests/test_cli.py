@@ -15,7 +15,17 @@ from agent import AgentConfig
 from agent.daemon import conffile
 from agent.daemon.cli import main
 from agent.daemon.options import build_parser, config_from_args
-from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent, wait_for_socket
+from tests.support.clients import SocketClient
+from tests.support.processes import (
+    AGENT_COMMAND,
+    run_agent,
+    running_agent,
+    spawn_agent,
+    stop,
+    wait_for_socket,
+)
+
+pytestmark = pytest.mark.slow
 
 
 def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,19 +80,55 @@ def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
         client.close()
 
 
-def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*AGENT_COMMAND, "-t", str(tmp_path), "-f", str(tmp_path / "agent.pid"), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
+SECONDS = "expected seconds, a number > 0"
+COMMAND = "expected a command with its arguments, as a shell splits them"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--fs-timeout", "abc", SECONDS),
+        ("--thaw-timeout", "0", SECONDS),
+        ("--exec-idle-timeout", "nan", SECONDS),
+        ("--command-timeout", "-5", SECONDS),
+        ("--command-timeout", "inf", SECONDS),
+        ("--max-handles", "0", "expected a whole number > 0"),
+        ("--baud-rate", "fast", "expected a whole number > 0"),
+        ("--socket-mode", "rw-rw----", "expected permissions in octal, such as 0660"),
+        ("--socket-mode", "17777", "expected permissions in octal, such as 0660"),
+        ("--poweroff-command", "", COMMAND),
+        ("--hwclock-command", "'/sbin/hwclock", COMMAND),
+    ],
+)
+def test_option_errors_name_the_option_and_what_it_expects(
+    option: str, value: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([option, value])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error == f"trio-qga: error: argument {option}: {expected}, got {value!r}"
+
+
+def test_option_values_that_are_taken() -> None:
+    options = ["--socket-mode", "660", "--max-handles", "3", "--fs-timeout", "0.5"]
+    args = build_parser().parse_args([*options, "--poweroff-command", "busybox poweroff -f"])
+    assert (args.socket_mode, args.max_handles, args.fs_timeout) == (0o660, 3, 0.5)
+    assert args.poweroff_command == ("busybox", "poweroff", "-f")
+
+
+def test_an_option_error_as_the_user_sees_it() -> None:
+    done = subprocess.run(
+        [*AGENT_COMMAND, "--fs-timeout", "abc"], capture_output=True, text=True, timeout=30
     )
+    assert done.returncode == 2
+    assert "--fs-timeout: expected seconds, a number > 0, got 'abc'" in done.stderr
 
 
 def test_refuses_to_replace_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
     target = tmp_path / "precious"
     target.write_text("keep me")
-    result = run_cli(tmp_path, "--transport", f"unix-listen:{target}")
+    result = run_agent(tmp_path, "--transport", f"unix-listen:{target}")
     assert result.returncode == 1
     assert "exists and is not a socket" in result.stderr
     assert target.read_text() == "keep me"
@@ -94,7 +140,7 @@ def test_refuses_a_socket_another_process_listens_on(tmp_path: Path) -> None:
     live.bind(str(path))
     live.listen(1)
     try:
-        result = run_cli(tmp_path, "-m", "unix-listen", "-p", str(path))
+        result = run_agent(tmp_path, "-m", "unix-listen", "-p", str(path))
         assert result.returncode == 1
         assert "another process is listening" in result.stderr
         assert path.exists()
@@ -104,14 +150,14 @@ def test_refuses_a_socket_another_process_listens_on(tmp_path: Path) -> None:
 
 def test_second_agent_on_the_same_pidfile_refuses(tmp_path: Path) -> None:
     with running_agent(tmp_path) as (proc, _):
-        result = run_cli(tmp_path, "--transport", f"unix-listen:{tmp_path / 'other.sock'}")
+        result = run_agent(tmp_path, "--transport", f"unix-listen:{tmp_path / 'other.sock'}")
         assert result.returncode == 1
         assert f"locked by another agent (pid {proc.pid})" in result.stderr
         assert (tmp_path / "agent.pid").read_text().strip() == str(proc.pid)
 
 
 def test_unknown_transport_is_a_clear_error(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, "-m", "carrier-pigeon", "-p", "/dev/null")
+    result = run_agent(tmp_path, "-m", "carrier-pigeon", "-p", "/dev/null")
     assert result.returncode == 1
     assert "transport method 'carrier-pigeon' is not available" in result.stderr
 
@@ -189,13 +235,11 @@ def test_pid_file_named_by_the_configuration_file_is_held_in_the_foreground(
     conf.write_text(f"[general]\npidfile={pidfile}\n")
     sock = tmp_path / "qga.sock"
     argv = ["-c", str(conf), "--transport", f"unix-listen:{sock}", "-t", str(tmp_path)]
-    proc = subprocess.Popen([*AGENT_COMMAND, *argv], stderr=subprocess.PIPE)
+    argv += ["--cache-dir", str(tmp_path / "cache")]
+    proc = spawn_agent(None, *argv)  # no -f: the file names it
     try:
         wait_for_socket(sock, proc)
         assert pidfile.read_text().strip() == str(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        if proc.stderr:
-            proc.stderr.close()
+        assert stop(proc) == 0
     assert not pidfile.exists()

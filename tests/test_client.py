@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -16,9 +15,9 @@ import trio.testing
 
 from agent.host.client import QgaClient, StreamChannel
 from agent.host.errors import AgentError, AgentTimeout, ClientError, CommandNotFound
-from tests.qga_client import running_agent
+from tests.support.processes import run_client, running_agent
 
-CLIENT_COMMAND = [sys.executable, "-m", "agent.host.cli"]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -111,6 +110,59 @@ async def test_closed_connection_is_a_client_error() -> None:
         await QgaClient(client_end, request_timeout=2).resync()
 
 
+class ScriptedChannel:
+    """A :class:`agent.host.client.Channel` that answers from a script and records what
+    was asked; a reply that is an exception is raised."""
+
+    read_chunk = write_chunk = 4
+
+    def __init__(self, replies: dict[str, list[Any]]) -> None:
+        self.replies = replies
+        self.sent: list[str] = []
+
+    async def exchange(self, command: str, request: dict[str, Any], *, reply: bool) -> Any:
+        self.sent.append(command)
+        answer = self.replies[command].pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return {"return": answer}
+
+    async def resync(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_failed_copy_raises_its_own_error_not_the_closes() -> None:
+    """Through libvirt a timed-out write makes the close time out too: the write's error
+    is the one to report."""
+    channel = ScriptedChannel(
+        {
+            "guest-file-open": [1000],
+            "guest-file-write": [AgentTimeout("guest-file-write: no reply within 5 s")],
+            "guest-file-close": [AgentTimeout("guest-file-close: no reply within 5 s")],
+        }
+    )
+    with pytest.raises(AgentTimeout, match="guest-file-write"):
+        await QgaClient(channel).write_file("/tmp/f", b"data")
+    assert channel.sent == ["guest-file-open", "guest-file-write", "guest-file-close"]
+
+
+async def test_a_copy_without_progress_asks_no_size(tmp_path: Path) -> None:
+    """The size (two seeks) only serves progress: without it, a copy is open, reads, close."""
+    reads = [
+        {"count": 4, "buf-b64": "YWJjZA==", "eof": False},
+        {"count": 1, "buf-b64": "ZQ==", "eof": True},
+    ]
+    channel = ScriptedChannel(
+        {"guest-file-open": [1000], "guest-file-read": reads, "guest-file-close": [{}]}
+    )
+    assert await QgaClient(channel).get_file("/g", str(tmp_path / "copy")) == 5
+    assert (tmp_path / "copy").read_bytes() == b"abcde"
+    assert channel.sent == ["guest-file-open", *["guest-file-read"] * 2, "guest-file-close"]
+
+
 # ----------------------------------------------------- the CLI, as a process --
 @pytest.fixture
 def our_agent(tmp_path: Path) -> Iterator[Path]:
@@ -118,47 +170,41 @@ def our_agent(tmp_path: Path) -> Iterator[Path]:
         yield sock
 
 
-def client_cli(sock: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [*CLIENT_COMMAND, "--address", str(sock), *args], capture_output=True, timeout=60
-    )
-
-
 def test_cli_ping_sync_info(our_agent: Path) -> None:
-    assert client_cli(our_agent, "ping").returncode == 0
-    assert int(client_cli(our_agent, "sync").stdout) > 0
-    info = json.loads(client_cli(our_agent, "info").stdout)
+    assert run_client(our_agent, "ping").returncode == 0
+    assert int(run_client(our_agent, "sync").stdout) > 0
+    info = json.loads(run_client(our_agent, "info").stdout)
     assert info["version"] == "0.1.0"
 
 
 def test_cli_get_put_cat_with_progress(our_agent: Path, tmp_path: Path) -> None:
     content = os.urandom(5 * 1024 * 1024 + 7)
     (tmp_path / "local").write_bytes(content)
-    put = client_cli(
+    put = run_client(
         our_agent, "--progress", "always", "put", str(tmp_path / "local"), str(tmp_path / "guest")
     )
     assert put.returncode == 0, put.stderr
     assert b"MiB" in put.stderr
     assert (tmp_path / "guest").read_bytes() == content
-    get = client_cli(our_agent, "get", str(tmp_path / "guest"), str(tmp_path / "back"))
+    get = run_client(our_agent, "get", str(tmp_path / "guest"), str(tmp_path / "back"))
     assert get.returncode == 0
     assert get.stderr == b""  # not a terminal: no progress bar
     assert (tmp_path / "back").read_bytes() == content
-    assert client_cli(our_agent, "cat", str(tmp_path / "guest")).stdout == content
+    assert run_client(our_agent, "cat", str(tmp_path / "guest")).stdout == content
 
 
 def test_cli_execute_and_errors(our_agent: Path, tmp_path: Path) -> None:
-    result = client_cli(our_agent, "execute", "guest-sync", '{"id": 7}')
+    result = run_client(our_agent, "execute", "guest-sync", '{"id": 7}')
     assert json.loads(result.stdout) == 7
-    missing = client_cli(our_agent, "cat", str(tmp_path / "missing"))
+    missing = run_client(our_agent, "cat", str(tmp_path / "missing"))
     assert missing.returncode == 2
     assert b"GenericError: failed to open file" in missing.stderr
-    bad = client_cli(our_agent, "execute", "guest-sync", "[1]")
+    bad = run_client(our_agent, "execute", "guest-sync", "[1]")
     assert (bad.returncode, bad.stderr) == (
         1,
         b"trio-qga-client: arguments must be a JSON object\n",
     )
-    nowhere = client_cli(tmp_path / "nothing.sock", "ping")
+    nowhere = run_client(tmp_path / "nothing.sock", "ping")
     assert nowhere.returncode == 1
     assert b"cannot connect" in nowhere.stderr
 
@@ -182,7 +228,7 @@ async def test_library_against_qemu_ga(qemu_ga_socket: Path, tmp_path: Path) -> 
 
 @pytest.mark.qemu_ga
 def test_cli_exec_against_qemu_ga(qemu_ga_socket: Path) -> None:
-    result = client_cli(qemu_ga_socket, "exec", "/bin/sh", "-c", "printf hi; exit 4")
+    result = run_client(qemu_ga_socket, "exec", "/bin/sh", "-c", "printf hi; exit 4")
     assert (result.returncode, result.stdout) == (4, b"hi")
 
 

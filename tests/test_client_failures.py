@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent import Agent, AgentConfig
+from agent import Agent
 from agent.transports import listen as listen_module
 from agent.transports import serve as transports_module
 from agent.transports import virtio as virtio_module
 from agent.transports.serve import serve_transport
-from tests.qga_client import StreamClient
+from tests.support.agents import AgentFactory
+from tests.support.clients import StreamClient
 
 PONG: dict[str, object] = {"return": {}}
 
@@ -83,7 +84,7 @@ async def dropped(stream: trio.abc.Stream) -> None:
 
 
 async def serving(nursery: trio.Nursery, agent: Agent, listener: FaultyListener) -> None:
-    await nursery.start(partial(agent.serve_transport, listener=listener))
+    await nursery.start(partial(agent.serve_transports, listeners=[listener]))
 
 
 async def first_dropped_next_served(agent: Agent, listener: FaultyListener) -> None:
@@ -201,22 +202,15 @@ class PtyPorts:
 
 
 async def test_a_device_error_reopens_the_device_and_the_next_host_is_served(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    agent_factory: AgentFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     ports = PtyPorts()
     monkeypatch.setattr(virtio_module, "open_port", ports.open_port)
     monkeypatch.setattr(transports_module, "RETRY_INTERVAL", 0.01)
-    config = AgentConfig(
-        method="virtio-serial",
-        path="/dev/virtio-ports/test",
-        retry_path=True,
-        pidfile=None,
-        statedir=str(tmp_path),
-        mount_table=os.devnull,
-    )
+    agent = agent_factory(method="virtio-serial", path="/dev/virtio-ports/test", retry_path=True)
     with caplog.at_level(logging.WARNING):
-        async with Agent(config) as agent, trio.open_nursery() as nursery:
-            await nursery.start(serve_transport, config.transport, agent.serve)
+        async with agent, trio.open_nursery() as nursery:
+            await nursery.start(serve_transport, agent.config.transport, agent.serve)
             os.close(await ports.opened.receive())  # unplugged: the agent's read fails
             host = await ports.opened.receive()  # opened again
             os.set_blocking(host, False)

@@ -13,17 +13,17 @@ from typing import Any
 import pytest
 import trio
 
-from agent.host.cli import match_domains
 from agent.host.client import QgaClient
 from agent.host.errors import AgentError, AgentTimeout, ClientError
-from agent.host.fleet import Freezable, TargetResult, freeze_all, run_all
+from agent.host.fleet import ErrorInfo, Freezable, TargetResult, freeze_all, run_all
+from agent.host.inventory import Host, parse_selector, resolve
 from agent.host.libvirt_channel import (
     NO_REPLY_WAIT,
     LibvirtChannel,
     LibvirtConnection,
     _error_reply,
 )
-from agent.host.output import show_results
+from agent.host.output import show_table, summary_of, write_json
 
 
 async def test_run_all_keeps_order_limits_concurrency_and_times_out_each(
@@ -48,21 +48,49 @@ async def test_run_all_keeps_order_limits_concurrency_and_times_out_each(
     assert [r.target for r in results] == names
     assert [(r.ok, r.value, r.error) for r in results] == [
         (True, "A", None),
-        (False, None, "no result within 10 s"),
+        (False, None, ErrorInfo("Timeout", "no result within 10 s")),
         (True, "B", None),
-        (False, None, "the agent closed the connection"),
+        (False, None, ErrorInfo("ClientError", "the agent closed the connection")),
         (True, "C", None),
     ]
     assert peak == 2
     assert results[1].seconds == pytest.approx(10)
 
 
+async def test_run_all_bounds_each_host_and_a_hung_host_holds_only_its_own_slots(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    hosts = {f"a{n}": "a" for n in range(4)} | {f"b{n}": "b" for n in range(4)}
+    running = {"a": 0, "b": 0}
+    peaks = {"a": 0, "b": 0, "all": 0}
+    finished: dict[str, float] = {}
+
+    async def operation(target: str) -> None:
+        host = hosts[target]
+        running[host] += 1
+        peaks[host] = max(peaks[host], running[host])
+        peaks["all"] = max(peaks["all"], sum(running.values()))
+        try:
+            await trio.sleep(100 if host == "b" else 1)  # b hangs
+        finally:
+            running[host] -= 1
+        finished[target] = trio.current_time()
+
+    start = trio.current_time()
+    results = await run_all(list(hosts), operation, limit=3, each=10, hosts=hosts, per_host=2)
+    assert (peaks["b"], peaks["all"]) == (2, 3)
+    assert peaks["a"] in (1, 2)  # what b's two stuck domains leave
+    assert [r.ok for r in results] == [True] * 4 + [False] * 4
+    assert max(finished.values()) - start <= 4  # at least one slot each second, not after b
+
+
 class FakeGuest:
     """A guest's agent as freeze_all sees it; records what was done to it."""
 
-    def __init__(self, freeze_delay: float = 0.0, refuse: bool = False) -> None:
+    def __init__(self, freeze_delay: float = 0.0, refuse: bool = False, busy: int = 0) -> None:
         self.freeze_delay = freeze_delay
         self.refuse = refuse
+        self.busy = busy  # thaws that do not reach the agent first
         self.frozen = False
         self.thaws = 0
         self.connected = False
@@ -75,6 +103,9 @@ class FakeGuest:
         return 2
 
     async def fsfreeze_thaw(self) -> int:
+        if self.busy:
+            self.busy -= 1
+            raise ClientError("guest-fsfreeze-thaw: Guest agent not available for now")
         self.thaws += 1
         was, self.frozen = self.frozen, False
         return 2 if was else 0
@@ -105,7 +136,9 @@ async def test_freeze_all_runs_the_command_while_all_are_frozen() -> None:
     assert seen == [True, True, True]
     assert outcome.all_frozen
     assert outcome.command_status == 0
-    assert [(r.ok, r.detail) for r in outcome.results] == [(True, {"frozen": 2, "thawed": 2})] * 3
+    assert [(r.ok, r.value) for r in outcome.results] == [
+        (True, {"frozen": 2, "thawed": 2, "window": pytest.approx(0, abs=1)})
+    ] * 3
     assert all(not g.frozen and g.thaws == 1 and not g.connected for g in guests.values())
 
 
@@ -123,7 +156,8 @@ async def test_a_refused_freeze_thaws_the_others_and_skips_the_command() -> None
     assert not outcome.all_frozen
     assert outcome.command_status is None
     bad = outcome.results[1]
-    assert (bad.ok, bad.error) == (False, "freeze: GenericError: failed to freeze /")
+    assert (bad.ok, bad.value) == (False, None)
+    assert bad.error == ErrorInfo("GenericError", "freeze: failed to freeze /", from_agent=True)
     assert guests["bad"].thaws == 0  # the agent thawed what it froze
     assert (guests["a"].thaws, guests["c"].thaws) == (1, 1)
     assert not any(g.frozen for g in guests.values())
@@ -135,7 +169,7 @@ async def test_the_deadline_thaws_every_guest_a_freeze_reached(
     guests = {"a": FakeGuest(), "slow": FakeGuest(freeze_delay=50)}
     outcome = await freeze_all(list(guests), fleet(**guests), limit=2, each=100, deadline=10)
     assert not outcome.all_frozen
-    assert outcome.results[1].error == "freeze: the deadline passed"
+    assert outcome.results[1].error == ErrorInfo("Timeout", "freeze: the deadline passed")
     assert (guests["a"].thaws, guests["slow"].thaws) == (1, 1)  # its freeze may have landed
 
 
@@ -154,6 +188,29 @@ async def test_a_command_past_the_deadline_is_stopped_and_all_thawed(
     assert outcome.all_frozen
     assert (outcome.command_status, outcome.command_error) == (None, "the deadline passed")
     assert all(g.thaws == 1 and not g.frozen for g in guests.values())
+
+
+async def test_a_thaw_that_does_not_reach_the_agent_is_tried_again(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Through libvirt, a thaw sent while a freeze that the client gave up on still
+    runs fails at once (the agent is busy): it is sent again until it gets through."""
+    guests = {"a": FakeGuest(freeze_delay=1), "b": FakeGuest(busy=3)}
+    outcome = await freeze_all(list(guests), fleet(**guests), limit=2, each=5)
+    assert [(r.ok, r.value) for r in outcome.results] == [
+        (True, {"frozen": 2, "thawed": 2, "window": pytest.approx(1)}),
+        (True, {"frozen": 2, "thawed": 2, "window": pytest.approx(4)}),  # three retries
+    ]
+    assert outcome.window == pytest.approx(4)
+    never = {"c": FakeGuest(busy=1000)}
+    outcome = await freeze_all(list(never), fleet(**never), limit=1, each=5)
+    [result] = outcome.results
+    assert (result.ok, result.value) == (False, {"frozen": 2})
+    assert result.error == ErrorInfo(
+        "Timeout",
+        "thaw: no reply within 30 s (last: guest-fsfreeze-thaw: Guest agent not available for now)",
+    )
+    assert outcome.window is None
 
 
 async def test_cancelled_from_outside_still_thaws() -> None:
@@ -175,15 +232,16 @@ async def test_cancelled_from_outside_still_thaws() -> None:
 
 
 def test_domains_by_name_and_glob_in_order_each_once() -> None:
-    running = ["db1", "web1", "web2"]
-    assert match_domains(["web*", "db1", "web1", "stopped"], running) == [
-        "web1",
-        "web2",
-        "db1",
-        "stopped",
-    ]
+    host = Host("localhost", "qemu:///system")
+
+    def matched(*patterns: str) -> list[str]:
+        selectors = [parse_selector(pattern, [host]) for pattern in patterns]
+        plan = resolve([host], selectors, {"localhost": ["db1", "web1", "web2"]})
+        return [target.name for target in plan.targets]
+
+    assert matched("web*", "db1", "web1", "stopped") == ["web1", "web2", "db1", "stopped"]
     with pytest.raises(ClientError, match=r"no running domain matches 'mail\*'"):
-        match_domains(["mail*"], running)
+        matched("mail*")
 
 
 class FakeLibvirtError(Exception):
@@ -227,29 +285,53 @@ def test_libvirt_transport_errors() -> None:
         _error_reply("guest-ping", FakeLibvirtError(42, "Domain not found"), FAKE_LIBVIRT, True)
 
 
-def test_results_as_lines_and_summary_or_as_json() -> None:
+def test_results_as_a_table_with_a_summary() -> None:
     results = [
         TargetResult("web1", True, {"version": "0.1.0", "supported_commands": [{}, {}]}),
-        TargetResult("web2", False, error="no result within 600 s", seconds=600),
+        TargetResult("web2", False, error=ErrorInfo("Timeout", "no result within 600 s")),
     ]
     text = io.StringIO()
-    show_results(results, text, as_json=False, extra={"all_frozen": False})
+    show_table(results, text, extra={"all frozen": False})
     lines = [line.split() for line in text.getvalue().splitlines()]
     assert lines[1][:2] == ["web1", "ok"]
     assert "version 0.1.0, 2 commands" in text.getvalue()
     assert lines[2][:2] == ["web2", "FAILED"]
-    assert text.getvalue().splitlines()[-2:] == ["all_frozen: False", "2 domains: 1 ok, 1 failed"]
-    document = io.StringIO()
-    show_results(results, document, as_json=True, extra={"all_frozen": False})
-    parsed = json.loads(document.getvalue())
-    assert (parsed["ok"], parsed["failed"], parsed["all_frozen"]) == (1, 1, False)
-    assert parsed["results"][1] == {
-        "domain": "web2",
-        "ok": False,
-        "result": None,
-        "error": "no result within 600 s",
-        "seconds": 600,
-    }
+    assert "Timeout: no result within 600 s" in text.getvalue()
+    assert text.getvalue().splitlines()[-2:] == ["all frozen: False", "2 domains: 1 ok, 1 failed"]
+
+
+def test_results_as_json_lines_with_a_summary_line() -> None:
+    results = [
+        TargetResult("web1", True, {}, seconds=0.01234),
+        TargetResult(
+            "web2",
+            False,
+            {"frozen": 1},
+            ErrorInfo("GenericError", "thaw: failed", from_agent=True),
+            600,
+        ),
+    ]
+    out = io.StringIO()
+    write_json(results, out, summary_of(results, 600.5))
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [
+        {"target": "web1", "ok": True, "return": {}, "error": None, "seconds": 0.012},
+        {
+            "target": "web2",
+            "ok": False,
+            "return": {"frozen": 1},
+            "error": {"class": "GenericError", "desc": "thaw: failed"},
+            "seconds": 600,
+        },
+        {
+            "summary": {
+                "targets": 2,
+                "ok": 1,
+                "failed": 1,
+                "seconds": 600.5,
+                "error": None,
+            }
+        },
+    ]
 
 
 async def test_a_command_without_reply_goes_after_a_ping(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,6 @@ itself (it predates ``--allow-rpcs``).
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.qga_client import AGENT_COMMAND, SocketClient, running_agent
-from tests.reference import running_qemu_ga
+from tests.support.clients import SocketClient
+from tests.support.processes import run_agent, run_client, running_agent
+from tests.support.reference import running_qemu_ga
+
+pytestmark = pytest.mark.slow
 
 PREFIX = "__io.github.trio-qga_"
 STREAMING = tuple(
@@ -43,7 +45,6 @@ PROGRAMS_AND_FILES = (
     "guest-ssh-remove-authorized-keys",
     "guest-set-user-password",
 )
-CLIENT_COMMAND = [sys.executable, "-m", "agent.host.cli"]
 EXEC_DISABLED = (
     b"trio-qga-client: CommandNotFound: exec is disabled on this agent"
     b" (guest-info shows guest-exec disabled)\n"
@@ -125,12 +126,7 @@ def enabled_commands(sock: Path) -> dict[str, bool]:
 
 
 def client_run(sock: Path) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [*CLIENT_COMMAND, "--address", str(sock), "run", "--", "id"],
-        input=b"",
-        capture_output=True,
-        timeout=60,
-    )
+    return run_client(sock, "run", "--", "id")
 
 
 @pytest.mark.parametrize("filter_", FILTERS, ids=[f.name for f in FILTERS])
@@ -199,12 +195,7 @@ def test_allowing_the_streaming_exec_without_guest_exec_is_refused_at_start(
         (tmp_path / "qemu-ga.conf").write_text(conf)
         flags = (*flags, "-c", str(tmp_path / "qemu-ga.conf"))
     sock = tmp_path / "qga.sock"
-    result = subprocess.run(
-        [*AGENT_COMMAND, "--transport", f"unix-listen:{sock}", "-t", str(tmp_path), *flags],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_agent(tmp_path, "--transport", f"unix-listen:{sock}", *flags)
     assert result.returncode == 1
     assert "--allow-rpcs names commands whose gates the command filter disables:" in result.stderr
     assert f"{PREFIX}exec-" in result.stderr

@@ -12,27 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.qga_client import AGENT_COMMAND, SocketClient
+import pytest
+
+from tests.support.clients import SocketClient
+from tests.support.processes import run_agent
+
+pytestmark = pytest.mark.slow
 
 
 def launch(tmp_path: Path, *extra: str, sock: str = "qga.sock") -> subprocess.CompletedProcess[str]:
     """``trio-qga -d``: returns when the launcher exits."""
-    return subprocess.run(
-        [
-            *AGENT_COMMAND,
-            "-d",
-            "--transport",
-            f"unix-listen:{tmp_path / sock}",
-            "-t",
-            str(tmp_path),
-            "-f",
-            str(tmp_path / "agent.pid"),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return run_agent(tmp_path, "-d", "--transport", f"unix-listen:{tmp_path / sock}", *extra)
 
 
 def wait_gone(pid: int) -> None:
@@ -117,23 +107,7 @@ def test_second_daemon_on_the_same_pidfile_refuses_with_the_reason(tmp_path: Pat
 
 
 def test_daemon_that_cannot_open_its_channel_fails_in_the_launcher(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            *AGENT_COMMAND,
-            "-d",
-            "-m",
-            "virtio-serial",
-            "-p",
-            str(tmp_path / "no-such-port"),
-            "-t",
-            str(tmp_path),
-            "-f",
-            str(tmp_path / "agent.pid"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_agent(tmp_path, "-d", "-m", "virtio-serial", "-p", str(tmp_path / "no-such-port"))
     assert result.returncode == 1
     assert f"virtio-serial {tmp_path / 'no-such-port'}: No such file or directory" in (
         result.stderr
@@ -142,24 +116,11 @@ def test_daemon_that_cannot_open_its_channel_fails_in_the_launcher(tmp_path: Pat
 
 
 def test_relative_paths_are_kept_when_daemonized(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            *AGENT_COMMAND,
-            "-d",
-            "--transport",
-            "unix-listen:qga.sock",
-            "-t",
-            ".",
-            "-f",
-            "agent.pid",
-            "-l",
-            "log",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = run_agent(
+        None,
+        *("-d", "--transport", "unix-listen:qga.sock", "-t", ".", "-f", "agent.pid", "-l", "log"),
+        *("--cache-dir", "cache"),
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
     assert result.returncode == 0, result.stderr
     pid = int((tmp_path / "agent.pid").read_text())
@@ -167,6 +128,7 @@ def test_relative_paths_are_kept_when_daemonized(tmp_path: Path) -> None:
     wait_gone(pid)
     assert "ready" in (tmp_path / "log").read_text()
     assert not (tmp_path / "agent.pid").exists()
+    assert (tmp_path / "cache" / "plugins.json").is_file()
 
 
 def test_logfile_is_appended_to(tmp_path: Path) -> None:

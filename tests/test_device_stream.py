@@ -16,7 +16,7 @@ from agent.transports import device as device_module
 from agent.transports.device import Device, DeviceStream
 from agent.transports.serial import LineStream
 from agent.transports.virtio import PortStream
-from tests import exchange_checks
+from tests.support import exchange_checks
 
 
 class ClosesDevice(DeviceStream):
@@ -86,6 +86,53 @@ async def test_keeps_trio_stream_contract(kind: type[ClosesDevice]) -> None:
 @pytest.mark.parametrize("check", exchange_checks.CHECKS)
 async def test_send_then_receive(kind: type[ClosesDevice], check: exchange_checks.Check) -> None:
     await check(pair_maker(kind))
+
+
+@pytest.mark.parametrize("request_comes", ["at once", "later"])
+async def test_a_port_whose_first_call_is_send_then_receive_ends_when_the_host_goes(
+    request_comes: str,
+) -> None:
+    """Bytes read by send_then_receive count as the host's, whatever the session
+    called before: when the host then goes away, the conversation ends instead
+    of waiting for a host that is already there (the "no host yet" backoff)."""
+    host_to_agent, agent_to_host = pipe(), pipe()
+    stream = PortStream(Device(host_to_agent[0], agent_to_host[1]), backoff=0.01)
+    try:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                if request_comes == "at once":  # found by the poll after the reply
+                    os.write(host_to_agent[1], b"request")
+                else:  # read once the reply is out and nothing came yet
+
+                    async def send_later() -> None:
+                        await trio.testing.wait_all_tasks_blocked()
+                        os.write(host_to_agent[1], b"request")
+
+                    nursery.start_soon(send_later)
+                assert await stream.send_then_receive(b"reply") == b"request"
+            assert os.read(agent_to_host[0], 16) == b"reply"
+            os.close(host_to_agent[1])  # the host goes away
+            assert await stream.receive_some() == b""
+    finally:
+        await stream.aclose()
+        for fd in (host_to_agent[0], *agent_to_host):
+            os.close(fd)
+
+
+async def test_a_port_without_a_host_yet_reads_again_after_the_backoff() -> None:
+    """A zero read before any byte means no host is attached: not the end."""
+    host_to_agent, agent_to_host = pipe(), pipe()
+    os.close(host_to_agent[1])  # every read is a zero read, as on a port with no host
+    stream = PortStream(Device(host_to_agent[0], agent_to_host[1]), backoff=0.01)
+    try:
+        with trio.move_on_after(0.2) as waiting:
+            await stream.receive_some()
+        assert waiting.cancelled_caught  # still waiting for a host
+        assert not stream.had_data
+    finally:
+        await stream.aclose()
+        for fd in (host_to_agent[0], *agent_to_host):
+            os.close(fd)
 
 
 async def test_a_device_error_is_broken_resource_and_kept_for_the_transport() -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +11,12 @@ import pytest
 import trio
 import trio.testing
 
-from agent import Agent, AgentConfig
 from agent.system import processes as processes_module
-from tests.agents import session
-from tests.qga_client import StreamClient
+from tests.support.agents import AgentFactory, session
+from tests.support.clients import StreamClient
+from tests.support.exec_programs import DAEMON, kill_daemon
+
+pytestmark = pytest.mark.slow
 
 
 def b64(data: bytes) -> str:
@@ -122,6 +122,23 @@ async def test_env_replaces_the_environment(agent_client: StreamClient) -> None:
     assert lines == {"A=b=c", "PATH=/usr/bin:/bin"}
 
 
+@pytest.mark.qemu_ga
+@pytest.mark.parametrize("env", [["A=b=c", "PATH=/usr/bin:/bin", "EMPTY="], []])
+async def test_env_replaces_the_environment_as_qemu_gas_does(
+    agent_client: StreamClient, qemu_ga_socket: Path, env: list[str]
+) -> None:
+    """qemu-ga hands ``env`` to glib's spawn as the child's envp: the whole
+    environment, the agent's own not inherited (docs/exec.md)."""
+
+    async def child_environment(client: StreamClient) -> set[str]:
+        status = await run(client, "/usr/bin/env", env=env, **{"capture-output": True})
+        return set(base64.b64decode(status.get("out-data", "")).decode().splitlines())
+
+    async with await trio.open_unix_socket(str(qemu_ga_socket)) as stream:
+        theirs = await child_environment(StreamClient(stream))
+    assert await child_environment(agent_client) == theirs == set(env)
+
+
 async def test_output_is_capped_and_the_rest_drained(
     agent_client: StreamClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -199,14 +216,6 @@ async def test_exited_waits_for_captured_output_to_close(
     await trio.to_thread.run_sync(gate.write_text, "go\n")
     status = await wait_status(agent_client, pid)
     assert base64.b64decode(status["out-data"]) == b"late\n"
-
-
-DAEMON = "sleep 25 & echo $! > {pidfile}; echo started"
-
-
-def kill_daemon(pidfile: Path) -> None:
-    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-        os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
 async def test_a_daemon_holding_stdout_does_not_hide_the_exit(
@@ -291,9 +300,9 @@ async def test_a_bad_capture_mode_is_refused(agent_client: StreamClient) -> None
 
 
 async def test_children_outlive_a_session_and_die_with_the_agent(
-    agent_config: AgentConfig,
+    agent_factory: AgentFactory,
 ) -> None:
-    async with Agent(agent_config) as agent:
+    async with agent_factory() as agent:
         async with session(agent) as client:
             pid = await exec_ok(client, "/bin/sh", "-c", "sleep 30 & sleep 30")
         assert process_state(pid) not in (None, "Z")

@@ -23,12 +23,13 @@ from typing import Any
 
 import pytest
 
-from agent import Agent, AgentConfig
+from agent import Agent
 from agent.core.store import COUNTER_END, FIRST_HANDLE, HandleCounter
-from tests.agents import served as serve_agent
-from tests.qga_client import SocketClient, StreamClient, strict_json
-from tests.reference import qemu_ga_binary, running_qemu_ga
-from tests.scratch import small_tmpfs
+from tests.support.agents import AgentFactory
+from tests.support.agents import served as serve_agent
+from tests.support.clients import SocketClient, StreamClient, strict_json
+from tests.support.reference import qemu_ga_binary, running_qemu_ga
+from tests.support.scratch import small_tmpfs
 
 MiB = 1 << 20
 
@@ -85,6 +86,7 @@ def write_session(sock: Path, path: Path) -> tuple[list[dict[str, Any]], int]:
     return replies, path.stat().st_size
 
 
+@pytest.mark.qemu_ga
 def test_disk_full_answers_what_landed_then_the_error(
     full_disks: tuple[Path, Path], our_socket: Path, qemu_ga_socket: Path
 ) -> None:
@@ -180,6 +182,7 @@ async def open_handle(client: StreamClient, path: Path, mode: str = "w") -> int:
 INVALID_UTF8_AFTER_ESCAPED_QUOTE = b'{"execute":"guest-ping","id":"x\xfe\\"}\xfe"}\n'
 
 
+@pytest.mark.qemu_ga
 def test_invalid_utf8_in_a_string_gets_one_strict_error(
     our_socket: Path, qemu_ga_socket: Path
 ) -> None:
@@ -231,20 +234,20 @@ def qemu_ga_exit_status(statedir: Path, workdir: Path) -> tuple[int, str]:
 
 
 @asynccontextmanager
-async def served(statedir: Path) -> AsyncIterator[tuple[Agent, StreamClient]]:
-    agent = Agent(AgentConfig(statedir=str(statedir), pidfile=None, mount_table=os.devnull))
+async def served(make: AgentFactory, statedir: Path) -> AsyncIterator[tuple[Agent, StreamClient]]:
+    agent = make(statedir=str(statedir))
     async with serve_agent(agent) as client:
         yield agent, client
 
 
 async def test_a_damaged_state_file_is_reported_kept_aside_and_handles_go_on(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    agent_factory: AgentFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = tmp_path / "qga.state"
     state.write_bytes(DAMAGED_STATE)
     (tmp_path / "f").write_bytes(b"x")
     start = time.time_ns() // 1000
-    async with served(tmp_path) as (_, client):
+    async with served(agent_factory, tmp_path) as (_, client):
         # Said at start, before any request.
         assert any(
             "is damaged" in record.getMessage() and record.levelname == "ERROR"
@@ -260,6 +263,7 @@ async def test_a_damaged_state_file_is_reported_kept_aside_and_handles_go_on(
     assert state.read_text() == f"[global]\nfd_counter={second + 1}\n"
 
 
+@pytest.mark.qemu_ga
 def test_qemu_ga_stops_with_status_0_on_a_damaged_state_file(tmp_path: Path) -> None:
     (tmp_path / "qga.state").write_bytes(DAMAGED_STATE)
     status, log = qemu_ga_exit_status(tmp_path, tmp_path)
@@ -267,12 +271,13 @@ def test_qemu_ga_stops_with_status_0_on_a_damaged_state_file(tmp_path: Path) -> 
     assert "failed to load persistent state" in log
 
 
+@pytest.mark.qemu_ga
 async def test_a_missing_state_dir_starts_and_file_opens_give_the_reason(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    agent_factory: AgentFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "f").write_bytes(b"x")
     missing = tmp_path / "missing"
-    async with served(missing) as (agent, client):
+    async with served(agent_factory, missing) as (agent, client):
         assert any("does not exist" in record.getMessage() for record in caplog.records)
         assert await client.execute("guest-ping") == {"return": {}}
         reply = await client.execute("guest-file-open", {"path": str(tmp_path / "f")})
@@ -287,12 +292,13 @@ async def test_a_missing_state_dir_starts_and_file_opens_give_the_reason(
     assert "unable to create state file" in log
 
 
+@pytest.mark.qemu_ga
 async def test_a_read_only_state_dir_starts_and_file_opens_give_the_reason(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    agent_factory: AgentFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "f").write_bytes(b"x")
     with small_tmpfs(tmp_path / "ro", "1m", read_only=True) as statedir:
-        async with served(statedir) as (agent, client):
+        async with served(agent_factory, statedir) as (agent, client):
             assert any("is not writable" in record.getMessage() for record in caplog.records)
             reply = await client.execute("guest-file-open", {"path": str(tmp_path / "f")})
             assert reply["error"]["desc"] == (
@@ -310,12 +316,12 @@ def open_descriptors() -> int:
 
 
 async def test_the_counter_at_its_end_wraps_and_keeps_no_unreturned_handle(
-    tmp_path: Path,
+    agent_factory: AgentFactory, tmp_path: Path
 ) -> None:
     (tmp_path / "qga.state").write_text(f"[global]\nfd_counter={COUNTER_END - 1}\n")
     (tmp_path / "f").write_bytes(b"x")
     before = open_descriptors()
-    async with served(tmp_path) as (agent, client):
+    async with served(agent_factory, tmp_path) as (agent, client):
         handles = [await open_handle(client, tmp_path / "f", "r") for _ in range(3)]
         assert handles == [COUNTER_END - 1, FIRST_HANDLE, FIRST_HANDLE + 1]
         assert sorted(opened.handle for opened in agent.context.store) == sorted(handles)
@@ -333,6 +339,7 @@ def test_a_wrapped_counter_skips_handles_still_open(tmp_path: Path) -> None:
     assert counter.take(in_use={FIRST_HANDLE + 3}) == FIRST_HANDLE + 4
 
 
+@pytest.mark.qemu_ga
 def test_qemu_ga_restarts_handles_at_0_past_a_32_bit_counter(tmp_path: Path) -> None:
     # qemu-ga reads fd_counter as a 32-bit int: past it, handles 0, 1, ... again.
     (tmp_path / "qga.state").write_text(f"[global]\nfd_counter={COUNTER_END - 1}\n")
@@ -362,6 +369,7 @@ def test_a_long_bad_message_gets_one_error(data: bytes, our_socket: Path) -> Non
     assert "error" in strict_json(ours[0])
 
 
+@pytest.mark.qemu_ga
 @pytest.mark.parametrize("shape", ["open brackets", "deep objects"])
 def test_qemu_ga_answers_a_piece_of_a_long_bad_message_with_many_errors(
     shape: str, qemu_ga_socket: Path

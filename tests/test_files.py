@@ -17,8 +17,11 @@ import trio
 import trio.testing
 
 import agent.handlers.files as files
-from tests.agents import AgentFactory, served
-from tests.qga_client import SocketClient, StreamClient, running_agent
+from tests.support.agents import AgentFactory, served
+from tests.support.clients import SocketClient, StreamClient
+from tests.support.processes import running_agent
+
+pytestmark = pytest.mark.slow
 
 GENERIC = "GenericError"
 

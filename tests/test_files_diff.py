@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.qga_client import SocketClient
+from tests.support.clients import SocketClient
 
 Step = tuple[str, dict[str, Any]]
 HELLO = base64.b64encode(b"hello world").decode()

@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,21 +20,15 @@ from agent.system.fsfreeze.ioctl import LinuxIoctls
 from agent.system.fsfreeze.marker import MARKER_NAME
 from agent.system.fsfreeze.watchdog import ARMED, RELEASED, parse_options
 from agent.system.fsfreeze.watchdog_client import WATCHDOG_PROGRAM
-from tests.qga_client import SocketClient, running_agent
-from tests.scratch import BlockedWrite, Scratch, processes_mentioning
+from tests.support.clients import SocketClient
+from tests.support.processes import eventually, running_agent
+from tests.support.scratch import BlockedWrite, Scratch, processes_mentioning
+
+pytestmark = pytest.mark.slow
 
 
 def write_to(directory: Path) -> BlockedWrite:
     return BlockedWrite(directory / f"cli-write-{time.time_ns()}", b"written while frozen")
-
-
-def eventually(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def agent_options(tmp_path: Path, scratch: Scratch, *extra: str) -> tuple[str, ...]:

@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from tests.qga_client import Reply, SocketClient, running_agent
-from tests.reference import running_qemu_ga
-from tests.scratch import BlockedWrite, Scratch, processes_mentioning
+from tests.support.clients import Reply, SocketClient
+from tests.support.processes import running_agent
+from tests.support.reference import running_qemu_ga
+from tests.support.scratch import BlockedWrite, Scratch, processes_mentioning
 
-pytestmark = pytest.mark.qemu_ga
+pytestmark = [pytest.mark.slow, pytest.mark.qemu_ga]
 
 SAFE_COMMANDS = {"guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-fsfreeze-freeze-list"}
 
@@ -88,7 +89,7 @@ def test_freeze_list_status_thaw_as_qemu_ga(
         blocked = write_to(scratch.xfs)
         assert blocked.blocked_for(0.3)
         disabled = client.execute("guest-fsfreeze-freeze-list", {"mountpoints": both})
-        # The reason is the one text that differs: ours is QEMU 9.1's (README).
+        # The reason is the one text that differs: ours is QEMU 9.1's (docs/compatibility.md).
         reason = "the command is not allowed" if client is ours else "the agent is in frozen state"
         assert disabled == {
             "error": {

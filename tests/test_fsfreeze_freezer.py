@@ -1,4 +1,4 @@
-"""The freezer (``agent/fsfreeze/freezer.py``) on a recording fake of the ioctls:
+"""The freezer (``agent/system/fsfreeze/freezer.py``) on a recording fake of the ioctls:
 counts and order, failures, cancellation, auto-thaw, the agent's stop and
 the log held while frozen."""
 
@@ -15,7 +15,6 @@ import pytest
 import trio
 import trio.testing
 
-from agent import Agent, AgentConfig
 from agent.daemon.logs import HoldingHandler
 from agent.errors import GenericError
 from agent.system.fsfreeze.freezer import Freezer
@@ -23,14 +22,14 @@ from agent.system.fsfreeze.marker import MARKER_NAME
 from agent.system.fsfreeze.state import (
     FreezeState,
 )
-from tests.fsfreeze_fakes import (
+from tests.support.agents import AgentFactory, served
+from tests.support.fsfreeze_fakes import (
     FAKE,
     FAKE_FREEZE_ORDER,
     FakeIoctls,
     ListHandler,
     fake_freezer,
 )
-from tests.qga_client import StreamClient
 
 
 async def test_freeze_and_thaw_count_and_order(tmp_path: Path, table: Path) -> None:
@@ -104,35 +103,31 @@ async def test_a_freeze_cancelled_part_way_thaws_what_it_froze(tmp_path: Path, t
 
 
 async def test_a_command_timeout_mid_freeze_replies_an_error_and_thaws(
-    tmp_path: Path, table: Path
+    agent_factory: AgentFactory, tmp_path: Path, table: Path
 ) -> None:
+    """The FIFREEZE of /data blocks until the timeout has answered; a second
+    is far more than the freeze takes to get there, even on a loaded machine."""
     release = threading.Event()
     ioctls = FakeIoctls(block={f"{FAKE}/data": release})
-    config = AgentConfig(statedir=str(tmp_path), pidfile=None, command_timeout=0.1)
-    agent = Agent(config, freezer=fake_freezer(tmp_path, table, ioctls))
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with agent, trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        nursery.start_soon(_set_after, release, 0.3)
-        client = StreamClient(client_end)
-        reply = await client.execute("guest-fsfreeze-freeze")
+    freezer = fake_freezer(tmp_path, table, ioctls)
+    agent = agent_factory(command_timeout=1.0, freezer=freezer)
+    async with served(agent) as client:
+        try:
+            reply = await client.execute("guest-fsfreeze-freeze")
+            assert ioctls.blocked.is_set(), "the timeout came before the freeze of /data"
+        finally:
+            release.set()
         assert reply == {
             "error": {
                 "class": "GenericError",
-                "desc": "command guest-fsfreeze-freeze timed out after 0.1 s",
+                "desc": "command guest-fsfreeze-freeze timed out after 1.0 s",
             }
         }
         assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
-        await client_end.aclose()
     with trio.fail_after(5):  # the abandoned ioctl thaws its filesystem once through
         while f"{FAKE}/data" not in ioctls.called("thaw"):  # noqa: ASYNC110
             await trio.sleep(0.01)
     assert ioctls.frozen == set()
-
-
-async def _set_after(event: threading.Event, seconds: float) -> None:
-    await trio.sleep(seconds)
-    event.set()
 
 
 async def test_auto_thaw_fires_after_the_timeout_and_says_so(
@@ -182,19 +177,18 @@ async def settled(freezer: Freezer) -> None:
     raise AssertionError(f"still {freezer.state} after 10 s")
 
 
-async def test_the_agent_thaws_when_it_stops(tmp_path: Path, table: Path) -> None:
+async def test_the_agent_thaws_when_it_stops(
+    agent_factory: AgentFactory, tmp_path: Path, table: Path
+) -> None:
     ioctls = FakeIoctls()
-    agent = Agent(
-        AgentConfig(statedir=str(tmp_path), pidfile=None),
-        freezer=fake_freezer(tmp_path, table, ioctls),
-    )
+    agent = agent_factory(freezer=fake_freezer(tmp_path, table, ioctls))
     with trio.CancelScope() as scope:
         async with agent:
-            assert await agent.context.state.freezer.freeze() == 3
+            assert await agent.context.freezer.freeze() == 3
             scope.cancel()  # as SIGTERM does to the CLI's nursery
             await trio.sleep_forever()
     assert ioctls.frozen == set()
-    assert not agent.context.state.frozen
+    assert not agent.context.freezer.frozen
 
 
 @pytest.fixture

@@ -7,30 +7,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
 
-from agent import Agent, AgentConfig
 from agent.host.client import QgaClient
-from tests.fsfreeze_fakes import (
+from tests.support.agents import AgentFactory, served
+from tests.support.clients import StreamClient
+from tests.support.fsfreeze_fakes import (
     FAKE,
     FakeIoctls,
     fake_freezer,
 )
-from tests.qga_client import StreamClient
 
 
 @pytest.fixture
-async def fake_agent_client(tmp_path: Path, table: Path) -> AsyncIterator[StreamClient]:
-    agent = Agent(
-        AgentConfig(statedir=str(tmp_path), pidfile=None),
-        freezer=fake_freezer(tmp_path, table, FakeIoctls()),
-    )
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with agent, trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        yield StreamClient(client_end)
-        await client_end.aclose()
+async def fake_agent_client(
+    agent_factory: AgentFactory, tmp_path: Path, table: Path
+) -> AsyncIterator[StreamClient]:
+    agent = agent_factory(freezer=fake_freezer(tmp_path, table, FakeIoctls()))
+    async with served(agent) as client:
+        yield client
 
 
 async def test_commands_while_frozen(fake_agent_client: StreamClient) -> None:

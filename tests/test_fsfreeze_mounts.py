@@ -1,4 +1,4 @@
-"""The mount table (``agent/fsfreeze/mounts.py``): parsing mountinfo, which
+"""The mount table (``agent/system/mounts.py``): parsing mountinfo, which
 filesystems a freeze covers and in which order."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import pytest
 
 from agent.system.mounts import Mount, freeze_plan, parse_mountinfo, unfreezable
-from tests.fsfreeze_fakes import (
+from tests.support.fsfreeze_fakes import (
     FAKE,
     FAKE_FREEZE_ORDER,
     FAKE_TABLE,

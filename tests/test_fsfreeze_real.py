@@ -1,5 +1,5 @@
 """fsfreeze for real: FIFREEZE and FITHAW on the suite's scratch ext4 and xfs
-filesystems (``tests/scratch.py``), through an agent served in this process.
+filesystems (``tests/support/scratch.py``), through an agent served in this process.
 
 A frozen filesystem is shown frozen by a write to it that blocks (in a
 thread) until the thaw, after which the data is there.
@@ -8,14 +8,14 @@ thread) until the thaw, after which the data is there.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import json
 import logging
 import math
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,15 @@ import pytest
 import trio
 import trio.testing
 
-from agent import Agent, AgentConfig
+from agent.core.config import DEFAULT_FS_TIMEOUT, KERNEL_MOUNT_TABLE
 from agent.system.fsfreeze.freezer import Freezer
 from agent.system.fsfreeze.ioctl import LinuxIoctls
 from agent.system.fsfreeze.marker import MARKER_NAME
-from tests.qga_client import StreamClient
-from tests.scratch import BlockedWrite, Scratch
+from agent.system.fsguard import FsGuard
+from tests.support.agents import AgentFactory, served
+from tests.support.scratch import BlockedWrite, Scratch
+
+pytestmark = pytest.mark.slow
 
 _names = itertools.count()
 
@@ -43,21 +46,22 @@ def error(desc: str, error_class: str = "GenericError") -> dict[str, Any]:
     return {"error": {"class": error_class, "desc": desc}}
 
 
-@asynccontextmanager
-async def serve(
-    config: AgentConfig, freezer: Freezer | None = None
-) -> AsyncIterator[tuple[StreamClient, Agent]]:
-    agent = Agent(config, freezer=freezer)
-    client_end, agent_end = trio.testing.memory_stream_pair()
-    async with agent, trio.open_nursery() as nursery:
-        nursery.start_soon(agent.serve, agent_end)
-        yield StreamClient(client_end), agent
-        await client_end.aclose()
+@pytest.fixture
+def scratch_agent(agent_factory: AgentFactory, scratch: Scratch) -> AgentFactory:
+    """Agents whose mount table lists the scratch filesystems, nothing else."""
+    return functools.partial(agent_factory, mount_table=str(scratch.mount_table))
 
 
-def scratch_config(tmp_path: Path, scratch: Scratch, **options: Any) -> AgentConfig:
-    return AgentConfig(
-        statedir=str(tmp_path), pidfile=None, mount_table=str(scratch.mount_table), **options
+def recording_freezer(
+    tmp_path: Path, scratch: Scratch, ioctls: LinuxIoctls, *, watchdog: bool = True
+) -> Freezer:
+    """A freezer of the scratch filesystems through ``ioctls``, with the agent's deadline."""
+    return Freezer(
+        str(tmp_path),
+        mount_table=str(scratch.mount_table),
+        fs=FsGuard(DEFAULT_FS_TIMEOUT, mount_table=KERNEL_MOUNT_TABLE),
+        ioctls=ioctls,
+        watchdog=watchdog,
     )
 
 
@@ -75,8 +79,10 @@ class RecordingIoctls(LinuxIoctls):
         return frozen
 
 
-async def test_freeze_blocks_writes_until_thaw(tmp_path: Path, scratch: Scratch) -> None:
-    async with serve(scratch_config(tmp_path, scratch)) as (client, _):
+async def test_freeze_blocks_writes_until_thaw(
+    scratch_agent: AgentFactory, scratch: Scratch
+) -> None:
+    async with served(scratch_agent()) as client:
         # ext4 and xfs; the tmpfs is skipped, the bind mount is ext4 again.
         assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
         assert await client.execute("guest-fsfreeze-status") == {"return": "frozen"}
@@ -91,17 +97,21 @@ async def test_freeze_blocks_writes_until_thaw(tmp_path: Path, scratch: Scratch)
         assert await client.execute("guest-fsfreeze-thaw") == {"return": 0}
 
 
-async def test_children_are_frozen_before_parents(tmp_path: Path, scratch: Scratch) -> None:
+async def test_children_are_frozen_before_parents(
+    scratch_agent: AgentFactory, tmp_path: Path, scratch: Scratch
+) -> None:
     ioctls = RecordingIoctls()
-    freezer = Freezer(str(tmp_path), mount_table=str(scratch.mount_table), ioctls=ioctls)
-    async with serve(scratch_config(tmp_path, scratch), freezer) as (client, _):
+    freezer = recording_freezer(tmp_path, scratch, ioctls)
+    async with served(scratch_agent(freezer=freezer)) as client:
         assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
         assert ioctls.frozen == [str(scratch.xfs), str(scratch.ext4)]
         assert await client.execute("guest-fsfreeze-thaw") == {"return": 2}
 
 
-async def test_freeze_list_freezes_only_those(tmp_path: Path, scratch: Scratch) -> None:
-    async with serve(scratch_config(tmp_path, scratch)) as (client, _):
+async def test_freeze_list_freezes_only_those(
+    scratch_agent: AgentFactory, scratch: Scratch
+) -> None:
+    async with served(scratch_agent()) as client:
         reply = await client.execute(
             "guest-fsfreeze-freeze-list", {"mountpoints": [str(scratch.xfs)]}
         )
@@ -121,11 +131,11 @@ async def test_freeze_list_freezes_only_those(tmp_path: Path, scratch: Scratch) 
 
 
 async def test_freeze_list_ignores_what_it_cannot_freeze(
-    tmp_path: Path, scratch: Scratch, caplog: pytest.LogCaptureFixture
+    scratch_agent: AgentFactory, scratch: Scratch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent.system.fsfreeze.freezer")
     invalid = [scratch.tmpfs, scratch.base, scratch.ext4 / "shared"]
-    async with serve(scratch_config(tmp_path, scratch)) as (client, _):
+    async with served(scratch_agent()) as client:
         for path in invalid:
             reply = await client.execute(
                 "guest-fsfreeze-freeze-list", {"mountpoints": [str(scratch.xfs), str(path)]}
@@ -149,14 +159,16 @@ async def test_freeze_list_ignores_what_it_cannot_freeze(
     )
 
 
-async def test_a_failure_part_way_thaws_what_was_frozen(tmp_path: Path, scratch: Scratch) -> None:
+async def test_a_failure_part_way_thaws_what_was_frozen(
+    scratch_agent: AgentFactory, tmp_path: Path, scratch: Scratch
+) -> None:
     def fail_on_ext4(path: str) -> None:
         if path == str(scratch.ext4):
             raise OSError(errno.EIO, "Input/output error")
 
     ioctls = RecordingIoctls(fail_on_ext4)
-    freezer = Freezer(str(tmp_path), mount_table=str(scratch.mount_table), ioctls=ioctls)
-    async with serve(scratch_config(tmp_path, scratch), freezer) as (client, _):
+    freezer = recording_freezer(tmp_path, scratch, ioctls)
+    async with served(scratch_agent(freezer=freezer)) as client:
         reply = await client.execute("guest-fsfreeze-freeze")
         assert reply == error(f"failed to freeze {scratch.ext4}: Input/output error")
         assert ioctls.frozen == [str(scratch.xfs)]  # it was frozen, then thawed:
@@ -166,7 +178,7 @@ async def test_a_failure_part_way_thaws_what_was_frozen(tmp_path: Path, scratch:
 
 
 async def test_a_freeze_timing_out_part_way_thaws_what_was_frozen(
-    tmp_path: Path, scratch: Scratch
+    scratch_agent: AgentFactory, tmp_path: Path, scratch: Scratch
 ) -> None:
     sent = math.inf
 
@@ -175,11 +187,8 @@ async def test_a_freeze_timing_out_part_way_thaws_what_was_frozen(
             time.sleep(max(0.0, sent + 2 - time.monotonic()))
 
     ioctls = RecordingIoctls(slow_xfs)
-    freezer = Freezer(
-        str(tmp_path), mount_table=str(scratch.mount_table), ioctls=ioctls, watchdog=False
-    )
-    config = scratch_config(tmp_path, scratch, command_timeout=1.0)
-    async with serve(config, freezer) as (client, _):
+    freezer = recording_freezer(tmp_path, scratch, ioctls, watchdog=False)
+    async with served(scratch_agent(command_timeout=1.0, freezer=freezer)) as client:
         sent = time.monotonic()
         reply = await client.execute("guest-fsfreeze-freeze")
         assert reply == error("command guest-fsfreeze-freeze timed out after 1.0 s")
@@ -195,9 +204,11 @@ async def test_a_freeze_timing_out_part_way_thaws_what_was_frozen(
         assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
 
 
-async def test_marker_lists_what_is_frozen_until_the_thaw(tmp_path: Path, scratch: Scratch) -> None:
+async def test_marker_lists_what_is_frozen_until_the_thaw(
+    scratch_agent: AgentFactory, tmp_path: Path, scratch: Scratch
+) -> None:
     marker = tmp_path / MARKER_NAME
-    async with serve(scratch_config(tmp_path, scratch)) as (client, _):
+    async with served(scratch_agent()) as client:
         assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
         assert json.loads(marker.read_text()) == [str(scratch.xfs), str(scratch.ext4)]
         assert await client.execute("guest-fsfreeze-thaw") == {"return": 2}
@@ -206,7 +217,11 @@ async def test_marker_lists_what_is_frozen_until_the_thaw(tmp_path: Path, scratc
 
 @pytest.mark.parametrize("marker_text", ["", "<garbage>", None], ids=["qemu-ga", "bad", "ours"])
 async def test_a_marker_left_frozen_is_checked_and_thawed_at_start(
-    tmp_path: Path, scratch: Scratch, marker_text: str | None, caplog: pytest.LogCaptureFixture
+    scratch_agent: AgentFactory,
+    tmp_path: Path,
+    scratch: Scratch,
+    marker_text: str | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The thaw attempt that checks the marker thaws what it finds frozen, as the
     watchdog would have done when the agent that froze it went away."""
@@ -215,7 +230,7 @@ async def test_a_marker_left_frozen_is_checked_and_thawed_at_start(
     marker.write_text(json.dumps([str(scratch.ext4)]) if marker_text is None else marker_text)
     blocked = write_to(scratch.ext4)
     assert await blocked.still_blocked(0.3)
-    async with serve(scratch_config(tmp_path, scratch)) as (client, _):
+    async with served(scratch_agent()) as client:
         assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
         assert await blocked.finished(10)
         assert not marker.exists()
@@ -226,13 +241,13 @@ async def test_a_marker_left_frozen_is_checked_and_thawed_at_start(
 
 
 async def test_a_stale_marker_is_found_out_at_start(
-    tmp_path: Path, scratch: Scratch, caplog: pytest.LogCaptureFixture
+    scratch_agent: AgentFactory, tmp_path: Path, scratch: Scratch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Killed between writing the marker and freezing: nothing is frozen."""
     marker = tmp_path / MARKER_NAME
     gone = tmp_path / "unmounted-since"
     marker.write_text(json.dumps([str(scratch.xfs), str(scratch.ext4), str(gone)]))
-    async with serve(scratch_config(tmp_path, scratch)) as (client, _):
+    async with served(scratch_agent()) as client:
         assert await client.execute("guest-fsfreeze-status") == {"return": "thawed"}
         assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
         assert await client.execute("guest-fsfreeze-thaw") == {"return": 2}
@@ -240,8 +255,8 @@ async def test_a_stale_marker_is_found_out_at_start(
     assert "starting thawed" in caplog.text
 
 
-async def test_auto_thaw_after_the_timeout(tmp_path: Path, scratch: Scratch) -> None:
-    async with serve(scratch_config(tmp_path, scratch, thaw_timeout=0.5)) as (client, _):
+async def test_auto_thaw_after_the_timeout(scratch_agent: AgentFactory, scratch: Scratch) -> None:
+    async with served(scratch_agent(thaw_timeout=0.5)) as client:
         assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
         blocked = write_to(scratch.ext4)
         assert await blocked.still_blocked(0.2)
@@ -253,7 +268,7 @@ async def test_auto_thaw_after_the_timeout(tmp_path: Path, scratch: Scratch) -> 
 
 
 async def test_hook_runs_while_the_filesystems_take_writes(
-    tmp_path: Path, scratch: Scratch
+    scratch_agent: AgentFactory, tmp_path: Path, scratch: Scratch
 ) -> None:
     """The hook writes to the filesystem being frozen: it would hang if it ran
     after the freeze or before the thaw."""
@@ -261,7 +276,7 @@ async def test_hook_runs_while_the_filesystems_take_writes(
     hook.write_text(f'#!/bin/sh\necho "$1" >> {scratch.ext4}/hook.log\n')
     hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
     (scratch.ext4 / "hook.log").unlink(missing_ok=True)
-    async with serve(scratch_config(tmp_path, scratch, fsfreeze_hook=str(hook))) as (client, _):
+    async with served(scratch_agent(fsfreeze_hook=str(hook))) as client:
         with trio.fail_after(10):
             assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
             assert await client.execute("guest-fsfreeze-thaw") == {"return": 2}
@@ -281,14 +296,15 @@ async def test_guard_refuses_a_path_outside_the_allow_list(
     assert refused.read_text() == f"{scratch.tmpfs}\n"
 
 
-async def test_a_stale_mount_table_is_refused(tmp_path: Path, scratch: Scratch) -> None:
+async def test_a_stale_mount_table_is_refused(
+    agent_factory: AgentFactory, tmp_path: Path, scratch: Scratch
+) -> None:
     """The table says xfs's device is at the ext4 mountpoint: nothing is frozen."""
     lines = scratch.mount_table.read_text().splitlines(keepends=True)
     xfs_line = next(line for line in lines if f" {scratch.xfs} " in line)
     table = tmp_path / "stale"
     table.write_text(xfs_line.replace(f" {scratch.xfs} ", f" {scratch.ext4} "))
-    config = AgentConfig(statedir=str(tmp_path), pidfile=None, mount_table=str(table))
-    async with serve(config) as (client, _):
+    async with served(agent_factory(mount_table=str(table))) as client:
         reply = await client.execute("guest-fsfreeze-freeze")
         assert "error" in reply
         assert reply["error"]["desc"].startswith(

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from agent import Agent, AgentConfig
 from agent.system.executor import SystemRoot
-from tests.agents import served as serve_agent
-from tests.qga_client import StreamClient
-from tests.system_fakes import RecordingExecutor
+from tests.support.agents import AgentFactory
+from tests.support.agents import served as serve_agent
+from tests.support.clients import StreamClient
+from tests.support.system_fakes import RecordingExecutor
 
 
 @asynccontextmanager
-async def served(config: AgentConfig, root: Path) -> AsyncIterator[StreamClient]:
-    agent = Agent(config, executor=RecordingExecutor(), root=SystemRoot(root))
+async def served(make: AgentFactory, root: Path) -> AsyncIterator[StreamClient]:
+    agent = make(executor=RecordingExecutor(), root=SystemRoot(root))
     async with serve_agent(agent) as client:
         yield client
 
@@ -46,8 +46,8 @@ def sysfs(tmp_path: Path) -> Path:
     return tmp_path
 
 
-async def test_get_vcpus(agent_config: AgentConfig, sysfs: Path) -> None:
-    async with served(agent_config, sysfs) as client:
+async def test_get_vcpus(agent_factory: AgentFactory, sysfs: Path) -> None:
+    async with served(agent_factory, sysfs) as client:
         reply = await client.execute("guest-get-vcpus")
     assert reply == {
         "return": [
@@ -59,10 +59,10 @@ async def test_get_vcpus(agent_config: AgentConfig, sysfs: Path) -> None:
     }
 
 
-async def test_set_vcpus_writes_only_what_changes(agent_config: AgentConfig, sysfs: Path) -> None:
+async def test_set_vcpus_writes_only_what_changes(agent_factory: AgentFactory, sysfs: Path) -> None:
     cpu = sysfs / "sys/devices/system/cpu"
     (cpu / "cpu10/online").write_text("1")  # no newline: a rewrite would show
-    async with served(agent_config, sysfs) as client:
+    async with served(agent_factory, sysfs) as client:
         reply = await client.execute(
             "guest-set-vcpus",
             {
@@ -104,14 +104,14 @@ async def test_set_vcpus_writes_only_what_changes(agent_config: AgentConfig, sys
     ],
 )
 async def test_set_vcpus_stops_at_the_first_failure(
-    agent_config: AgentConfig, sysfs: Path, vcpus: list[object], reply: object
+    agent_factory: AgentFactory, sysfs: Path, vcpus: list[object], reply: object
 ) -> None:
-    async with served(agent_config, sysfs) as client:
+    async with served(agent_factory, sysfs) as client:
         assert await client.execute("guest-set-vcpus", {"vcpus": vcpus}) == reply
 
 
-async def test_get_memory_blocks_and_info(agent_config: AgentConfig, sysfs: Path) -> None:
-    async with served(agent_config, sysfs) as client:
+async def test_get_memory_blocks_and_info(agent_factory: AgentFactory, sysfs: Path) -> None:
+    async with served(agent_factory, sysfs) as client:
         blocks = await client.execute("guest-get-memory-blocks")
         info = await client.execute("guest-get-memory-block-info")
     assert blocks == {
@@ -124,9 +124,11 @@ async def test_get_memory_blocks_and_info(agent_config: AgentConfig, sysfs: Path
     assert info == {"return": {"size": 0x8000000}}
 
 
-async def test_set_memory_blocks_answers_per_block(agent_config: AgentConfig, sysfs: Path) -> None:
+async def test_set_memory_blocks_answers_per_block(
+    agent_factory: AgentFactory, sysfs: Path
+) -> None:
     memory = sysfs / "sys/devices/system/memory"
-    async with served(agent_config, sysfs) as client:
+    async with served(agent_factory, sysfs) as client:
         reply = await client.execute(
             "guest-set-memory-blocks",
             {
@@ -151,8 +153,8 @@ async def test_set_memory_blocks_answers_per_block(agent_config: AgentConfig, sy
     assert (memory / "memory0/state").read_text() == "online\n"  # not rewritten
 
 
-async def test_without_memory_blocks(agent_config: AgentConfig, tmp_path: Path) -> None:
-    async with served(agent_config, tmp_path) as client:
+async def test_without_memory_blocks(agent_factory: AgentFactory, tmp_path: Path) -> None:
+    async with served(agent_factory, tmp_path) as client:
         assert await client.execute("guest-get-memory-blocks") == {"return": []}
         reply = await client.execute(
             "guest-set-memory-blocks", {"mem-blks": [{"phys-index": 1, "online": True}]}

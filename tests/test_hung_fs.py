@@ -1,7 +1,7 @@
 """A hung filesystem never hangs the agent: every request answered in bounded time.
 
 The hung mounts are FUSE filesystems whose operations block until the test
-releases them (``tests/hung_mounts.py``), one plain ``fuse`` and one
+releases them (``tests/support/hung_mounts.py``), one plain ``fuse`` and one
 ``fuseblk`` on a loop device. Agents run as processes inside their mount
 namespace with ``--fs-timeout 1``. Each test proves the answer comes within
 the deadline plus a margin (the machine is loaded: the margin is generous),
@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,13 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import pybase64
+import pytest
 
 from agent.system.fsfreeze.marker import MARKER_NAME
-from tests.hung_mounts import HungMounts
-from tests.qga_client import Reply, SocketClient, wait_for_socket, wait_or_kill
-from tests.reference import qemu_ga_binary
-from tests.scratch import BlockedWrite, Scratch
-from tests.test_fsfreeze_cli import eventually
+from tests.support.clients import Reply, SocketClient
+from tests.support.hung_mounts import HungMounts
+from tests.support.processes import eventually, spawn_agent, stop, wait_for_socket
+from tests.support.reference import qemu_ga_binary
+from tests.support.scratch import BlockedWrite, Scratch
+
+pytestmark = pytest.mark.slow
 
 FS_TIMEOUT = 1.0
 MARGIN = 4.0  # seconds on top of the deadline, for a loaded machine
@@ -56,10 +58,16 @@ class RunningAgent:
 def agent_in(mounts: HungMounts, workdir: Path, *extra: str) -> Iterator[RunningAgent]:
     """trio-qga in the hung mounts' namespace; released, then stopped with SIGTERM."""
     sock, log = workdir / "qga.sock", workdir / "agent.log"
-    command = [sys.executable, "-m", "agent", "--transport", f"unix-listen:{sock}"]
-    command += ["-t", str(workdir), "-f", str(workdir / "agent.pid"), "-l", str(log)]
-    command += ["--mount-table", str(mounts.mount_table), "--fs-timeout", f"{FS_TIMEOUT:g}"]
-    with running_in(mounts, [*command, *extra], sock, log, kill=False) as agent:
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = spawn_agent(
+        workdir,
+        *("--transport", f"unix-listen:{sock}", "-l", str(log)),
+        *("--mount-table", str(mounts.mount_table), "--fs-timeout", f"{FS_TIMEOUT:g}"),
+        *extra,
+        wrapper=mounts.command(),
+        env=mounts.environment(),
+    )
+    with running_in(mounts, proc, sock, log, kill=False) as agent:
         yield agent
 
 
@@ -69,18 +77,16 @@ def qemu_ga_in(mounts: HungMounts, workdir: Path) -> Iterator[RunningAgent]:
     sock, log = workdir / "qga.sock", workdir / "qemu-ga.log"
     command = [qemu_ga_binary(), "-m", "unix-listen", "-p", str(sock), "-t", str(workdir)]
     command += ["-f", str(workdir / "qemu-ga.pid"), "-l", str(log)]
-    with running_in(mounts, command, sock, log, kill=True) as agent:
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(mounts.command(*command), stderr=subprocess.PIPE)
+    with running_in(mounts, proc, sock, log, kill=True) as agent:
         yield agent
 
 
 @contextmanager
 def running_in(
-    mounts: HungMounts, command: list[str], sock: Path, log: Path, *, kill: bool
+    mounts: HungMounts, proc: subprocess.Popen[bytes], sock: Path, log: Path, *, kill: bool
 ) -> Iterator[RunningAgent]:
-    sock.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        mounts.command(*command), env=mounts.environment(), stderr=subprocess.PIPE
-    )
     agent = RunningAgent(proc, sock, log, sock.parent)
     try:
         wait_for_socket(sock, proc)
@@ -91,11 +97,7 @@ def running_in(
         if kill:
             proc.kill()
         mounts.release()  # nothing of it may stay stuck
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        wait_or_kill(proc, 20)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop(proc, 20)
 
 
 def timed(
@@ -408,6 +410,7 @@ def next_status_after_sigkill(mounts: HungMounts, start: Callable[..., Any], wor
     return status
 
 
+@pytest.mark.qemu_ga
 def test_the_issue_table(hung_mounts: HungMounts, tmp_path: Path) -> None:
     """The issue's requests against trio-qga (--fs-timeout 1) and qemu-ga 7.2."""
     qemu_ga_binary()  # skips loudly when it is not installed (fails in CI)

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.qga_client import SocketClient, running_agent
-from tests.reference import running_qemu_ga
-from tests.test_info_system import OS_RELEASE, OS_RELEASE_EXPECTED
+from tests.support.clients import SocketClient
+from tests.support.guest_data import OS_RELEASE, OS_RELEASE_EXPECTED
+from tests.support.processes import running_agent
+from tests.support.reference import running_qemu_ga
 
 pytestmark = pytest.mark.qemu_ga
 

@@ -2,7 +2,7 @@
 
 guest-get-disks on a scratch /sys tree (tests/test_info_blockdev.py checks
 the addresses); fsinfo and fstrim on the suite's scratch filesystems
-(tests/scratch.py: ext4 and xfs on loop devices, a tmpfs, a bind mount),
+(tests/support/scratch.py: ext4 and xfs on loop devices, a tmpfs, a bind mount),
 through their mount table, which lists nothing else.
 """
 
@@ -19,10 +19,10 @@ from agent.system.executor import SystemRoot
 from agent.system.fsfreeze.ioctl import REFUSED_ENV, check_allowed
 from agent.system.mounts import parse_mountinfo
 from agent.system.sysinfo.fstrim import TrimRefused, block_mounts
-from tests.agents import AgentFactory, served
-from tests.qga_client import StreamClient
-from tests.scratch import Scratch
-from tests.test_info_blockdev import FakeSys
+from tests.support.agents import AgentFactory, served
+from tests.support.clients import StreamClient
+from tests.support.fake_sys import FakeSys
+from tests.support.scratch import Scratch
 
 
 async def test_get_disks_lists_disks_partitions_and_dependencies(
@@ -80,7 +80,7 @@ def test_block_mounts_follow_qemu_ga() -> None:
 
 
 # ------------------------------------ the suite's scratch filesystems --
-# tests/scratch.py: ext4 and xfs (nested) on loop devices, a tmpfs and a bind
+# tests/support/scratch.py: ext4 and xfs (nested) on loop devices, a tmpfs and a bind
 # mount of ext4/shared; its mount table lists these four and nothing else.
 @pytest.fixture
 async def scratch_client(

@@ -13,8 +13,8 @@ import trio.testing
 
 from agent.system.executor import SystemRoot
 from agent.system.sysinfo.procfs import parse_ipv4_routes, parse_ipv6_routes
-from tests.agents import AgentFactory, served
-from tests.qga_client import StreamClient
+from tests.support.agents import AgentFactory, served
+from tests.support.clients import StreamClient
 
 
 async def returned(client: StreamClient, name: str) -> Any:

@@ -21,8 +21,9 @@ from agent.system.executor import SystemRoot
 from agent.system.sysinfo.osrelease import os_release_info, parse_os_release, unquote
 from agent.system.sysinfo.procfs import parse_cpustats, parse_diskstats
 from agent.wire.encoder import encode_return
-from tests.agents import AgentFactory, served
-from tests.qga_client import StreamClient
+from tests.support.agents import AgentFactory, served
+from tests.support.clients import StreamClient
+from tests.support.guest_data import OS_RELEASE, OS_RELEASE_EXPECTED
 
 
 async def output(*argv: str) -> str:
@@ -51,29 +52,6 @@ async def scratch_client(
 
 
 # ------------------------------------------------------------ os-release --
-# The cases of QEMU's tests/unit/test-qga.c (test_qga_guest_get_osinfo), in a
-# file of our own with the same kinds of quoting.
-OS_RELEASE = """\
-# a comment, then the fields qemu-ga reports
-ID=trio-qga-test
-NAME=TRIO-QGA
-PRETTY_NAME="trio-qga os-release test"
-VERSION="Test 2"
-VERSION_ID=2
-VARIANT="Quoting \\"\\'\\$\\`\\\\ and \\\\\\\\ done."
-VARIANT_ID=quoting-test
-"""
-OS_RELEASE_EXPECTED = {
-    "id": "trio-qga-test",
-    "name": "TRIO-QGA",
-    "pretty-name": "trio-qga os-release test",
-    "version": "Test 2",
-    "version-id": "2",
-    "variant": "Quoting \"'$`\\ and \\\\ done.",
-    "variant-id": "quoting-test",
-}
-
-
 def test_os_release_quoting_as_qemu_tests_expect() -> None:
     assert os_release_info(OS_RELEASE) == OS_RELEASE_EXPECTED
 

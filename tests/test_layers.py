@@ -1,6 +1,7 @@
 """The package's layers: every import in ``agent/`` points down the layers.
 
-From the bottom: the shared base (``agent.version``, ``agent.errors``); the
+From the bottom: the shared base (``agent.version``, ``agent.errors``, and
+``agent.argtypes``, the option types of both commands); the
 wire protocol (``agent.wire``), the OS layer (``agent.system``) and the
 transports (``agent.transports``), which know nothing of each other; the
 schema's models (``agent.models``); the agent's core (``agent.core``); the
@@ -23,6 +24,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "agent"
 MAY_IMPORT: dict[str, set[str]] = {
     "agent.version": set(),
     "agent.errors": set(),
+    "agent.argtypes": set(),
     "agent.wire": {"agent.errors"},
     "agent.system": {"agent.errors"},
     "agent.transports": {"agent.errors"},
@@ -46,13 +48,20 @@ MAY_IMPORT: dict[str, set[str]] = {
     "agent.daemon": {
         "agent.version",
         "agent.errors",
+        "agent.argtypes",
         "agent.wire",
         "agent.system",
         "agent.transports",
         "agent.models",
         "agent.core",
     },
-    "agent.host": {"agent.version", "agent.errors", "agent.wire", "agent.models"},
+    "agent.host": {
+        "agent.version",
+        "agent.errors",
+        "agent.argtypes",
+        "agent.wire",
+        "agent.models",
+    },
 }
 # The package's entry points sit on top of everything.
 TOP = {"agent", "agent.__main__", "agent.testing"}

@@ -1,6 +1,6 @@
 """Proof under libvirt, the host that drives guest agents in production.
 
-The suite starts libvirt's daemons itself (``tests/libvirt_host.py``) and boots two
+The suite starts libvirt's daemons itself (``tests/support/libvirt_host.py``) and boots two
 transient TCG domains at once, alike but for their agent: Debian's qemu-ga in one,
 trio-qga in the other, each on the ``org.qemu.guest_agent.0`` channel libvirt owns. Every
 check goes through ``virsh`` only, the same on both, and the results are compared check by
@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -29,33 +28,20 @@ import trio
 
 from agent.host.client import QgaClient
 from agent.host.errors import AgentError, CommandNotFound
-from tests.libvirt_host import GuestDomain, LibvirtHost
-from tests.reference import qemu_ga_binary
+from tests.support.libvirt_host import GuestDomain, LibvirtHost, needs_libvirt
+from tests.support.reference import qemu_ga_binary
 
-pytestmark = [pytest.mark.vm, pytest.mark.libvirt]
+# Its domains boot the VM launcher's guest; one of them runs qemu-ga.
+pytestmark = [pytest.mark.libvirt, pytest.mark.vm, pytest.mark.qemu_ga]
+
 ROOT = Path(__file__).resolve().parent.parent
-GUEST = ROOT / "tests" / "libvirt-guest"
+GUEST = ROOT / "tests" / "support" / "libvirt-guest"
 PORT = "/dev/virtio-ports/org.qemu.guest_agent.0"
 AGENTS = ("qemu-ga", "trio-qga")
 BOOT_DEADLINE = 300.0  # seconds from virsh create to the agent's first answer (TCG, busy host)
-USER = "qgauser"  # made by tests/libvirt-guest
+USER = "qgauser"  # made by tests/support/libvirt-guest
 SCRATCH = "/mnt/scratch"
 ADDRESSES = ("domifaddr", "{}", "--source", "agent")
-
-
-def needs_libvirt() -> None:
-    """Skips loudly without root or libvirt (fails in CI, whose setup installs it)."""
-    missing = [tool for tool in ("virsh", "libvirtd", "virtlogd") if not shutil.which(tool)]
-    reason = None
-    if os.geteuid() != 0:
-        reason = "the libvirt test starts libvirtd and QEMU as root"
-    elif missing:
-        reason = f"{', '.join(missing)} missing: scripts/setup --test installs libvirt"
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @dataclass
@@ -402,7 +388,7 @@ async def test_client_over_libvirt(guests: dict[str, Guest], tmp_path: Path) -> 
     async with client:
         await client.ping()
         assert (await client.info()).version == "0.1.0"
-        piece = client.channel.chunk
+        piece = client.channel.write_chunk
         content = os.urandom(3 * piece + 3)  # four of the transport's pieces
         seen: list[int] = []
         assert await client.write_file("/run/big", content, lambda d, t: seen.append(d)) == len(
@@ -430,8 +416,9 @@ async def test_client_over_libvirt(guests: dict[str, Guest], tmp_path: Path) -> 
 
     names = {agent: g.domain.name for agent, g in guests.items()}
     each = ["--connect", guest.host.uri, "--domain", f"qga-test-*-{os.getpid()}"]
-    info = await trio.run_process([*CLIENT, *each, "--json", "info"], capture_stdout=True)
-    versions = {r["domain"]: r["result"]["version"] for r in json.loads(info.stdout)["results"]}
+    info = await trio.run_process([*CLIENT, *each, "info", "--json"], capture_stdout=True)
+    *results, _ = (json.loads(line) for line in info.stdout.splitlines())
+    versions = {r["target"]: r["return"]["version"] for r in results}
     assert versions == {names["qemu-ga"]: "7.2.22", names["trio-qga"]: "0.1.0"}
 
     frozen_check = " && ".join(
@@ -443,9 +430,10 @@ async def test_client_over_libvirt(guests: dict[str, Guest], tmp_path: Path) -> 
         [*CLIENT, *each, "--json", "fsfreeze", "freeze-thaw", "--run", frozen_check],
         capture_stdout=True,
     )
-    report = json.loads(cycle.stdout)
-    assert (report["all_frozen"], report["command_status"], report["failed"]) == (True, 0, 0)
-    assert {r["thawed"] for r in report["results"]} == {1}
+    *frozen, summary = (json.loads(line) for line in cycle.stdout.splitlines())
+    report = summary["summary"]
+    assert (report["all_frozen"], report["command"]["status"], report["failed"]) == (True, 0, 0)
+    assert {r["return"]["thawed"] for r in frozen} == {1}
 
     one_missing = ["--domain", names["trio-qga"], "--domain", "qga-test-no-such-domain"]
     ping = await trio.run_process(

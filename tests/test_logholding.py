@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from agent.daemon.logs import HoldingHandler
-from tests.fsfreeze_fakes import (
+from tests.support.fsfreeze_fakes import (
     ListHandler,
 )
 

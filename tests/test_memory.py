@@ -9,7 +9,12 @@ import os
 import time
 from pathlib import Path
 
-from tests.qga_client import SocketClient, running_agent
+import pytest
+
+from tests.support.clients import SocketClient
+from tests.support.processes import running_agent
+
+pytestmark = pytest.mark.slow
 
 MIB = 1024 * 1024
 SLACK_KIB = 5 * 1024

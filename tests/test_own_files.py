@@ -9,6 +9,7 @@ pid file through a link (recorded below).
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
@@ -23,7 +24,8 @@ from agent.core.store import HandleCounter
 from agent.daemon.pidfile import PidfileError, held_pidfile
 from agent.system.fsfreeze.marker import FrozenMarker
 from agent.system.ownfiles import PlantedFile, open_own_file
-from tests.reference import qemu_ga_binary
+from agent.system.userfiles import replace_file
+from tests.support.reference import qemu_ga_binary
 
 PRECIOUS = b"root:$6$precious:19000:0:99999:7:::\n"
 
@@ -118,6 +120,93 @@ def test_own_files_are_still_made_read_and_truncated(tmp_path: Path) -> None:
     assert HandleCounter(str(tmp_path)).take() == counter.take()  # read back from the file
 
 
+# --- replacing a file whole (agent.system.userfiles.replace_file) --------------------
+
+
+def record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of what ``os.fsync`` is called on from now on, in order."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_a_replaced_file_takes_the_place_of_a_plant_without_following_it(
+    tmp_path: Path, precious: Path, planted: tuple[Callable[[Path], None], str]
+) -> None:
+    plant, _ = planted
+    path = tmp_path / "own"
+    plant(path)
+    replace_file(path, b"new\n", durable=False)
+    status = path.lstat()
+    assert (stat.S_ISREG(status.st_mode), status.st_nlink, stat.S_IMODE(status.st_mode)) == (
+        True,
+        1,
+        0o600,
+    )
+    assert path.read_bytes() == b"new\n"
+    assert precious.read_bytes() == PRECIOUS
+    assert sorted(os.listdir(tmp_path)) == ["own", "precious"]  # no temporary left
+
+
+def test_a_replace_that_fails_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "own"
+    path.write_bytes(b"old\n")
+
+    def disk_full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        replace_file(path, b"new\n", durable=True)
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old\n"
+    assert os.listdir(tmp_path) == ["own"]
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_durable_syncs_the_new_file_then_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: bool
+) -> None:
+    synced = record_syncs(monkeypatch)
+    if relative:
+        dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            replace_file("own", b"new\n", dir_fd=dir_fd, durable=True)
+        finally:
+            os.close(dir_fd)
+    else:
+        replace_file(tmp_path / "own", b"new\n", durable=True)
+    [new_file, directory] = synced
+    assert new_file.startswith(f"{tmp_path}/.own.")  # before the rename
+    assert directory == str(tmp_path)  # after it
+    assert (tmp_path / "own").read_bytes() == b"new\n"
+
+
+def test_not_durable_syncs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced = record_syncs(monkeypatch)
+    replace_file(tmp_path / "own", b"new\n", durable=False)
+    assert synced == []
+
+
+def test_the_handle_counter_is_saved_without_a_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It is saved at every guest-file-open (see replace_file for why no sync)."""
+    counter = HandleCounter(str(tmp_path))
+    synced = record_syncs(monkeypatch)
+    handle = counter.take()
+    assert (tmp_path / "qga.state").read_text() == f"[global]\nfd_counter={handle + 1}\n"
+    assert synced == []
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="a file of another user's needs root to make")
 def test_a_file_of_another_users_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "qga.state.isfrozen"
@@ -130,6 +219,7 @@ def test_a_file_of_another_users_is_refused(tmp_path: Path) -> None:
     assert stat.S_ISREG(path.lstat().st_mode)
 
 
+@pytest.mark.qemu_ga
 def test_qemu_ga_writes_its_pid_through_a_planted_link(tmp_path: Path, precious: Path) -> None:
     """The record of what qemu-ga 7.2 does (it writes its pid file only with -d):
     the link's target, here a scratch file, is truncated and gets its pid."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.qga_client import SocketClient
+from tests.support.clients import SocketClient
 
 _ids = itertools.count(1000)
 NEWER_THAN_7_2 = {"guest-get-load", "guest-network-get-route"}

@@ -18,7 +18,7 @@ from pydantic_core import SchemaValidator
 from agent import AgentConfig
 from agent.models.builder import ModelFactory
 from agent.models.schema import load_builtin
-from tests.qga_client import StreamClient
+from tests.support.clients import StreamClient
 
 DEFS = load_builtin()
 FACTORY = ModelFactory(DEFS)

@@ -12,15 +12,17 @@ import pytest
 import trio
 import trio.testing
 
-from agent import Agent, AgentConfig
+from agent import Agent
+from agent.core.config import DEFAULT_FS_TIMEOUT, KERNEL_MOUNT_TABLE
+from agent.core.memory_release import BULK
 from agent.core.registry import HandlerSet
-from agent.core.session import BULK
 from agent.models.schema import parse
 from agent.system.fsfreeze.freezer import Freezer
 from agent.system.fsfreeze.marker import MARKER_NAME
-from tests.agents import AgentFactory, served
-from tests.fsfreeze_fakes import FakeIoctls
-from tests.qga_client import StreamClient
+from agent.system.fsguard import FsGuard
+from tests.support.agents import AgentFactory, served
+from tests.support.clients import StreamClient
+from tests.support.fsfreeze_fakes import FakeIoctls
 
 GENERIC = "GenericError"
 
@@ -170,9 +172,9 @@ async def test_guest_info_lists_every_command(agent_client: StreamClient, agent:
 
 
 async def test_frozen_state_disables_commands_per_schema(
-    agent_config: AgentConfig, agent_factory: AgentFactory
+    tmp_path: Path, agent_factory: AgentFactory
 ) -> None:
-    agent = agent_factory(freezer=started_frozen(agent_config.statedir))
+    agent = agent_factory(freezer=started_frozen(str(tmp_path)))
     async with served(agent) as agent_client:
         assert await agent_client.execute("guest-ping") == {"return": {}}
         assert await agent_client.execute("guest-sync", {"id": 3}) == {"return": 3}
@@ -237,14 +239,16 @@ def started_frozen(statedir: str) -> Freezer:
     mountpoint whose state FITHAW cannot tell (the agent checks it at start)."""
     (Path(statedir) / MARKER_NAME).write_text('["/frozen"]')
     ioctls = FakeIoctls(unanswered_thaw=("/frozen",))
-    return Freezer(statedir, mount_table=os.devnull, ioctls=ioctls, watchdog=False)
+    fs = FsGuard(DEFAULT_FS_TIMEOUT, mount_table=KERNEL_MOUNT_TABLE)
+    return Freezer(statedir, mount_table=os.devnull, fs=fs, ioctls=ioctls, watchdog=False)
 
 
 async def serve_test_agent(
-    nursery: trio.Nursery, config: AgentConfig, freezer: Freezer | None = None
+    nursery: trio.Nursery, make: AgentFactory, **overrides: Any
 ) -> tuple[StreamClient, Agent]:
-    """A running agent with the test commands, served in ``nursery``; cancel it to stop."""
-    agent = Agent(config, handlers=[test_handlers], schema=TEST_SCHEMA, freezer=freezer)
+    """A running agent of ``make`` with the test commands, served in ``nursery``;
+    cancel it to stop."""
+    agent = make(handlers=[test_handlers], schema=TEST_SCHEMA, **overrides)
     client_end, agent_end = trio.testing.memory_stream_pair()
 
     async def run(task_status: trio.TaskStatus[None]) -> None:
@@ -255,17 +259,17 @@ async def serve_test_agent(
     return StreamClient(client_end), agent
 
 
-async def test_success_response_false_sends_no_reply(tmp_path: Any) -> None:
+async def test_success_response_false_sends_no_reply(agent_factory: AgentFactory) -> None:
     async with trio.open_nursery() as nursery:
-        client, _ = await serve_test_agent(nursery, AgentConfig(statedir=str(tmp_path)))
+        client, _ = await serve_test_agent(nursery, agent_factory)
         await client.send(b'{"execute":"test-quiet"}{"execute":"guest-ping","id":1}')
         assert await client.reply() == {"return": {}, "id": 1}
         nursery.cancel_scope.cancel()
 
 
-async def test_handler_exceptions_become_generic_errors(tmp_path: Any) -> None:
+async def test_handler_exceptions_become_generic_errors(agent_factory: AgentFactory) -> None:
     async with trio.open_nursery() as nursery:
-        client, _ = await serve_test_agent(nursery, AgentConfig(statedir=str(tmp_path)))
+        client, _ = await serve_test_agent(nursery, agent_factory)
         reply = await client.execute("test-broken")
         assert reply["error"]["class"] == GENERIC
         assert "internal error in test-broken" in reply["error"]["desc"]
@@ -277,11 +281,10 @@ async def test_handler_exceptions_become_generic_errors(tmp_path: Any) -> None:
 
 
 async def test_async_handlers_run_under_a_timeout(
-    tmp_path: Any, autojump_clock: trio.abc.Clock
+    agent_factory: AgentFactory, autojump_clock: trio.abc.Clock
 ) -> None:
-    config = AgentConfig(statedir=str(tmp_path), command_timeout=5)
     async with trio.open_nursery() as nursery:
-        client, _ = await serve_test_agent(nursery, config)
+        client, _ = await serve_test_agent(nursery, agent_factory, command_timeout=5)
         assert await client.execute("test-slow", {"seconds": 1}) == {"return": {}}
         assert await client.execute("test-slow", {"seconds": 60}) == error(
             "command test-slow timed out after 5 s"
@@ -290,10 +293,10 @@ async def test_async_handlers_run_under_a_timeout(
 
 
 async def test_replies_due_are_sent_before_a_slow_handler(
-    tmp_path: Any, autojump_clock: trio.abc.Clock
+    agent_factory: AgentFactory, autojump_clock: trio.abc.Clock
 ) -> None:
     async with trio.open_nursery() as nursery:
-        client, _ = await serve_test_agent(nursery, AgentConfig(statedir=str(tmp_path)))
+        client, _ = await serve_test_agent(nursery, agent_factory)
         await client.send(
             b'{"execute":"guest-ping","id":1}{"execute":"test-slow","arguments":{"seconds":3}}'
         )
@@ -303,17 +306,15 @@ async def test_replies_due_are_sent_before_a_slow_handler(
         nursery.cancel_scope.cancel()
 
 
-async def test_blocked_and_allowed_rpcs(tmp_path: Any) -> None:
-    config = AgentConfig(statedir=str(tmp_path), blocked_rpcs=("test-quiet",))
+async def test_blocked_and_allowed_rpcs(agent_factory: AgentFactory) -> None:
     async with trio.open_nursery() as nursery:
-        client, _ = await serve_test_agent(nursery, config)
+        client, _ = await serve_test_agent(nursery, agent_factory, blocked_rpcs=("test-quiet",))
         assert await client.execute("test-quiet") == error(
             "Command test-quiet has been disabled: the command is not allowed", "CommandNotFound"
         )
         nursery.cancel_scope.cancel()
-    config = AgentConfig(statedir=str(tmp_path), allowed_rpcs=("guest-ping",))
     async with trio.open_nursery() as nursery:
-        client, _ = await serve_test_agent(nursery, config)
+        client, _ = await serve_test_agent(nursery, agent_factory, allowed_rpcs=("guest-ping",))
         assert await client.execute("guest-ping") == {"return": {}}
         assert await client.execute("test-broken") == error(
             "Command test-broken has been disabled: the command is not allowed", "CommandNotFound"
@@ -321,10 +322,12 @@ async def test_blocked_and_allowed_rpcs(tmp_path: Any) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_frozen_refuses_commands_not_allowed_while_frozen(tmp_path: Any) -> None:
+async def test_frozen_refuses_commands_not_allowed_while_frozen(
+    agent_factory: AgentFactory, tmp_path: Path
+) -> None:
     async with trio.open_nursery() as nursery:
         client, _ = await serve_test_agent(
-            nursery, AgentConfig(statedir=str(tmp_path)), started_frozen(str(tmp_path))
+            nursery, agent_factory, freezer=started_frozen(str(tmp_path))
         )
         assert await client.execute("test-broken") == error(
             "Command test-broken has been disabled: the command is not allowed",
@@ -388,7 +391,7 @@ async def test_memory_is_given_back_after_bulk_data_when_the_host_is_quiet_or_le
     agent_factory: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pause = 0.5  # long enough that the ping below comes in time on a loaded machine
-    monkeypatch.setattr("agent.core.session.QUIET", pause)
+    monkeypatch.setattr("agent.core.memory_release.QUIET", pause)
     releases = 0
     first_release = trio.Event()
 

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from agent.transports.socket_stream import SocketStream
-from tests import exchange_checks
+from tests.support import exchange_checks
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer

@@ -14,7 +14,6 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import termios
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -33,11 +32,13 @@ from agent.host.client import QgaClient
 from agent.host.errors import AgentError, CommandNotFound
 from agent.host.execution import Chunk, ExecDisabled, Execution
 from agent.system.streaming import set_window_size, take_terminal
-from tests.qga_client import running_agent
-from tests.test_exec import DAEMON, kill_daemon
+from tests.support.agents import AgentFactory
+from tests.support.exec_programs import DAEMON, kill_daemon
+from tests.support.processes import client_command, run_client, running_agent
+
+pytestmark = pytest.mark.slow
 
 PREFIX = "__io.github.trio-qga_"
-CLIENT_COMMAND = [sys.executable, "-m", "agent.host.cli"]
 
 
 async def until(execution: Execution, text: bytes) -> bytes:
@@ -169,6 +170,28 @@ async def test_env_and_cwd(qga_client: QgaClient, tmp_path: Path) -> None:
     assert (result.stdout, result.exitcode) == (f"hello {tmp_path}\n".encode(), 0)
 
 
+async def test_env_is_added_to_the_agents_environment(
+    qga_client: QgaClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlike guest-exec's ``env``, which replaces the environment as qemu-ga's
+    does (tests/test_exec.py): see docs/exec.md."""
+    monkeypatch.setenv("TRIO_QGA_INHERITED", "kept")  # the agent runs in this process
+    monkeypatch.setenv("TRIO_QGA_REPLACED", "old")
+    start = {"path": "/usr/bin/env", "env": ["TRIO_QGA_REPLACED=new", "TRIO_QGA_ADDED=1"]}
+    pid = (await qga_client.execute(PREFIX + "exec-start", start))["pid"]
+    out = b""
+    with trio.fail_after(20):
+        while True:
+            arguments = {"pid": pid, "out-offset": len(out), "wait": 10}
+            reply = await qga_client.execute(PREFIX + "exec-read", arguments)
+            out += base64.b64decode(reply["out-data"])
+            if reply["exited"]:
+                break
+    lines = set(out.decode().splitlines())
+    assert {"TRIO_QGA_INHERITED=kept", "TRIO_QGA_REPLACED=new", "TRIO_QGA_ADDED=1"} <= lines
+    assert "TRIO_QGA_REPLACED=old" not in lines
+
+
 async def test_a_missing_directory_or_program_is_a_clear_error(
     qga_client: QgaClient, tmp_path: Path
 ) -> None:
@@ -258,28 +281,24 @@ async def test_the_commands_are_listed_in_guest_info(qga_client: QgaClient) -> N
 
 # --------------------------------------------- exec disabled by the filter --
 @asynccontextmanager
-async def client_of(config: AgentConfig) -> AsyncIterator[QgaClient]:
-    """A client of a running agent of ``config``, over a memory stream."""
+async def client_of(agent: Agent) -> AsyncIterator[QgaClient]:
+    """The host library's client of ``agent`` running, over a memory stream."""
     client_end, agent_end = trio.testing.memory_stream_pair()
-    async with Agent(config) as agent, trio.open_nursery() as nursery:
+    async with agent, trio.open_nursery() as nursery:
         nursery.start_soon(agent.serve, agent_end)
         async with QgaClient(client_end, request_timeout=30) as client:
             await client.resync()
             yield client
 
 
-def filtered(tmp_path: Path, *blocked: str) -> AgentConfig:
-    return AgentConfig(
-        statedir=str(tmp_path),
-        pidfile=None,
-        mount_table=os.devnull,
-        plugins=False,
-        blocked_rpcs=blocked,
-    )
+def filtered(agent_factory: AgentFactory, *blocked: str) -> Agent:
+    return agent_factory(plugins=False, blocked_rpcs=blocked)
 
 
-async def test_run_says_exec_is_disabled_rather_than_falling_back(tmp_path: Path) -> None:
-    async with client_of(filtered(tmp_path, "guest-exec", "guest-exec-status")) as client:
+async def test_run_says_exec_is_disabled_rather_than_falling_back(
+    agent_factory: AgentFactory,
+) -> None:
+    async with client_of(filtered(agent_factory, "guest-exec", "guest-exec-status")) as client:
         with pytest.raises(ExecDisabled) as disabled:
             await client.run(["/bin/true"])
     assert isinstance(disabled.value, CommandNotFound)  # as the agent's reply was before
@@ -289,19 +308,19 @@ async def test_run_says_exec_is_disabled_rather_than_falling_back(tmp_path: Path
 
 
 async def test_run_falls_back_to_guest_exec_when_only_the_streaming_exec_is_blocked(
-    tmp_path: Path,
+    agent_factory: AgentFactory,
 ) -> None:
-    async with client_of(filtered(tmp_path, PREFIX + "exec-start")) as client:
+    async with client_of(filtered(agent_factory, PREFIX + "exec-start")) as client:
         execution = await client.run(["/bin/sh", "-c", "echo fell back"])
         assert not execution.streaming
         assert (await execution).stdout == b"fell back\n"
 
 
 async def test_run_says_exec_is_disabled_when_it_is_disabled_after_guest_info(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    agent_factory: AgentFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """guest-info read before a freeze (or a filter) disabled it: the agent's own reason."""
-    async with client_of(filtered(tmp_path, "guest-exec")) as client:
+    async with client_of(filtered(agent_factory, "guest-exec")) as client:
 
         async def all_enabled() -> dict[str, bool]:
             return {PREFIX + "exec-start": True}
@@ -382,29 +401,17 @@ async def test_exec_idle_timeout_option(tmp_path: Path) -> None:
     assert f"exec {pid}: its output was not read for 1 s: killed" in log.read_text()
 
 
-def client_cli(
-    sock: Path, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [*CLIENT_COMMAND, "--address", str(sock), *args],
-        input=stdin,
-        capture_output=True,
-        timeout=60,
-        env=env,
-    )
-
-
 def test_cli_run_streams_forwards_stdin_and_exits_with_the_status(
     agent_process: tuple[psutil.Process, Path],
 ) -> None:
     _, sock = agent_process
-    result = client_cli(
+    result = run_client(
         sock, "run", "--", "/bin/sh", "-c", "cat; echo err >&2; exit 5", stdin=b"in\n"
     )
     assert (result.returncode, result.stdout, result.stderr) == (5, b"in\n", b"err\n")
-    killed = client_cli(sock, "run", "--", "/bin/sh", "-c", "kill -TERM $$")
+    killed = run_client(sock, "run", "--", "/bin/sh", "-c", "kill -TERM $$")
     assert killed.returncode == 128 + signal.SIGTERM
-    env = client_cli(sock, "run", "--env", "A=1", "--cwd", "/", "--", "/bin/sh", "-c", "echo $A")
+    env = run_client(sock, "run", "--env", "A=1", "--cwd", "/", "--", "/bin/sh", "-c", "echo $A")
     assert env.stdout == b"1\n"
 
 
@@ -412,9 +419,9 @@ def test_cli_run_t_gives_a_terminal_of_our_size_and_type(
     agent_process: tuple[psutil.Process, Path],
 ) -> None:
     _, sock = agent_process
-    environ = {**os.environ, "COLUMNS": "101", "LINES": "33", "TERM": "vt220"}
+    environ = {"COLUMNS": "101", "LINES": "33", "TERM": "vt220"}
     script = 'stty size; echo "$TERM"'
-    result = client_cli(sock, "run", "-t", "--", "/bin/sh", "-c", script, env=environ)
+    result = run_client(sock, "run", "-t", "--", "/bin/sh", "-c", script, env=environ)
     assert (result.returncode, result.stdout) == (0, b"33 101\r\nvt220\r\n")
 
 
@@ -437,7 +444,7 @@ def test_cli_run_t_is_an_interactive_terminal(agent_process: tuple[psutil.Proces
     saved = termios.tcgetattr(slave)
     try:
         with subprocess.Popen(
-            [*CLIENT_COMMAND, "--address", str(sock), "run", "-t", "--", "/bin/sh"],
+            client_command(sock, "run", "-t", "--", "/bin/sh"),
             stdin=slave,
             stdout=slave,
             stderr=slave,
@@ -471,7 +478,7 @@ def test_cli_run_reports_an_agent_that_goes_away(tmp_path: Path) -> None:
     with (
         running_agent(tmp_path) as (agent, sock),
         subprocess.Popen(
-            [*CLIENT_COMMAND, "--address", str(sock), *command],
+            client_command(sock, *command),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -493,7 +500,7 @@ def test_cli_forwards_ctrl_c_to_the_program(agent_process: tuple[psutil.Process,
     _, sock = agent_process
     script = "trap 'echo got INT; exit 9' INT; echo ready; while :; do sleep 0.05; done"
     with subprocess.Popen(
-        [*CLIENT_COMMAND, "--address", str(sock), "run", "--", "/bin/sh", "-c", script],
+        client_command(sock, "run", "--", "/bin/sh", "-c", script),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
     ) as client:
@@ -518,7 +525,7 @@ def test_cli_gives_up_on_the_third_ctrl_c_and_hangs_up(
         " while :; do sleep 0.05; done"
     )
     with subprocess.Popen(
-        [*CLIENT_COMMAND, "--address", str(sock), "run", "--", "/bin/sh", "-c", script],
+        client_command(sock, "run", "--", "/bin/sh", "-c", script),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
     ) as client:
@@ -553,11 +560,11 @@ async def test_run_falls_back_to_guest_exec_against_qemu_ga(qemu_ga_socket: Path
 @pytest.mark.qemu_ga
 def test_cli_run_against_qemu_ga_says_the_output_comes_at_the_end(qemu_ga_socket: Path) -> None:
     started = time.monotonic()
-    result = client_cli(qemu_ga_socket, "run", "--", "/bin/sh", "-c", "cat; exit 4", stdin=b"x")
+    result = run_client(qemu_ga_socket, "run", "--", "/bin/sh", "-c", "cat; exit 4", stdin=b"x")
     assert (result.returncode, result.stdout) == (4, b"x")
     assert b"the output will come when the program has ended" in result.stderr
     assert time.monotonic() - started < 30
-    terminal = client_cli(qemu_ga_socket, "run", "-t", "--", "/bin/sh")
+    terminal = run_client(qemu_ga_socket, "run", "-t", "--", "/bin/sh")
     assert terminal.returncode == 1
     assert terminal.stderr.endswith(
         b"trio-qga-client: a terminal needs the streaming exec extension of trio-qga\n"

@@ -4,7 +4,6 @@ transports on the real devices of a VM."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -28,7 +27,11 @@ from agent.transports.serial import serve_isa_serial
 from agent.transports.serve import TransportError, check_transport, serve_transport
 from agent.transports.virtio import serve_port
 from agent.transports.vsock import parse_address
-from tests.qga_client import AGENT_COMMAND, StreamClient
+from tests.support.agents import AgentFactory
+from tests.support.clients import StreamClient
+from tests.support.processes import spawn_agent
+
+pytestmark = pytest.mark.slow
 
 VMADDR_CID_LOCAL = 1  # the vsock loopback (socket.VMADDR_CID_LOCAL from Python 3.12)
 PING = b'{"execute":"guest-ping","id":1}\n'
@@ -207,17 +210,18 @@ async def test_isa_serial_hang_up_is_a_transport_error(agent: Agent, tmp_path: P
 
 
 async def test_retry_path_waits_for_the_device_and_reopens_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    agent_factory: AgentFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(transports_module, "RETRY_INTERVAL", 0.05)
     link = tmp_path / "ttyS9"
-    config = AgentConfig(
-        method="isa-serial", path=str(link), retry_path=True, pidfile=None, statedir=str(tmp_path)
-    )
+    agent = agent_factory(method="isa-serial", path=str(link), retry_path=True)
     with pseudo_terminal() as (master, path), caplog.at_level(logging.WARNING):
-        async with Agent(config) as agent, trio.open_nursery() as nursery:
+        async with agent, trio.open_nursery() as nursery:
             # Started although the device is missing: the agent is up, waiting for it.
-            await nursery.start(serve_transport, config.transport, agent.serve)
+            await nursery.start(serve_transport, agent.config.transport, agent.serve)
             assert "No such file or directory; trying again in 0.05 s" in caplog.text
             link.symlink_to(path)
             async with serial_host(master) as host:
@@ -261,15 +265,15 @@ def vsock_unavailable() -> str | None:
     return None
 
 
-def test_vsock_listen_serves_a_client(agent_config: AgentConfig) -> None:
+def test_vsock_listen_serves_a_client(agent_factory: AgentFactory) -> None:
     """Synchronous, so that a skip keeps its reason (pytest-trio loses it)."""
     if reason := vsock_unavailable():
         pytest.skip(reason)
 
     async def scenario() -> BaseException | None:
-        config = dataclasses.replace(agent_config, method="vsock-listen", path="-1:41999")
-        async with Agent(config) as agent, trio.open_nursery() as nursery:
-            await nursery.start(agent.serve_transport)
+        agent = agent_factory(method="vsock-listen", path="-1:41999")
+        async with agent, trio.open_nursery() as nursery:
+            await nursery.start(agent.serve_transports)
             # The listening socket is there; a client needs a vsock path to it:
             # the loopback transport (CID 1) where the kernel has one.
             with trio.socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as client:
@@ -305,20 +309,9 @@ async def test_vsock_listen_port_in_use_is_a_transport_error(agent: Agent) -> No
 
 def test_cli_serves_a_serial_line_at_the_given_baud_rate(tmp_path: Path) -> None:
     with pseudo_terminal() as (master, path):
-        agent = subprocess.Popen(
-            [
-                *AGENT_COMMAND,
-                "-m",
-                "isa-serial",
-                "-p",
-                path,
-                "--baud-rate",
-                "115200",
-                "-t",
-                str(tmp_path),
-                "-f",
-                str(tmp_path / "agent.pid"),
-            ],
+        agent = spawn_agent(
+            tmp_path,
+            *("-m", "isa-serial", "-p", path, "--baud-rate", "115200"),
             stderr=subprocess.DEVNULL,
         )
         try:

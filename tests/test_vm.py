@@ -2,7 +2,7 @@
 line, driven from the host, beside the real qemu-ga started the same way.
 
 One VM (this machine's root, TCG when KVM does not work) runs two phases
-(``vm_guest.py``, started through the launcher's own agent on a port of its
+(``tests/support/vm_guest.py``, started through the launcher's own agent on a port of its
 own): trio-qga on both ports, then qemu-ga on both ports. The same host session
 runs against each agent on each port: sync-delimited after a 0xFF, ping, info,
 a guest-file round trip into a directory shared with the host, and a host that
@@ -12,138 +12,36 @@ goes away in the middle of a request and comes back.
 from __future__ import annotations
 
 import base64
-import compileall
 import json
 import re
-import shutil
 import signal
-import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.host.vm import VmConfig
 from agent.host.vm.background import BackgroundVm
-from tests.reference import qemu_ga_binary
+from tests.support.reference import qemu_ga_binary
+from tests.support.vm import (
+    AGENT_PORT,
+    BOOT_DEADLINE,
+    PORTS,
+    ROOT,
+    HostEnd,
+    agents_under_test,
+    installed_agent,
+    spawn,
+)
 
-pytestmark = pytest.mark.vm
-ROOT = Path(__file__).resolve().parent.parent
-AGENT_PORT = "org.qemu.guest_agent.0"
-CONTROL_PORT = "trio-qga-vm.0"  # the launcher's agent, which starts the guest's side
-PORTS = {"virtio": f"/dev/virtio-ports/{AGENT_PORT}", "isa": "/dev/ttyS1"}
+# Its VM runs qemu-ga too: every test here needs it installed.
+pytestmark = [pytest.mark.vm, pytest.mark.qemu_ga]
+
 METHODS = {"virtio": "virtio-serial", "isa": "isa-serial"}
-BOOT_DEADLINE = 300.0  # seconds from an agent's start to its first answer (TCG, busy host)
-REPLY_TIMEOUT = 30.0
 FILE_DATA = bytes(range(256)) * 16  # 4 KiB, every byte value
-
-Reply = dict[str, Any]
-
-
-def vm_config_for(shared: Path) -> VmConfig:
-    """The agents under test on the usual port and an ISA serial line; the
-    launcher's own agent on a port of its own; ``shared`` read-write."""
-    return VmConfig(
-        agent_port=CONTROL_PORT,
-        ports=(AGENT_PORT,),
-        isa_serial=True,
-        shares=(shared,),
-    )
-
-
-def spawn(machine: BackgroundVm, argv: Sequence[str], log: Path, env: Sequence[str] = ()) -> int:
-    """Start ``argv`` in the guest in the background (guest-exec: no time limit),
-    with ``env`` (``NAME=VALUE``) added to the environment and its output into
-    ``log``; its pid."""
-    script = f'exec env "$@" > {log} 2>&1'
-    arguments = {"path": "/bin/sh", "arg": ["-c", script, "sh", *env, *argv]}
-    started: dict[str, int] = machine.call(
-        lambda guest: guest.client.execute("guest-exec", arguments)
-    )
-    return started["pid"]
-
-
-class HostEnd:
-    """The host side of one guest port: the unix socket QEMU listens on."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock: socket.socket | None = None
-        self.buffer = b""
-        self.ids = iter(range(1, 1 << 30))
-
-    def connect(self, deadline: float) -> None:
-        while True:  # QEMU creates the socket a moment after it starts
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(str(self.path))
-            except OSError:
-                sock.close()
-                assert time.monotonic() < deadline, f"{self.path} never accepted"
-                time.sleep(0.05)
-                continue
-            self.sock, self.buffer = sock, b""
-            return
-
-    def close(self) -> None:
-        assert self.sock is not None
-        self.sock.close()
-        self.sock = None
-
-    def send(self, data: bytes) -> None:
-        assert self.sock is not None
-        self.sock.sendall(data)
-
-    def line(self, timeout: float = REPLY_TIMEOUT) -> bytes | None:
-        """The next reply line, or None if none comes within ``timeout``."""
-        assert self.sock is not None
-        end = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            left = end - time.monotonic()
-            if left <= 0:
-                return None
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                return None
-            if not data:
-                raise ConnectionError("QEMU closed the socket")
-            self.buffer += data
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return line
-
-    def sync(self, deadline: float) -> bytes:
-        """0xFF + guest-sync-delimited until the agent answers; its reply.
-
-        Retried because a serial line drops what arrives before the agent
-        opens it; what else comes back meanwhile (echoes, errors) is skipped.
-        """
-        while True:
-            sync_id = next(self.ids)
-            request = {"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}
-            self.send(b"\xff" + json.dumps(request).encode() + b"\n")
-            retry = time.monotonic() + 2
-            while time.monotonic() < retry:
-                line = self.line(retry - time.monotonic())
-                if line is not None and line.endswith(f'{{"return": {sync_id}}}'.encode()):
-                    # From its delimiter: a serial line may have echoed bytes before it.
-                    return line[line.rfind(b"\xff") :]
-            assert time.monotonic() < deadline, "the agent never answered guest-sync-delimited"
-
-    def execute(self, name: str, arguments: dict[str, Any] | None = None) -> Reply:
-        request: dict[str, Any] = {"execute": name}
-        if arguments is not None:
-            request["arguments"] = arguments
-        self.send(json.dumps(request).encode() + b"\n")
-        line = self.line()
-        assert line is not None, f"no reply to {name}"
-        reply: Reply = json.loads(line)
-        return reply
 
 
 def file_round_trip(end: HostEnd, path: Path) -> dict[str, Any]:
@@ -254,18 +152,6 @@ class VM:
         return (end_cpu - start_cpu) / (end_time - start_time)
 
 
-def installed_agent() -> list[str]:
-    """trio-qga as a guest runs it: its installed command, its bytecode compiled.
-
-    The guest sees this tree read-only: what is not compiled here would be
-    compiled at every start there, which no installed agent does.
-    """
-    assert compileall.compile_dir(ROOT / "agent", quiet=1)
-    command = shutil.which("trio-qga", path=str(Path(sys.executable).parent))
-    assert command is not None, "trio-qga is not installed beside this interpreter"
-    return [command]
-
-
 def agent_plan(control: Path, qemu_ga: str) -> list[dict[str, Any]]:
     trio_qga_command = installed_agent()
 
@@ -295,9 +181,9 @@ def vm(
     qemu_ga = qemu_ga_binary()
     control = tmp_path_factory.mktemp("vm")
     plan = json.dumps(agent_plan(control, qemu_ga))
-    with qga_vm_factory(vm_config_for(control)) as machine:
-        guest = [sys.executable, str(ROOT / "tests" / "vm_guest.py"), str(control), plan]
-        spawn(machine, guest, control / "vm_guest.out")
+    with qga_vm_factory(agents_under_test(control)) as machine:
+        guest = [sys.executable, str(ROOT / "tests" / "support" / "vm_guest.py"), str(control)]
+        spawn(machine, [*guest, plan], control / "vm_guest.out")
         yield VM(control, machine, time.monotonic())
 
 
@@ -381,7 +267,6 @@ def test_every_command_is_logged_with_verbose(trio_qga: Phase) -> None:
             assert f"executing {command}" in log
 
 
-@pytest.mark.qemu_ga
 @pytest.mark.parametrize("port", PORTS)
 def test_same_session_as_qemu_ga(trio_qga: Phase, qemu_ga: Phase, port: str) -> None:
     ours, theirs = trio_qga.sessions[port], qemu_ga.sessions[port]
@@ -394,7 +279,6 @@ def test_same_session_as_qemu_ga(trio_qga: Phase, qemu_ga: Phase, port: str) -> 
     assert ours["reconnect"]["after_resync"] == theirs["reconnect"]["after_resync"]
 
 
-@pytest.mark.qemu_ga
 def test_qemu_ga_stops_on_sigterm_too(qemu_ga: Phase) -> None:
     """qemu-ga 7.2 quits on SIGTERM, but not always cleanly.
 

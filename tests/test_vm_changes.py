@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from agent.host.vm.background import BackgroundVm
-from tests.qga_client import SocketClient
+from tests.support.clients import SocketClient
 
 pytestmark = [pytest.mark.vm, pytest.mark.qga_vm(scope="module", cpus=2)]
 USER = "qgatest"

@@ -1,5 +1,6 @@
-"""The example of docs/vm.md, run by the suite so that it cannot drift (test_vm_parts
-checks that the document shows this very test): a test that only a VM can run."""
+"""The example of docs/vm.md, run by the suite so that it cannot drift (the document
+marks it an excerpt of this file, which tests/test_docs.py checks): a test that only
+a VM can run."""
 
 import pytest
 

@@ -303,10 +303,3 @@ def test_kvm_only_with_hardware_virtualisation(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(qemu, "kvm_usable", lambda: False)
     assert qemu.choose_accel(VmConfig()) == "tcg"
     assert qemu.choose_accel(VmConfig(accel="kvm")) == "kvm"  # as asked
-
-
-def test_the_documented_example_is_the_one_the_suite_runs() -> None:
-    root = Path(__file__).resolve().parent.parent
-    example = (root / "tests" / "test_vm_example.py").read_text()
-    test = example[example.index("@pytest.mark.qga_vm") :]
-    assert test in (root / "docs" / "vm.md").read_text()

@@ -3,7 +3,7 @@
 tp-qemu's ``qemu_guest_agent`` test, the acceptance test QEMU's downstream QE
 runs, has checks that change the guest. They run here in ONE VM (the
 launcher's, TCG when KVM does not work), with trio-qga on the virtio-serial
-port and Debian's qemu-ga 7.2 on the ISA serial line (``vm_qe_guest.py``,
+port and Debian's qemu-ga 7.2 on the ISA serial line (``tests/support/vm_qe_guest.py``,
 started through the launcher's own agent on a port of its own): every check
 runs against both, one after the other, and
 their answers are compared. Where they differ on purpose (texts that changed in
@@ -45,12 +45,14 @@ from typing import Any
 
 import pytest
 
-from agent.host.vm import Drive, VmConfig
+from agent.host.vm import Drive
 from agent.host.vm.background import BackgroundVm
-from tests.reference import qemu_ga_binary
-from tests.test_vm import AGENT_PORT, CONTROL_PORT, ROOT, HostEnd, spawn
+from tests.support.reference import qemu_ga_binary
+from tests.support.vm import AGENT_PORT, PORTS, ROOT, HostEnd, agents_under_test, spawn
 
-pytestmark = pytest.mark.vm
+# Every check runs against both agents.
+pytestmark = [pytest.mark.vm, pytest.mark.qemu_ga]
+
 SERIAL = "QGA-QE-0001"
 MOUNTPOINT = "/mnt/qe"
 DISK = "/dev/vda"
@@ -115,25 +117,23 @@ def guest(
     with open(image, "wb") as disk:
         disk.truncate(64 << 20)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    config = VmConfig(
-        agent_port=CONTROL_PORT,
-        ports=(AGENT_PORT,),
-        isa_serial=True,
+    config = agents_under_test(
         drives=(Drive(image, serial=SERIAL),),
         modules=("ext4", "crc32c_generic"),  # mounted on demand; ext4 asks for crc32c
     )
     settings = {
         "disk": DISK,
         "mountpoint": MOUNTPOINT,
-        "virtio": f"/dev/virtio-ports/{AGENT_PORT}",
-        "isa": "/dev/ttyS1",
+        "virtio": PORTS["virtio"],
+        "isa": PORTS["isa"],
         "qemu_ga": str(qemu_ga),
     }
     output = work / "vm_qe_guest.out"
+    guest_side = ROOT / "tests" / "support" / "vm_qe_guest.py"
     with qga_vm_factory(config) as machine:
         spawn(
             machine,
-            [sys.executable, str(ROOT / "tests" / "vm_qe_guest.py"), json.dumps(settings)],
+            [sys.executable, str(guest_side), json.dumps(settings)],
             output,
             env=[f"TRIO_QGA_FREEZE_ALLOW={MOUNTPOINT}"],  # the guard, in the guest: the disk
         )

@@ -2,8 +2,8 @@
 
 The session's VM (``qga_vm``: trio-qga on its virtio-serial port) gets one host
 session in which the host streams a program printing a line every 0.5 s,
-echoes lines through cat (printing the round trip, a latency figure for the
-README), and collects exit statuses.
+echoes lines through cat (printing the round trip, a latency figure for
+docs/benchmarks.md), and collects exit statuses.
 """
 
 from __future__ import annotations

@@ -14,11 +14,12 @@ import trio
 
 from agent.host.client import QgaClient
 from agent.host.vm.background import BackgroundVm
-from tests.reference import qemu_ga_binary
-from tests.test_vm import AGENT_PORT, CONTROL_PORT
+from tests.support.reference import qemu_ga_binary
+from tests.support.vm import AGENT_PORT, CONTROL_PORT
 
 pytestmark = [
     pytest.mark.vm,
+    pytest.mark.qemu_ga,  # the packaged agent the guest starts is this machine's qemu-ga
     pytest.mark.qga_vm(scope="module", systemd=True, agent_port=CONTROL_PORT, ports=[AGENT_PORT]),
 ]
 UNIT = """\

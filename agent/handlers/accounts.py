@@ -5,10 +5,11 @@ Passwords go to ``chpasswd`` (``-e`` when already crypted) through
 an argument, and never in a log line or an error text.
 
 Authorized keys live in ``~user/.ssh/authorized_keys`` under ``ctx.root``, in
-a directory the user controls: the work is done in a thread of its own with
-the user's file-system identity (``agent/fsidentity.py``), from directory
+a directory the user controls: the work is done by the agent's runner
+(``ctx.fs``, ``agent.system.fsguard``) in a thread of its own with the user's
+file-system identity (``agent.system.fsidentity``), from directory
 descriptors, refusing links, FIFOs, devices and hard links the user may have
-planted (``agent/userfiles.py``), within :data:`USER_FILES_TIMEOUT`. A missing
+planted (``agent.system.userfiles``), within :data:`USER_FILES_TIMEOUT`. A missing
 ``.ssh`` is created 0700 and the file is replaced atomically by a new one that
 is 0600, both the user's. User accounts come from the system (``pwd``, in that
 thread: NSS may ask the network) or, under a custom root, from that root's
@@ -26,14 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import trio
-
 from agent.core.context import AgentContext
 from agent.core.registry import HandlerSet
 from agent.errors import GenericError, os_error_text
 from agent.system import userfiles
 from agent.system.executor import SystemRoot, describe_failure
-from agent.system.fsidentity import Identity, acting_as, run_in_own_thread
+from agent.system.fsguard import FsTimeout
+from agent.system.fsidentity import Identity, acting_as
 from agent.system.userfiles import Refused
 from agent.wire.b64 import decode_base64
 
@@ -202,7 +202,9 @@ class KeysFile:
         data = "".join(line + "\n" for line in lines).encode(errors="surrogateescape")
         uid, gid = self.account.uid, self.account.gid
         try:
-            userfiles.replace_file(dir_fd, AUTHORIZED_KEYS, data, 0o600, uid, gid)
+            userfiles.replace_file(
+                AUTHORIZED_KEYS, data, dir_fd=dir_fd, mode=0o600, owner=(uid, gid), durable=True
+            )
         except OSError as err:
             raise GenericError(f"failed to write to '{self.shown}': {os_error_text(err)}") from err
 
@@ -231,7 +233,12 @@ async def _in_home(
     ctx: AgentContext, command: str, username: str, work: Callable[[KeysFile], _T]
 ) -> _T:
     """``work`` on the user's keys file, off the event loop and within
-    :data:`USER_FILES_TIMEOUT`; planted entries are refused with their name."""
+    :data:`USER_FILES_TIMEOUT`; planted entries are refused with their name.
+
+    No mount is named to the runner, so none is remembered as hung: the home
+    may lie on another mount than its path shows (a link the administrator
+    made), and marking the wrong one would fail every call on it.
+    """
 
     def job() -> _T:
         try:
@@ -240,11 +247,16 @@ async def _in_home(
         except Refused as err:
             raise GenericError(str(err)) from err
 
-    with trio.move_on_after(USER_FILES_TIMEOUT):
-        return await run_in_own_thread(job, f"{command} {username}")
-    raise GenericError(
-        f"{command} for user '{username}' did not finish within {USER_FILES_TIMEOUT:g} s"
-    )
+    try:
+        return await ctx.fs.call(
+            None, job, limit=USER_FILES_TIMEOUT, own_thread=f"{command} {username}"
+        )
+    except FsTimeout as err:
+        if err.fast:  # too many calls stuck, or no thread free
+            raise GenericError(f"{command} for user '{username}': {err}") from err
+        raise GenericError(
+            f"{command} for user '{username}' did not finish within {USER_FILES_TIMEOUT:g} s"
+        ) from err
 
 
 @handlers.command("guest-ssh-get-authorized-keys")

@@ -14,7 +14,7 @@ def guest_sync(ctx: AgentContext, id: int) -> int:
     return id
 
 
-@handlers.command("guest-sync-delimited", delimited_reply=True)
+@handlers.command("guest-sync-delimited")
 def guest_sync_delimited(ctx: AgentContext, id: int) -> int:
     return id
 
@@ -26,7 +26,7 @@ def guest_ping(ctx: AgentContext) -> dict[str, object]:
 
 @handlers.command("guest-info")
 def guest_info(ctx: AgentContext) -> dict[str, object]:
-    frozen = ctx.state.frozen
+    frozen = ctx.freezer.frozen
     return {
         "version": VERSION,
         "supported_commands": [

@@ -2,11 +2,11 @@
 
 The mount table comes from ``ctx.config.mount_table`` (the kernel's
 /proc/self/mountinfo by default; tests list only their scratch filesystems),
-/sys is read through ``ctx.root``. All of it runs in worker threads: /sys
+/sys is read through ``ctx.root``. All of it runs in the runner's threads
+(``ctx.fs``, ``agent.system.fsguard``) under the ``--fs-timeout`` deadline: /sys
 walks read many files, statvfs and FITRIM can take long, and on a hung mount
-never return. Each statvfs and FITRIM has the ``--fs-timeout`` deadline
-(``agent.system.fsguard``): guest-get-fsinfo lists a mount that did not answer without
-its figures, guest-fstrim gives it an error entry, and both go on with the rest.
+never return. guest-get-fsinfo lists a mount that did not answer without its
+figures, guest-fstrim gives it an error entry, and both go on with the rest.
 """
 
 from __future__ import annotations
@@ -40,16 +40,18 @@ async def guest_get_disks(ctx: AgentContext) -> list[dict[str, Any]]:
         raise GenericError(str(err)) from err
 
 
-def _mounts(ctx: AgentContext) -> list[tuple[Mount, int]]:
+async def _mounts(ctx: AgentContext) -> list[tuple[Mount, int]]:
+    """The block-device mounts of the mount table, with their devices."""
     try:
-        return fstrim.block_mounts(read_mount_table(ctx.config.mount_table))
-    except MountTableError as err:
+        table = await ctx.fs.call(None, partial(read_mount_table, ctx.config.mount_table))
+    except (MountTableError, FsTimeout) as err:
         raise GenericError(str(err)) from err
+    return fstrim.block_mounts(table)
 
 
 @handlers.command("guest-get-fsinfo")
 async def guest_get_fsinfo(ctx: AgentContext) -> list[dict[str, Any]]:
-    mounts = await trio.to_thread.run_sync(_mounts, ctx)
+    mounts = await _mounts(ctx)
     try:
         filesystems = await ctx.fs.call(None, partial(_describe, SysBlock(ctx.root), mounts))
     except FsTimeout as err:
@@ -105,7 +107,7 @@ async def guest_fstrim(ctx: AgentContext, minimum: int | None) -> dict[str, Any]
     goes on in the kernel.
     """
     paths = []
-    for mount, _ in await trio.to_thread.run_sync(_mounts, ctx):
+    for mount, _ in await _mounts(ctx):
         result: dict[str, Any] = {"path": mount.mountpoint}
         try:
             await ctx.fs.call(mount.mountpoint, partial(os.statvfs, mount.mountpoint))

@@ -1,11 +1,11 @@
 """guest-exec and guest-exec-status: run a program in the guest, then collect it.
 
 guest-exec starts the child and replies with its pid at once; the child is fed
-and drained in the background (``agent/processes.py``). guest-exec-status
+and drained in the background (``agent.system.processes``). guest-exec-status
 reports ``exited: false`` until the child has ended and closed its captured
 output, then reports everything once and forgets the child, as qemu-ga does
 (but a daemon the child left holding its output delays that by at most
-``DRAIN_GRACE``, see ``agent/processes.py``).
+``DRAIN_GRACE``, see ``agent.system.processes``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def capture_mode(capture_output: bool | str | None) -> str:
 
 
 def environment(env: Sequence[str] | None) -> dict[str, str] | None:
-    """qemu-ga's ``env`` list (``NAME=VALUE``) replaces the agent's environment."""
+    """An ``env`` list (``NAME=VALUE``) as a mapping. guest-exec gives it to the
+    child as its whole environment, as qemu-ga does (glib's spawn takes it as
+    envp); the streaming exec adds it to the agent's (docs/exec.md)."""
     if env is None:
         return None
     result: dict[str, str] = {}
@@ -97,9 +99,15 @@ def guest_exec_status(ctx: AgentContext, pid: int) -> dict[str, object]:
         status["exitcode"] = child.status.exitcode
     else:
         status["signal"] = child.status.signal
-    # As qemu-ga: data only when there is some, with its truncation flag beside it.
-    for key, capture in (("out", child.out), ("err", child.err)):
-        if capture is not None and capture.data:
-            status[f"{key}-data"] = Base64Payload(capture.data)
-            status[f"{key}-truncated"] = capture.truncated
+    # As qemu-ga: data only when there is some, with its truncation flag; in the
+    # schema's order (both data, then both flags), as qemu-ga sends them.
+    captured = [
+        (key, capture)
+        for key, capture in (("out", child.out), ("err", child.err))
+        if capture is not None and capture.data
+    ]
+    for key, capture in captured:
+        status[f"{key}-data"] = Base64Payload(capture.data)
+    for key, capture in captured:
+        status[f"{key}-truncated"] = capture.truncated
     return status

@@ -26,6 +26,13 @@ handlers = HandlerSet()
 CPU_DIR = "/sys/devices/system/cpu"
 MEMORY_DIR = "/sys/devices/system/memory/"
 
+# The writes that take a CPU or a memory block off line or back run in a plain
+# trio worker thread, not the runner of ``agent.system.fsguard``: sysfs has no
+# server to hang on, but the kernel's own work behind the write can take
+# seconds (moving a CPU's tasks, a block's pages away). No deadline, as
+# qemu-ga: an error after one would report a failure for a change still under
+# way. A cancelled command (--command-timeout, SIGTERM) abandons the thread.
+
 
 def _entries(directory: Path, prefix: str) -> list[int]:
     """The numbers N of the ``<prefix>N`` entries of ``directory``, in order."""
@@ -95,11 +102,12 @@ def _set_vcpu(ctx: AgentContext, logical_id: int, online: bool) -> None:
 
 @handlers.command("guest-set-vcpus")
 async def guest_set_vcpus(ctx: AgentContext, vcpus: list[Any]) -> int:
-    # Async: the kernel can take a while to take a CPU off line.
     processed = 0
     for vcpu in vcpus:
         try:
-            await trio.to_thread.run_sync(_set_vcpu, ctx, vcpu.logical_id, vcpu.online)
+            await trio.to_thread.run_sync(
+                _set_vcpu, ctx, vcpu.logical_id, vcpu.online, abandon_on_cancel=True
+            )
         except GenericError:
             if processed == 0:
                 raise
@@ -186,7 +194,9 @@ async def guest_set_memory_blocks(
     results = []
     for block in mem_blks:
         results.append(
-            await trio.to_thread.run_sync(_set_memory_block, ctx, block.phys_index, block.online)
+            await trio.to_thread.run_sync(
+                _set_memory_block, ctx, block.phys_index, block.online, abandon_on_cancel=True
+            )
         )
     return results
 

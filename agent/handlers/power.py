@@ -14,19 +14,20 @@ command (``--suspend-ram-command`` ...) replaces the search.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-
-import trio
 
 from agent.core.config import AgentConfig
 from agent.core.context import AgentContext
 from agent.core.registry import HandlerSet
 from agent.errors import GenericError, os_error_text
 from agent.system.executor import CommandResult, describe_failure
+from agent.system.fsguard import FsTimeout
 
 log = logging.getLogger(__name__)
 handlers = HandlerSet()
@@ -232,8 +233,14 @@ async def _suspend(ctx: AgentContext, mode: SuspendMode) -> None:
         if supported and failure is not None:
             raise failure
         raise GenericError(NOT_SUPPORTED)
-    # The write blocks until the guest wakes up again: not in the event loop.
-    await trio.to_thread.run_sync(_write_sys, writes)
+    # The write returns when the guest wakes up again, and the kernel syncs every
+    # filesystem before it sleeps, a hung one included: in the runner's threads,
+    # with no deadline, as qemu-ga waits (an error after one would report a
+    # failure for a suspend still under way).
+    try:
+        await ctx.fs.call(None, partial(_write_sys, writes), limit=math.inf)
+    except FsTimeout as err:  # too many calls stuck already
+        raise GenericError(f"suspend: {err}") from err
 
 
 @handlers.command("guest-suspend-disk")

@@ -1,5 +1,5 @@
 """The streaming exec extension: start a program, read its output while it runs,
-write its stdin, resize its terminal, signal it (``agent/streaming.py``).
+write its stdin, resize its terminal, signal it (``agent.system.streaming``).
 
 The names carry QAPI's downstream prefix (see the schema), so that no future
 QEMU command can take them. guest-exec and guest-exec-status are untouched.
@@ -38,6 +38,9 @@ async def exec_start(
     cwd: str | None,
     terminal: Struct | None,
 ) -> dict[str, object]:
+    # Added to the agent's environment, where guest-exec's replaces it (qemu-ga's
+    # contract): a program that is run as from a shell, as `ssh host cmd` runs
+    # it, needs PATH, HOME and the rest; the host cannot know the guest's values.
     added = environment(env)
     environ = None if added is None else {**os.environ, **added}
     ctx.processes.check_room()
@@ -61,7 +64,7 @@ async def exec_start(
         child = await _start_on_terminal(argv, environ, cwd, size)
     ctx.processes.add(child)
     timeout = ctx.config.exec_idle_timeout
-    ctx.tasks.start_soon(child.run, timeout, ctx.processes.remove, name=f"exec {child.pid}")
+    ctx.tasks.start_soon(child.supervise, timeout, ctx.processes.remove, name=f"exec {child.pid}")
     return {"pid": child.pid}
 
 
@@ -113,7 +116,7 @@ async def exec_read(
     }
     if child.finished:
         ctx.processes.remove(pid)
-        child.collect()
+        child.reap()
         assert child.status is not None
         if child.status.exitcode is not None:
             reply["exitcode"] = child.status.exitcode

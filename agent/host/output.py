@@ -2,7 +2,7 @@
 
 Progress goes to standard error (rate and time left, one bar per guest when there are
 several); results go to standard output, one line per guest and a summary, or with
-``--json`` one JSON document with the same results.
+``--json`` one JSON line per guest and a summary line (the format of docs/client.md).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
+import pybase64
+
 from agent.host.client import Progress as ProgressCallback
 from agent.host.errors import ClientError
-from agent.host.fleet import TargetResult
+from agent.host.fleet import ErrorInfo, TargetResult
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -86,44 +88,94 @@ def progress_bars(mode: str, out: TextIO) -> Iterator[Bars]:
         yield Bars(progress, 0 if mode == "always" else BIG)
 
 
-def show_results(
-    results: Sequence[TargetResult], out: TextIO, *, as_json: bool, extra: dict[str, Any]
+def write_json(
+    results: Sequence[TargetResult], out: TextIO, summary: dict[str, Any] | None = None
 ) -> None:
-    """One line per guest and a summary, or the same as one JSON document."""
+    """One JSON line per guest, then ``summary``'s line if given (docs/client.md)."""
+    for result in results:
+        out.write(json.dumps(result.as_json(), default=str) + "\n")
+    if summary is not None:
+        out.write(json.dumps({"summary": summary}, default=str) + "\n")
+    out.flush()
+
+
+def summary_of(
+    results: Sequence[TargetResult], seconds: float, error: ErrorInfo | None = None
+) -> dict[str, Any]:
+    """The summary line's counts, and each host's where the results have hosts; a
+    run-wide ``error`` (no guest reached) goes in it."""
+    summary: dict[str, Any] = {
+        **_counts(results),
+        "seconds": round(seconds, 3),
+        "error": error.as_json() if error else None,
+    }
+    hosts = _by_host(results)
+    if hosts:
+        summary["hosts"] = {label: _counts(group) for label, group in hosts.items()}
+    return summary
+
+
+def _counts(results: Sequence[TargetResult]) -> dict[str, int]:
     failed = sum(not result.ok for result in results)
-    if as_json:
-        document = {
-            "results": [result.as_json() for result in results],
-            "ok": len(results) - failed,
-            "failed": failed,
-            **extra,
-        }
-        out.write(json.dumps(document, indent=2, default=str) + "\n")
-        return
+    return {"targets": len(results), "ok": len(results) - failed, "failed": failed}
+
+
+def _by_host(results: Sequence[TargetResult]) -> dict[str, list[TargetResult]]:
+    """The results by host label, in order; empty where they have no host."""
+    hosts: dict[str, list[TargetResult]] = {}
+    for result in results:
+        if result.host is not None:
+            hosts.setdefault(result.host, []).append(result)
+    return hosts
+
+
+def show_table(results: Sequence[TargetResult], out: TextIO, extra: dict[str, Any]) -> None:
+    """One line per guest, ``extra``'s items, and a summary line. Where the results have
+    hosts, the table is grouped by host (its label once, then its domains by their own
+    names), and each host has a summary line too."""
     _require_rich()
     from rich.console import Console
     from rich.table import Table
 
+    hosts = _by_host(results)
     table = Table(box=None, pad_edge=False)
-    for column in ("domain", "status", "result", "seconds"):
+    columns = ["host"] if hosts else []
+    for column in [*columns, "domain", "status", "result", "seconds"]:
         table.add_column(column, justify="right" if column == "seconds" else "left")
-    for result in results:
-        status = "ok" if result.ok else "FAILED"
-        text = summary(result.value) if result.ok else (result.error or "")
-        table.add_row(result.target, status, text, f"{result.seconds:.2f}")
+    groups: list[tuple[str | None, list[TargetResult]]] = [*hosts.items()] or [(None, [*results])]
+    for label, group in groups:
+        for index, result in enumerate(group):
+            status = "ok" if result.ok else "FAILED"
+            text = summary(result.value) if result.ok else str(result.error or "")
+            row = [result.target, status, text, f"{result.seconds:.2f}"]
+            if label is not None:
+                row[:1] = [label if index == 0 else "", result.target.partition(":")[2]]
+            table.add_row(*row)
     console = Console(file=out, width=200 if not out.isatty() else None)
     console.print(table)
+    for label, group in hosts.items():
+        console.print(f"{label}: {_tally(group)}")
     for key, value in extra.items():
         console.print(f"{key}: {value}")
-    console.print(f"{len(results)} domains: {len(results) - failed} ok, {failed} failed")
+    console.print(_tally(results, f" on {len(hosts)} hosts" if hosts else ""))
+
+
+def _tally(results: Sequence[TargetResult], where: str = "") -> str:
+    counts = _counts(results)
+    return f"{counts['targets']} domains{where}: {counts['ok']} ok, {counts['failed']} failed"
 
 
 def summary(value: Any) -> str:
     """A result on one line."""
-    if value is None:
+    if value is None or value == {}:
         return "ok"
     if isinstance(value, dict) and "supported_commands" in value:  # guest-info
         return f"version {value.get('version')}, {len(value['supported_commands'])} commands"
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if isinstance(value, dict) and "bytes" in value:  # get, put
+        return f"{value['bytes']} bytes"
+    if isinstance(value, dict) and "out-data" in value:  # exec
+        text = pybase64.b64decode(value["out-data"]).decode(errors="replace")
+    else:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= 100 else line[:97] + "..."

@@ -1,7 +1,8 @@
-"""Filesystem calls with a deadline: a hung mount never hangs the agent.
+"""The one runner of blocking OS work: a hung mount never hangs the agent.
 
 A call that can block on a filesystem (open, statvfs, read, write, FIFREEZE,
-FITRIM, ...) runs in a worker thread under ``--fs-timeout``. Past it the
+FITRIM, a walk of /sys, the work in a user's home, ...) runs in a worker
+thread under ``--fs-timeout`` (or a deadline of its own). Past it the
 thread is abandoned (trio's ``abandon_on_cancel``): the kernel may hold it for
 ever (a FUSE or NFS request the server never answers cannot even be killed),
 but the command answers. The mount is then remembered as hung, so the next
@@ -17,10 +18,26 @@ threads are stuck new calls fail at once.
 A result that arrives after its call was abandoned (an open that completes
 late) is handed to the call's ``discard`` function, which closes the
 descriptor or undoes the freeze: nothing is leaked.
+
+Work that takes a guest user's file identity (the ssh key commands, see
+``fsidentity``) runs in a thread of its own that ends with it, never a pooled
+worker, so that no other work ever runs as that user; it has the deadline and
+takes a thread of the same bound as any other call.
+
+What does not come here: reads of /proc and /sys, which the kernel answers
+from memory; the system's own files on the root filesystem (os-release,
+``/sbin``), which the agent runs from (if that hangs, the agent does); the
+agent's own small files in its state directory (the handle counter saved at
+each guest-file-open, the frozen marker; ``/var/run`` by default, a tmpfs);
+and the small transfers of local files by guest-file-* (see
+``agent.handlers.files``), which cost less inline than a thread. A plain
+``trio.to_thread`` elsewhere says in a comment why it cannot hang on a
+filesystem.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -30,14 +47,9 @@ from typing import Generic, TypeVar
 
 import trio
 
-from agent.system.mounts import (
-    DEFAULT_MOUNT_TABLE,
-    NETWORK_TYPES,
-    MountTableError,
-    read_mount_table,
-)
+from agent.system.fsidentity import OwnThread
+from agent.system.mounts import NETWORK_TYPES, MountTableError, read_mount_table
 
-DEFAULT_FS_TIMEOUT = 10.0  # seconds
 MAX_STUCK = 16  # abandoned threads at once, before calls fail fast
 RETRY_AFTER = 60.0  # seconds a hung mount fails fast before it is tried again
 
@@ -80,6 +92,10 @@ class HungMounts:
             log.warning("%s answers again", mount)
 
 
+class _NeverStarted(Exception):
+    """Raised in a thread that took an abandoned call: nobody waits for it."""
+
+
 class _Call(Generic[_T]):
     """One call in a worker thread, and what happens to its result when nobody waits."""
 
@@ -87,6 +103,7 @@ class _Call(Generic[_T]):
         self._function = function
         self._discard = discard
         self._lock = threading.Lock()
+        self._started = False
         self._done = False
         self._has_result = False
         self._result: _T | None = None
@@ -94,7 +111,12 @@ class _Call(Generic[_T]):
         self._on_late_end: Callable[[], None] = lambda: None
 
     def run(self) -> _T:
-        """In the worker thread."""
+        """In the worker thread. A call abandoned before a thread took it (it
+        waited for a free thread past its deadline) never starts."""
+        with self._lock:
+            if self._abandoned:
+                raise _NeverStarted
+            self._started = True
         try:
             result = self._function()
         except BaseException:
@@ -113,16 +135,21 @@ class _Call(Generic[_T]):
             self._on_late_end()
 
     @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
     def ended(self) -> bool:
         return self._done
 
     def abandon(self, on_late_end: Callable[[], None]) -> bool:
-        """In trio: nobody will take the result. True if the thread is still running
-        (``on_late_end`` then runs in it when it ends)."""
+        """In trio: nobody will take the result. True if the call is running in its
+        thread (``on_late_end`` then runs there when it ends); a call not yet
+        started never will."""
         with self._lock:
             self._abandoned = True
             self._on_late_end = on_late_end
-            running = not self._done
+            running = self._started and not self._done
         if not running:  # it ended, but the cancellation came first: its result is ours
             self._drop_result()
         return running
@@ -136,18 +163,19 @@ class _Call(Generic[_T]):
 
 
 class FsGuard:
-    """Runs blocking filesystem calls with a deadline; one per agent."""
+    """Runs blocking OS calls with a deadline, in a bounded set of threads; one per agent."""
 
     def __init__(
         self,
-        timeout: float = DEFAULT_FS_TIMEOUT,
+        timeout: float,
         *,
+        mount_table: str,
         max_stuck: int = MAX_STUCK,
         retry_after: float = RETRY_AFTER,
-        mount_table: str = DEFAULT_MOUNT_TABLE,
     ) -> None:
-        """``mount_table`` tells which mount a path is on (the kernel's table:
-        any file may be opened, not only those a freeze may cover)."""
+        """``timeout`` is ``--fs-timeout``; ``mount_table`` tells which mount a
+        path is on (the kernel's table: any file may be opened, not only those a
+        freeze may cover)."""
         self.timeout = timeout
         self.max_stuck = max_stuck
         self.hung = HungMounts(retry_after)
@@ -185,6 +213,7 @@ class FsGuard:
         on_late_end: Callable[[], None] = lambda: None,
         fail_fast: bool = True,
         limit: float | None = None,
+        own_thread: str | None = None,
     ) -> _T:
         """``function()`` in a worker thread, abandoned after the deadline
         (``limit`` seconds, else the guard's timeout).
@@ -193,7 +222,10 @@ class FsGuard:
         (:meth:`check`, unless ``fail_fast`` is false: a close must be tried)
         and marked hung on a timeout. ``discard`` takes the result of an
         abandoned call that ends after all; ``on_late_end`` runs then too (in
-        that thread). Raises :class:`FsTimeout`.
+        that thread). ``own_thread`` runs ``function`` in a new thread of that
+        name that ends with it, instead of a pooled worker: the only kind of
+        thread in which it may take a user's file identity
+        (:func:`agent.system.fsidentity.acting_as`). Raises :class:`FsTimeout`.
         """
         if fail_fast:
             self.check(mount)
@@ -201,9 +233,12 @@ class FsGuard:
         timeout = self.timeout if limit is None else limit
         with trio.move_on_after(timeout):
             try:
-                result = await trio.to_thread.run_sync(
-                    call.run, abandon_on_cancel=True, limiter=self._limiter
-                )
+                if own_thread is None:
+                    result = await trio.to_thread.run_sync(
+                        call.run, abandon_on_cancel=True, limiter=self._limiter
+                    )
+                else:
+                    result = await self._in_own_thread(call.run, own_thread)
             except trio.Cancelled:  # the deadline, or from outside (--command-timeout, SIGTERM)
                 self._abandon(call, mount, on_late_end)
                 raise
@@ -211,6 +246,13 @@ class FsGuard:
                 if call.ended and mount is not None:
                     self.hung.clear(mount)
             return result
+        if not call.started:  # the mount was never asked: nothing learnt about it
+            raise FsTimeout(
+                mount,
+                timeout,
+                f"no thread for filesystem calls was free within {timeout:g} s"
+                f" ({self._limiter.borrowed_tokens} busy); try later",
+            )
         if mount is not None:
             self.hung.mark(mount)
         log.warning(
@@ -220,6 +262,42 @@ class FsGuard:
             self._stuck,
         )
         raise FsTimeout(mount, timeout)
+
+    async def _in_own_thread(self, function: Callable[[], _T], name: str) -> _T:
+        """``function()`` in a new thread named ``name``, which ends with it.
+
+        The thread holds one of the guard's tokens until it ends, as a pooled
+        worker does. It is a daemon: once its waiting task is cancelled, a
+        thread that hangs is abandoned and does not keep the agent from stopping.
+        """
+        token = trio.lowlevel.current_trio_token()
+        holder = object()
+        await self._limiter.acquire_on_behalf_of(holder)
+        ended = trio.Event()
+        results: list[_T] = []
+        errors: list[BaseException] = []
+
+        def end() -> None:  # in trio
+            self._limiter.release_on_behalf_of(holder)
+            ended.set()
+
+        def work() -> None:
+            try:
+                results.append(function())
+            except BaseException as err:  # handed to the waiting task, which re-raises it
+                errors.append(err)
+            with contextlib.suppress(trio.RunFinishedError):  # the agent has stopped
+                token.run_sync_soon(end)
+
+        try:
+            OwnThread(target=work, name=name, daemon=True).start()
+        except BaseException:
+            self._limiter.release_on_behalf_of(holder)
+            raise
+        await ended.wait()
+        if errors:
+            raise errors[0]
+        return results[0]
 
     def _abandon(self, call: _Call[_T], mount: str | None, on_late_end: Callable[[], None]) -> None:
         def late_end() -> None:

@@ -9,10 +9,10 @@ glibc's ``setgroups()`` (and so ``os.setgroups``) changes every thread of the
 process, so the groups are set with the raw system call, which changes only
 the calling thread. ``setfsuid``/``setfsgid`` are plain system calls in glibc.
 
-The work runs in a new thread that ends with it (never one of trio's cached
-workers), so no other work ever runs with the changed identity, and the event
-loop only waits for it, as long as its caller's deadline allows: a hung
-filesystem costs a thread, not the agent.
+The work runs in an :class:`OwnThread`, a new thread that ends with it (never
+a pooled worker), so no other work ever runs with the changed identity:
+``FsGuard.call(..., own_thread=NAME)`` starts one, under the guard's deadline
+and bound on threads, and :func:`acting_as` refuses any other thread.
 """
 
 from __future__ import annotations
@@ -21,14 +21,9 @@ import ctypes
 import os
 import platform
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
-
-import trio
-
-_T = TypeVar("_T")
 
 # __NR_setgroups (the 32-bit-id one where there are two) by machine.
 _SETGROUPS = {
@@ -46,6 +41,11 @@ _SETGROUPS = {
 }
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+class OwnThread(threading.Thread):
+    """A thread started for one call, which ends with it: the only kind of thread
+    whose file identity :func:`acting_as` changes."""
 
 
 class IdentityError(OSError):
@@ -88,12 +88,12 @@ def _set_fs_ids(uid: int, gid: int) -> None:
 def acting_as(identity: Identity) -> Iterator[None]:
     """Within the block, this thread reaches files as ``identity`` would.
 
-    Only in a thread made for the purpose (see :func:`run_in_own_thread`): the
-    main thread, which runs the event loop, is refused. A thread started within
-    the block inherits the identity, as a child process would.
+    Only in an :class:`OwnThread`: the event loop's thread and pooled workers
+    are refused. A thread started within the block inherits the identity, as
+    a child process would.
     """
-    if threading.current_thread() is threading.main_thread():
-        raise RuntimeError("the file-system identity is never changed on the main thread")
+    if not isinstance(threading.current_thread(), OwnThread):
+        raise RuntimeError("the file-system identity is changed only in a thread of its own")
     saved_ids, saved_groups = current_fs_ids(), tuple(os.getgroups())
     try:
         _set_groups(identity.groups)
@@ -103,32 +103,3 @@ def acting_as(identity: Identity) -> Iterator[None]:
         # The thread is about to end anyway; still, leave it as it was found.
         _set_fs_ids(*saved_ids)
         _set_groups(saved_groups)
-
-
-async def run_in_own_thread(function: Callable[[], _T], name: str) -> _T:
-    """``function()`` in a new thread named ``name``; its result.
-
-    The thread is a daemon: when the waiting task is cancelled (give it a
-    deadline), a thread that hangs (a dead network mount, a FUSE server that
-    never answers) is abandoned and does not keep the agent from stopping.
-    """
-    token = trio.lowlevel.current_trio_token()
-    finished = trio.Event()
-    values: list[_T] = []
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            values.append(function())
-        except BaseException as err:  # handed to the waiting task, which re-raises it
-            errors.append(err)
-        try:
-            trio.from_thread.run_sync(finished.set, trio_token=token)
-        except trio.RunFinishedError:
-            pass  # nobody waits any more
-
-    threading.Thread(target=work, name=name, daemon=True).start()
-    await finished.wait()
-    if errors:
-        raise errors[0]
-    return values[0]

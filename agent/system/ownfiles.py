@@ -11,10 +11,8 @@ file is checked before it is truncated.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import tempfile
 from pathlib import Path
 
 from agent.system.userfiles import file_problem
@@ -52,21 +50,6 @@ def open_own_file(path: str | Path, flags: int, mode: int = 0o644) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def replace_own_file(path: Path, text: str) -> None:
-    """Make ``text`` the whole content of ``path``: written to a new file of a
-    random name beside it (``O_EXCL``, so never a plant), then renamed over
-    it. A crash leaves the old file or the new one, never half of one."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as new:
-            new.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 def read_own_file(path: str | Path) -> bytes:

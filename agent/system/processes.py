@@ -105,6 +105,7 @@ async def wait_for_exit(pid: int) -> ExitStatus:
             trio.lowlevel.notify_closing(pidfd)
             os.close(pidfd)
         return _exit_status(pid, os.WNOHANG)
+    # A plain worker thread: waitid() waits for a child, not for a filesystem.
     return await trio.to_thread.run_sync(_exit_status, pid, 0, abandon_on_cancel=True)
 
 
@@ -141,7 +142,8 @@ class ExecProcess:
         self.finished_event = trio.Event()
 
     async def supervise(self, input_data: bytes | None) -> None:
-        """Feed the child, drain its output, note its exit. Runs in the background."""
+        """Feed the child, drain its output, note its exit. Runs in the background
+        until the child is finished; :meth:`reap` then frees its pid."""
         try:
             async with trio.open_nursery() as feeding:
                 if self.process.stdin is not None:
@@ -189,7 +191,7 @@ class ExecProcess:
             os.killpg(self.pid, signal.SIGKILL)
 
     def reap(self) -> None:
-        """Collect the exited child, freeing its pid."""
+        """The host was told of the exit: collect the exited child, freeing its pid."""
         self.process.poll()
 
 

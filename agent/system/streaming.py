@@ -12,7 +12,7 @@ A read waits (up to the host's bounded ``wait``) until there is something new
 and returns at once when there is. The exit is reported once the program has
 exited and both streams are at their end and delivered; a daemon the program
 left holding its output gets ``DRAIN_GRACE`` seconds of reading time, as for
-guest-exec (``agent/processes.py``).
+guest-exec (``agent.system.processes``).
 
 On a pseudo-terminal, stdout and stderr are the terminal (``err`` stays
 empty), stdin is written to it, and closing stdin sends the terminal's
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 BUFFER_LIMIT = 1024 * 1024  # unacknowledged bytes held per output stream
 MAX_WAIT = 10.0  # longest long poll, seconds
 WRITE_WAIT = 1.0  # seconds a stdin write waits for room before answering what it took
-DEFAULT_IDLE_TIMEOUT = 600.0  # seconds without a read before a program is killed
 
 
 class Output:
@@ -127,10 +126,11 @@ class StreamProcess:
         self._changed = trio.Event()
 
     # -------------------------------------------------------- background --
-    async def run(self, idle_timeout: float, forget: Callable[[int], None]) -> None:
+    async def supervise(self, idle_timeout: float, forget: Callable[[int], None]) -> None:
         """Pump the output, note the exit, kill an unread program. Runs in the
-        background until the exit is collected (:meth:`collect`) or the program
-        is killed for idleness; ``forget`` removes it from the store then."""
+        background until the program is reaped (:meth:`reap`) or killed for
+        idleness; ``forget`` removes it from the store then. The same steps as
+        guest-exec's :class:`agent.system.processes.ExecProcess`."""
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
@@ -219,8 +219,9 @@ class StreamProcess:
         self._idle.deadline = trio.current_time() + self._idle_timeout
         return bytes(self.out.data), bytes(self.err.data)
 
-    def collect(self) -> None:
-        """The host was told of the exit: reap the program, end the background task."""
+    def reap(self) -> None:
+        """The host was told of the exit: collect the exited program, freeing its
+        pid, and end the background task."""
         self.process.poll()
         self._scope.cancel()
 

@@ -9,7 +9,8 @@ descriptor), so swapping an entry between a look and an open gains nothing;
 the look before the open (:func:`stat_entry`) only keeps the agent from
 opening a device at all. Files are replaced, never written in place: a new
 file in the same directory, complete and with its owner and mode set, renamed
-over the old name.
+over the old name (:func:`replace_file`, also for the agent's own files,
+whose directory others may write: ``--statedir /tmp``).
 """
 
 from __future__ import annotations
@@ -201,25 +202,71 @@ def read_file(dir_fd: int, name: str, shown: str, uid: int, limit: int) -> bytes
     return b"".join(chunks)
 
 
-def replace_file(dir_fd: int, name: str, data: bytes, mode: int, uid: int, gid: int) -> None:
-    """Put a new file with ``data`` in place of ``name``: written under a random
-    name in the same directory, owned by ``uid``:``gid`` with ``mode`` and synced
-    before it is renamed over ``name``, which is never opened (a link planted
-    there is replaced, not followed)."""
-    temporary = f".{name}.{secrets.token_hex(6)}"
+def replace_file(
+    path: str | Path,
+    data: bytes,
+    *,
+    durable: bool,
+    dir_fd: int | None = None,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+) -> None:
+    """Put a new file holding ``data`` in place of ``path`` (relative to
+    ``dir_fd`` when given, as for ``os.open``); the one way the agent replaces
+    a file, its own or a user's.
+
+    The new file is made under a random name beside ``path`` (``O_EXCL``,
+    ``O_NOFOLLOW``: never something planted there), given ``mode`` and
+    ``owner`` (uid, gid; None: the agent's), written whole and renamed over
+    ``path``, which is never opened: a link or FIFO planted under the name is
+    replaced, not followed. A reader sees the old content or the new, never
+    part of one.
+
+    ``durable``: the new content is on disk when the call returns (the file is
+    synced before the rename, the directory after it). Without it a crash of
+    the guest may leave the old content, the new, or an empty file (a rename
+    that reached the disk before the data). Each caller decides:
+
+    - ``~/.ssh/authorized_keys`` (``agent.handlers.accounts``): durable. The host
+      was told the keys are in place; losing them in a crash, or finding the
+      file empty, can lock the host out. The commands are rare: the syncs cost
+      nothing that matters.
+    - the handle counter ``qga.state`` (``agent.core.store``): not durable. It is
+      saved at every guest-file-open, where syncs would cost more than the open
+      itself; no handle outlives a guest crash, an empty or damaged file is
+      recovered from the clock, and qemu-ga does not sync it either (its
+      default directory, /var/run, does not even survive a reboot).
+    - the plugin record (``agent.core.plugin_record``): not durable. It is a
+      cache, rebuilt when lost or damaged.
+    """
+    head, name = os.path.split(os.fspath(path))
+    temporary = os.path.join(head, f".{name}.{secrets.token_hex(6)}")
     try:
         fd = os.open(temporary, _CREATE, mode, dir_fd=dir_fd)
         try:
-            _own(fd, uid, gid)
+            if owner is not None:
+                _own(fd, *owner)
             os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.rename(temporary, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary, dir_fd=dir_fd)
         raise
+    if durable:
+        _sync_dir(head or ".", dir_fd)
+
+
+def _sync_dir(path: str, dir_fd: int | None) -> None:
+    """Make a rename in the directory ``path`` (relative to ``dir_fd``) durable."""
+    fd = os.open(path, _DIRECTORY, dir_fd=dir_fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

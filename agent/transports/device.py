@@ -65,6 +65,8 @@ class DeviceStream(ExchangeStream):
         self._closed = False
         self._sending = OneAtATime("sending")
         self._receiving = OneAtATime("receiving")
+        # Bytes have come in this conversation, by whichever call read them.
+        self.had_data = False
 
     async def end_of_file(self) -> bool:
         """A read gave zero bytes: True ends the conversation, False reads again.
@@ -95,28 +97,35 @@ class DeviceStream(ExchangeStream):
             read = await poll_after_reply(functools.partial(self._try_read, size))
             return read if read is not None else await self._read(size)
 
+    def _read_now(self, size: int) -> bytes:
+        """One read(2): what is waiting (empty at a zero read); BlockingIOError
+        when nothing is. Every read of the stream is one of these."""
+        self._check_open()
+        try:
+            data = os.read(self._device.fd_in, size)
+        except BlockingIOError:
+            raise
+        except OSError as err:
+            raise self._device.fail(err) from err
+        if data:
+            self.had_data = True
+        return data
+
     def _try_read(self, size: int) -> bytes | None:
         """What is waiting, or None: nothing yet, or a zero read, which
         :meth:`_read` leaves to :meth:`end_of_file`."""
-        self._check_open()
         try:
-            return os.read(self._device.fd_in, size) or None
+            return self._read_now(size) or None
         except BlockingIOError:
             return None
-        except OSError as err:
-            raise self._device.fail(err) from err
 
     async def _read(self, size: int) -> bytes:
-        fd = self._device.fd_in
         while True:
-            self._check_open()
             try:
-                data = os.read(fd, size)
+                data = self._read_now(size)
             except BlockingIOError:
-                await self._wait(trio.lowlevel.wait_readable, fd)
+                await self._wait(trio.lowlevel.wait_readable, self._device.fd_in)
                 continue
-            except OSError as err:
-                raise self._device.fail(err) from err
             if data or await self.end_of_file():
                 return data
 

@@ -36,15 +36,11 @@ class PortStream(DeviceStream):
     def __init__(self, device: Device, backoff: float = NO_HOST_BACKOFF) -> None:
         super().__init__(device)
         self._backoff = backoff
-        self._host_seen = False
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        data = await super().receive_some(max_bytes)
-        self._host_seen = True
-        return data
 
     async def end_of_file(self) -> bool:
-        if self._host_seen:
+        """``had_data`` is set by every read, ``receive_some`` and
+        ``send_then_receive`` alike, whatever order the session calls them in."""
+        if self.had_data:
             return True  # the host went away: this conversation is over
         await trio.sleep(self._backoff)  # no host attached yet
         return False

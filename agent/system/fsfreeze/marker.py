@@ -7,7 +7,7 @@ writes the mountpoints it freezes, as a JSON list, so that the thaw after a
 restart knows what to thaw. An empty or unreadable marker means "unknown":
 the thaw then covers every freezable filesystem of the mount table. A link or
 FIFO planted under its name (a shared state directory) is never followed nor
-read, and is not written through (``agent/ownfiles.py``).
+read, and is not written through (``agent.system.ownfiles``).
 """
 
 from __future__ import annotations

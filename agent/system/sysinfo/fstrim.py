@@ -1,7 +1,7 @@
 """FITRIM, the kernel call behind guest-fstrim, and the mounts qemu-ga trims.
 
 Safety net for test machines: when ``TRIO_QGA_FREEZE_ALLOW`` is set (the
-fsfreeze guard's list of scratch mountpoints, see agent/fsfreeze/ioctl.py),
+fsfreeze guard's list of scratch mountpoints, see ``agent.system.fsfreeze.ioctl``),
 FITRIM is refused on any other path and on the root filesystem's device, and
 the refusal is logged to ``TRIO_QGA_FREEZE_REFUSED`` for the test harness.
 """

@@ -1,16 +1,11 @@
-"""Small QGA clients for the tests: one over a trio stream, one over a unix socket."""
+"""Small QGA clients for the tests: one over a trio stream, one over a unix socket
+(agents started as processes: ``processes.py``)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +19,6 @@ def strict_json(line: bytes) -> Any:
     value = json.loads(line.decode("utf-8", "strict"))
     json.dumps(value, ensure_ascii=False).encode("utf-8", "strict")  # raises on a lone one
     return value
-
-
-def reply_lines(data: bytes) -> list[bytes]:
-    return [line for line in data.split(b"\n") if line]
 
 
 class StreamClient:
@@ -143,64 +134,3 @@ class SocketClient:
             if json.loads(line.lstrip(b"\xff")) == {"return": sync_id}:
                 return lines
             lines.append(line)
-
-
-AGENT_COMMAND = [sys.executable, "-m", "agent"]
-
-
-@contextmanager
-def running_agent(
-    tmp_path: Path, *extra: str, socket_name: str = "qga.sock"
-) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """Our agent as a process on a unix socket in ``tmp_path``; stopped with SIGTERM."""
-    sock = tmp_path / socket_name
-    proc = subprocess.Popen(
-        [
-            *AGENT_COMMAND,
-            "--transport",
-            f"unix-listen:{sock}",
-            "-t",
-            str(tmp_path),
-            "-f",
-            str(tmp_path / "agent.pid"),
-            *extra,
-        ],
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for_socket(sock, proc)
-        yield proc, sock
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(10)
-        if proc.stderr:
-            proc.stderr.close()
-
-
-def wait_or_kill(proc: subprocess.Popen[bytes], seconds: float) -> int:
-    """The process's exit status; killed if it has not exited within ``seconds``."""
-    try:
-        return proc.wait(seconds)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
-def wait_for_socket(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not sock.exists():
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"agent exited with {proc.returncode}: {err}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{sock} did not appear")
-        time.sleep(0.01)
-
-
-def environment_with_root() -> dict[str, str]:
-    """The test environment, with the project importable by a child process."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    return env

@@ -28,11 +28,14 @@ import time
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
+import pytest
 import trio
 
 from agent.host.vm import Drive, VmConfig, boot_files
 from agent.host.vm.cache import cache_dir
+from agent.host.vm.initramfs import shares_of
 from agent.host.vm.qemu import kernel_command_line
+from tests.support.markers import require_marker
 
 # Mounted on demand (ext4 asks the kernel for crc32c, crc32c_generic has it).
 MODULES = ("ext4", "crc32c_generic")
@@ -66,8 +69,25 @@ exec libvirtd -p "$1/libvirtd.pid"
 """
 
 
+def needs_libvirt() -> None:
+    """Skips loudly without root or libvirt (fails in CI, whose setup installs it)."""
+    missing = [tool for tool in ("virsh", "libvirtd", "virtlogd") if not shutil.which(tool)]
+    reason = None
+    if os.geteuid() != 0:
+        reason = "the libvirt test starts libvirtd and QEMU as root"
+    elif missing:
+        reason = f"{', '.join(missing)} missing: scripts/setup --test installs libvirt"
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 class LibvirtHost:
-    """virtlogd and libvirtd of our own, stopped by pid."""
+    """virtlogd and libvirtd of our own, stopped by pid. Several may run at once, each
+    with its own ``base`` (stop them in the reverse order: the first may have made
+    ``/run/libvirt``, which it removes)."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -76,6 +96,9 @@ class LibvirtHost:
         self._made_run_dir = False
 
     def start(self) -> None:
+        """libvirtd and virtlogd running, answering ``virsh``; only for tests marked
+        ``libvirt``."""
+        require_marker("libvirt")
         for sub in ("etc", "run", "lib", "log"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         (self.base / "etc" / "libvirtd.conf").write_text(
@@ -111,9 +134,19 @@ class LibvirtHost:
             check=False,
         )
 
+    def pause(self) -> None:
+        """Stop libvirtd (SIGSTOP): its clients' calls hang, as when its host is cut off."""
+        assert self.daemon is not None
+        self.daemon.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.daemon is not None
+        self.daemon.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Destroy what still runs, then stop libvirtd and virtlogd by their pids."""
         if self.daemon is not None and self.daemon.poll() is None:
+            self.resume()  # if paused
             for name in self.virsh("list", "--name").stdout.split():
                 self.virsh("destroy", name)
             self.daemon.send_signal(signal.SIGTERM)  # unshare and sh exec'd: it is libvirtd
@@ -142,20 +175,27 @@ def _wait_gone(pid: int, seconds: float) -> None:
 
 class GuestDomain:
     """One transient domain: the launcher's boot, a libvirt-owned agent channel, a small
-    ext4 second disk, user networking; ``command`` runs in the guest on every boot."""
+    ext4 second disk, user networking; ``command`` runs in the guest on every boot, and
+    the host directories ``shares`` are shared read-write at their own paths (9p
+    without a cache: what the host writes there shows in the guest at once)."""
 
     MAC = "52:54:00:51:71:0a"  # the same for every test domain: their replies compare
     HOSTNAME = "libvirt-guest"
 
-    def __init__(self, name: str, base: Path, command: list[str]) -> None:
+    def __init__(
+        self, name: str, base: Path, command: list[str], shares: tuple[Path, ...] = ()
+    ) -> None:
         self.name = name
         self.base = base
         self.command = command
+        self.shares = shares
         self.console = base / "console.log"
 
     def prepare(self) -> Path:
-        """Write the boot files, the disk and the domain XML; the XML's path."""
-        self.base.mkdir(parents=True)
+        """Write the boot files, the disk and the domain XML; the XML's path. Only for
+        tests marked ``vm`` (the domain boots the VM launcher's guest)."""
+        require_marker("vm")
+        self.base.mkdir(parents=True, exist_ok=True)
         disk = self.base / "disk.img"
         with open(disk, "wb") as image:
             image.truncate(64 << 20)
@@ -166,15 +206,21 @@ class GuestDomain:
             drives=(Drive(disk),),
             hostname=self.HOSTNAME,
             modules=MODULES,
+            shares=self.shares,
         )
         files = trio.run(boot_files, config, self.base)
         xml = self.base / "domain.xml"
+        shares = "".join(
+            "\n    <filesystem type='mount' accessmode='squash' multidevs='remap'>"
+            f"<source dir={quoteattr(str(path))}/><target dir='{tag}'/></filesystem>"
+            for tag, path in shares_of(config)
+        )
         xml.write_text(
-            self.xml(files.kernel.image, files.initrd, kernel_command_line(config), disk)
+            self.xml(files.kernel.image, files.initrd, kernel_command_line(config), disk, shares)
         )
         return xml
 
-    def xml(self, kernel: Path, initrd: Path, cmdline: str, disk: Path) -> str:
+    def xml(self, kernel: Path, initrd: Path, cmdline: str, disk: Path, shares: str) -> str:
         return f"""\
 <domain type='qemu'>
   <name>{self.name}</name>
@@ -193,7 +239,7 @@ class GuestDomain:
     <emulator>{shutil.which("qemu-system-x86_64")}</emulator>
     <filesystem type='mount' accessmode='squash' multidevs='remap'>
       <source dir='/'/><target dir='root'/><readonly/>
-    </filesystem>
+    </filesystem>{shares}
     <disk type='file' device='disk'>
       <driver name='qemu' type='raw' discard='unmap'/>
       <source file={quoteattr(str(disk))}/><target dev='vda' bus='virtio'/>

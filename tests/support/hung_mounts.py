@@ -1,12 +1,12 @@
 """Hung mounts for the tests, in a mount namespace of their own.
 
-``hung_mounts`` (module scope) mounts two ``tests/hungfs.py`` filesystems: a
+``hung_mounts`` (module scope) mounts two ``hungfs.py`` filesystems: a
 plain ``fuse`` one and a ``fuseblk`` one on a loop device (what disk and
 filesystem walkers take for a real disk). They live in a private mount
 namespace held by a sleeping process, so nothing else on this machine (other
 test runs, monitoring, the host's own walkers) ever sees them hang; agents
 under test are started inside that namespace with :meth:`HungMounts.command`.
-The namespace also holds a copy of the scratch xfs (tests/scratch.py), a
+The namespace also holds a copy of the scratch xfs (``scratch.py``), a
 filesystem that freezes, deeper than the fuseblk mount so that a freeze of
 both freezes it first.
 
@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 
 from agent.system.fsfreeze.ioctl import ALLOW_ENV
-from tests.qga_client import environment_with_root, wait_or_kill
-from tests.scratch import Scratch
+from tests.support.processes import wait_or_kill
+from tests.support.scratch import Scratch
 
 HUNGFS = str(Path(__file__).with_name("hungfs.py"))
 
@@ -57,10 +57,9 @@ class HungMounts:
         return ["nsenter", "-t", str(self.holder.pid), "-m", "--", *argv]
 
     def environment(self) -> dict[str, str]:
-        """For agents: the project importable, the fuseblk mount freezable."""
-        env = environment_with_root()
-        env[ALLOW_ENV] = os.pathsep.join(filter(None, [env.get(ALLOW_ENV, ""), str(self.blk)]))
-        return env
+        """What an agent's environment adds: the fuseblk mount freezable."""
+        allowed = os.environ.get(ALLOW_ENV, "")
+        return {ALLOW_ENV: os.pathsep.join(filter(None, [allowed, str(self.blk)]))}
 
     def _steer(self, word: str) -> None:
         for daemon in self.daemons:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.qga_client import running_agent, wait_for_socket, wait_or_kill
+from tests.support.markers import require_marker
+from tests.support.processes import running_agent, stop, wait_for_socket
 
 
 def qemu_ga_binary() -> str:
-    """The path of qemu-ga; fails in CI (which installs it), skips loudly elsewhere."""
+    """The path of qemu-ga; fails in CI (which installs it), skips loudly elsewhere.
+    Only for tests marked ``qemu_ga``."""
+    require_marker("qemu_ga")
     found = shutil.which("qemu-ga") or (
         "/usr/sbin/qemu-ga" if Path("/usr/sbin/qemu-ga").exists() else None
     )
@@ -52,10 +54,7 @@ def running_qemu_ga(workdir: Path, *extra: str) -> Iterator[Path]:
         wait_for_socket(sock, proc)
         yield sock
     finally:
-        proc.send_signal(signal.SIGTERM)
-        wait_or_kill(proc, 10)
-        if proc.stderr:
-            proc.stderr.close()
+        stop(proc)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
 """Agents for the tests, run as production runs them (``async with``).
 
-``agent_factory(**overrides)`` builds an agent from ``agent_config`` (which
-keeps the ``mount_table=os.devnull`` safety default): keywords of
-:class:`agent.Agent` (``executor``, ``root``, ``clock``, ``freezer``,
-``trim``, ``handlers``, ``schema``) go to the agent, the others replace
-fields of the configuration. :func:`served` runs an agent and serves it on
-one end of a memory stream; :func:`session` serves an agent that already
-runs (a host that reconnects).
+``agent_factory(**overrides)`` is how a test builds an agent: from
+``agent_config`` (which keeps the ``mount_table=os.devnull`` safety default),
+keywords of :class:`agent.Agent` (the seams: ``executor``, ``root``, ``clock``,
+``freezer``, ``trim``, ``handlers``, ``schema``) go to the agent, the others
+replace fields of the configuration. :func:`served` runs an agent and serves it
+on one end of a memory stream; :func:`session` serves an agent that already
+runs (a host that reconnects). Agents as processes: ``processes.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig
-from tests.qga_client import StreamClient
+from tests.support.clients import StreamClient
 
 AgentFactory = Callable[..., Agent]
 _AGENT_KEYWORDS = frozenset(inspect.signature(Agent).parameters) - {"config"}
@@ -38,9 +38,9 @@ def agent_factory(agent_config: AgentConfig) -> AgentFactory:
 
 
 @pytest.fixture
-async def agent(agent_config: AgentConfig) -> AsyncIterator[Agent]:
+async def agent(agent_factory: AgentFactory) -> AsyncIterator[Agent]:
     """An agent of ``agent_config``, running."""
-    async with Agent(agent_config) as running:
+    async with agent_factory() as running:
         yield running
 
 

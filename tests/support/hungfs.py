@@ -3,7 +3,7 @@
 Run as its own process (a FUSE daemon blocked in the test process would
 deadlock the test itself)::
 
-    python tests/hungfs.py MOUNTPOINT [--blkdev DEVICE]
+    python tests/support/hungfs.py MOUNTPOINT [--blkdev DEVICE]
 
 It serves one directory holding ``data`` (DATA_SIZE bytes, writable, kept in
 memory). Lines on its standard input steer it: ``hold`` makes every

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import trio
 from agent.host.execution import Chunk
 from agent.host.vm import BootFailed, GuestCommandFailed, VmConfig, VmTimeout, boot_vm
 from agent.host.vm.background import BackgroundVm
+from tests.support.vm import children, private_tempdir, vm_directories
 
 pytestmark = pytest.mark.vm
 
@@ -75,23 +75,12 @@ async def test_async_tests_connect_in_their_own_loop(qga_vm: BackgroundVm) -> No
         assert result.stdout == b"one\ntwo\n"
 
 
-def _leftovers() -> set[str]:
-    """What a VM leaves behind if anything: its directory in the temporary directory."""
-    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("trio-qga-vm.")}
+@pytest.fixture
+def tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    return private_tempdir(monkeypatch, tmp_path)
 
 
-def _children() -> set[int]:
-    """Our processes' children (a QEMU left running would be one)."""
-    tasks = Path(f"/proc/{os.getpid()}/task")
-    found: set[int] = set()
-    for task in tasks.iterdir():
-        with open(task / "children") as children:
-            found.update(int(pid) for pid in children.read().split())
-    return found
-
-
-async def test_two_vms_at_once_each_with_its_own_sockets(tmp_path: Path) -> None:
-    before = _leftovers()
+async def test_two_vms_at_once_each_with_its_own_sockets(tmp: Path) -> None:
     names: dict[str, str] = {}
     paths: dict[str, Path] = {}
 
@@ -107,26 +96,25 @@ async def test_two_vms_at_once_each_with_its_own_sockets(tmp_path: Path) -> None
     assert names == {"first": "first", "second": "second"}
     assert paths["first"] != paths["second"]
     assert not any(path.exists() for path in paths.values())
-    assert _leftovers() == before
+    assert vm_directories(tmp) == set()
 
 
-async def test_a_guest_that_does_not_boot_says_why() -> None:
-    before = _leftovers()
+async def test_a_guest_that_does_not_boot_says_why(tmp: Path) -> None:
     with pytest.raises(BootFailed, match=r"(?s)before its agent answered.*Kernel panic"):
         async with boot_vm(VmConfig(append="rdinit=/no/such/init", cpus=1)):
             pytest.fail("booted")
-    assert _leftovers() == before
+    assert vm_directories(tmp) == set()
 
 
-async def test_an_agent_that_never_answers_is_stopped_at_the_boot_timeout() -> None:
-    before, children = _leftovers(), _children()
+async def test_an_agent_that_never_answers_is_stopped_at_the_boot_timeout(tmp: Path) -> None:
+    before = children(os.getpid())
     config = VmConfig(agent=("sleep", "1000"), boot_timeout=20, cpus=1)
     with pytest.raises(VmTimeout, match="did not answer within 20 s") as timeout:
         async with boot_vm(config):
             pytest.fail("answered")
     assert "trio-qga-vm: agent" in str(timeout.value)  # the console's last lines
-    assert _leftovers() == before
-    assert _children() <= children  # QEMU is gone
+    assert vm_directories(tmp) == set()
+    assert children(os.getpid()) <= before  # QEMU is gone
 
 
 def test_the_command_line_runs_a_program_and_exits_with_its_status() -> None:

@@ -1,6 +1,8 @@
 """Twenty boots in a row, some cancelled while booting and some while a command runs,
-and the command line interrupted both ways: after each, nothing of the VM is left
-(no QEMU, no socket or directory of its own, no mount, no open file)."""
+and the command line interrupted (Ctrl-C, SIGTERM, SIGKILL): after each, nothing of
+the VM is left (no QEMU, no socket or directory of its own, no mount, no open file).
+The launcher's temporary directory is the test's own: other VMs on the machine do not
+count."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ import pytest
 import trio
 
 from agent.host.vm import VmConfig, boot_vm
+from agent.host.vm.rundir import remove_abandoned
+from tests.support.vm import children, private_tempdir, vm_directories
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 # Where to cancel a boot, in seconds from its start: while the launcher prepares,
@@ -40,22 +43,8 @@ class Traces:
     mounts: str
 
     @classmethod
-    def now(cls) -> Traces:
-        return cls(_children(os.getpid()), _run_directories(), _open_fds(), _mounts())
-
-
-def _children(pid: int) -> frozenset[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with open(task / "children") as children:
-            found.update(int(child) for child in children.read().split())
-    return frozenset(found)
-
-
-def _run_directories() -> frozenset[str]:
-    return frozenset(
-        name for name in os.listdir(tempfile.gettempdir()) if name.startswith("trio-qga-vm.")
-    )
+    def now(cls, tmp: Path) -> Traces:
+        return cls(children(os.getpid()), vm_directories(tmp), _open_fds(), _mounts())
 
 
 def _open_fds() -> int:
@@ -86,38 +75,49 @@ async def one(kind: str, delay: float) -> str:
     return "ran and ended"
 
 
-async def test_twenty_boots_some_cancelled_leave_nothing_behind() -> None:
-    before = Traces.now()
+@pytest.fixture
+def tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    return private_tempdir(monkeypatch, tmp_path)
+
+
+async def test_twenty_boots_some_cancelled_leave_nothing_behind(tmp: Path) -> None:
+    before = Traces.now(tmp)
     took = []
     for kind, delay in PLAN:
         started = time.monotonic()
         outcome = await one(kind, delay)
         took.append(f"{kind} {delay:g} s: {outcome} in {time.monotonic() - started:.1f} s")
-        assert Traces.now() == before, took[-1]
+        assert Traces.now(tmp) == before, took[-1]
     print("\n" + "\n".join(took))
 
 
 @pytest.mark.parametrize(
     ("signal_number", "after_boot", "status"),
-    [(signal.SIGINT, False, 130), (signal.SIGTERM, True, 143)],
-    ids=["ctrl-c-while-booting", "sigterm-while-running"],
+    [(signal.SIGINT, False, 130), (signal.SIGTERM, True, 143), (signal.SIGKILL, True, -9)],
+    ids=["ctrl-c-while-booting", "sigterm-while-running", "sigkill-while-running"],
 )
 def test_the_command_line_interrupted_stops_its_vm(
-    signal_number: int, after_boot: bool, status: int, tmp_path: Path
+    signal_number: int, after_boot: bool, status: int, tmp: Path, tmp_path: Path
 ) -> None:
-    before = _run_directories()
+    """Killed outright, it cannot clean up: QEMU dies with it all the same, and the
+    next boot removes the directory it left (``rundir``)."""
     marker = tmp_path / "running"  # written through the share once the program runs
     script = f"touch {marker}; sleep 100"
     cli = subprocess.Popen([*CLI, "--rw", str(tmp_path), "--", "sh", "-c", script])
     deadline = time.monotonic() + 600
     qemu: set[int] = set()
     while not qemu or (after_boot and not marker.exists()):
-        qemu |= _children(cli.pid)
+        qemu |= children(cli.pid)
         assert cli.poll() is None
         assert time.monotonic() < deadline
         time.sleep(0.1)
     cli.send_signal(signal_number)
     assert cli.wait(60) == status
-    for pid in qemu:
-        assert not Path(f"/proc/{pid}").exists(), f"QEMU {pid} still runs"
-    assert _run_directories() == before
+    gone = time.monotonic() + 10  # SIGKILL: the kernel kills QEMU (PR_SET_PDEATHSIG)
+    while any(Path(f"/proc/{pid}").exists() for pid in qemu):
+        assert time.monotonic() < gone, f"QEMU {qemu} still runs"
+        time.sleep(0.05)
+    if signal_number == signal.SIGKILL:
+        [left] = vm_directories(tmp)
+        assert remove_abandoned(tmp) == [tmp / left]
+    assert vm_directories(tmp) == set()

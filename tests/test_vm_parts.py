@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.host.vm import cache, elf, initramfs, kernel, qemu
+from agent.host.vm import cache, elf, initramfs, kernel, qemu, rundir
 from agent.host.vm.config import RUNDIR, Drive, VmConfig
 from agent.host.vm.cpio import CpioWriter
 from agent.host.vm.errors import VmError
@@ -303,3 +303,25 @@ def test_kvm_only_with_hardware_virtualisation(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(qemu, "kvm_usable", lambda: False)
     assert qemu.choose_accel(VmConfig()) == "tcg"
     assert qemu.choose_accel(VmConfig(accel="kvm")) == "kvm"  # as asked
+
+
+def test_a_killed_launcher_s_directory_goes_at_the_next_boot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removed: a VM directory whose lock is free. Kept: one whose launcher runs (its
+    lock held), one without the lock file (being made), anything else."""
+    abandoned, being_made, other = (tmp_path / name for name in ("a", "b", "other"))
+    for directory in (abandoned, being_made, other):
+        directory.mkdir()
+    abandoned = abandoned.rename(tmp_path / f"{rundir.PREFIX}abandoned")
+    being_made = being_made.rename(tmp_path / f"{rundir.PREFIX}new")
+    (abandoned / rundir.LOCK).touch()
+    (other / rundir.LOCK).touch()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with rundir.run_directory() as running:
+        assert abandoned.exists() is False
+        assert rundir.remove_abandoned(tmp_path) == []  # the running one's lock is held
+        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+            [running.name, being_made.name, "other"]
+        )
+    assert not running.exists()

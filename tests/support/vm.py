@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import compileall
 import json
+import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agent.host.vm.background import BackgroundVm
 from agent.host.vm.config import AGENT_PORT as AGENT_PORT  # the agents under test's port
@@ -64,6 +68,31 @@ def installed_agent() -> list[str]:
     command = shutil.which("trio-qga", path=str(Path(sys.executable).parent))
     assert command is not None, "trio-qga is not installed beside this interpreter"
     return [command]
+
+
+def private_tempdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The launcher's temporary directory (its VMs' own directories), for this test
+    alone, in this process and the processes it starts: what is left there is this
+    test's, whatever other VMs run on the machine."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    monkeypatch.setenv("TMPDIR", str(directory))
+    return directory
+
+
+def vm_directories(directory: Path) -> frozenset[str]:
+    """The VMs' own directories in ``directory`` (one each while it runs)."""
+    return frozenset(name for name in os.listdir(directory) if name.startswith("trio-qga-vm."))
+
+
+def children(pid: int) -> frozenset[int]:
+    """The children of process ``pid`` (a QEMU left running would be one of ours)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with open(task / "children") as listed:
+            found.update(int(child) for child in listed.read().split())
+    return frozenset(found)
 
 
 class HostEnd:

@@ -17,10 +17,8 @@ import compileall
 import contextlib
 import logging
 import math
-import shutil
 import socket
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from agent.host.vm.kernel import Kernel, current_kernel
 from agent.host.vm.packages import ensure_packages, qemu_binary
 from agent.host.vm.process import Qemu, running_qemu
 from agent.host.vm.qemu import Wiring, choose_accel, command_line
+from agent.host.vm.rundir import run_directory
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +290,7 @@ async def _running(
 ) -> AsyncIterator[_Machine]:
     """QEMU running with its console read; stopped, reaped and cleaned up after."""
     with (
-        _run_directory() as run,
+        run_directory() as run,
         _sockets(run, config) as sockets,
         contextlib.closing(console.open(run / "console.log")),
     ):
@@ -320,15 +319,6 @@ async def _running(
                     await qemu.stop()
                 # What QEMU wrote last may still be on its way.
                 nursery.cancel_scope.deadline = trio.current_time() + CONSOLE_DRAIN
-
-
-@contextlib.contextmanager
-def _run_directory() -> Iterator[Path]:
-    run = Path(tempfile.mkdtemp(prefix="trio-qga-vm."))
-    try:
-        yield run
-    finally:
-        shutil.rmtree(run, ignore_errors=True)
 
 
 @dataclass

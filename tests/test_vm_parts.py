@@ -17,6 +17,7 @@ from agent.host.vm import cache, elf, initramfs, kernel, qemu, rundir
 from agent.host.vm.config import RUNDIR, Drive, VmConfig
 from agent.host.vm.cpio import CpioWriter
 from agent.host.vm.errors import VmError
+from agent.host.vm.guest_cache import with_guest_cache
 from agent.host.vm.kernel import ModuleIndex, host_kernel_files, module_name
 from agent.host.vm.packages import static_busybox
 
@@ -194,6 +195,21 @@ def test_trio_qga_is_the_agent_unless_told_otherwise() -> None:
     assert settings(VmConfig(agent_port="test.0", ports=("org.qemu.guest_agent.0",)))["PORTS"] == (
         "test.0 org.qemu.guest_agent.0"
     )
+
+
+def test_the_guest_agent_keeps_its_plugin_record_in_the_launcher_s_cache(
+    tmp_path: Path,
+) -> None:
+    config = with_guest_cache(VmConfig(shares=(tmp_path,), agent_args=("-v",)), tmp_path / "c")
+    kept = tmp_path / "c" / "guest-cache"
+    assert kept.is_dir()
+    assert config.shares == (tmp_path, kept)
+    agent = shlex.split(settings(config)["AGENT"])
+    assert agent[agent.index("--cache-dir") + 1] == str(kept)
+    assert agent[-1] == "-v"  # the user's arguments come last: theirs win
+    own = VmConfig(agent=("/bin/my-agent",))  # not ours: nothing to keep for it
+    assert with_guest_cache(own, tmp_path / "d") == own
+    assert not (tmp_path / "d").exists()
 
 
 def test_settings_that_the_init_could_not_read_are_refused(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from agent.host.vm.config import VmConfig
 from agent.host.vm.console import Console, Step
 from agent.host.vm.errors import BootFailed, VmError, VmTimeout
 from agent.host.vm.groups import single_error
+from agent.host.vm.guest_cache import with_guest_cache
 from agent.host.vm.initramfs import BaseImage, base_image, write_initrd
 from agent.host.vm.kernel import Kernel, current_kernel
 from agent.host.vm.packages import ensure_packages, qemu_binary
@@ -242,7 +243,7 @@ async def boot_vm(
     of the guest's boot; ``console_log`` keeps the console after the VM is gone;
     ``console_echo`` gets it as it comes.
     Raises :class:`BootFailed` or :class:`VmTimeout` with the console's last lines."""
-    config = config or VmConfig()
+    config = with_guest_cache(config or VmConfig(), cache_dir())
     kernel, base, accel = await prepare(config, notice)
     with single_error():
         async with (

@@ -26,6 +26,7 @@ VMs and libvirt
   vm_modules       kernel modules run-in-vm's kernel lacks
   libvirt_host     libvirt's daemons of our own, and throw-away domains
   vm_agent.py, vm_guest.py, vm_qe_guest.py, libvirt-guest: what the guests run;
+  vm_package_guest.py: the packaging test's steps in a systemd guest;
   libvirt-initramfs: the libvirt domains' initramfs
 
 markers            the ``qemu_ga``, ``vm`` and ``libvirt`` markers, checked where the

@@ -1,0 +1,231 @@
+"""The release artifacts, built as a release builds them (``scripts/build-deb``:
+``python -m build``, then the .deb, then lintian) into the test's directory, and
+what they hold: twine's check, a clean venv from the wheel, the .deb's files,
+fields and bytecode. Installing the .deb is the VM's to prove (issue 24's
+launcher, ``tests/support/vm_package_guest.py``): here nothing is installed."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.version import VERSION
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_TIMEOUT = 1500  # seconds: PyPI downloads, compiling, xz and lintian on a busy host
+
+
+@dataclass(frozen=True)
+class Built:
+    wheel: Path
+    sdist: Path
+    deb: Path
+    tree: Path  # the .deb unpacked (dpkg-deb -R)
+    log: str
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    missing = [tool for tool in ("dpkg-buildpackage", "dh", "lintian") if not shutil.which(tool)]
+    if missing or not Path("/usr/bin/python3.11").exists():
+        message = f"scripts/setup --test installs what build-deb needs: missing {missing}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "build-deb"), "--outdir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (deb,) = out.glob("trio-qga_*.deb")
+    tree = out / "tree"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True, timeout=120)
+    return Built(
+        wheel=out / f"trio_qga-{VERSION}-py3-none-any.whl",
+        sdist=out / f"trio_qga-{VERSION}.tar.gz",
+        deb=deb,
+        tree=tree,
+        log=result.stdout + result.stderr,
+    )
+
+
+def test_build_deb_makes_the_three_artifacts_and_lintian_passes(built: Built) -> None:
+    assert built.wheel.is_file()
+    assert built.sdist.is_file()
+    assert re.fullmatch(rf"trio-qga_{re.escape(VERSION)}-\d+_\w+\.deb", built.deb.name)
+    assert "build-deb: lintian" in built.log  # and it exited 0: --fail-on error,warning
+
+
+def test_twine_check_passes(built: Built) -> None:
+    twine = Path(sys.executable).parent / "twine"
+    result = subprocess.run(
+        [str(twine), "check", "--strict", str(built.wheel), str(built.sdist)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_wheel_holds_the_data_files_and_its_metadata(built: Built) -> None:
+    with zipfile.ZipFile(built.wheel) as wheel:
+        names = set(wheel.namelist())
+        metadata = wheel.read(f"trio_qga-{VERSION}.dist-info/METADATA").decode()
+    for name in (ROOT / "agent" / "data").iterdir():
+        assert f"agent/data/{name.name}" in names
+    assert "License-Expression: GPL-2.0-or-later" in metadata
+    assert "Project-URL: Source," in metadata
+    assert "Classifier: Operating System :: POSIX :: Linux" in metadata
+    requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    for host_only in ("rich", "libvirt-python"):
+        assert all("extra ==" in line for line in requires if host_only in line), (
+            f"{host_only} must be an extra's"
+        )
+
+
+def test_the_sdist_is_the_whole_source(built: Built) -> None:
+    with tarfile.open(built.sdist) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    for path in ("debian/rules", "scripts/build-deb", "docs/packaging.md", "LICENSE"):
+        assert path in names
+
+
+def test_a_clean_venv_from_the_wheel_gets_a_working_agent_and_no_host_extras(
+    built: Built, tmp_path: Path
+) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run(
+        [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", str(built.wheel)],
+        check=True,
+        timeout=600,
+    )
+    listed = subprocess.run(
+        [str(venv / "bin/pip"), "list", "--format=freeze", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.lower()
+    assert "trio-qga==" in listed
+    assert "rich==" not in listed
+    assert "libvirt" not in listed
+    help_text = subprocess.run(
+        [str(venv / "bin/trio-qga"), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert help_text.returncode == 0
+    assert "--fsfreeze-hook" in help_text.stdout
+    version = subprocess.run(
+        [str(venv / "bin/trio-qga"), "-V"], capture_output=True, text=True, timeout=60
+    )
+    assert version.stdout.strip() == f"trio-qga {VERSION} (QEMU guest agent protocol)"
+    service = subprocess.run(
+        [str(venv / "bin/trio-qga-service"), "install", "--root", str(tmp_path / "root")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert service.returncode == 0, service.stderr
+    unit = (tmp_path / "root/etc/systemd/system/trio-qga.service").read_text()
+    assert f"ExecStart={venv}/bin/trio-qga\n" in unit
+
+
+def test_the_deb_stands_in_for_qemu_guest_agent(built: Built) -> None:
+    control = (built.tree / "DEBIAN/control").read_text()
+    for field in ("Provides", "Conflicts", "Replaces"):
+        assert f"\n{field}: qemu-guest-agent\n" in control
+    assert re.search(r"\nDepends: python3\.11,", control)
+    assert f"\nVersion: {VERSION}-" in control
+    assert (built.tree / "DEBIAN/conffiles").read_text().split() == ["/etc/qemu/fsfreeze-hook"]
+
+
+def test_the_deb_holds_the_agent_and_what_starts_it(built: Built) -> None:
+    tree = built.tree
+    for path in (
+        "lib/systemd/system/trio-qga.service",
+        "lib/systemd/system/trio-qga-vsock.socket",
+        "lib/systemd/system/trio-qga-vsock.service",
+        "lib/udev/rules.d/60-trio-qga.rules",
+        "etc/qemu/fsfreeze-hook",
+        "usr/share/trio-qga/qemu-ga.conf",
+        "usr/share/man/man8/trio-qga.8.gz",
+        "usr/lib/trio-qga/bin/trio-qga-service",
+    ):
+        assert (tree / path).is_file(), path
+    assert (tree / "etc/qemu/fsfreeze-hook.d").is_dir()
+    assert not (tree / "etc/qemu/qemu-ga.conf").exists()  # postinst's, not a conffile
+    assert os.readlink(tree / "usr/sbin/trio-qga") == "../lib/trio-qga/bin/trio-qga"
+    assert os.readlink(tree / "usr/lib/trio-qga/bin/python3.11") == "../../../bin/python3.11"
+    assert (
+        (tree / "usr/lib/trio-qga/bin/trio-qga")
+        .read_text()
+        .startswith("#!/usr/lib/trio-qga/bin/python3.11\n")
+    )
+    unit = (tree / "lib/systemd/system/trio-qga.service").read_text()
+    assert unit == (ROOT / "agent/data/trio-qga.service").read_text()
+
+
+def test_the_deb_s_environment_has_no_build_tools_nor_build_paths(built: Built) -> None:
+    venv = built.tree / "usr/lib/trio-qga"
+    site = venv / "lib/python3.11/site-packages"
+    assert not list(site.glob("pip*"))
+    assert not list(site.glob("setuptools*"))
+    assert not list(venv.glob("bin/activate*"))
+    assert not list(site.glob("*.dist-info/direct_url.json"))
+    assert "command" not in (venv / "pyvenv.cfg").read_text()
+    assert "home = /usr/bin\n" in (venv / "pyvenv.cfg").read_text()
+
+
+def test_the_deb_s_bytecode_is_compiled_for_the_installed_paths(built: Built) -> None:
+    """Every module has its bytecode, hash-based and unchecked: nothing is compiled
+    or written at start, and no mtime clamped by dpkg-deb matters."""
+    site = built.tree / "usr/lib/trio-qga/lib/python3.11/site-packages"
+    sources = list((site / "agent").rglob("*.py"))
+    assert sources
+    for source in sources:
+        (pyc,) = (source.parent / "__pycache__").glob(f"{source.stem}.cpython-311.pyc")
+        data = pyc.read_bytes()
+        assert int.from_bytes(data[4:8], "little") == 0b01, pyc  # hash-based, unchecked
+        code = marshal.loads(data[16:])
+        assert code.co_filename == "/" + str(source.relative_to(built.tree)), pyc
+
+
+def test_every_bundled_distribution_is_in_debian_copyright(built: Built) -> None:
+    copyright_text = (ROOT / "debian/copyright").read_text()
+    site = built.tree / "usr/lib/trio-qga/lib/python3.11/site-packages"
+    for info in site.glob("*.dist-info"):
+        name = info.name.removesuffix(".dist-info").rsplit("-", 1)[0]
+        if name == "trio_qga":
+            continue
+        pattern = f"site-packages/{name}-*.dist-info/*"
+        assert pattern in copyright_text, f"debian/copyright does not name {name}"
+
+
+def test_the_maintainer_scripts_are_ours_with_debhelper_s(built: Built) -> None:
+    scripts = built.tree / "DEBIAN"
+    for name in ("preinst", "postinst", "prerm"):
+        text = (scripts / name).read_text()
+        assert "wait-thawed --if-running" in text, name
+        assert "#DEBHELPER#" not in text
+    prerm = (scripts / "prerm").read_text()
+    assert "deb-systemd-invoke stop" in prerm
+    # debhelper neither stops the agent before an upgrade nor restarts it unguarded.
+    assert "deb-systemd-invoke stop" not in (scripts / "preinst").read_text()
+    postinst = (scripts / "postinst").read_text()
+    assert postinst.count("deb-systemd-invoke") == 1

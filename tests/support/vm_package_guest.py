@@ -34,6 +34,7 @@ this script's). Nothing waits without a bound.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -53,12 +54,12 @@ HOOK = Path("/etc/qemu/fsfreeze-hook")
 VENV = Path("/opt/trio-qga")
 START_TIMEOUT = 120.0  # seconds for an agent to be active (TCG, emulated start-up)
 COMMAND_TIMEOUT = 600.0  # seconds for one apt-get, dpkg or pip under emulation
-# apt-get without a network: local .debs only, no prompt, the conffile default kept.
+# apt-get on local .debs (the guest has no network; --no-download would refuse a
+# local file): no prompt, a changed conffile kept.
 APT = [
     "apt-get",
     "-y",
     "-q",
-    "--no-download",
     "-o",
     "Dpkg::Options::=--force-confdef",
     "-o",
@@ -332,8 +333,14 @@ def main(argv: Sequence[str]) -> int:
     if not argv or argv[0] not in STEPS:
         print(__doc__, file=sys.stderr)
         return 2
+    step = STEPS[argv[0]]
     try:
-        result = STEPS[argv[0]](*argv[1:])
+        inspect.signature(step).bind(*argv[1:])
+    except TypeError as err:
+        print(f"{argv[0]}: {err}\n{__doc__}", file=sys.stderr)
+        return 2
+    try:
+        result = step(*argv[1:])
     except (StepFailed, subprocess.TimeoutExpired, OSError) as err:
         print(json.dumps({"ok": False, "step": argv[0], "error": str(err)}))
         return 1

@@ -10,6 +10,13 @@ test may freeze anything but the scratch filesystems of ``tests/support/scratch.
 agent, in this process or started by it, refuses FIFREEZE elsewhere) and
 fails the test in which a refusal happened; agents of ``agent_config`` get a
 mount table that lists nothing (``/dev/null``).
+
+The machine's own files: ``tests/support/default_paths.py`` fails a test, and the
+session, that creates or changes any of the agent's default paths
+(``/var/cache/trio-qga``, and ``qemu-ga.pid`` and ``qga.state*`` in
+``/var/run``). Agents of ``agent_config`` keep their state in the test's
+temporary directory and load no plugin; ``trio-qga`` processes started by a
+test get ``-t``, ``--cache-dir`` (and ``-f`` when they write a pid file) in it.
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ with the client's ``run`` (the same as ``trio-qga-client run``)::
 
 ``qga_client`` is a :class:`agent.host.client.QgaClient` connected over an in-memory
 stream to ``qga_agent``, a fresh :class:`agent.Agent` built from ``qga_config``
-(state in the test's temporary directory, no pid file, and an empty mount
-table: a test that calls ``guest-fsfreeze-freeze`` must not freeze the machine
-it runs on); override ``qga_config`` to configure it. Leaving the test stops the
+(state in the test's temporary directory, no pid file, no plugins, and an
+empty mount table: a test that calls ``guest-fsfreeze-freeze`` must not
+freeze the machine it runs on); override ``qga_config`` to configure it
+(``plugins=True`` loads the installed plugins). Leaving the test stops the
 agent: handles closed, filesystems thawed. Async fixtures need pytest-trio
 (``trio_mode = true`` or ``@pytest.mark.trio``).
 """

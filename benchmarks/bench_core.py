@@ -1,8 +1,8 @@
 """Core protocol benchmark: trio-qga and the real qemu-ga side by side, in one run.
 
-    .venv/bin/python benchmarks/bench_core.py [--quick] [--size MIB] [--json FILE]
+    .venv/bin/python benchmarks/bench_core.py [--quick] [--size MIB] [--only ROW ...]
 
-Both agents run as processes on unix sockets, driven by the same blocking
+The agents run as processes on unix sockets, driven by the same blocking
 Python client: start-up to the first reply and memory once started, ping
 latency, pipelined pings, connect + 0xFF sync + ping + close cycles, the
 agent's CPU per MiB of 4 KiB reads, and memory after 1 MiB and 16 MiB reads
@@ -12,9 +12,10 @@ CPU time, the steadier figure on a busy machine) and memory, an interpreter
 that imports trio and pydantic and nothing else; for the ping, connect and
 4 KiB read rows, ``benchmarks/stack_floor.py``, a bare server answering the
 same requests with trio's own streams and the stdlib. Rounds alternate
-between the agents so that machine noise hits both; each row gives the
-medians and the ratio of each round (ours / theirs), its median and range,
-never a pass/fail.
+between the agents so that machine noise hits them all; each row gives the
+medians and ratios taken round by round (``benchmarks/report.py``), never a
+pass/fail. :func:`measure` takes any number of trio-qga builds:
+``benchmarks/ab.py`` compares two.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import contextlib
 import json
 import os
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -33,20 +35,25 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pybase64
+
+if __package__ in (None, ""):  # run as a script: the project's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import report
+from benchmarks.report import FLOOR, Metric
 
 PING = b'{"execute":"guest-ping"}\n'
 PING_REPLY = b'{"return": {}}\n'
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 TICKS = os.sysconf("SC_CLK_TCK")
-# The floor: what the stack this agent is built on costs by itself.
-FLOOR = "floor"
+# The floor (what the stack this agent is built on costs by itself) is named FLOOR.
 FLOOR_IMPORTS = "import trio, pydantic"
 # Seconds between a host leaving after its transfers and the memory reading: the
 # agent has to see the end of the connection first (trio-qga then gives freed
@@ -54,17 +61,45 @@ FLOOR_IMPORTS = "import trio, pydantic"
 SETTLE = 0.5
 
 
-@dataclass
+# Seconds an agent has to answer its first sync after it was started.
+START_TIMEOUT = 30.0
+
+
+class AgentError(RuntimeError):
+    """An agent that did not start, or stopped answering: what it said is in the message."""
+
+
+@dataclass(frozen=True)
 class Agent:
     name: str
     command: Callable[[Path, Path], list[str]]  # (socket, workdir) -> argv
 
 
-def ours(sock: Path, workdir: Path, cache_dir: str | None = None) -> list[str]:
-    """trio-qga as a guest starts it: its plugin record in ``workdir/cache`` (made by
-    the first start), as every boot after the first finds it in /var/cache/trio-qga."""
+def trio_qga(name: str = "trio-qga", python: str | Path = sys.executable) -> Agent:
+    """trio-qga run by ``python`` (an interpreter it is installed for) as a guest starts
+    it: its plugin record in ``workdir/cache`` (made by the first start), as every boot
+    after the first finds it in /var/cache/trio-qga."""
+
+    def command(sock: Path, workdir: Path) -> list[str]:
+        return _trio_qga_argv(python, sock, workdir, str(workdir / "cache"))
+
+    return Agent(name, command)
+
+
+def first_start(agent: Agent) -> Agent:
+    """``agent`` (a :func:`trio_qga`) without a plugin record: the first start after
+    an install or upgrade."""
+
+    def command(sock: Path, workdir: Path) -> list[str]:
+        argv = agent.command(sock, workdir)
+        return [*argv[: argv.index("--cache-dir") + 1], ""]
+
+    return Agent(agent.name, command)
+
+
+def _trio_qga_argv(python: str | Path, sock: Path, workdir: Path, cache_dir: str) -> list[str]:
     return [
-        sys.executable,
+        str(python),
         "-m",
         "agent",
         "--transport",
@@ -74,13 +109,8 @@ def ours(sock: Path, workdir: Path, cache_dir: str | None = None) -> list[str]:
         "-f",
         str(workdir / "pid"),
         "--cache-dir",
-        str(workdir / "cache") if cache_dir is None else cache_dir,
+        cache_dir,
     ]
-
-
-def ours_first_start(sock: Path, workdir: Path) -> list[str]:
-    """trio-qga without a plugin record: the first start after an install or upgrade."""
-    return ours(sock, workdir, cache_dir="")
 
 
 def qemu_ga(sock: Path, workdir: Path) -> list[str]:
@@ -102,8 +132,8 @@ def stack_floor(sock: Path, workdir: Path) -> list[str]:
     return [sys.executable, str(ROOT / "benchmarks" / "stack_floor.py"), f"unix-listen:{sock}"]
 
 
-AGENTS = [Agent("trio-qga", ours), Agent("qemu-ga", qemu_ga)]
-FIRST_START = Agent("trio-qga", ours_first_start)
+QEMU_GA = Agent("qemu-ga", qemu_ga)
+AGENTS = [trio_qga(), QEMU_GA]
 # The per-request rows' floor: a bare server on the stack, answering the same requests.
 FLOOR_SERVER = Agent(FLOOR, stack_floor)
 
@@ -163,12 +193,21 @@ def sync(client: Client, sync_id: int) -> None:
 
 @contextlib.contextmanager
 def started(agent: Agent, workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, float]]:
-    """The agent as a process; yields it, its socket and its start-up time to first reply."""
-    sock = workdir / f"{agent.name}.sock"
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(agent.command(sock, workdir), stderr=subprocess.DEVNULL, cwd=ROOT)
+    """The agent as a process; yields it, its socket and its start-up time to first reply.
+
+    It runs in a directory of its own under ``workdir`` (its socket, state, pid file
+    and what it says on stderr), so that agents can run side by side. It is stopped
+    on the way out, whatever ends the block (Ctrl-C included)."""
+    home = workdir / agent.name
+    home.mkdir(exist_ok=True)
+    sock = home / "agent.sock"
+    sock.unlink(missing_ok=True)  # a server that binds would find the last one's
+    argv = agent.command(sock, home)
+    with (home / "stderr").open("wb") as stderr:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, cwd=home)
     try:
-        client = Client(sock, time.monotonic() + 30)
+        client = _first_client(proc, sock, argv, home / "stderr")
         sync(client, 1)
         startup = time.perf_counter() - t0
         client.close()
@@ -180,6 +219,34 @@ def started(agent: Agent, workdir: Path) -> Iterator[tuple[subprocess.Popen[byte
         except subprocess.TimeoutExpired:  # qemu-ga 7.2 sometimes ignores SIGTERM here
             proc.kill()
             proc.wait()
+
+
+def _first_client(
+    proc: subprocess.Popen[bytes], sock: Path, argv: list[str], stderr: Path
+) -> Client:
+    """A client of the agent just started, once it listens; AgentError if it exits or
+    does not listen in time, with what it said."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise AgentError(
+                f"exited with status {proc.returncode} before answering: {shlex.join(argv)}\n"
+                + _tail(stderr)
+            )
+        try:
+            return Client(sock, deadline=0)  # one try
+        except OSError as err:
+            if time.monotonic() > deadline:
+                raise AgentError(
+                    f"not listening after {START_TIMEOUT:.0f} s ({err}): {shlex.join(argv)}\n"
+                    + _tail(stderr)
+                ) from err
+            time.sleep(0.001)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    text = path.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(f"  | {line}" for line in text) if text else "  (nothing on stderr)"
 
 
 def status_kib(status: str, field: str = "VmRSS") -> int:
@@ -333,112 +400,155 @@ def big_read(sock: Path, source: Path) -> None:
     client.close()
 
 
-@dataclass
-class Metric:
-    """One row: per-round figures of each agent and, where it has one, of the floor."""
-
-    title: str
-    higher_is_better: bool = False
-    rounds: dict[str, list[float]] = field(default_factory=dict)
-
-    def add(self, who: str, value: float) -> None:
-        self.rounds.setdefault(who, []).append(value)
-
-    def median(self, who: str) -> float:
-        return statistics.median(self.rounds[who])
-
-    def ratios(self, who: str, other: str) -> list[float]:
-        """Round by round (the same moment of machine load), ``who`` / ``other``."""
-        pairs = zip(self.rounds[who], self.rounds[other], strict=False)
-        return [mine / theirs for mine, theirs in pairs if theirs]
-
-
-def measure(quick: bool, source_mib: int) -> list[Metric]:
-    """Every metric for both agents, in alternating rounds so drift hits both alike."""
-    rounds = 3 if quick else 10
-    n_seq, n_pipe, n_cycles = (200, 5000, 30) if quick else (1000, 5000, 100)
-    startup = Metric("start-up to first reply (ms)")
-    startup_cpu = Metric("CPU time to first reply (ms)")
-    idle = Metric("resident memory, idle after start (MiB)")
-    first_cpu = Metric("the same, first start after an install (ms)")
-    first_idle = Metric("the same, first start after an install (MiB)")
-    ping_median = Metric("guest-ping median latency (us)")
-    ping_p99 = Metric("guest-ping p99 latency (us)")
-    pipelined = Metric("pipelined pings per second", higher_is_better=True)
-    cycles = Metric("connect+sync+ping+close per second", higher_is_better=True)
-    cycle_cpu = Metric("agent CPU per connect+sync+ping+close (us)")
-    small_reads = Metric("agent CPU per MiB, reads of 4 KiB (ms)")
-    after_load = Metric("resident memory after 1 and 16 MiB transfers (MiB)")
-    after_big = Metric("resident memory after a 48 MiB read (MiB)")
-    with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-core-")))
-        source = workdir / "source"
-        source.write_bytes(os.urandom(source_mib * MIB))
-        big_source = workdir / "big-source"
-        big_source.write_bytes(os.urandom(48 * MIB))
-        for _ in range(rounds):
-            wall, cpu = floor_startup()
-            startup.add(FLOOR, wall * 1e3)
-            startup_cpu.add(FLOOR, cpu * 1e3)
-            for agent in AGENTS:
-                with started(agent, workdir) as (proc, _, seconds):
-                    startup.add(agent.name, seconds * 1e3)
-                    startup_cpu.add(agent.name, on_cpu_seconds(proc.pid) * 1e3)
-                    time.sleep(0.1)  # let it settle: what it holds once serving
-                    idle.add(agent.name, rss_kib(proc.pid) / 1024)
-            with started(FIRST_START, workdir) as (proc, _, _):
-                first_cpu.add("trio-qga", on_cpu_seconds(proc.pid) * 1e3)
-                time.sleep(0.1)
-                first_idle.add("trio-qga", rss_kib(proc.pid) / 1024)
-            idle.add(FLOOR, floor_rss_kib() / 1024)
-            for first, same in ((first_cpu, startup_cpu), (first_idle, idle)):
-                for who in ("qemu-ga", FLOOR):  # the same round's, to compare with
-                    first.add(who, same.rounds[who][-1])
-        running = {}
-        for agent in [*AGENTS, FLOOR_SERVER]:
-            proc, sock, _ = stack.enter_context(started(agent, workdir))
-            running[agent.name] = (proc.pid, sock)
-        for _ in range(rounds):
-            for name, (pid, sock) in running.items():
-                latencies = sequential_pings(sock, n_seq)
-                ping_median.add(name, statistics.median(latencies) * 1e6)
-                ping_p99.add(name, statistics.quantiles(latencies, n=100)[98] * 1e6)
-                pipelined.add(name, pipelined_pings(sock, n_pipe))
-                cpu0 = on_cpu_seconds(pid)
-                cycles.add(name, connect_cycles(sock, n_cycles))
-                cycle_cpu.add(name, (on_cpu_seconds(pid) - cpu0) / n_cycles * 1e6)
-                small_reads.add(name, small_read_cpu(pid, sock, source))
-        for name, (pid, sock) in running.items():
-            if name == FLOOR:
-                continue  # it does not write files
-            big_transfers(sock, source, workdir)
-            time.sleep(SETTLE)
-            after_load.add(name, rss_kib(pid) / 1024)
-            big_read(sock, big_source)
-            time.sleep(SETTLE)
-            after_big.add(name, rss_kib(pid) / 1024)
+def core_metrics() -> list[Metric]:
+    """The rows of this benchmark, in the order of its table, nothing measured yet."""
     return [
-        startup,
-        startup_cpu,
-        first_cpu,
-        idle,
-        first_idle,
-        ping_median,
-        ping_p99,
-        pipelined,
-        cycles,
-        cycle_cpu,
-        small_reads,
-        after_load,
-        after_big,
+        Metric("startup", "start-up to first reply (ms)"),
+        Metric("startup-cpu", "CPU time to first reply (ms)"),
+        Metric("first-start-cpu", "the same, first start after an install (ms)"),
+        Metric("idle-memory", "resident memory, idle after start (MiB)"),
+        Metric("first-start-memory", "the same, first start after an install (MiB)"),
+        Metric("ping-p50", "guest-ping median latency (us)"),
+        Metric("ping-p99", "guest-ping p99 latency (us)"),
+        Metric("pipelined", "pipelined pings per second", higher_is_better=True),
+        Metric("connect", "connect+sync+ping+close per second", higher_is_better=True),
+        Metric("connect-cpu", "agent CPU per connect+sync+ping+close (us)"),
+        Metric("small-reads-cpu", "agent CPU per MiB, reads of 4 KiB (ms)"),
+        Metric("memory-after-load", "resident memory after 1 and 16 MiB transfers (MiB)"),
+        Metric("memory-after-48m", "resident memory after a 48 MiB read (MiB)"),
     ]
 
 
-def spread(values: list[float]) -> str:
-    """Median and the range over the rounds."""
-    if len(values) == 1:
-        return f"{values[0]:.2f}x"
-    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+# The rows each phase measures (a phase runs when one of its rows is asked for).
+STARTUP_ROWS = {"startup", "startup-cpu", "first-start-cpu", "idle-memory", "first-start-memory"}
+REQUEST_ROWS = {"ping-p50", "ping-p99", "pipelined", "connect", "connect-cpu", "small-reads-cpu"}
+MEMORY_ROWS = {"memory-after-load", "memory-after-48m"}
+
+
+class Rows(dict[str, Metric]):
+    """The rows asked for, by key; figures of the others are dropped."""
+
+    def add(self, key: str, who: str, value: float) -> None:
+        if key in self:
+            self[key].add(who, value)
+
+
+def in_turn(agents: list[Agent], round_number: int) -> list[Agent]:
+    """The order of one round: every other round reversed, so that no agent always
+    runs first (after the machine idled) or last."""
+    return agents if round_number % 2 == 0 else agents[::-1]
+
+
+def random_file(path: Path, mib: int) -> Path:
+    with path.open("wb") as out:
+        for _ in range(mib):
+            out.write(os.urandom(MIB))
+    return path
+
+
+def measure(
+    builds: list[Agent],
+    rounds: int,
+    *,
+    quick: bool = False,
+    source_mib: int = 16,
+    only: Collection[str] | None = None,
+) -> list[Metric]:
+    """The rows named in ``only`` (every row by default) for each trio-qga build
+    (:func:`trio_qga`), qemu-ga and the floor, in alternating rounds so that drift
+    hits them all alike."""
+    rows = Rows((m.key, m) for m in core_metrics() if only is None or m.key in only)
+    with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
+        workdir = Path(tmp)
+        if rows.keys() & STARTUP_ROWS:
+            _startup_rounds(builds, rounds, workdir, rows)
+        if rows.keys() & REQUEST_ROWS:
+            source = random_file(workdir / "source", source_mib)
+            _request_rounds(builds, rounds, workdir, source, rows, quick)
+        if rows.keys() & MEMORY_ROWS:
+            source = random_file(workdir / "source", source_mib)
+            big_source = random_file(workdir / "big-source", 48)
+            _memory_rounds(builds, rounds, workdir, source, big_source, rows)
+    return list(rows.values())
+
+
+def _startup_rounds(builds: list[Agent], rounds: int, workdir: Path, rows: Rows) -> None:
+    for agent in builds:  # each build's plugin record, and its files in the page cache
+        with started(agent, workdir):
+            pass
+    for round_number in range(rounds):
+        wall, cpu = floor_startup()
+        rss = floor_rss_kib() / 1024
+        for key, value in (("startup", wall * 1e3), ("startup-cpu", cpu * 1e3)):
+            rows.add(key, FLOOR, value)
+        rows.add("first-start-cpu", FLOOR, cpu * 1e3)
+        rows.add("idle-memory", FLOOR, rss)
+        rows.add("first-start-memory", FLOOR, rss)
+        for agent in in_turn([*builds, QEMU_GA], round_number):
+            with started(agent, workdir) as (proc, _, seconds):
+                rows.add("startup", agent.name, seconds * 1e3)
+                cpu_ms = on_cpu_seconds(proc.pid) * 1e3
+                rows.add("startup-cpu", agent.name, cpu_ms)
+                time.sleep(0.1)  # let it settle: what it holds once serving
+                rss = rss_kib(proc.pid) / 1024
+                rows.add("idle-memory", agent.name, rss)
+            if agent is QEMU_GA:  # no first start of its own: the same round's figures
+                rows.add("first-start-cpu", agent.name, cpu_ms)
+                rows.add("first-start-memory", agent.name, rss)
+                continue
+            if rows.keys() & {"first-start-cpu", "first-start-memory"}:
+                with started(first_start(agent), workdir) as (proc, _, _):
+                    rows.add("first-start-cpu", agent.name, on_cpu_seconds(proc.pid) * 1e3)
+                    time.sleep(0.1)
+                    rows.add("first-start-memory", agent.name, rss_kib(proc.pid) / 1024)
+
+
+def _request_rounds(
+    builds: list[Agent], rounds: int, workdir: Path, source: Path, rows: Rows, quick: bool
+) -> None:
+    n_seq, n_pipe, n_cycles = (200, 5000, 30) if quick else (1000, 5000, 100)
+    with contextlib.ExitStack() as stack:
+        running = {}
+        for agent in [*builds, QEMU_GA, FLOOR_SERVER]:
+            proc, sock, _ = stack.enter_context(started(agent, workdir))
+            running[agent.name] = (agent, proc.pid, sock)
+        agents = [agent for agent, _, _ in running.values()]
+        for round_number in range(rounds):
+            for agent in in_turn(agents, round_number):
+                _, pid, sock = running[agent.name]
+                name = agent.name
+                if rows.keys() & {"ping-p50", "ping-p99"}:
+                    latencies = sequential_pings(sock, n_seq)
+                    rows.add("ping-p50", name, statistics.median(latencies) * 1e6)
+                    rows.add("ping-p99", name, statistics.quantiles(latencies, n=100)[98] * 1e6)
+                if "pipelined" in rows:
+                    rows.add("pipelined", name, pipelined_pings(sock, n_pipe))
+                if rows.keys() & {"connect", "connect-cpu"}:
+                    cpu0 = on_cpu_seconds(pid)
+                    rows.add("connect", name, connect_cycles(sock, n_cycles))
+                    rows.add("connect-cpu", name, (on_cpu_seconds(pid) - cpu0) / n_cycles * 1e6)
+                if "small-reads-cpu" in rows:
+                    rows.add("small-reads-cpu", name, small_read_cpu(pid, sock, source))
+
+
+def _memory_rounds(
+    builds: list[Agent],
+    rounds: int,
+    workdir: Path,
+    source: Path,
+    big_source: Path,
+    rows: Rows,
+) -> None:
+    """Each round starts each agent afresh: what it holds after its host's transfers."""
+    for round_number in range(rounds):
+        for agent in in_turn([*builds, QEMU_GA], round_number):
+            with started(agent, workdir) as (proc, sock, _):
+                big_transfers(sock, source, workdir / agent.name)
+                time.sleep(SETTLE)
+                rows.add("memory-after-load", agent.name, rss_kib(proc.pid) / 1024)
+                big_read(sock, big_source)
+                time.sleep(SETTLE)
+                rows.add("memory-after-48m", agent.name, rss_kib(proc.pid) / 1024)
 
 
 def main() -> int:
@@ -447,30 +557,17 @@ def main() -> int:
     parser.add_argument(
         "--size", type=int, default=16, help="MiB read and written per transfer (default 16)"
     )
+    parser.add_argument("--only", nargs="+", metavar="ROW", help="measure these rows only")
     parser.add_argument("--json", type=Path, help="also write the per-round figures to this file")
     args = parser.parse_args()
-    metrics = measure(args.quick, args.size)
-    print(
-        f"{'metric':52} {'trio-qga':>9} {'qemu-ga':>9} {'ours/qemu-ga (range)':>22}"
-        f" {'floor':>7} {'ours/floor (range)':>20}"
+    builds = [trio_qga()]
+    metrics = measure(
+        builds, 3 if args.quick else 10, quick=args.quick, source_mib=args.size, only=args.only
     )
-    for metric in metrics:
-        ours_, theirs = metric.median("trio-qga"), metric.median("qemu-ga")
-        line = (
-            f"{metric.title:52} {ours_:9.1f} {theirs:9.1f}"
-            f" {spread(metric.ratios('trio-qga', 'qemu-ga')):>22}"
-        )
-        if FLOOR in metric.rounds:
-            floor_ratio = spread(metric.ratios("trio-qga", FLOOR))
-            line += f" {metric.median(FLOOR):7.1f} {floor_ratio:>20}"
-        print(line + ("  (higher is better)" if metric.higher_is_better else ""))
-    print(
-        f"(medians; ratios per round, median and range; floor: python -c '{FLOOR_IMPORTS}'"
-        " for start-up and memory, benchmarks/stack_floor.py for the rest;"
-        f" python {sys.version.split()[0]}, {os.cpu_count()} CPUs)"
-    )
+    print(report.table(metrics, [agent.name for agent in builds]))
+    print(report.footnote())
     if args.json:
-        args.json.write_text(json.dumps({metric.title: metric.rounds for metric in metrics}))
+        report.write_json(args.json, metrics)
     return 0
 
 

@@ -43,7 +43,7 @@ from tests.support.reference import qemu_ga_binary  # noqa: E402
 from tests.support.vm import RUN_IN_VM  # noqa: E402
 
 AGENTS = ("qemu-ga", "trio-qga")
-GUEST = ROOT / "tests" / "libvirt-guest"
+GUEST = ROOT / "tests" / "support" / "libvirt-guest"
 PORT = "/dev/virtio-ports/org.qemu.guest_agent.0"
 BOOT_DEADLINE = 300.0
 TIMEOUT = 120.0

@@ -76,7 +76,7 @@ def test_what_virsh_sends_gives_what_qemu_ga_gives(
     theirs, ours = results["qemu-ga"], results["trio-qga"]
     assert ours[:2] == theirs[:2] == [{"return": {}}, f"{KEY2}\n"]
     assert ours[2] == theirs[2] == {"return": {}}
-    # qemu-ga lists keys last line first; trio-qga in file order (README).
+    # qemu-ga lists keys last line first; trio-qga in file order (docs/commands.md).
     assert sorted(ours[3]["return"]["keys"]) == sorted(theirs[3]["return"]["keys"]) == [KEY1, KEY2]
     assert ours[4:] == theirs[4:] == [{"return": {}}, {"return": {"keys": [KEY1]}}]
 

@@ -235,6 +235,7 @@ def test_pid_file_named_by_the_configuration_file_is_held_in_the_foreground(
     conf.write_text(f"[general]\npidfile={pidfile}\n")
     sock = tmp_path / "qga.sock"
     argv = ["-c", str(conf), "--transport", f"unix-listen:{sock}", "-t", str(tmp_path)]
+    argv += ["--cache-dir", str(tmp_path / "cache")]
     proc = spawn_agent(None, *argv)  # no -f: the file names it
     try:
         wait_for_socket(sock, proc)

@@ -16,6 +16,7 @@ import trio
 from agent.host import cli
 from agent.host.client import StreamChannel
 from agent.host.errors import ClientError
+from tests.support.clients import SocketClient
 from tests.support.processes import running_agent
 
 CLIENT_COMMAND = [sys.executable, "-m", "agent.host.cli"]
@@ -243,6 +244,32 @@ def test_json_for_every_subcommand_that_succeeds(agent: Path, tmp_path: Path) ->
     assert info["version"] == "0.1.0"
 
 
+def raw_return(sock: Path, command: str) -> object:
+    """The agent's reply value, read without the client (one client at a time)."""
+    raw = SocketClient(sock)
+    try:
+        raw.resync(1)
+        return raw.execute(command)["return"]
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["guest-info", "guest-get-osinfo", "guest-get-timezone", "guest-network-get-interfaces"],
+)
+def test_json_return_is_the_agents_reply_value_byte_for_byte(agent: Path, command: str) -> None:
+    """Through the command's model and back by wire names, absent members absent
+    (guest-get-osinfo leaves out what the guest's os-release lacks)."""
+    expected = json.dumps(raw_return(agent, command))
+    done = client(agent, "--json", "execute", command)
+    assert done.returncode == 0, done.stderr
+    assert json.dumps(one_document(done, agent)["return"]) == expected
+    if command == "guest-info":
+        shown = client(agent, "--json", "info")
+        assert json.dumps(one_document(shown, agent)["return"]) == expected
+
+
 def test_json_run_takes_stdin_and_gives_the_programs_status(agent: Path) -> None:
     done = client(agent, "run", "--json", "--", "sh", "-c", "cat; exit 3", stdin=b"input")
     assert done.returncode == 3
@@ -301,8 +328,10 @@ def test_json_freeze_thaw_gives_the_target_and_a_summary(agent: Path) -> None:
     )
     assert done.returncode == 1  # the command failed
     target, summary = json_lines(done)
+    window = target["return"].pop("window")
     assert (target["ok"], target["return"]) == (True, {"frozen": 0, "thawed": 0})
-    assert summary["summary"] | {"seconds": 0} == {
+    assert 0 <= window <= summary["summary"]["window"] <= summary["summary"]["seconds"]
+    assert summary["summary"] | {"seconds": 0, "window": 0} == {
         "targets": 1,
         "ok": 1,
         "failed": 0,
@@ -310,6 +339,7 @@ def test_json_freeze_thaw_gives_the_target_and_a_summary(agent: Path) -> None:
         "error": None,
         "all_frozen": True,
         "command": {"status": 3, "error": None},
+        "window": 0,
     }
 
 
@@ -422,5 +452,7 @@ def test_freeze_thaw_over_several_domains_as_json(capsys: pytest.CaptureFixture[
         capsys, "-d", "web*", "fsfreeze", "freeze-thaw", "--run", "true", "/no/such"
     )
     assert status == 0
-    assert [line["return"] for line in lines[:2]] == [{"frozen": 0, "thawed": 0}] * 2
+    assert [line["return"] | {"window": 0} for line in lines[:2]] == [
+        {"frozen": 0, "thawed": 0, "window": 0}
+    ] * 2
     assert lines[2]["summary"]["command"] == {"status": 0, "error": None}

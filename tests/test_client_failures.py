@@ -84,7 +84,7 @@ async def dropped(stream: trio.abc.Stream) -> None:
 
 
 async def serving(nursery: trio.Nursery, agent: Agent, listener: FaultyListener) -> None:
-    await nursery.start(partial(agent.serve_transport, listener=listener))
+    await nursery.start(partial(agent.serve_transports, listeners=[listener]))
 
 
 async def first_dropped_next_served(agent: Agent, listener: FaultyListener) -> None:

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import trio
 
-from agent.host.cli import match_domains
 from agent.host.client import QgaClient
 from agent.host.errors import AgentError, AgentTimeout, ClientError
 from agent.host.fleet import ErrorInfo, Freezable, TargetResult, freeze_all, run_all
+from agent.host.inventory import Host, parse_selector, resolve
 from agent.host.libvirt_channel import (
     NO_REPLY_WAIT,
     LibvirtChannel,
@@ -57,12 +57,40 @@ async def test_run_all_keeps_order_limits_concurrency_and_times_out_each(
     assert results[1].seconds == pytest.approx(10)
 
 
+async def test_run_all_bounds_each_host_and_a_hung_host_holds_only_its_own_slots(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    hosts = {f"a{n}": "a" for n in range(4)} | {f"b{n}": "b" for n in range(4)}
+    running = {"a": 0, "b": 0}
+    peaks = {"a": 0, "b": 0, "all": 0}
+    finished: dict[str, float] = {}
+
+    async def operation(target: str) -> None:
+        host = hosts[target]
+        running[host] += 1
+        peaks[host] = max(peaks[host], running[host])
+        peaks["all"] = max(peaks["all"], sum(running.values()))
+        try:
+            await trio.sleep(100 if host == "b" else 1)  # b hangs
+        finally:
+            running[host] -= 1
+        finished[target] = trio.current_time()
+
+    start = trio.current_time()
+    results = await run_all(list(hosts), operation, limit=3, each=10, hosts=hosts, per_host=2)
+    assert (peaks["b"], peaks["all"]) == (2, 3)
+    assert peaks["a"] in (1, 2)  # what b's two stuck domains leave
+    assert [r.ok for r in results] == [True] * 4 + [False] * 4
+    assert max(finished.values()) - start <= 4  # at least one slot each second, not after b
+
+
 class FakeGuest:
     """A guest's agent as freeze_all sees it; records what was done to it."""
 
-    def __init__(self, freeze_delay: float = 0.0, refuse: bool = False) -> None:
+    def __init__(self, freeze_delay: float = 0.0, refuse: bool = False, busy: int = 0) -> None:
         self.freeze_delay = freeze_delay
         self.refuse = refuse
+        self.busy = busy  # thaws that do not reach the agent first
         self.frozen = False
         self.thaws = 0
         self.connected = False
@@ -75,6 +103,9 @@ class FakeGuest:
         return 2
 
     async def fsfreeze_thaw(self) -> int:
+        if self.busy:
+            self.busy -= 1
+            raise ClientError("guest-fsfreeze-thaw: Guest agent not available for now")
         self.thaws += 1
         was, self.frozen = self.frozen, False
         return 2 if was else 0
@@ -105,7 +136,9 @@ async def test_freeze_all_runs_the_command_while_all_are_frozen() -> None:
     assert seen == [True, True, True]
     assert outcome.all_frozen
     assert outcome.command_status == 0
-    assert [(r.ok, r.value) for r in outcome.results] == [(True, {"frozen": 2, "thawed": 2})] * 3
+    assert [(r.ok, r.value) for r in outcome.results] == [
+        (True, {"frozen": 2, "thawed": 2, "window": pytest.approx(0, abs=1)})
+    ] * 3
     assert all(not g.frozen and g.thaws == 1 and not g.connected for g in guests.values())
 
 
@@ -157,6 +190,29 @@ async def test_a_command_past_the_deadline_is_stopped_and_all_thawed(
     assert all(g.thaws == 1 and not g.frozen for g in guests.values())
 
 
+async def test_a_thaw_that_does_not_reach_the_agent_is_tried_again(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Through libvirt, a thaw sent while a freeze that the client gave up on still
+    runs fails at once (the agent is busy): it is sent again until it gets through."""
+    guests = {"a": FakeGuest(freeze_delay=1), "b": FakeGuest(busy=3)}
+    outcome = await freeze_all(list(guests), fleet(**guests), limit=2, each=5)
+    assert [(r.ok, r.value) for r in outcome.results] == [
+        (True, {"frozen": 2, "thawed": 2, "window": pytest.approx(1)}),
+        (True, {"frozen": 2, "thawed": 2, "window": pytest.approx(4)}),  # three retries
+    ]
+    assert outcome.window == pytest.approx(4)
+    never = {"c": FakeGuest(busy=1000)}
+    outcome = await freeze_all(list(never), fleet(**never), limit=1, each=5)
+    [result] = outcome.results
+    assert (result.ok, result.value) == (False, {"frozen": 2})
+    assert result.error == ErrorInfo(
+        "Timeout",
+        "thaw: no reply within 30 s (last: guest-fsfreeze-thaw: Guest agent not available for now)",
+    )
+    assert outcome.window is None
+
+
 async def test_cancelled_from_outside_still_thaws() -> None:
     guests = {"a": FakeGuest(), "b": FakeGuest()}
     started = trio.Event()
@@ -176,15 +232,16 @@ async def test_cancelled_from_outside_still_thaws() -> None:
 
 
 def test_domains_by_name_and_glob_in_order_each_once() -> None:
-    running = ["db1", "web1", "web2"]
-    assert match_domains(["web*", "db1", "web1", "stopped"], running) == [
-        "web1",
-        "web2",
-        "db1",
-        "stopped",
-    ]
+    host = Host("localhost", "qemu:///system")
+
+    def matched(*patterns: str) -> list[str]:
+        selectors = [parse_selector(pattern, [host]) for pattern in patterns]
+        plan = resolve([host], selectors, {"localhost": ["db1", "web1", "web2"]})
+        return [target.name for target in plan.targets]
+
+    assert matched("web*", "db1", "web1", "stopped") == ["web1", "web2", "db1", "stopped"]
     with pytest.raises(ClientError, match=r"no running domain matches 'mail\*'"):
-        match_domains(["mail*"], running)
+        matched("mail*")
 
 
 class FakeLibvirtError(Exception):

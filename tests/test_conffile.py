@@ -42,6 +42,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         "allow-rpcs=guest-ping;guest-info\n"
         "fs-timeout=2.5\n"
         "cache-dir=/var/cache/elsewhere\n"
+        "transports=vsock-listen:-1:1234,unix-listen:/run/qga.sock\n"
         "[other]\n"
         "method=ignored\n",
     )
@@ -59,6 +60,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         "allowed_rpcs": ("guest-ping", "guest-info"),
         "fs_timeout": 2.5,
         "cache_dir": "/var/cache/elsewhere",
+        "transports": ("vsock-listen:-1:1234", "unix-listen:/run/qga.sock"),
     }
 
 
@@ -144,8 +146,8 @@ def test_dump_reads_back_as_the_same_configuration(tmp_path: Path) -> None:
     assert dataclasses.replace(AgentConfig(), **load(str(path), required=True)) == config
 
 
-def test_dump_of_the_defaults_is_qemu_ga_s() -> None:
-    assert dump(AgentConfig()) == (
+def test_dump_of_the_commands_defaults_is_qemu_ga_s() -> None:
+    assert dump(AgentConfig.command_defaults()) == (
         "[general]\n"
         "daemon=false\n"
         "method=virtio-serial\n"
@@ -158,6 +160,7 @@ def test_dump_of_the_defaults_is_qemu_ga_s() -> None:
         "allow-rpcs=\n"
         "fs-timeout=10\n"
         "cache-dir=/var/cache/trio-qga\n"
+        "transports=\n"
     )
 
 
@@ -190,7 +193,69 @@ def test_flags_win_over_the_file_and_lists_add_up(tmp_path: Path) -> None:
         "allow-rpcs=",
         "fs-timeout=0.5",
         "cache-dir=",
+        "transports=",
     ]
+
+
+def test_transports_of_the_file_and_of_the_flags_add_up(tmp_path: Path) -> None:
+    """-m/-p (or method/path) name one transport, as in qemu-ga; the file's
+    ``transports`` and each ``--transport`` more."""
+    path = write(
+        tmp_path,
+        "[general]\nmethod=isa-serial\npath=/dev/ttyS1\ntransports=unix-listen:/run/a.sock\n",
+    )
+    lines = dump_conf("-c", str(path), "--transport", "vsock-listen:-1:1234").splitlines()
+    assert "method=isa-serial" in lines
+    assert "path=/dev/ttyS1" in lines
+    assert lines[-1] == "transports=unix-listen:/run/a.sock,vsock-listen:-1:1234"
+
+
+def test_the_default_transport_only_when_none_is_named(tmp_path: Path) -> None:
+    """With --transport alone there is no virtio-serial: qemu-ga's lines show the
+    first transport, ``transports`` the others, so that -D reads back the same."""
+    text = dump_conf("--transport", "unix-listen:/run/a.sock", "--transport", "vsock-listen:3:9")
+    lines = text.splitlines()
+    assert "method=unix-listen" in lines
+    assert "path=/run/a.sock" in lines
+    assert lines[-1] == "transports=vsock-listen:3:9"
+    read_back = write(tmp_path, text)
+    config = dataclasses.replace(AgentConfig(), **load(str(read_back), required=True))
+    assert [(spec.method, spec.path) for spec in config.transport_specs] == [
+        ("unix-listen", "/run/a.sock"),
+        ("vsock-listen", "3:9"),
+    ]
+    only_path = dataclasses.replace(AgentConfig(), path="/dev/vport0p1")  # -p alone
+    assert [(s.method, s.path) for s in only_path.transport_specs] == [
+        ("virtio-serial", "/dev/vport0p1")
+    ]
+    assert [(s.method, s.path) for s in AgentConfig().transport_specs] == [("virtio-serial", None)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("-m", "unix-listen", "-p", "/run/a.sock", "--transport", "unix-listen:/run/a.sock"),
+            "transport unix-listen /run/a.sock is named twice",
+        ),
+        (
+            ("--transport", "virtio-serial", "--transport", "virtio-serial:"),
+            "transport virtio-serial /dev/virtio-ports/org.qemu.guest_agent.0 is named twice",
+        ),
+        (
+            ("--transport", "vsock-listen:3:1234", "--transport", "vsock-listen:-1:1234"),
+            "transport vsock-listen -1:1234 is named twice (as vsock-listen 3:1234)",
+        ),
+        (("--transport", "unix-listen"), "method unix-listen needs a path"),
+        (("--transport", "pigeon:/x"), "transport method 'pigeon' is not available"),
+    ],
+)
+def test_a_transport_named_twice_or_that_cannot_work_is_refused(
+    args: tuple[str, ...], message: str
+) -> None:
+    result = run_agent(None, *args, "-D")
+    assert result.returncode == 1
+    assert f"trio-qga: {message}" in result.stderr
 
 
 def test_qga_conf_names_the_file_and_may_be_absent(tmp_path: Path) -> None:
@@ -243,17 +308,41 @@ DUMP_CASES = [
 @pytest.mark.parametrize("args", DUMP_CASES)
 def test_dump_matches_qemu_ga(args: tuple[str, ...], tmp_path: Path) -> None:
     """The same lines as qemu-ga 7.2's ``-D``, plus ``allow-rpcs``, which it predates,
-    and trio-qga's own ``fs-timeout`` and ``cache-dir`` (which qemu-ga ignores in a file)."""
+    and trio-qga's own ``fs-timeout``, ``cache-dir`` and ``transports`` (which
+    qemu-ga ignores in a file)."""
     env = {"QGA_CONF": str(tmp_path / "absent.conf")}
     theirs = subprocess.run(
         [qemu_ga_binary(), *args, "-D"], capture_output=True, text=True, env=env, check=True
     ).stdout
     ours = dump_conf(*args, env=env)
-    own = ("allow-rpcs=\n", "fs-timeout=10\n", "cache-dir=/var/cache/trio-qga\n")
+    own = ("allow-rpcs=\n", "fs-timeout=10\n", "cache-dir=/var/cache/trio-qga\n", "transports=\n")
     for line in own:
         assert line in ours
         ours = ours.replace(line, "")
     assert ours == theirs
+
+
+@pytest.mark.qemu_ga
+def test_qemu_ga_takes_a_file_with_trio_qga_s_transports(tmp_path: Path) -> None:
+    """One file serves both agents: qemu-ga 7.2 (which has no ``-c``: the file
+    is $QGA_CONF) ignores ``transports`` and reads the rest as it would without it."""
+    general = "[general]\nmethod=unix-listen\npath=/run/a.sock\n"
+    with_key = write(tmp_path, general + "transports=vsock-listen:-1:1234;isa-serial:/dev/ttyS1\n")
+    without = tmp_path / "without.conf"
+    without.write_text(general)
+
+    def qemu_ga_dump(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [qemu_ga_binary(), "-D"], capture_output=True, text=True, env={"QGA_CONF": str(path)}
+        )
+
+    theirs = qemu_ga_dump(with_key)
+    assert theirs.returncode == 0, theirs.stderr
+    assert theirs.stderr == ""
+    assert theirs.stdout == qemu_ga_dump(without).stdout
+    assert "method=unix-listen\npath=/run/a.sock\n" in theirs.stdout
+    ours = dump_conf("-c", str(with_key))
+    assert ours.endswith("transports=vsock-listen:-1:1234,isa-serial:/dev/ttyS1\n")
 
 
 def dumped_block_rpcs(dumped: str) -> set[str]:

@@ -119,6 +119,7 @@ def test_relative_paths_are_kept_when_daemonized(tmp_path: Path) -> None:
     result = run_agent(
         None,
         *("-d", "--transport", "unix-listen:qga.sock", "-t", ".", "-f", "agent.pid", "-l", "log"),
+        *("--cache-dir", "cache"),
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -127,6 +128,7 @@ def test_relative_paths_are_kept_when_daemonized(tmp_path: Path) -> None:
     wait_gone(pid)
     assert "ready" in (tmp_path / "log").read_text()
     assert not (tmp_path / "agent.pid").exists()
+    assert (tmp_path / "cache" / "plugins.json").is_file()
 
 
 def test_logfile_is_appended_to(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.core.config import MAX_DEPTH, MAX_MESSAGE_SIZE
 from agent.wire import deep_json
 from agent.wire.encoder import encode_return
 from agent.wire.framer import Framer, Message
@@ -114,7 +115,7 @@ def test_the_protocol_echoes_an_id_at_qemus_nesting_limit(monkeypatch: pytest.Mo
     request = f'{{"execute": "guest-ping", "id": {request_id}}}'.encode()
     with pytest.raises(RecursionError):  # too deep for the C decoder alone
         json.loads(request)
-    (event,) = Framer().receive(request)
+    (event,) = Framer(max_size=MAX_MESSAGE_SIZE, max_depth=MAX_DEPTH).receive(request)
     assert isinstance(event, Message)
     assert isinstance(event.value, dict)
     reply = encode_return({}, event.value["id"])

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import AsyncIterator
 
+import pytest
 import trio
 
-from agent import Agent
+from agent.core.dispatch import Dispatcher
 from agent.core.registry import HandlerSet
 from agent.models.schema import parse
 from agent.wire.encoder import INLINE_PAYLOAD, NO_ID, ErrorReply, ReturnReply, encode_reply
@@ -52,8 +54,11 @@ def x_bad(ctx: object) -> str:
     return "not an int"
 
 
-def agent_with(agent_factory: AgentFactory) -> Agent:
-    return agent_factory(handlers=[handlers], schema=parse(SCHEMA, "test"))
+@pytest.fixture
+async def dispatcher(agent_factory: AgentFactory) -> AsyncIterator[Dispatcher]:
+    """The dispatcher of a running agent that has the test commands."""
+    async with agent_factory(handlers=[handlers], schema=parse(SCHEMA, "test")) as agent:
+        yield agent.dispatcher
 
 
 class Waits:
@@ -64,24 +69,22 @@ class Waits:
         self.count += 1
 
 
-async def test_a_sync_handler_runs_without_waiting(agent_factory: AgentFactory) -> None:
+async def test_a_sync_handler_runs_without_waiting(dispatcher: Dispatcher) -> None:
     before_wait = Waits()
-    reply = await agent_with(agent_factory).dispatcher.handle(
-        {"execute": "x-sync", "id": 7}, before_wait
-    )
+    reply = await dispatcher.handle({"execute": "x-sync", "id": 7}, before_wait)
     assert reply == ReturnReply(1, 7)
     assert before_wait.count == 0
 
 
-async def test_the_replies_due_go_out_before_an_async_handler(agent_factory: AgentFactory) -> None:
+async def test_the_replies_due_go_out_before_an_async_handler(dispatcher: Dispatcher) -> None:
     before_wait = Waits()
-    reply = await agent_with(agent_factory).dispatcher.handle({"execute": "x-async"}, before_wait)
+    reply = await dispatcher.handle({"execute": "x-async"}, before_wait)
     assert reply == ReturnReply(2, NO_ID)
     assert before_wait.count == 1
 
 
-async def test_errors_and_silence_are_events_too(agent_factory: AgentFactory) -> None:
-    handle = agent_with(agent_factory).dispatcher.handle
+async def test_errors_and_silence_are_events_too(dispatcher: Dispatcher) -> None:
+    handle = dispatcher.handle
     assert await handle({"execute": "x-quiet"}) is None
     assert await handle({"execute": "x-none", "id": 1}) == ErrorReply(
         "CommandNotFound", "The command x-none has not been found", 1
@@ -92,8 +95,8 @@ async def test_errors_and_silence_are_events_too(agent_factory: AgentFactory) ->
     )
 
 
-async def test_a_base64_payload_is_encoded_by_the_protocol(agent_factory: AgentFactory) -> None:
-    reply = await agent_with(agent_factory).dispatcher.handle({"execute": "x-data"})
+async def test_a_base64_payload_is_encoded_by_the_protocol(dispatcher: Dispatcher) -> None:
+    reply = await dispatcher.handle({"execute": "x-data"})
     assert isinstance(reply, ReturnReply)
     assert b"".join(encode_reply(reply)) == b'{"return": {"buf-b64": "AP8=", "count": 2}}\n'
 

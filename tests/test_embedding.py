@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import textwrap
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import trio
 import trio.testing
 
 from agent import Agent, AgentConfig, serve_stream
+from agent.core.agent import NotStarted
 from agent.host.client import QgaClient
 
 pytestmark = pytest.mark.slow
@@ -30,6 +33,51 @@ class TestOverriddenConfig:
 
     async def test_qga_config_can_be_overridden(self, qga_client: QgaClient) -> None:
         assert (await qga_client.commands())["guest-ping"] is False
+
+
+async def test_building_an_agent_reads_nothing_starting_it_does(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    (tmp_path / "qga.state").write_bytes(b"damaged")
+    (tmp_path / "qga.state.isfrozen").write_text("[]")  # an earlier agent's, listing nothing
+    config = AgentConfig(statedir=str(tmp_path), mount_table=os.devnull, plugins=True)
+    agent = Agent(config)
+    assert sorted(os.listdir(tmp_path)) == ["qga.state", "qga.state.isfrozen"]
+    assert caplog.records == []
+    for attribute in ("context", "dispatcher", "plugins"):
+        with pytest.raises(
+            NotStarted, match=f"Agent.{attribute} exists once the agent has started"
+        ):
+            getattr(agent, attribute)
+    async with agent:
+        assert "qga.state.isfrozen lists 0 filesystem(s)" in caplog.text  # read, checked
+        assert "is damaged" in caplog.text  # read, and moved aside
+        assert [plugin.name for plugin in agent.plugins] == ["procinfo"]
+        assert agent.context.registry.get("guest-x-process-list") is not None
+    [aside] = os.listdir(tmp_path)  # the marker gone, the damaged state moved aside
+    assert aside.startswith("qga.state.corrupt-")
+    assert len(agent.context.store) == 0  # what it held stays there to look at
+    with pytest.raises(RuntimeError, match="an agent runs once"):
+        async with agent:
+            pass
+
+
+async def test_an_embedded_agent_writes_no_state_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No state directory: handle ids from 1000 in memory, nowhere on disk."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f").write_bytes(b"x")
+    assert AgentConfig().statedir is None
+    client_end, agent_end = trio.testing.memory_stream_pair()
+    async with Agent(AgentConfig()) as agent, trio.open_nursery() as nursery:
+        nursery.start_soon(agent.serve, agent_end)
+        client = QgaClient(client_end, request_timeout=10)
+        handles = [await client.execute("guest-file-open", {"path": "f"}) for _ in range(2)]
+        await client.aclose()
+    assert handles == [1000, 1001]
+    assert os.listdir(tmp_path) == ["f"]
 
 
 async def test_serve_stream_in_one_call(tmp_path: Path) -> None:
@@ -77,7 +125,7 @@ async def test_serve_transport_inside_the_callers_nursery(tmp_path: Path) -> Non
     sock = tmp_path / "qga.sock"
     config = AgentConfig(method="unix-listen", path=str(sock), statedir=str(tmp_path), pidfile=None)
     async with Agent(config) as agent, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve_transport)
+        await nursery.start(agent.serve_transports)
         assert sock.exists()  # ready means listening
         client = await QgaClient.connect_unix(str(sock), request_timeout=10)
         await client.ping()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import agent.wire.framer as framer_module
 import agent.wire.scanner as scanner_module
+from agent.core.config import MAX_DEPTH, MAX_MESSAGE_SIZE
 from agent.wire.encoder import NO_ID, encode_error, encode_return
 from agent.wire.framer import Event, Flush, Framer, Message, ParseError
 from tests.support.clients import strict_json
@@ -23,8 +24,13 @@ pytestmark = pytest.mark.slow
 PING = {"execute": "guest-ping"}
 
 
+def agent_framer(**limits: int) -> Framer:
+    """A framer with the agent's caps (qemu-ga's), or ``limits``."""
+    return Framer(**{"max_size": MAX_MESSAGE_SIZE, "max_depth": MAX_DEPTH, **limits})
+
+
 def feed(chunks: list[bytes], **limits: int) -> list[Event]:
-    framer = Framer(**limits)
+    framer = agent_framer(**limits)
     events: list[Event] = []
     for chunk in chunks:
         events += framer.receive(chunk)
@@ -202,7 +208,7 @@ def test_size_limit_gives_one_error_and_keeps_serving() -> None:
 
 
 def test_size_limit_holds_no_more_than_the_limit() -> None:
-    framer = Framer(max_size=1000)
+    framer = agent_framer(max_size=1000)
     framer.receive(b'{"id":"')
     for _ in range(100):
         framer.receive(b"a" * 1000)
@@ -210,9 +216,9 @@ def test_size_limit_holds_no_more_than_the_limit() -> None:
     assert framer.receive(b'"}{"execute":"guest-ping"}') == messages(PING)
 
 
-def test_default_size_limit_is_64_mib() -> None:
+def test_the_agents_size_limit_is_64_mib() -> None:
     head = b'{"execute":"guest-ping","id":"'
-    framer = Framer()
+    framer = agent_framer()
     events = framer.receive(head)
     chunk = b"a" * (1 << 20)
     for _ in range(64):
@@ -229,7 +235,7 @@ def test_a_big_request_over_many_reads() -> None:
 
 
 def test_reset_drops_partial_state() -> None:
-    framer = Framer()
+    framer = agent_framer()
     assert framer.receive(b'{"execute":') == []
     framer.reset()
     assert framer.receive(b'{"execute":"guest-ping"}') == messages(PING)
@@ -299,7 +305,7 @@ def test_random_bytes_never_raise_and_a_newline_resyncs(chunks: list[bytes]) -> 
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet="{}[]:,\"'\\ \nabtrue0123-.eE\xff", max_size=80))
 def test_json_like_noise_never_raises(text: str) -> None:
-    framer = Framer(max_depth=8)
+    framer = agent_framer(max_depth=8)
     framer.receive(text.encode("utf-8", "surrogateescape"))
     assert framer.receive(b'\xff\n{"execute":"guest-ping"}')[-1] == Message(PING)
 
@@ -329,7 +335,7 @@ def test_any_input_gives_replies_a_strict_parser_accepts(chunks: list[bytes]) ->
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet="{}[]:,\"'\\ \nabx\xff\xfe\xc3", max_size=80))
 def test_bad_bytes_in_json_like_input_give_strict_replies(text: str) -> None:
-    framer = Framer(max_depth=8)
+    framer = agent_framer(max_depth=8)
     data = text.encode("latin-1")
     for reply in replies_to(framer.receive(data)):
         strict_json(reply)
@@ -397,7 +403,7 @@ def test_a_long_bad_message_is_skipped_in_bounded_steps(
 ) -> None:
     counting = CountingPattern(scanner_module._RECOVERY_STOP)
     monkeypatch.setattr(scanner_module, "_RECOVERY_STOP", counting)
-    framer = Framer()
+    framer = agent_framer()
     events: list[Event] = []
     data = b'{"a":x ' + tail + b'\n{"execute":"guest-ping"}'
     for start in range(0, len(data), 1 << 16):

@@ -89,7 +89,7 @@ def test_freeze_list_status_thaw_as_qemu_ga(
         blocked = write_to(scratch.xfs)
         assert blocked.blocked_for(0.3)
         disabled = client.execute("guest-fsfreeze-freeze-list", {"mountpoints": both})
-        # The reason is the one text that differs: ours is QEMU 9.1's (README).
+        # The reason is the one text that differs: ours is QEMU 9.1's (docs/compatibility.md).
         reason = "the command is not allowed" if client is ours else "the agent is in frozen state"
         assert disabled == {
             "error": {

@@ -1,4 +1,4 @@
-"""The freezer (``agent/fsfreeze/freezer.py``) on a recording fake of the ioctls:
+"""The freezer (``agent/system/fsfreeze/freezer.py``) on a recording fake of the ioctls:
 counts and order, failures, cancellation, auto-thaw, the agent's stop and
 the log held while frozen."""
 

@@ -1,4 +1,4 @@
-"""The fsfreeze hook (``agent/fsfreeze/hook.py``) run by the freezer: order,
+"""The fsfreeze hook (``agent/system/fsfreeze/hook.py``) run by the freezer: order,
 failures, a missing hook and a hook that hangs."""
 
 from __future__ import annotations

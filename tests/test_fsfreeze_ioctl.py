@@ -1,4 +1,4 @@
-"""The FIFREEZE safety net of ``agent/fsfreeze/ioctl.py``: only listed
+"""The FIFREEZE safety net of ``agent/system/fsfreeze/ioctl.py``: only listed
 mountpoints off the root device may be frozen."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The mount table (``agent/fsfreeze/mounts.py``): parsing mountinfo, which
+"""The mount table (``agent/system/mounts.py``): parsing mountinfo, which
 filesystems a freeze covers and in which order."""
 
 from __future__ import annotations

@@ -23,9 +23,11 @@ import pytest
 import trio
 import trio.testing
 
+from agent.core.config import DEFAULT_FS_TIMEOUT, KERNEL_MOUNT_TABLE
 from agent.system.fsfreeze.freezer import Freezer
 from agent.system.fsfreeze.ioctl import LinuxIoctls
 from agent.system.fsfreeze.marker import MARKER_NAME
+from agent.system.fsguard import FsGuard
 from tests.support.agents import AgentFactory, served
 from tests.support.scratch import BlockedWrite, Scratch
 
@@ -48,6 +50,19 @@ def error(desc: str, error_class: str = "GenericError") -> dict[str, Any]:
 def scratch_agent(agent_factory: AgentFactory, scratch: Scratch) -> AgentFactory:
     """Agents whose mount table lists the scratch filesystems, nothing else."""
     return functools.partial(agent_factory, mount_table=str(scratch.mount_table))
+
+
+def recording_freezer(
+    tmp_path: Path, scratch: Scratch, ioctls: LinuxIoctls, *, watchdog: bool = True
+) -> Freezer:
+    """A freezer of the scratch filesystems through ``ioctls``, with the agent's deadline."""
+    return Freezer(
+        str(tmp_path),
+        mount_table=str(scratch.mount_table),
+        fs=FsGuard(DEFAULT_FS_TIMEOUT, mount_table=KERNEL_MOUNT_TABLE),
+        ioctls=ioctls,
+        watchdog=watchdog,
+    )
 
 
 class RecordingIoctls(LinuxIoctls):
@@ -86,7 +101,7 @@ async def test_children_are_frozen_before_parents(
     scratch_agent: AgentFactory, tmp_path: Path, scratch: Scratch
 ) -> None:
     ioctls = RecordingIoctls()
-    freezer = Freezer(str(tmp_path), mount_table=str(scratch.mount_table), ioctls=ioctls)
+    freezer = recording_freezer(tmp_path, scratch, ioctls)
     async with served(scratch_agent(freezer=freezer)) as client:
         assert await client.execute("guest-fsfreeze-freeze") == {"return": 2}
         assert ioctls.frozen == [str(scratch.xfs), str(scratch.ext4)]
@@ -152,7 +167,7 @@ async def test_a_failure_part_way_thaws_what_was_frozen(
             raise OSError(errno.EIO, "Input/output error")
 
     ioctls = RecordingIoctls(fail_on_ext4)
-    freezer = Freezer(str(tmp_path), mount_table=str(scratch.mount_table), ioctls=ioctls)
+    freezer = recording_freezer(tmp_path, scratch, ioctls)
     async with served(scratch_agent(freezer=freezer)) as client:
         reply = await client.execute("guest-fsfreeze-freeze")
         assert reply == error(f"failed to freeze {scratch.ext4}: Input/output error")
@@ -172,9 +187,7 @@ async def test_a_freeze_timing_out_part_way_thaws_what_was_frozen(
             time.sleep(max(0.0, sent + 2 - time.monotonic()))
 
     ioctls = RecordingIoctls(slow_xfs)
-    freezer = Freezer(
-        str(tmp_path), mount_table=str(scratch.mount_table), ioctls=ioctls, watchdog=False
-    )
+    freezer = recording_freezer(tmp_path, scratch, ioctls, watchdog=False)
     async with served(scratch_agent(command_timeout=1.0, freezer=freezer)) as client:
         sent = time.monotonic()
         reply = await client.execute("guest-fsfreeze-freeze")

@@ -1,4 +1,4 @@
-"""The fsfreeze state machine (``agent/fsfreeze/state.py``): every transition
+"""The fsfreeze state machine (``agent/system/fsfreeze/state.py``): every transition
 outside its table is refused."""
 
 from __future__ import annotations

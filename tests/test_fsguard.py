@@ -15,6 +15,7 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
+from agent.core.config import KERNEL_MOUNT_TABLE
 from agent.system.fsguard import FsGuard, FsTimeout
 from agent.system.fsidentity import Identity, OwnThread, acting_as
 
@@ -27,7 +28,7 @@ def blocker(gate: threading.Event, result: int = 7) -> int:
 
 
 async def test_a_call_that_answers_gives_its_result_and_its_errors() -> None:
-    guard = FsGuard(DEADLINE)
+    guard = FsGuard(DEADLINE, mount_table=KERNEL_MOUNT_TABLE)
     assert await guard.call("/mnt", lambda: 3) == 3
     with pytest.raises(FileNotFoundError):
         await guard.call("/mnt", lambda: open("/nonexistent/x"))  # noqa: SIM115
@@ -35,7 +36,7 @@ async def test_a_call_that_answers_gives_its_result_and_its_errors() -> None:
 
 
 async def test_a_hung_call_is_abandoned_and_its_mount_fails_fast_until_it_comes_back() -> None:
-    guard = FsGuard(DEADLINE)
+    guard = FsGuard(DEADLINE, mount_table=KERNEL_MOUNT_TABLE)
     gate = threading.Event()
     discarded: list[int] = []
     came_back = threading.Event()
@@ -64,7 +65,7 @@ async def test_a_hung_call_is_abandoned_and_its_mount_fails_fast_until_it_comes_
 
 
 async def test_a_hung_mount_is_tried_again_after_a_while() -> None:
-    guard = FsGuard(DEADLINE, retry_after=0.3)
+    guard = FsGuard(DEADLINE, mount_table=KERNEL_MOUNT_TABLE, retry_after=0.3)
     gate = threading.Event()
     try:
         with pytest.raises(FsTimeout):
@@ -77,7 +78,7 @@ async def test_a_hung_mount_is_tried_again_after_a_while() -> None:
 
 
 async def test_stuck_threads_are_bounded() -> None:
-    guard = FsGuard(DEADLINE, max_stuck=2)
+    guard = FsGuard(DEADLINE, mount_table=KERNEL_MOUNT_TABLE, max_stuck=2)
     gate = threading.Event()
     try:
         for mount in ("/a", "/b"):
@@ -95,7 +96,7 @@ async def test_stuck_threads_are_bounded() -> None:
 async def test_a_call_that_never_got_a_thread_is_neither_stuck_nor_a_hung_mount() -> None:
     """When every thread of the guard is busy, a call that waits past its deadline
     for one fails without starting: its mount was never asked."""
-    guard = FsGuard(DEADLINE, max_stuck=1)  # two threads
+    guard = FsGuard(DEADLINE, mount_table=KERNEL_MOUNT_TABLE, max_stuck=1)  # two threads
     gate = threading.Event()
     ran: list[str] = []
     try:
@@ -120,7 +121,7 @@ async def test_a_call_that_never_got_a_thread_is_neither_stuck_nor_a_hung_mount(
 
 
 async def test_a_call_cancelled_from_outside_is_abandoned_too() -> None:
-    guard = FsGuard(10)
+    guard = FsGuard(10, mount_table=KERNEL_MOUNT_TABLE)
     gate = threading.Event()
     discarded: list[int] = []
     with trio.move_on_after(DEADLINE):
@@ -138,7 +139,7 @@ async def test_a_call_cancelled_from_outside_is_abandoned_too() -> None:
 
 
 async def test_an_own_thread_call_runs_in_a_new_thread_that_ends_with_it() -> None:
-    guard = FsGuard(DEADLINE)
+    guard = FsGuard(DEADLINE, mount_table=KERNEL_MOUNT_TABLE)
     threads: list[threading.Thread] = []
 
     def note_thread() -> str:
@@ -161,7 +162,7 @@ async def test_an_own_thread_call_runs_in_a_new_thread_that_ends_with_it() -> No
 async def test_only_an_own_thread_may_take_a_users_identity() -> None:
     """The event loop's thread, trio's workers and the guard's pooled workers
     run other work after this call: none of them may change its identity."""
-    guard = FsGuard(DEADLINE)
+    guard = FsGuard(DEADLINE, mount_table=KERNEL_MOUNT_TABLE)
 
     def take() -> None:
         with acting_as(Identity(4242, 4242, (4242,))):
@@ -177,7 +178,8 @@ async def test_only_an_own_thread_may_take_a_users_identity() -> None:
 
 
 async def test_own_threads_have_the_deadline_and_the_bound_of_the_others() -> None:
-    guard = FsGuard(DEADLINE, max_stuck=1)  # two threads; one stuck is the limit
+    # Two threads; one stuck is the limit.
+    guard = FsGuard(DEADLINE, mount_table=KERNEL_MOUNT_TABLE, max_stuck=1)
     gate = threading.Event()
     try:
         async with trio.open_nursery() as nursery:

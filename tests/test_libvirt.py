@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import trio
 
 from agent.host.client import QgaClient
 from agent.host.errors import AgentError, CommandNotFound
-from tests.support.libvirt_host import GuestDomain, LibvirtHost, build_initramfs
+from tests.support.libvirt_host import GuestDomain, LibvirtHost, build_initramfs, needs_libvirt
 from tests.support.reference import qemu_ga_binary
 from tests.support.vm import run_in_vm_script
 
@@ -44,21 +43,6 @@ BOOT_DEADLINE = 300.0  # seconds from virsh create to the agent's first answer (
 USER = "qgauser"  # made by tests/support/libvirt-guest
 SCRATCH = "/mnt/scratch"
 ADDRESSES = ("domifaddr", "{}", "--source", "agent")
-
-
-def needs_libvirt() -> None:
-    """Skips loudly without root or libvirt (fails in CI, whose setup installs it)."""
-    missing = [tool for tool in ("virsh", "libvirtd", "virtlogd") if not shutil.which(tool)]
-    reason = None
-    if os.geteuid() != 0:
-        reason = "the libvirt test starts libvirtd and QEMU as root"
-    elif missing:
-        reason = f"{', '.join(missing)} missing: scripts/setup --test installs libvirt"
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @dataclass

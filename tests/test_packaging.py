@@ -183,7 +183,7 @@ def run_script(
 
 
 WAIT = "trio-qga-service wait-thawed --if-running --timeout 60"
-AGENTS = "trio-qga.service trio-qga-vsock.service"
+AGENTS = " ".join(service.AGENTS)
 
 
 def test_postinst_restarts_a_running_agent_once_thawed(maintscript: Path) -> None:
@@ -239,7 +239,7 @@ def test_prerm_refuses_a_removal_while_frozen(maintscript: Path) -> None:
     assert calls == [WAIT]
     result, calls = run_script(maintscript, "prerm", "remove")
     assert result.returncode == 0
-    stop = "deb-systemd-invoke stop trio-qga-vsock.socket trio-qga-vsock.service trio-qga.service"
+    stop = f"deb-systemd-invoke stop {' '.join(service.OPTIONAL_UNITS)} trio-qga.service"
     assert calls == [WAIT, stop]
     result, calls = run_script(maintscript, "prerm", "upgrade", "0.2.0-1", frozen=True)
     assert result.returncode == 0  # the upgrade's own scripts wait

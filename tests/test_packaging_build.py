@@ -161,6 +161,7 @@ def test_the_deb_holds_the_agent_and_what_starts_it(built: Built) -> None:
         "lib/systemd/system/trio-qga.service",
         "lib/systemd/system/trio-qga-vsock.socket",
         "lib/systemd/system/trio-qga-vsock.service",
+        "lib/systemd/system/trio-qga-multi.service",
         "lib/udev/rules.d/60-trio-qga.rules",
         "etc/qemu/fsfreeze-hook",
         "usr/share/trio-qga/qemu-ga.conf",

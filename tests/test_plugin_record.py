@@ -1,20 +1,22 @@
-"""The plugin record: used while the environment is unchanged, discovery again
-as soon as a distribution is installed, edited or removed, and never trusted
-when it is not the agent's own file."""
+"""The plugin record, inside the one discovery function (``installed_plugins``
+with a cache directory): used while the environment is unchanged, discovery
+again as soon as a distribution is installed, edited or removed, and never
+trusted when it is not the agent's own file."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent import Agent, AgentConfig
-from agent.core import plugin_record
-from agent.core.plugin_record import RECORD_NAME, recorded_entry_points
-from agent.core.plugins import ENTRY_POINT_GROUP, PluginEntry, installed_entry_points
+from agent.core.plugin_record import RECORD_NAME
+from agent.core.plugins import ENTRY_POINT_GROUP, PluginEntry, installed_plugins
 
 HELLO = "tests.test_plugins:HELLO"
 
@@ -37,15 +39,16 @@ def cache(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def discoveries(monkeypatch: pytest.MonkeyPatch) -> list[list[PluginEntry]]:
+def discoveries(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Each discovery through importlib.metadata, as it happens."""
-    found: list[list[PluginEntry]] = []
+    found: list[object] = []
+    entry_points = metadata.entry_points
 
-    def counted() -> list[PluginEntry]:
-        found.append(installed_entry_points())
+    def counted(**selection: Any) -> Any:
+        found.append(entry_points(**selection))
         return found[-1]
 
-    monkeypatch.setattr(plugin_record, "installed_entry_points", counted)
+    monkeypatch.setattr(metadata, "entry_points", counted)
     return found
 
 
@@ -64,13 +67,13 @@ def names(entries: list[PluginEntry]) -> set[str]:
 
 
 def test_the_record_is_used_while_nothing_changes(
-    site: Path, cache: Path, discoveries: list[list[PluginEntry]]
+    site: Path, cache: Path, discoveries: list[object]
 ) -> None:
     install(site, "hello-plugin", {"hello": HELLO})
-    first = recorded_entry_points(str(cache))
+    first = installed_plugins(str(cache))
     assert "hello" in names(first)
     assert len(discoveries) == 1
-    assert recorded_entry_points(str(cache)) == first
+    assert installed_plugins(str(cache)) == first
     assert len(discoveries) == 1  # from the record
     [hello] = [entry for entry in first if entry.name == "hello"]
     assert hello.distribution == "hello-plugin 1.0"
@@ -78,114 +81,126 @@ def test_the_record_is_used_while_nothing_changes(
 
 
 def test_installing_editing_or_removing_a_distribution_means_discovery(
-    site: Path, cache: Path, discoveries: list[list[PluginEntry]]
+    site: Path, cache: Path, discoveries: list[object]
 ) -> None:
-    recorded_entry_points(str(cache))
+    installed_plugins(str(cache))
     dist = install(site, "hello-plugin", {"hello": HELLO})  # installed
-    assert "hello" in names(recorded_entry_points(str(cache)))
+    assert "hello" in names(installed_plugins(str(cache)))
     with open(dist / "entry_points.txt", "a") as edited:  # edited in place
         edited.write(f"again = {HELLO}\n")
-    assert {"hello", "again"} <= names(recorded_entry_points(str(cache)))
+    assert {"hello", "again"} <= names(installed_plugins(str(cache)))
     for item in dist.iterdir():  # removed
         item.unlink()
     dist.rmdir()
-    assert not {"hello", "again"} & names(recorded_entry_points(str(cache)))
+    assert not {"hello", "again"} & names(installed_plugins(str(cache)))
     assert len(discoveries) == 4
-    recorded_entry_points(str(cache))
+    installed_plugins(str(cache))
     assert len(discoveries) == 4
 
 
 def test_a_changed_sys_path_means_discovery(
-    site: Path, cache: Path, discoveries: list[list[PluginEntry]], tmp_path: Path
+    site: Path, cache: Path, discoveries: list[object], tmp_path: Path
 ) -> None:
-    recorded_entry_points(str(cache))
+    installed_plugins(str(cache))
     sys.path.append(str(tmp_path / "not-there-yet"))
-    recorded_entry_points(str(cache))
+    installed_plugins(str(cache))
     assert len(discoveries) == 2
 
 
 @pytest.mark.parametrize("damage", ["not json", "{}", '{"version": 1}', "[]"])
 def test_a_damaged_record_is_ignored_and_replaced(
-    site: Path, cache: Path, discoveries: list[list[PluginEntry]], damage: str
+    site: Path, cache: Path, discoveries: list[object], damage: str
 ) -> None:
     install(site, "hello-plugin", {"hello": HELLO})
     (cache / RECORD_NAME).write_text(damage)
-    assert "hello" in names(recorded_entry_points(str(cache)))
+    assert "hello" in names(installed_plugins(str(cache)))
     assert len(discoveries) == 1
     assert json.loads((cache / RECORD_NAME).read_text())["version"] == 1
 
 
 def test_a_record_with_malformed_entries_is_ignored(
-    site: Path, cache: Path, discoveries: list[list[PluginEntry]]
+    site: Path, cache: Path, discoveries: list[object]
 ) -> None:
-    recorded_entry_points(str(cache))
+    installed_plugins(str(cache))
     record = json.loads((cache / RECORD_NAME).read_text())
     record["entry_points"] = [{"name": "evil", "value": 42}]
     (cache / RECORD_NAME).write_text(json.dumps(record))
-    assert "evil" not in names(recorded_entry_points(str(cache)))
+    assert "evil" not in names(installed_plugins(str(cache)))
     assert len(discoveries) == 2
 
 
 def test_a_planted_link_is_neither_followed_nor_written_through(
-    site: Path, cache: Path, discoveries: list[list[PluginEntry]], tmp_path: Path
+    site: Path, cache: Path, discoveries: list[object], tmp_path: Path
 ) -> None:
-    recorded_entry_points(str(cache))
+    installed_plugins(str(cache))
     record = (cache / RECORD_NAME).read_text()
     target = tmp_path / "elsewhere.json"
     target.write_text(record)  # a record that would match, behind a link
     (cache / RECORD_NAME).unlink()
     (cache / RECORD_NAME).symlink_to(target)
-    recorded_entry_points(str(cache))
+    installed_plugins(str(cache))
     assert len(discoveries) == 2  # not read through the link
     assert (cache / RECORD_NAME).is_symlink() is False  # replaced by our own file
     assert target.read_text() == record  # and the link's target untouched
 
 
 def test_a_record_a_user_planted_is_not_trusted(
-    site: Path, cache: Path, discoveries: list[list[PluginEntry]]
+    site: Path, cache: Path, discoveries: list[object]
 ) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to give the file to another user (the suite runs as root)")
-    recorded_entry_points(str(cache))
+    installed_plugins(str(cache))
     record = json.loads((cache / RECORD_NAME).read_text())
     record["entry_points"] = [{"name": "evil", "value": HELLO, "distribution": "evil 1"}]
     (cache / RECORD_NAME).write_text(json.dumps(record))
     os.chown(cache / RECORD_NAME, 65534, 65534)
-    assert "evil" not in names(recorded_entry_points(str(cache)))
+    assert "evil" not in names(installed_plugins(str(cache)))
     assert len(discoveries) == 2
 
 
 def test_a_missing_cache_directory_is_made(
-    site: Path, discoveries: list[list[PluginEntry]], tmp_path: Path
+    site: Path, discoveries: list[object], tmp_path: Path
 ) -> None:
     missing = tmp_path / "var" / "cache" / "trio-qga"
-    recorded_entry_points(str(missing))
+    installed_plugins(str(missing))
     assert (missing / RECORD_NAME).is_file()
     assert missing.stat().st_mode & 0o777 == 0o755
 
 
 def test_an_unwritable_cache_directory_means_discovery_every_time(
-    site: Path, discoveries: list[list[PluginEntry]], tmp_path: Path
+    site: Path, discoveries: list[object], tmp_path: Path
 ) -> None:
     blocked = tmp_path / "a-file"  # a directory cannot be made under a file
     blocked.write_text("")
     install(site, "hello-plugin", {"hello": HELLO})
-    assert "hello" in names(recorded_entry_points(str(blocked / "cache")))
-    assert "hello" in names(recorded_entry_points(str(blocked / "cache")))
+    assert "hello" in names(installed_plugins(str(blocked / "cache")))
+    assert "hello" in names(installed_plugins(str(blocked / "cache")))
     assert len(discoveries) == 2
 
 
-def test_an_agent_loads_a_recorded_plugin(
-    site: Path, cache: Path, discoveries: list[list[PluginEntry]]
+async def test_an_agent_loads_a_recorded_plugin(
+    site: Path, cache: Path, discoveries: list[object]
 ) -> None:
     install(site, "hello-plugin", {"hello": HELLO})
     for _ in range(2):
-        agent = Agent(AgentConfig(statedir=str(cache), cache_dir=str(cache), pidfile=None))
-        [hello] = [plugin for plugin in agent.plugins if plugin.name == "hello"]
-        assert hello.status == "loaded"
-        assert hello.distribution == "hello-plugin 1.0"
-        assert agent.context.registry.get("guest-x-hello") is not None
+        async with Agent(AgentConfig(cache_dir=str(cache), plugins=True)) as agent:
+            [hello] = [plugin for plugin in agent.plugins if plugin.name == "hello"]
+            assert hello.status == "loaded"
+            assert hello.distribution == "hello-plugin 1.0"
+            assert agent.context.registry.get("guest-x-hello") is not None
     assert len(discoveries) == 1
+    assert (cache / RECORD_NAME).is_file()
+
+
+def test_without_a_cache_directory_nothing_is_recorded(
+    site: Path, discoveries: list[object], tmp_path: Path
+) -> None:
+    install(site, "hello-plugin", {"hello": HELLO})
+    before = sorted(tmp_path.rglob("*"))
+    for cache_dir in (None, ""):
+        assert "hello" in names(installed_plugins(cache_dir))
+    assert len(discoveries) == 2
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize(
@@ -204,28 +219,28 @@ def test_a_recorded_entry_that_is_no_entry_point_value_fails_to_load() -> None:
 
 
 def test_other_files_in_a_path_directory_change_nothing(
-    site: Path, cache: Path, discoveries: list[list[PluginEntry]]
+    site: Path, cache: Path, discoveries: list[object]
 ) -> None:
     """``python -m agent`` has its working directory, often /tmp, on sys.path."""
-    recorded_entry_points(str(cache))
+    installed_plugins(str(cache))
     (site / "some.sock").write_text("")
     (site / "some.pid").write_text("1")
-    recorded_entry_points(str(cache))
+    installed_plugins(str(cache))
     assert len(discoveries) == 1
 
 
 def test_a_distribution_reinstalled_under_the_same_name_means_discovery(
-    site: Path, cache: Path, discoveries: list[list[PluginEntry]]
+    site: Path, cache: Path, discoveries: list[object]
 ) -> None:
     """pip removes the old .dist-info and writes a new one; here the new
     entry_points.txt even has the old one's size."""
     dist = install(site, "hello-plugin", {"hello": HELLO})
-    assert "hello" in names(recorded_entry_points(str(cache)))
+    assert "hello" in names(installed_plugins(str(cache)))
     old = dist.with_name("old")
     dist.rename(old)
     install(site, "hello-plugin", {"hallo": HELLO})
     for item in old.iterdir():
         item.unlink()
     old.rmdir()
-    assert "hallo" in names(recorded_entry_points(str(cache)))
+    assert "hallo" in names(installed_plugins(str(cache)))
     assert len(discoveries) == 2

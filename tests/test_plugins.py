@@ -9,12 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.plugins import ENTRY_POINT_GROUP, Plugin, PluginEntry, load_plugins
+from agent import Agent, AgentConfig
+from agent.core.plugins import (
+    ENTRY_POINT_GROUP,
+    Plugin,
+    PluginEntry,
+    installed_plugins,
+    load_plugins,
+)
 from agent.core.policy import NOT_ALLOWED, CommandPolicy
 from agent.core.registry import HandlerSet, Registry
 from agent.models.schema import load_builtin
-from tests.support.agents import AgentFactory
-from tests.support.clients import SocketClient, StreamClient
+from tests.support.agents import AgentFactory, served
+from tests.support.clients import SocketClient
 from tests.support.processes import run_agent, running_agent
 
 pytestmark = pytest.mark.slow
@@ -86,7 +93,7 @@ def builtin_registry() -> Registry:
 
 def test_a_plugin_adds_its_commands() -> None:
     registry = builtin_registry()
-    [found] = load_plugins(registry, entry_points=lambda: entry_points(hello="HELLO"))
+    [found] = load_plugins(registry, entry_points(hello="HELLO"))
     assert (found.status, found.commands) == ("loaded", ["guest-x-hello"])
     command = registry.get("guest-x-hello")
     assert command is not None
@@ -98,7 +105,7 @@ def test_failures_are_isolated_and_reported() -> None:
     before = len(registry)
     found = load_plugins(
         registry,
-        entry_points=lambda: [
+        [
             *entry_points(
                 bad="BAD_SCHEMA", clash="CLASHING", notplugin="NOT_A_PLUGIN", wrong="MISMATCHED"
             ),
@@ -120,7 +127,7 @@ def test_failures_are_isolated_and_reported() -> None:
 
 def test_a_plugin_cannot_take_another_plugins_command() -> None:
     registry = builtin_registry()
-    found = load_plugins(registry, entry_points=lambda: entry_points(a="HELLO", b="HELLO"))
+    found = load_plugins(registry, entry_points(a="HELLO", b="HELLO"))
     assert [p.status for p in found] == [
         "loaded",
         "plugin b (unknown distribution): guest-x-hello is already provided by"
@@ -130,16 +137,14 @@ def test_a_plugin_cannot_take_another_plugins_command() -> None:
 
 def test_disabled_plugins_are_not_loaded() -> None:
     registry = builtin_registry()
-    [found] = load_plugins(
-        registry, disabled=["hello"], entry_points=lambda: entry_points(hello="HELLO")
-    )
+    [found] = load_plugins(registry, entry_points(hello="HELLO"), disabled=["hello"])
     assert found.status == "disabled"
     assert registry.get("guest-x-hello") is None
 
 
 def test_plugin_commands_obey_the_policy() -> None:
     registry = builtin_registry()
-    load_plugins(registry, entry_points=lambda: entry_points(hello="HELLO"))
+    load_plugins(registry, entry_points(hello="HELLO"))
     command = registry.get("guest-x-hello")
     assert command is not None
     assert CommandPolicy().disabled_reason(command, frozen=True) == NOT_ALLOWED
@@ -153,7 +158,7 @@ def test_plugin_commands_obey_the_policy() -> None:
 
 def test_a_plugin_command_is_disabled_where_its_gates_are() -> None:
     registry = builtin_registry()
-    [found] = load_plugins(registry, entry_points=lambda: entry_points(gated="GATED"))
+    [found] = load_plugins(registry, entry_points(gated="GATED"))
     assert found.status == "loaded"
     command = registry.get("guest-x-read-config")
     assert command is not None
@@ -170,7 +175,7 @@ def test_a_plugin_command_is_disabled_where_its_gates_are() -> None:
 def test_a_plugin_with_an_unknown_gate_is_skipped() -> None:
     """A misspelt gate would match no filter, and leave the command ungated."""
     registry = builtin_registry()
-    [found] = load_plugins(registry, entry_points=lambda: entry_points(typo="MISSPELT_GATE"))
+    [found] = load_plugins(registry, entry_points(typo="MISSPELT_GATE"))
     assert found.status == (
         "plugin typo (unknown distribution): guest-x-read-config is gated by"
         " guest-file-opne, which is not a command of the agent's own schema"
@@ -184,7 +189,7 @@ def test_the_example_plugins_commands_have_no_gates() -> None:
     read, and ``systemctl show`` of a unit: no program, file, account or power
     action of the host's choosing, so nothing a qemu-ga command gates."""
     registry = builtin_registry()
-    load_plugins(registry)
+    load_plugins(registry, installed_plugins())
     gates = {
         name: command.gated_by
         for name in ("guest-x-process-list", "guest-x-service-status")
@@ -193,20 +198,22 @@ def test_the_example_plugins_commands_have_no_gates() -> None:
     assert gates == {"guest-x-process-list": (), "guest-x-service-status": ()}
 
 
-async def test_example_plugin_is_served_like_a_builtin(agent_client: StreamClient) -> None:
-    info = (await agent_client.execute("guest-info"))["return"]
-    names = {c["name"] for c in info["supported_commands"]}
-    assert {"guest-x-process-list", "guest-x-service-status"} <= names
-    processes = (await agent_client.execute("guest-x-process-list"))["return"]
-    assert os.getpid() in {p["pid"] for p in processes}
-    reply = await agent_client.execute("guest-x-process-list", {"nam": "x"})
-    assert reply["error"]["desc"] == "Parameter 'nam' is unexpected"
+async def test_example_plugin_is_served_like_a_builtin(agent_factory: AgentFactory) -> None:
+    async with served(agent_factory(plugins=True)) as agent_client:
+        info = (await agent_client.execute("guest-info"))["return"]
+        names = {c["name"] for c in info["supported_commands"]}
+        assert {"guest-x-process-list", "guest-x-service-status"} <= names
+        processes = (await agent_client.execute("guest-x-process-list"))["return"]
+        assert os.getpid() in {p["pid"] for p in processes}
+        reply = await agent_client.execute("guest-x-process-list", {"nam": "x"})
+        assert reply["error"]["desc"] == "Parameter 'nam' is unexpected"
 
 
-def test_no_plugins_config(agent_factory: AgentFactory) -> None:
-    agent = agent_factory(plugins=False)
-    assert agent.context.registry.get("guest-x-process-list") is None
-    assert agent.plugins == []
+async def test_an_embedded_agent_loads_no_plugin_unless_asked() -> None:
+    assert AgentConfig().plugins is False
+    async with Agent(AgentConfig()) as agent:
+        assert agent.context.registry.get("guest-x-process-list") is None
+        assert agent.plugins == []
 
 
 def test_example_plugin_end_to_end_through_the_daemon(tmp_path: Path) -> None:

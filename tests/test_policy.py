@@ -130,13 +130,15 @@ def test_the_summary_lists_what_is_disabled_and_through_which_gates() -> None:
 
 
 # ------------------------------------------------------------ the agent --
-def test_the_agent_refuses_to_build_with_a_contradictory_filter(
+async def test_the_agent_refuses_to_start_with_a_contradictory_filter(
     agent_factory: AgentFactory,
 ) -> None:
+    agent = agent_factory(
+        blocked_rpcs=(EXEC,), allowed_rpcs=("guest-ping", START, EXEC, STATUS), plugins=False
+    )  # built: the filter is checked against the commands, which starting it finds
     with pytest.raises(PolicyError, match=f"{START} \\(gated by guest-exec\\)"):
-        agent_factory(
-            blocked_rpcs=(EXEC,), allowed_rpcs=("guest-ping", START, EXEC, STATUS), plugins=False
-        )
+        async with agent:
+            pass
 
 
 async def test_blocking_guest_exec_disables_the_streaming_exec(agent_factory: AgentFactory) -> None:

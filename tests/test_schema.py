@@ -376,3 +376,38 @@ def test_registry_refuses_annotations_that_do_not_fit_the_schema(
 ) -> None:
     with pytest.raises(RegistryError, match=message):
         Registry(parse(TYPED_SCHEMA, "t")).add(typed_handler_set(function))
+
+
+def test_delimited_reply_and_secrets_are_read_from_the_schema() -> None:
+    commands = load_builtin().commands
+    assert {name for name, c in commands.items() if c.delimited_reply} == {"guest-sync-delimited"}
+    assert commands["guest-set-user-password"].secret_arguments == {"password"}
+    assert commands["guest-file-read"].secret_returns == {"buf-b64"}
+    assert commands["guest-exec-status"].secret_returns == {"out-data", "err-data"}
+    assert not commands["guest-ping"].secret_arguments | commands["guest-ping"].secret_returns
+
+
+SECRETS_SCHEMA = """
+{ 'struct': 'Out', 'data': { 'token': 'str', 'n': 'int' } }
+{ 'command': 'x-s', 'data': { 'key': 'str' }, 'returns': ['Out'],
+  'secret-arguments': ['key'], 'secret-returns': ['token'] }
+"""
+
+
+def test_secret_members_must_exist() -> None:
+    """A misspelt secret would be logged all the same: the registry refuses it."""
+    Registry(parse(SECRETS_SCHEMA, "t")).add(handlers_with_key("x-s"))
+    misspelt = SECRETS_SCHEMA.replace("'secret-arguments': ['key']", "'secret-arguments': ['kye']")
+    with pytest.raises(RegistryError, match=r"secret arguments \['kye'\] are not its members"):
+        Registry(parse(misspelt, "t")).add(handlers_with_key("x-s"))
+    misspelt = SECRETS_SCHEMA.replace("'secret-returns': ['token']", "'secret-returns': ['tok']")
+    with pytest.raises(RegistryError, match=r"secret returns \['tok'\] are not members"):
+        Registry(parse(misspelt, "t")).add(handlers_with_key("x-s"))
+    with pytest.raises(SchemaError, match="'secret-returns' must be a non-empty list of members"):
+        parse("{ 'command': 'x', 'secret-returns': 'token' }\n", "here")
+
+
+def handlers_with_key(name: str) -> HandlerSet:
+    handlers = HandlerSet()
+    handlers.command(name)(lambda ctx, key: [])
+    return handlers

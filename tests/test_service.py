@@ -125,7 +125,7 @@ def test_an_upgrade_replaces_the_files_it_wrote(tmp_path: Path) -> None:
 
 def test_the_units_are_the_packaged_ones_but_for_exec_start(tmp_path: Path) -> None:
     assert install(tmp_path) == 0
-    for name in (service.UNIT, *service.VSOCK_UNITS):
+    for name in (service.UNIT, *service.OPTIONAL_UNITS):
         packaged = service.data(name).decode()
         written = (tmp_path / "etc/systemd/system" / name).read_text()
         if name.endswith(".service"):
@@ -273,7 +273,7 @@ def test_restart_waits_for_the_thaw_then_restarts(statedir: Path, tmp_path: Path
     freeze_marker(statedir, ["/data"])
     with pytest.raises(service.Refused):
         service.restart(args, system)
-    restart = ["systemctl", "try-restart", "trio-qga.service", "trio-qga-vsock.service"]
+    restart = ["systemctl", "try-restart", *service.AGENTS]
     assert restart not in recorder.calls
     FrozenMarker(str(statedir)).remove()
     assert service.restart(args, system) == 0

@@ -12,12 +12,14 @@ import pytest
 import trio
 import trio.testing
 
-from agent import Agent, AgentConfig
+from agent import Agent
+from agent.core.config import DEFAULT_FS_TIMEOUT, KERNEL_MOUNT_TABLE
+from agent.core.memory_release import BULK
 from agent.core.registry import HandlerSet
-from agent.core.session import BULK
 from agent.models.schema import parse
 from agent.system.fsfreeze.freezer import Freezer
 from agent.system.fsfreeze.marker import MARKER_NAME
+from agent.system.fsguard import FsGuard
 from tests.support.agents import AgentFactory, served
 from tests.support.clients import StreamClient
 from tests.support.fsfreeze_fakes import FakeIoctls
@@ -170,9 +172,9 @@ async def test_guest_info_lists_every_command(agent_client: StreamClient, agent:
 
 
 async def test_frozen_state_disables_commands_per_schema(
-    agent_config: AgentConfig, agent_factory: AgentFactory
+    tmp_path: Path, agent_factory: AgentFactory
 ) -> None:
-    agent = agent_factory(freezer=started_frozen(agent_config.statedir))
+    agent = agent_factory(freezer=started_frozen(str(tmp_path)))
     async with served(agent) as agent_client:
         assert await agent_client.execute("guest-ping") == {"return": {}}
         assert await agent_client.execute("guest-sync", {"id": 3}) == {"return": 3}
@@ -237,7 +239,8 @@ def started_frozen(statedir: str) -> Freezer:
     mountpoint whose state FITHAW cannot tell (the agent checks it at start)."""
     (Path(statedir) / MARKER_NAME).write_text('["/frozen"]')
     ioctls = FakeIoctls(unanswered_thaw=("/frozen",))
-    return Freezer(statedir, mount_table=os.devnull, ioctls=ioctls, watchdog=False)
+    fs = FsGuard(DEFAULT_FS_TIMEOUT, mount_table=KERNEL_MOUNT_TABLE)
+    return Freezer(statedir, mount_table=os.devnull, fs=fs, ioctls=ioctls, watchdog=False)
 
 
 async def serve_test_agent(
@@ -388,7 +391,7 @@ async def test_memory_is_given_back_after_bulk_data_when_the_host_is_quiet_or_le
     agent_factory: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pause = 0.5  # long enough that the ping below comes in time on a loaded machine
-    monkeypatch.setattr("agent.core.session.QUIET", pause)
+    monkeypatch.setattr("agent.core.memory_release.QUIET", pause)
     releases = 0
     first_release = trio.Event()
 

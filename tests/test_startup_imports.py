@@ -6,6 +6,8 @@ files read from a slow disk."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,8 +35,7 @@ def imported_by_the_first_reply(
 ) -> set[str]:
     """The modules the agent (started with ``options``) imported by its first reply."""
     monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # python -X importtime: to stderr
-    cache = ("--cache-dir", str(tmp_path / "cache"))  # not the machine's /var/cache
-    with running_agent(tmp_path, *cache, *options) as (proc, sock):
+    with running_agent(tmp_path, *options) as (proc, sock):  # its cache: tmp_path/cache
         client = SocketClient(sock)
         client.resync(1)
         client.close()
@@ -76,3 +77,24 @@ def test_with_a_plugin_record_the_entry_point_machinery_is_not_imported(
     second = imported_by_the_first_reply(tmp_path, monkeypatch)
     for module in DISCOVERY:
         assert module not in second
+
+
+def test_the_configuration_imports_no_implementation() -> None:
+    """``trio-qga`` reads its options into ``agent.core.config`` before it loads
+    the agent: the defaults live there, so the module loads neither trio nor
+    the modules that implement the settings."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import agent.core.config"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = set(re.findall(r"^import time:.*\| +([\w.]+)$", result.stderr, re.M))
+    assert {module for module in imported if module.split(".")[0] in ("agent", "trio")} == {
+        "agent",
+        "agent.version",
+        "agent.core",
+        "agent.core.config",
+        "agent.transports",
+        "agent.transports.spec",
+    }

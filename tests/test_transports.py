@@ -273,7 +273,7 @@ def test_vsock_listen_serves_a_client(agent_factory: AgentFactory) -> None:
     async def scenario() -> BaseException | None:
         agent = agent_factory(method="vsock-listen", path="-1:41999")
         async with agent, trio.open_nursery() as nursery:
-            await nursery.start(agent.serve_transport)
+            await nursery.start(agent.serve_transports)
             # The listening socket is there; a client needs a vsock path to it:
             # the loopback transport (CID 1) where the kernel has one.
             with trio.socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as client:

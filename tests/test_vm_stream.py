@@ -4,7 +4,7 @@ One VM (``../shared/vm/run-in-vm``, TCG when KVM does not work) runs trio-qga
 embedded on its virtio-serial port (``vm_agent.py``, one host session). The host
 connects before the guest has booted (QEMU holds the bytes) and, in that one
 session, streams a program printing a line every 0.5 s, echoes lines through
-cat (printing the round trip, a latency figure for the README), and collects
+cat (printing the round trip, a latency figure for docs/benchmarks.md), and collects
 exit statuses.
 """
 

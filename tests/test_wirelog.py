@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import logging
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from agent.wire.wirelog import for_session
+from tests.support.agents import AgentFactory, served
 from tests.support.clients import StreamClient
 
 SECRET = b"hunter2-very-secret"
@@ -110,6 +114,31 @@ async def test_secrets_and_content_never_reach_the_log(
     assert '"data": "<redacted>"' in text
 
 
+@pytest.fixture
+def process_with_a_password() -> Iterator[subprocess.Popen[bytes]]:
+    """A process whose command line carries a secret, as `mysql -pSECRET` would."""
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", f"-p{SECRET.decode()}"]
+    with subprocess.Popen(argv) as process:
+        try:
+            yield process
+        finally:
+            process.kill()
+
+
+async def test_a_plugins_secret_never_reaches_the_log(
+    debug_log: pytest.LogCaptureFixture,
+    agent_factory: AgentFactory,
+    process_with_a_password: subprocess.Popen[bytes],
+) -> None:
+    """The example plugin marks ``cmdline`` secret in its own schema."""
+    async with served(agent_factory(plugins=True)) as client:
+        reply = await client.execute("guest-x-process-list")
+    [mine] = [p for p in reply["return"] if p["pid"] == process_with_a_password.pid]
+    assert mine["cmdline"][-1] == f"-p{SECRET.decode()}"  # the reply has it
+    assert SECRET.decode() not in debug_log.text
+    assert '"cmdline": "<redacted>"' in "\n".join(wire_lines(debug_log))
+
+
 def test_no_wire_log_without_debug(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    assert for_session() is None
+    assert for_session(lambda command: (frozenset(), frozenset())) is None

@@ -14,19 +14,18 @@ harness serves a socket or serial port it opened itself.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import trio
 
-from agent.core.config import AgentConfig
+from agent.core.config import KERNEL_MOUNT_TABLE, AgentConfig
 from agent.core.context import AgentContext
 from agent.core.dispatch import Dispatcher
-from agent.core.plugin_record import recorded_entry_points
-from agent.core.plugins import installed_entry_points, load_plugins
+from agent.core.plugins import FoundPlugin, installed_plugins, load_plugins
 from agent.core.policy import CommandPolicy
 from agent.core.registry import HandlerSet, Registry
 from agent.core.session import ReleaseMemory, serve_session
@@ -37,7 +36,9 @@ from agent.system.fsfreeze.freezer import Freezer
 from agent.system.fsfreeze.loghold import LogHold
 from agent.system.fsguard import FsGuard, FsTimeout
 from agent.system.sysinfo.fstrim import Trim, fitrim
-from agent.transports.serve import serve_transport
+from agent.transports.activation import method_of
+from agent.transports.group import Channel, serve_all
+from agent.transports.spec import TransportSpec
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,30 @@ def build_registry(
     return registry
 
 
+class NotStarted(RuntimeError):
+    """What only a running agent has was asked of one not started (``async with``)."""
+
+
+@dataclass(frozen=True)
+class _Started:
+    """What starting an agent builds."""
+
+    context: AgentContext
+    dispatcher: Dispatcher
+    plugins: list[FoundPlugin]
+
+
 class Agent:
     """One guest agent: its commands, state and configuration.
 
-    It serves one client at a time, as qemu-ga does: a second :meth:`serve`
-    waits until the first session ends.
+    Building one stores its configuration and seams and does nothing else;
+    ``async with agent`` starts it (see :meth:`__aenter__`). What only a
+    started agent has (:attr:`context`, :attr:`dispatcher`, :attr:`plugins`)
+    raises :class:`NotStarted` before that, and stays for inspection after.
+    An agent runs once. Each of its transports serves one client at a time,
+    as qemu-ga does, and :meth:`serve` too; sessions of different transports
+    run side by side, on the agent's one state (open files, processes, the
+    freeze).
     """
 
     def __init__(
@@ -88,72 +108,113 @@ class Agent:
         log_hold: LogHold | None = None,
         release_memory: ReleaseMemory | None = None,
     ) -> None:
-        """``executor``, ``root``, ``clock`` and ``trim`` replace the real system
+        """``handlers`` and ``schema`` replace the agent's own commands;
+        ``executor``, ``root``, ``clock`` and ``trim`` replace the real system
         for the commands that change it (tests pass a recording executor, a
         scratch directory, a fake clock and a fake FITRIM);
         ``freezer`` replaces the one built from ``config`` (tests pass fake ioctls);
         ``log_hold`` is held while filesystems are frozen (the CLI's log handler);
         ``release_memory`` gives freed memory back to the system after a session's
         bulk transfers (the CLI's ``malloc_trim``; an embedding program's allocator
-        is its own business).
-
-        Raises :class:`agent.core.policy.PolicyError` when ``config``'s allow-list names
-        a command whose gate (``'gated-by'`` in the schema) the filter disables."""
+        is its own business)."""
         self.config = config or AgentConfig()
-        fs = FsGuard(self.config.fs_timeout)
-        freezer = freezer or Freezer(
-            self.config.statedir,
-            mount_table=self.config.mount_table,
-            hook=self.config.fsfreeze_hook,
-            thaw_timeout=self.config.thaw_timeout,
-            fs=fs,
-            log_hold=log_hold,
-        )
-        registry = build_registry(handlers, schema)
-        self.plugins = (
-            load_plugins(
-                registry,
-                disabled=self.config.disabled_plugins,
-                entry_points=(
-                    functools.partial(recorded_entry_points, self.config.cache_dir)
-                    if self.config.cache_dir
-                    else installed_entry_points
-                ),
-            )
-            if self.config.plugins
-            else []
-        )
-        policy = CommandPolicy.from_lists(self.config.blocked_rpcs, self.config.allowed_rpcs)
-        policy.check(registry)  # an allowed command whose gate is blocked: PolicyError
-        store = SessionStore(self.config.statedir, self.config.max_handles)
-        self.context = AgentContext(
-            self.config,
-            registry,
-            policy,
-            store,
-            freezer,
-            executor=executor or ProcessExecutor(),
-            root=root or SystemRoot(),
-            clock=clock or SystemClock(),
-            fs=fs,
-            trim=trim or fitrim,
-        )
-        self.dispatcher = Dispatcher(self.context)
-        self._one_client = trio.Lock()
+        self._handlers = handlers
+        self._schema = schema
+        self._executor = executor
+        self._root = root
+        self._clock = clock
+        self._freezer = freezer
+        self._trim = trim
+        self._log_hold = log_hold
         self._release_memory = release_memory
+        self._started: _Started | None = None
+        self._one_client = trio.Lock()
         self._background = contextlib.AsyncExitStack()  # closes what __aenter__ started
 
+    @property
+    def context(self) -> AgentContext:
+        """What every handler sees: configuration, commands, state."""
+        return self._require_started("context").context
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Runs one request: validation, policy, the handler, the reply."""
+        return self._require_started("dispatcher").dispatcher
+
+    @property
+    def plugins(self) -> list[FoundPlugin]:
+        """The plugins found at start, and what became of each (none unless
+        ``config.plugins``)."""
+        return self._require_started("plugins").plugins
+
+    def _require_started(self, attribute: str) -> _Started:
+        if self._started is None:
+            raise NotStarted(
+                f"Agent.{attribute} exists once the agent has started: inside `async with agent`"
+            )
+        return self._started
+
+    def _start(self) -> _Started:
+        """Everything that reads the system: the commands (the handlers
+        imported, the plugins found and imported), the command filter checked
+        against them, the handle counter and the frozen marker read."""
+        config = self.config
+        registry = build_registry(self._handlers, self._schema)
+        plugins = (
+            load_plugins(
+                registry, installed_plugins(config.cache_dir), disabled=config.disabled_plugins
+            )
+            if config.plugins
+            else []
+        )
+        policy = CommandPolicy.from_lists(config.blocked_rpcs, config.allowed_rpcs)
+        policy.check(registry)  # an allowed command whose gate is blocked: PolicyError
+        fs = FsGuard(config.fs_timeout, mount_table=KERNEL_MOUNT_TABLE)
+        freezer = self._freezer or Freezer(
+            config.statedir,
+            mount_table=config.mount_table,
+            fs=fs,
+            hook=config.fsfreeze_hook,
+            thaw_timeout=config.thaw_timeout,
+            log_hold=self._log_hold,
+        )
+        context = AgentContext(
+            config,
+            registry,
+            policy,
+            SessionStore(config.statedir, config.max_handles),  # reads the handle counter
+            freezer,
+            fs,
+            executor=self._executor or ProcessExecutor(),
+            root=self._root or SystemRoot(),
+            clock=self._clock or SystemClock(),
+            trim=self._trim or fitrim,
+        )
+        return _Started(context, Dispatcher(context), plugins)
+
     async def __aenter__(self) -> Agent:
-        """Start the agent's own tasks (the fsfreeze auto-thaw timer); they run
-        until the ``async with`` block ends. The log says what the command filter
-        disables, so that an administrator sees the policy in force."""
-        if summary := self.context.policy.summary(self.context.registry):
+        """Start the agent: build its commands (its own, and the installed
+        plugins' if ``config.plugins``), check the command filter against them,
+        read the state directory (the handle counter; the frozen marker, checked
+        against the filesystems), and start the agent's own tasks (the fsfreeze
+        auto-thaw timer), which run until the ``async with`` block ends. The log
+        says what the command filter disables, so that an administrator sees
+        the policy in force.
+
+        Raises :class:`agent.core.policy.PolicyError` when the configuration's
+        allow-list names a command whose gate (``'gated-by'`` in the schema) the
+        filter disables."""
+        if self._started is not None:
+            raise RuntimeError("an agent runs once: build another one to start again")
+        self._started = started = self._start()
+        context = started.context
+        if summary := context.policy.summary(context.registry):
             log.info("%s", summary)
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(self.context.tasks.open())  # guest-exec children
+            await stack.enter_async_context(context.tasks.open())  # guest-exec children
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
-            await nursery.start(self.context.freezer.run)
+            await nursery.start(context.freezer.run)  # reads the frozen marker
             self._background = stack.pop_all()
         return self
 
@@ -168,7 +229,10 @@ class Agent:
 
         Called when the agent stops, SIGTERM included: nothing is left half done,
         and no filesystem is left frozen (the thaw is shielded from cancellation).
+        An agent that never started holds nothing.
         """
+        if self._started is None:
+            return
         await self.context.freezer.aclose()
         try:  # a close flushes, which waits on a hung NFS or FUSE server
             await self.context.fs.call(
@@ -190,11 +254,13 @@ class Agent:
         """Serve ``stream`` until the peer closes it, then close it. The agent
         must be running (inside ``async with agent``), as in production.
 
-        With ``await nursery.start(agent.serve, stream)`` the caller resumes once
-        the session has begun (a second client waits for the first, as with qemu-ga).
+        One client at a time, as qemu-ga's: a second :meth:`serve` waits until
+        the first session ends. With ``await nursery.start(agent.serve,
+        stream)`` the caller resumes once the session has begun.
         """
         try:
-            await self._converse(stream, task_status=task_status)
+            async with self._one_client:
+                await self._converse(stream, task_status=task_status)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -205,37 +271,39 @@ class Agent:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve ``stream`` until the peer closes it, leaving it open: the
-        transports' handler, since the transport that opened a stream closes it."""
-        if not self.context.tasks.running:
-            raise RuntimeError("an agent serves only while it runs: inside `async with agent`")
-        # A lock free at once is taken without the pass through the scheduler
-        # that ``async with`` makes (every connection's, 4-5 us of the 150 of a
-        # connect cycle); the session's first read is the checkpoint.
-        try:
-            self._one_client.acquire_nowait()
-        except trio.WouldBlock:
-            await self._one_client.acquire()
-        try:
-            task_status.started()
-            await serve_session(stream, self.dispatcher, self._release_memory)
-        finally:
-            self._one_client.release()
+        transports' handler, since the transport that opened a stream closes it.
+        Each transport serves one client at a time by itself; sessions of
+        different transports run side by side."""
+        if self._started is None or not self._started.context.tasks.running:
+            raise NotStarted("an agent serves only while it runs: inside `async with agent`")
+        task_status.started()
+        await serve_session(stream, self._started.dispatcher, self._release_memory)
 
-    async def serve_transport(
+    async def serve_transports(
         self,
         *,
-        listener: socket.socket | None = None,
+        listeners: Sequence[socket.socket] = (),
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Open the configured transport (or serve ``listener``, a listening socket
-        the caller opened, such as systemd's) and serve its clients until cancelled.
+        """Serve the configured transports, and ``listeners`` (listening sockets
+        the caller opened, such as systemd's), each in a task of its own, until
+        cancelled or until the last has ended for good (its error is raised:
+        :class:`agent.transports.serve.TransportError`).
 
-        With ``await nursery.start(agent.serve_transport)`` the caller resumes once
-        the transport is open (the socket listening, the device open).
+        With ``listeners``, qemu-ga's default transport (virtio-serial) is not
+        added when the configuration names none. With ``await
+        nursery.start(agent.serve_transports)`` the caller resumes once every
+        transport that can open now is open (the sockets listening, the devices
+        open); one that cannot is logged and left out, or with ``retry_path``
+        waited for.
         """
-        await serve_transport(
-            self.config.transport, self._converse, listener=listener, task_status=task_status
-        )
+        specs = self.config.named_transports if listeners else self.config.transport_specs
+        channels = [Channel(spec) for spec in specs]
+        channels += [
+            Channel(TransportSpec(method_of(sock), retry=self.config.retry_path), sock)
+            for sock in listeners
+        ]
+        await serve_all(channels, self._converse, task_status=task_status)
 
 
 async def serve_stream(stream: trio.abc.Stream, config: AgentConfig | None = None) -> None:

@@ -25,10 +25,10 @@ class AgentContext:
     policy: CommandPolicy
     store: SessionStore
     freezer: Freezer  # ``frozen``: guest filesystems are (being) frozen, most commands refused
+    fs: FsGuard  # filesystem calls with a deadline
     executor: Executor = field(default_factory=ProcessExecutor)  # runs system commands
     root: SystemRoot = field(default_factory=SystemRoot)  # where system files are
     clock: Clock = field(default_factory=SystemClock)  # sets the system time
     trim: Trim = fitrim  # FITRIM on a mountpoint (guest-fstrim)
     processes: ProcessStore = field(default_factory=ProcessStore)  # guest-exec children
     tasks: BackgroundTasks = field(default_factory=BackgroundTasks)  # outlive their command
-    fs: FsGuard = field(default_factory=FsGuard)  # filesystem calls with a deadline

@@ -1,13 +1,20 @@
 """The plugin record: finding the installed plugins without ``importlib.metadata``
-while the Python environment is the one the last agent saw.
+while the Python environment is the one the last agent saw. Only
+``agent.core.plugins.installed_plugins`` uses it: it is that function's
+optimisation, not a second way to find plugins.
 
 Discovery through ``importlib.metadata`` imports the email, zipfile and csv
-modules (6 ms and 1.3 MiB of every start, for plugins that are almost always
-the same). After each discovery the agent records the group's entry points in
-``plugins.json``, a file of its own in its cache directory (``--cache-dir``,
-``/var/cache/trio-qga``: it must outlive a reboot, which the state directory,
-a tmpfs, does not), beside the environment's fingerprint; the next start uses
-the record if the fingerprint still matches, and discovers again otherwise.
+modules (1.3 MiB, tens of milliseconds of every start on a host, 2.2 s in the
+median of a TCG guest's, against 0.11 s for the record;
+``docs/agent-lifecycle.md``), for plugins that are almost always the same.
+After each discovery the agent records the group's entry points in
+``plugins.json``, a file of its own in its cache directory (``--cache-dir``:
+``/var/cache/trio-qga`` for the ``trio-qga`` command, none for an embedded
+agent; it must outlive a reboot, which the state directory, a tmpfs, does
+not), beside the environment's fingerprint; the next start uses the record if
+the fingerprint still matches, and discovers again otherwise. The record knows
+entry points only as rows of three strings (``name``, ``value``,
+``distribution``).
 
 The fingerprint is what installing, upgrading or removing a distribution
 changes, and what editing its entry points changes:
@@ -24,7 +31,7 @@ Not a directory's own mtime: it moves with any file made in it, and
 ``sys.path``.
 
 A record that is missing, unreadable, malformed, of another fingerprint, or
-not the agent's own regular file (``agent/ownfiles.py``: a link or a file a
+not the agent's own regular file (``agent/system/ownfiles.py``: a link or a file a
 user planted in a shared directory) is ignored, never trusted. A record that
 cannot be written (a read-only filesystem, an agent that is not root) only
 means discovery at every start. Agents of different environments that share
@@ -41,29 +48,32 @@ import logging
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.core.plugins import PluginEntry, installed_entry_points
 from agent.system.ownfiles import read_own_file
 from agent.system.userfiles import replace_file
 
 RECORD_NAME = "plugins.json"
 RECORD_VERSION = 1
+ROW_FIELDS = frozenset({"name", "value", "distribution"})
 _DISTRIBUTION_SUFFIXES = (".dist-info", ".egg-info")
+
+Row = dict[str, str]  # one entry point: its name, value (module:attr) and distribution
 
 log = logging.getLogger(__name__)
 
 
-def recorded_entry_points(cache_dir: str) -> list[PluginEntry]:
+def recorded(cache_dir: str, discover: Callable[[], list[Row]]) -> list[Row]:
     """The plugin entry points: from the record in ``cache_dir`` when it matches
-    this environment, else discovered (and recorded for the next start)."""
+    this environment, else from ``discover`` (and recorded for the next start)."""
     path = Path(cache_dir) / RECORD_NAME
     fingerprint = environment_fingerprint()
     entries = read_record(path, fingerprint)
     if entries is not None:
         return entries
-    entries = installed_entry_points()
+    entries = discover()
     try:
         write_record(path, fingerprint, entries)
     except OSError as err:
@@ -79,7 +89,7 @@ def environment_fingerprint() -> list[Any]:
     return fingerprint
 
 
-def read_record(path: Path, fingerprint: list[Any]) -> list[PluginEntry] | None:
+def read_record(path: Path, fingerprint: list[Any]) -> list[Row] | None:
     """The entries recorded at ``path`` for ``fingerprint``; None if there is no
     such record (or only one that cannot be trusted)."""
     try:
@@ -97,20 +107,13 @@ def read_record(path: Path, fingerprint: list[Any]) -> list[PluginEntry] | None:
     if not isinstance(entries, list) or not all(_is_entry(entry) for entry in entries):
         log.debug("plugin record %s ignored: malformed", path)
         return None
-    return [PluginEntry(entry["name"], entry["value"], entry["distribution"]) for entry in entries]
+    return entries
 
 
-def write_record(path: Path, fingerprint: list[Any], entries: list[PluginEntry]) -> None:
+def write_record(path: Path, fingerprint: list[Any], entries: list[Row]) -> None:
     """Record ``entries`` for ``fingerprint`` at ``path``, replacing it whole
     (its directory is made if missing, as systemd's CacheDirectory= would)."""
-    record = {
-        "version": RECORD_VERSION,
-        "fingerprint": fingerprint,
-        "entry_points": [
-            {"name": entry.name, "value": entry.value, "distribution": entry.distribution}
-            for entry in entries
-        ],
-    }
+    record = {"version": RECORD_VERSION, "fingerprint": fingerprint, "entry_points": entries}
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     replace_file(path, json.dumps(record).encode(), durable=False)
 
@@ -149,6 +152,8 @@ def _signature(path: str, name: str) -> list[int | None]:
 
 
 def _is_entry(entry: object) -> bool:
-    return isinstance(entry, dict) and all(
-        isinstance(entry.get(key), str) for key in ("name", "value", "distribution")
+    return (
+        isinstance(entry, dict)
+        and entry.keys() == ROW_FIELDS
+        and all(isinstance(value, str) for value in entry.values())
     )

@@ -17,11 +17,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.core.registry import Command
+from agent.errors import CommandNotFound
 
 # Since QEMU 9.1 qemu-ga gives this one reason for every disabled command: blocked,
 # not allowed, or not allowed while frozen (7.2 said "the agent is in frozen state"
 # for the last and nothing for the first).
 NOT_ALLOWED = "the command is not allowed"
+
+
+def disabled(name: str, reason: str) -> CommandNotFound:
+    """The error of a command the filter or the frozen state disables, in qemu-ga's words."""
+    return CommandNotFound(f"Command {name} has been disabled" + (f": {reason}" if reason else ""))
 
 
 class PolicyError(ValueError):

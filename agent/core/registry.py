@@ -18,17 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.models.annotations import accepts
-from agent.models.builder import CommandModels, ModelFactory, python_name
+from agent.models.builder import CommandModels, ModelFactory
+from agent.models.qapi import members as qapi_members
 from agent.models.schema import CommandDef, SchemaDefs
 
 HandlerFunction = Callable[..., Any]
+_NO_SECRETS: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
 
 
 @dataclass(frozen=True)
 class HandlerSpec:
     name: str
     function: HandlerFunction
-    delimited_reply: bool = False  # precede the reply with 0xFF (guest-sync-delimited)
 
 
 @dataclass
@@ -37,13 +38,11 @@ class HandlerSet:
 
     specs: dict[str, HandlerSpec] = field(default_factory=dict)
 
-    def command(
-        self, name: str, *, delimited_reply: bool = False
-    ) -> Callable[[HandlerFunction], HandlerFunction]:
+    def command(self, name: str) -> Callable[[HandlerFunction], HandlerFunction]:
         def register(function: HandlerFunction) -> HandlerFunction:
             if name in self.specs:
                 raise ValueError(f"handler for {name} defined twice")
-            self.specs[name] = HandlerSpec(name, function, delimited_reply)
+            self.specs[name] = HandlerSpec(name, function)
             return function
 
         return register
@@ -53,10 +52,11 @@ class HandlerSet:
 class Command:
     name: str
     definition: CommandDef
+    schema: SchemaDefs  # the schema that defines it: the agent's, or its plugin's
     models: CommandModels
     function: HandlerFunction
     is_async: bool
-    delimited_reply: bool
+    delimited_reply: bool  # the schema's, copied: the dispatcher reads it on every reply
     source: str  # who provides it: "trio-qga" or a plugin's distribution
 
     @property
@@ -100,15 +100,24 @@ class Registry:
             self._commands[spec.name] = Command(
                 name=spec.name,
                 definition=definition,
+                schema=defs,
                 models=factory.command(definition),
                 function=spec.function,
                 is_async=inspect.iscoroutinefunction(spec.function),
-                delimited_reply=spec.delimited_reply,
+                delimited_reply=definition.delimited_reply,
                 source=source,
             )
 
     def get(self, name: str) -> Command | None:
         return self._commands.get(name)
+
+    def secrets(self, name: str) -> tuple[frozenset[str], frozenset[str]]:
+        """The members of command ``name`` that ``-v`` never logs: of its
+        arguments, and of its return (none for a command the agent lacks)."""
+        command = self._commands.get(name)
+        if command is None:
+            return _NO_SECRETS
+        return command.definition.secret_arguments, command.definition.secret_returns
 
     def __iter__(self) -> Iterator[Command]:
         return iter(self._commands.values())
@@ -125,6 +134,7 @@ class Registry:
             raise RegistryError(f"{source}: {spec.name} is already provided by {existing.source}")
         self._check_gates(definition, source)
         members = _members(definition, defs)
+        _check_secrets(definition, defs, source)
         expected = list(members)
         parameters = list(inspect.signature(spec.function).parameters)[1:]
         if sorted(parameters) != sorted(expected):
@@ -162,14 +172,38 @@ class Registry:
                 )
 
 
-def _members(definition: CommandDef, defs: SchemaDefs) -> dict[str, tuple[object, bool]]:
-    """The command's members by parameter name: their type, and whether optional."""
-    data = definition.data
+def _check_secrets(definition: CommandDef, defs: SchemaDefs, source: str) -> None:
+    """Secret members must exist: a misspelt one would be logged all the same."""
+    known = {name.lstrip("*") for name in _data(definition.data, defs)}
+    unknown = definition.secret_arguments - known
+    if unknown:
+        raise RegistryError(
+            f"{source}: {definition.name}: secret arguments {sorted(unknown)} are not its members"
+        )
+    returns = definition.returns
+    if isinstance(returns, list):
+        returns = returns[0]
+    members = _data(returns, defs) if isinstance(returns, str | dict) else {}
+    unknown = definition.secret_returns - {name.lstrip("*") for name in members}
+    if unknown:
+        raise RegistryError(
+            f"{source}: {definition.name}: secret returns {sorted(unknown)} are not members"
+            " of the struct it returns"
+        )
+
+
+def _data(data: object, defs: SchemaDefs) -> dict[str, Any]:
+    """The members (QAPI keys) of inline ``data`` or of the struct it names."""
     if isinstance(data, str):
         data = defs.types.get(data, {}).get("data", {})
+    return data if isinstance(data, dict) else {}
+
+
+def _members(definition: CommandDef, defs: SchemaDefs) -> dict[str, tuple[object, bool]]:
+    """The command's members by parameter name: their type, and whether optional."""
     return {
-        python_name(member.lstrip("*")): (expr, member.startswith("*"))
-        for member, expr in (data or {}).items()
+        member.name: (member.type, member.optional)
+        for member in qapi_members(_data(definition.data, defs))
     }
 
 

@@ -1,4 +1,4 @@
-"""The ``trio-qga`` command: run the agent that ``agent/cli_config.py`` configured.
+"""The ``trio-qga`` command: run the agent that ``agent/daemon/options.py`` configured.
 
 ``main`` turns argv into an :class:`AgentConfig` there, then takes what running
 it needs: daemonizing, logging, the pid file, systemd's notifications, the
@@ -8,6 +8,7 @@ signals that stop it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from agent.daemon.options import absolute_paths, build_parser, configure, wants_
 from agent.daemon.pidfile import PidfileError, held_pidfile
 from agent.daemon.sdnotify import Notifier
 from agent.system.fsfreeze.loghold import LogHold
-from agent.transports.activation import ActivationError, activated_socket
+from agent.transports.activation import ActivationError, activated_sockets
 from agent.transports.serve import TransportError
 from agent.version import VERSION
 
@@ -40,18 +41,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.list_plugins:
         return list_plugins(tuple(args.disable_plugin))
+    if args.dump_schema:
+        return dump_schema(not args.no_plugins, tuple(args.disable_plugin))
     if wants_list(args.block_rpcs) or wants_list(args.allow_rpcs):
         from agent.core.agent import build_registry
-        from agent.core.plugins import load_plugins
+        from agent.core.plugins import installed_plugins, load_plugins
 
         registry = build_registry()
         if not args.no_plugins:  # their commands can be blocked too
-            load_plugins(registry, disabled=tuple(args.disable_plugin))
+            load_plugins(registry, installed_plugins(), disabled=tuple(args.disable_plugin))
         print("\n".join(command.name for command in registry))
         return 0
     try:
-        listener = activated_socket()
-        config = configure(args, listener)
+        listeners = activated_sockets()
+        config = configure(args, listeners)
     except (conffile.ConfigFileError, ActivationError, TransportError) as err:
         print(f"trio-qga: {err}", file=sys.stderr)
         return 1
@@ -61,21 +64,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     launcher = None
     if config.daemonize:
         config = absolute_paths(config)
-        launcher = detach.detach(keep=[listener.fileno()] if listener else [])
+        launcher = detach.detach(keep=[listener.fileno() for listener in listeners])
     try:
         log_hold = setup_logging(config, daemonized=launcher is not None)
     except OSError as err:
         return _failed(launcher, [f"cannot open log file {config.logfile}: {err.strerror}"])
-    return _serve(config, listener, launcher, log_hold)
+    return _serve(config, listeners, launcher, log_hold)
 
 
 def list_plugins(disabled: tuple[str, ...]) -> int:
-    """Print each plugin found, from which distribution, whether it loads, its commands."""
+    """Print each plugin found, from which distribution, whether it loads, its commands.
+
+    Found afresh: the plugin record only serves the agent's start."""
     from agent.core.agent import build_registry
-    from agent.core.plugins import load_plugins
+    from agent.core.plugins import installed_plugins, load_plugins
 
     logging.disable(logging.CRITICAL)  # the table says what the log would
-    found = load_plugins(build_registry(), disabled=disabled)
+    found = load_plugins(build_registry(), installed_plugins(), disabled=disabled)
     if not found:
         print("no plugins installed (entry-point group trio_qga.commands)")
     for plugin in found:
@@ -85,9 +90,29 @@ def list_plugins(disabled: tuple[str, ...]) -> int:
     return 0
 
 
+def dump_schema(plugins: bool, disabled: tuple[str, ...]) -> int:
+    """Print one JSON object: each command's name (the plugins' too, unless
+    ``plugins`` is false) to the JSON Schemas of its arguments (null: it takes
+    none) and of its return, generated from its models (docs/models.md)."""
+    from agent.core.agent import build_registry
+    from agent.core.plugins import installed_plugins, load_plugins
+    from agent.models.generated import SchemaModels
+
+    registry = build_registry()
+    if plugins:  # a plugin that fails to load is logged (standard error) and left out
+        load_plugins(registry, installed_plugins(), disabled=disabled)
+    models: dict[int, SchemaModels] = {}  # one set for each schema: the agent's, a plugin's
+    schemas = {}
+    for command in registry:
+        found = models.setdefault(id(command.schema), SchemaModels(command.schema))
+        schemas[command.name] = found.json_schemas(command.name)
+    print(json.dumps(schemas, indent=2))
+    return 0
+
+
 def _serve(
     config: AgentConfig,
-    listener: socket.socket | None,
+    listeners: list[socket.socket],
     launcher: detach.Launcher | None,
     log_hold: LogHold,
 ) -> int:
@@ -101,7 +126,7 @@ def _serve(
 
     try:
         with contextlib.ExitStack() as stack:
-            if listener is not None:
+            for listener in listeners:
                 stack.enter_context(listener)
             if config.pidfile_path:
                 stack.enter_context(held_pidfile(config.pidfile_path))
@@ -109,7 +134,7 @@ def _serve(
                 partial(
                     run,
                     config,
-                    listener=listener,
+                    listeners=listeners,
                     log_hold=log_hold,
                     on_ready=ready,
                     on_stopping=partial(notifier.notify, "STOPPING=1"),
@@ -151,23 +176,24 @@ def _leaves(err: BaseException) -> list[BaseException]:
 async def run(
     config: AgentConfig,
     *,
-    listener: socket.socket | None = None,
+    listeners: Sequence[socket.socket] = (),
     log_hold: LogHold | None = None,
     on_ready: Callable[[], None] = lambda: None,
     on_stopping: Callable[[], None] = lambda: None,
 ) -> int:
-    """Serve ``config``'s transport (or systemd's ``listener``) until SIGTERM or SIGINT.
+    """Serve ``config``'s transports (and systemd's ``listeners``) until SIGTERM or
+    SIGINT, or until the last of them has ended for good (its error is raised).
 
     ``log_hold`` is held while filesystems are frozen; ``on_ready`` runs once
-    the transport is open, ``on_stopping`` on a signal.
+    every transport that can open now is open, ``on_stopping`` on a signal.
     Returns how many filesystem calls were left stuck (abandoned threads).
     """
-    from agent.core.agent import Agent  # after logging is set up: building it may log
+    from agent.core.agent import Agent  # after logging is set up: starting it logs
 
     agent = Agent(config, log_hold=log_hold, release_memory=freed_memory_releaser())
     async with agent, trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            await nursery.start(partial(agent.serve_transport, listener=listener))
+            await nursery.start(partial(agent.serve_transports, listeners=listeners))
             log.info("trio-qga %s ready", VERSION)
             on_ready()
             async for signum in signals:

@@ -4,11 +4,13 @@
     method=virtio-serial
     verbose=true
     block-rpcs=guest-exec,guest-file-open
+    transports=vsock-listen:-1:1234,unix-listen:/run/trio-qga.sock
 
 The file is ``-c FILE``, else ``$QGA_CONF``, else ``/etc/qemu/qemu-ga.conf``
 (which may be absent). Its settings come first; command-line flags win, and
 lists add up, as in qemu-ga. :func:`dump` writes a configuration in the same
-format (``-D``), keys in qemu-ga's order.
+format (``-D``), keys in qemu-ga's order, then trio-qga's own (which qemu-ga
+ignores in a file: one file serves both agents).
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from agent.argtypes import positive_seconds
 from agent.core.config import DEFAULT_PIDFILE, AgentConfig
-from agent.transports.spec import DEFAULT_PATHS
+from agent.transports.spec import DEFAULT_METHOD, DEFAULT_PATHS, split_transport
 
 DEFAULT_CONFIG_FILE = "/etc/qemu/qemu-ga.conf"
 GROUP = "general"
@@ -55,6 +57,7 @@ KEYS = (
     Key("allow-rpcs", "allowed_rpcs", "list"),
     Key("fs-timeout", "fs_timeout", "seconds"),  # trio-qga's own
     Key("cache-dir", "cache_dir", "string"),  # trio-qga's own
+    Key("transports", "transports", "list"),  # trio-qga's own: METHOD:PATH each
 )
 # qemu-ga's name for block-rpcs before QEMU 6.0, still read by 7.2 (with a warning)
 # and in the files of guests set up then: its names add to block-rpcs'. Ignoring it
@@ -120,12 +123,21 @@ def _settings(path: str, text: str) -> dict[str, Any]:
 
 
 def dump(config: AgentConfig) -> str:
-    """``config`` as a key file, as qemu-ga's ``-D`` writes it."""
+    """``config`` as a key file, as qemu-ga's ``-D`` writes it.
+
+    qemu-ga's ``method`` and ``path`` show ``-m``/``-p``'s transport; when they
+    name none, the first of ``transports`` (then not listed again), else
+    qemu-ga's default: read back, the file names the same transports."""
     lines = [f"[{GROUP}]"]
+    if config.method is None and config.path is None and config.transports:
+        method, path = split_transport(config.transports[0])
+        config = replace(config, method=method, path=path, transports=config.transports[1:])
     for key in KEYS:
         value = getattr(config, key.field)
+        if key.name == "method" and value is None:
+            value = DEFAULT_METHOD
         if key.name == "path" and value is None:
-            value = DEFAULT_PATHS.get(config.method)
+            value = DEFAULT_PATHS.get(config.method or DEFAULT_METHOD)
         if key.name == "pidfile" and value is None:
             value = DEFAULT_PIDFILE  # as qemu-ga shows it, in the foreground too
         if key.kind == "boolean":

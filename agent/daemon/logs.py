@@ -9,9 +9,11 @@ import os
 import sys
 
 from agent.core.config import AgentConfig
+from agent.transports.group import SESSION_TRANSPORT
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-SYSLOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # syslog adds time and host
+# %(transport)s: " [the session's transport]" when the agent serves several.
+FORMAT = "%(asctime)s %(levelname)s %(name)s%(transport)s: %(message)s"
+SYSLOG_FORMAT = "%(levelname)s %(name)s%(transport)s: %(message)s"  # syslog adds time and host
 SYSLOG_ADDRESS = "/dev/log"
 MAX_HELD = 10_000  # records kept while frozen; later ones are counted and dropped
 
@@ -36,10 +38,19 @@ def setup_logging(config: AgentConfig, *, daemonized: bool = False) -> HoldingHa
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(FORMAT))
     holding = HoldingHandler(handler)
+    holding.addFilter(name_transport)
     root = logging.getLogger()
     root.handlers[:] = [holding]
     root.setLevel(logging.DEBUG if config.verbose else logging.INFO)
     return holding
+
+
+def name_transport(record: logging.LogRecord) -> bool:
+    """Give ``record`` the transport of the session that logs it (as it logs:
+    a record held while frozen is written later)."""
+    name = SESSION_TRANSPORT.get()
+    record.transport = f" [{name}]" if name else ""
+    return True
 
 
 class HoldingHandler(logging.Handler):

@@ -1,8 +1,9 @@
 """From the command line and the configuration file to an :class:`AgentConfig`.
 
-qemu-ga's flags plus ``--transport METHOD:PATH``, parsed by :func:`build_parser`;
-:func:`configure` puts the configuration file's settings first, the flags on top,
-and systemd's socket last. Nothing here runs the agent: that is ``agent/cli.py``.
+qemu-ga's flags plus ``--transport METHOD:PATH`` (repeatable), parsed by
+:func:`build_parser`; :func:`configure` puts the configuration file's settings
+first, the flags on top, and systemd's sockets last. Nothing here runs the
+agent: that is ``agent/daemon/cli.py``.
 """
 
 from __future__ import annotations
@@ -12,22 +13,22 @@ import dataclasses
 import os
 import shlex
 import socket
+from collections.abc import Sequence
 
 from agent.argtypes import COMMAND, COUNT, MODE, SECONDS
 from agent.core.config import (
     DEFAULT_CACHE_DIR,
+    DEFAULT_FS_TIMEOUT,
+    DEFAULT_MAX_HANDLES,
     DEFAULT_PIDFILE,
     DEFAULT_STATEDIR,
+    KERNEL_MOUNT_TABLE,
     AgentConfig,
 )
-from agent.core.store import DEFAULT_MAX_HANDLES
 from agent.daemon import conffile
 from agent.system.fsfreeze.hook import DEFAULT_HOOK
-from agent.system.fsguard import DEFAULT_FS_TIMEOUT
-from agent.system.mounts import DEFAULT_MOUNT_TABLE
-from agent.transports.activation import method_of
-from agent.transports.serve import check_transport
-from agent.transports.spec import DEFAULT_BAUD_RATE
+from agent.transports.serve import check_transports
+from agent.transports.spec import DEFAULT_BAUD_RATE, split_transport
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--transport",
+        action="append",
+        default=[],
         metavar="METHOD:PATH",
-        help="transport and its path in one, e.g. unix-listen:/tmp/qga.sock",
+        help="serve this transport too (repeatable), e.g. unix-listen:/tmp/qga.sock;"
+        " -m/-p name one more",
     )
     parser.add_argument(
         "-c",
@@ -56,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="reopen the channel every 5 s when it cannot be opened or fails",
     )
-    parser.add_argument("-m", "--method", help="transport method (default virtio-serial)")
-    parser.add_argument("-p", "--path", help="device or socket path")
+    parser.add_argument(
+        "-m", "--method", help="transport method (default virtio-serial, if none is named)"
+    )
+    parser.add_argument("-p", "--path", help="device or socket path of -m's transport")
     parser.add_argument("-l", "--logfile", help="append the log to LOGFILE (default stderr)")
     parser.add_argument(
         "-f", "--pidfile", help=f"pid file (default {DEFAULT_PIDFILE} with -d, else none)"
@@ -134,10 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mount-table",
         metavar="FILE",
-        help=f"mountinfo file listing what a freeze covers (default {DEFAULT_MOUNT_TABLE})",
+        help=f"mountinfo file listing what a freeze covers (default {KERNEL_MOUNT_TABLE})",
     )
     parser.add_argument(
         "--list-plugins", action="store_true", help="show the plugins found, and exit"
+    )
+    parser.add_argument(
+        "--dump-schema",
+        action="store_true",
+        help="print the JSON Schemas of every command's arguments and return"
+        " (plugins' included), and exit",
     )
     parser.add_argument("--no-plugins", action="store_true", help="load no plugin")
     parser.add_argument(
@@ -186,14 +198,10 @@ def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) 
 
     A flag that is not given leaves ``base`` alone; lists add up, as in qemu-ga.
     """
-    base = base or AgentConfig()
-    method, path = args.method, args.path
-    if args.transport:
-        method, _, transport_path = args.transport.partition(":")
-        path = transport_path or path
+    base = base or AgentConfig.command_defaults()
     given = {
-        "method": method,
-        "path": path,
+        "method": args.method,
+        "path": args.path,
         "logfile": args.logfile,
         "statedir": args.statedir,
         "cache_dir": args.cache_dir,
@@ -217,6 +225,7 @@ def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) 
     if args.no_plugins:
         changes["plugins"] = False
     changes["disabled_plugins"] = base.disabled_plugins + tuple(args.disable_plugin)
+    changes["transports"] = base.transports + tuple(args.transport)
     changes["blocked_rpcs"] = base.blocked_rpcs + _names(args.block_rpcs)
     if args.allow_rpcs is not None:
         changes["allowed_rpcs"] = (base.allowed_rpcs or ()) + _names(args.allow_rpcs)
@@ -232,14 +241,18 @@ def wants_list(lists: list[str] | None) -> bool:
     return any(text in ("help", "?") for text in lists or ())
 
 
-def configure(args: argparse.Namespace, listener: socket.socket | None) -> AgentConfig:
-    """The configuration file's settings, then the flags, then systemd's socket."""
+def configure(args: argparse.Namespace, listeners: Sequence[socket.socket] = ()) -> AgentConfig:
+    """The configuration file's settings, then the flags, then systemd's sockets,
+    which take the place of ``-m``/``-p``'s transport, as in qemu-ga (the
+    ``--transport`` ones are served beside them)."""
     path, required = conffile.config_file(args.config)
-    base = dataclasses.replace(AgentConfig(), **conffile.load(path, required))
+    base = dataclasses.replace(AgentConfig.command_defaults(), **conffile.load(path, required))
     config = config_from_args(args, base)
-    if listener is not None:
-        return dataclasses.replace(config, method=method_of(listener), path=None)
-    check_transport(config.transport)
+    if listeners:
+        config = dataclasses.replace(config, method=None, path=None)
+        check_transports(config.named_transports)
+    else:
+        check_transports(config.transport_specs)
     return config
 
 
@@ -252,4 +265,12 @@ def absolute_paths(config: AgentConfig) -> AgentConfig:
     }
     if config.path and config.method != "vsock-listen":
         paths["path"] = os.path.abspath(config.path)
-    return dataclasses.replace(config, **paths)
+    transports = tuple(map(_absolute_transport, config.transports))
+    return dataclasses.replace(config, **paths, transports=transports)
+
+
+def _absolute_transport(text: str) -> str:
+    method, path = split_transport(text)
+    if path is None or method == "vsock-listen":
+        return text
+    return f"{method}:{os.path.abspath(path)}"

@@ -2,7 +2,7 @@
 
 The lock (as qemu-ga's lockf) keeps a second agent from starting on the same
 pid file, and from overwriting the pid of the one that holds it. A link, FIFO
-or someone else's file planted under its name is refused (``agent/ownfiles.py``).
+or someone else's file planted under its name is refused (``agent/system/ownfiles.py``).
 """
 
 from __future__ import annotations

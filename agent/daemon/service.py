@@ -38,8 +38,10 @@ from agent.daemon import conffile, thaw
 from agent.system.userfiles import replace_file
 
 UNIT = "trio-qga.service"
-VSOCK_UNITS = ("trio-qga-vsock.socket", "trio-qga-vsock.service")
-AGENTS = (UNIT, VSOCK_UNITS[1])  # the services that run an agent
+MULTI_UNIT = "trio-qga-multi.service"  # several transports at once (docs/transports.md)
+# The units an administrator may enable, in place of the one udev starts.
+OPTIONAL_UNITS = ("trio-qga-vsock.socket", "trio-qga-vsock.service", MULTI_UNIT)
+AGENTS = (UNIT, OPTIONAL_UNITS[1], MULTI_UNIT)  # the services that run an agent
 PORT_NAME = "org.qemu.guest_agent.0"
 PACKAGED_EXEC = "ExecStart=/usr/sbin/trio-qga"  # the units' line, as the Debian package has it
 MANIFEST = "var/lib/trio-qga/service-files.json"
@@ -61,7 +63,7 @@ class Placed:
 
 FILES = (
     Placed(UNIT, f"etc/systemd/system/{UNIT}"),
-    *(Placed(unit, f"etc/systemd/system/{unit}") for unit in VSOCK_UNITS),
+    *(Placed(unit, f"etc/systemd/system/{unit}") for unit in OPTIONAL_UNITS),
     Placed("60-trio-qga.rules", "etc/udev/rules.d/60-trio-qga.rules"),
     Placed("trio-qga.8", "usr/local/share/man/man8/trio-qga.8"),
     Placed("fsfreeze-hook", "etc/qemu/fsfreeze-hook", 0o755, config=True),
@@ -276,7 +278,7 @@ def remove(args: argparse.Namespace, system: System) -> int:
         return 0
     guard(system, args.timeout)
     if system.live:
-        system.run(["systemctl", "disable", "--quiet", "--now", *VSOCK_UNITS])
+        system.run(["systemctl", "disable", "--quiet", "--now", *OPTIONAL_UNITS])
         system.run(["systemctl", "stop", UNIT])
     installation.remove()
     system.reload()

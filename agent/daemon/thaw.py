@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.core.config import AgentConfig
+from agent.core.config import DEFAULT_STATEDIR
 from agent.daemon import conffile
 from agent.system.fsfreeze.marker import FrozenMarker
 
@@ -45,7 +45,7 @@ def statedir(config_file: str | None = None) -> str:
     (``-c FILE``, else $QGA_CONF, else /etc/qemu/qemu-ga.conf)."""
     path, required = conffile.config_file(config_file)
     settings = conffile.load(path, required)
-    return str(settings.get("statedir", AgentConfig.statedir))
+    return str(settings.get("statedir", DEFAULT_STATEDIR))
 
 
 def frozen(state: str) -> Frozen | None:

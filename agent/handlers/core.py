@@ -14,7 +14,7 @@ def guest_sync(ctx: AgentContext, id: int) -> int:
     return id
 
 
-@handlers.command("guest-sync-delimited", delimited_reply=True)
+@handlers.command("guest-sync-delimited")
 def guest_sync_delimited(ctx: AgentContext, id: int) -> int:
     return id
 

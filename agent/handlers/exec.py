@@ -99,9 +99,15 @@ def guest_exec_status(ctx: AgentContext, pid: int) -> dict[str, object]:
         status["exitcode"] = child.status.exitcode
     else:
         status["signal"] = child.status.signal
-    # As qemu-ga: data only when there is some, with its truncation flag beside it.
-    for key, capture in (("out", child.out), ("err", child.err)):
-        if capture is not None and capture.data:
-            status[f"{key}-data"] = Base64Payload(capture.data)
-            status[f"{key}-truncated"] = capture.truncated
+    # As qemu-ga: data only when there is some, with its truncation flag; in the
+    # schema's order (both data, then both flags), as qemu-ga sends them.
+    captured = [
+        (key, capture)
+        for key, capture in (("out", child.out), ("err", child.err))
+        if capture is not None and capture.data
+    ]
+    for key, capture in captured:
+        status[f"{key}-data"] = Base64Payload(capture.data)
+    for key, capture in captured:
+        status[f"{key}-truncated"] = capture.truncated
     return status

@@ -11,6 +11,11 @@ naming the path, and a handle whose call hung fails at once until that call
 comes back. Small transfers of local files, pipes and character devices run
 inline, since a thread costs more than the transfer (a local disk that stops
 answering can still stall those, as it stalls the kernel's own writeback).
+
+Handles belong to the agent, not to a session: any session may use or close
+any handle, a close waiting for the calls under way on it (``OpenFile.hold``).
+Opens and writes pass the freezer's write gate, so that a freeze another
+session starts never lands in the middle of one (``agent.system.fsfreeze.gate``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from agent.core.context import AgentContext
 from agent.core.registry import HandlerSet
 from agent.core.store import OpenFile
 from agent.errors import GenericError, os_error_text
+from agent.system.fsfreeze.gate import WriteGate
 from agent.system.fsguard import FsTimeout
 from agent.wire.b64 import decode_base64
 from agent.wire.payload import Base64Payload
@@ -58,13 +64,19 @@ _T = TypeVar("_T")
 
 
 async def _io(
-    ctx: AgentContext, opened: OpenFile, size: int, function: Callable[..., _T], *args: object
+    ctx: AgentContext,
+    opened: OpenFile,
+    size: int,
+    function: Callable[..., _T],
+    *args: object,
+    gate: WriteGate | None = None,
 ) -> _T:
-    """A call on an open file: inline when small and local, else under the deadline.
+    """``function(fd, *args)`` on an open file: inline when small and local,
+    else under the deadline; through ``gate`` (the freezer's, for writes).
 
     A call that times out is abandoned and marks the handle hung until it
-    comes back (the descriptor stays open under it: only guest-file-close,
-    after the store has let go of the handle, closes it).
+    comes back (the descriptor stays open under it until it does, even
+    through a guest-file-close: see ``OpenFile.hold``).
     """
     if opened.hung:
         raise GenericError(
@@ -72,19 +84,36 @@ async def _io(
             f" answer within {ctx.fs.timeout:g} s and has not come back; close the handle"
         )
     if not opened.may_block and size <= INLINE_IO_LIMIT:
-        return function(*args)
+        return _on_descriptor(opened, gate, function, *args)
 
     def came_back() -> None:
         opened.hung = False
 
+    call = partial(_on_descriptor, opened, gate, function, *args)
     try:
-        return await ctx.fs.call_on_path(
-            opened.path, partial(function, *args), on_late_end=came_back
-        )
+        return await ctx.fs.call_on_path(opened.path, call, on_late_end=came_back)
     except FsTimeout as err:
         if not err.fast:  # this call is stuck
             opened.hung = True
         raise GenericError(f"file '{opened.path}' (handle {opened.handle}): {err}") from err
+
+
+def _on_descriptor(
+    opened: OpenFile, gate: WriteGate | None, function: Callable[..., _T], *args: object
+) -> _T:
+    """In whatever thread the call runs: the descriptor held for its length,
+    and the write gate if any."""
+    fd = opened.hold()
+    try:
+        if gate is None:
+            return function(fd, *args)
+        gate.enter()
+        try:
+            return function(fd, *args)
+        finally:
+            gate.leave()
+    finally:
+        opened.release()
 
 
 @handlers.command("guest-file-open")
@@ -99,21 +128,32 @@ async def guest_file_open(ctx: AgentContext, path: str, mode: str | None) -> int
     try:
         # open() itself can block, on a network filesystem for one.
         fd, mode_bits, device = await ctx.fs.call_on_path(
-            path, partial(_open, path, flags), discard=_close_late
+            path, partial(_open, ctx.freezer.writes, path, flags), discard=_close_late
         )
     except (OSError, FsTimeout) as err:
         text = os_error_text(err) if isinstance(err, OSError) else str(err)
         raise GenericError(f"failed to open file '{path}' (mode: '{mode}'): {text}") from err
-    opened = ctx.store.add(fd, path, mode)
+    if ctx.freezer.frozen:  # since the open: saving the handle counter could hang
+        os.close(fd)
+        raise GenericError(
+            f"failed to open file '{path}' (mode: '{mode}'): the guest's filesystems"
+            " are being frozen (guest-fsfreeze-freeze)"
+        )
+    opened = ctx.store.add(fd, path, mode)  # saves the handle counter, inline
     opened.may_block = stat.S_ISBLK(mode_bits) or (
         stat.S_ISREG(mode_bits) and ctx.fs.may_hang(device)
     )
     return opened.handle
 
 
-def _open(path: str, flags: int) -> tuple[int, int, int]:
-    """The descriptor, its file's mode and the device of its filesystem."""
-    fd = os.open(path, flags, NEW_FILE_MODE)
+def _open(gate: WriteGate, path: str, flags: int) -> tuple[int, int, int]:
+    """The descriptor, its file's mode and the device of its filesystem; an
+    open may create or truncate the file, so it passes the write gate."""
+    gate.enter()
+    try:
+        fd = os.open(path, flags, NEW_FILE_MODE)
+    finally:
+        gate.leave()
     try:
         status = os.fstat(fd)
         if stat.S_ISDIR(status.st_mode):
@@ -150,7 +190,7 @@ async def guest_file_read(ctx: AgentContext, handle: int, count: int | None) -> 
     if not 0 <= count <= READ_COUNT_MAX:
         raise GenericError(f"value '{count}' is invalid for argument count")
     try:
-        data, eof = await _io(ctx, opened, count, _read, opened, count)
+        data, eof = await _io(ctx, opened, count, _read, count)
     except OSError as err:
         raise GenericError(f"failed to read file: {os_error_text(err)}") from err
     return {
@@ -160,33 +200,30 @@ async def guest_file_read(ctx: AgentContext, handle: int, count: int | None) -> 
     }
 
 
-def _read(opened: OpenFile, count: int) -> tuple[bytes | bytearray, bool]:
+def _read(fd: int, count: int) -> tuple[bytes, bool]:
     """Up to ``count`` bytes; ``eof`` as qemu-ga's: true when the read hit the end.
 
     A descriptor with no data yet (an empty FIFO) gives what there is, without
-    eof, where qemu-ga answers an EAGAIN error.
+    eof, where qemu-ga answers an EAGAIN error. Each piece is an ``os.read``,
+    whose buffer the kernel fills: a ``bytearray(count)`` would first be zeroed
+    holding the GIL (30 to 90 ms for 48 MiB on a loaded machine, every other
+    session of the agent stopped). A regular file gives it all in one piece;
+    only a descriptor that gives less at a time (a pipe) has its pieces joined.
     """
-    if count == 0:
-        return b"", False
-    buffer = bytearray(count)
-    view = memoryview(buffer)
+    pieces: list[bytes] = []
     got = 0
     eof = False
-    try:
-        while got < count:
-            try:
-                n = os.readv(opened.fd, [view[got:]])
-            except BlockingIOError:
-                break
-            if n == 0:
-                eof = True
-                break
-            got += n
-    finally:
-        view.release()
-    if got < count:
-        del buffer[got:]
-    return buffer, eof
+    while got < count:
+        try:
+            data = os.read(fd, count - got)
+        except BlockingIOError:
+            break
+        if not data:
+            eof = True
+            break
+        pieces.append(data)
+        got += len(data)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces), eof
 
 
 @handlers.command("guest-file-write")
@@ -203,13 +240,15 @@ async def guest_file_write(
         if opened.write_error is not None:
             error, opened.write_error = opened.write_error, None
             raise error
-        written = await _io(ctx, opened, count, _write, opened, data, count)
+        written = await _io(
+            ctx, opened, count, _write, opened, data, count, gate=ctx.freezer.writes
+        )
     except OSError as err:
         raise GenericError(f"failed to write to file: {os_error_text(err)}") from err
     return {"count": written, "eof": False}
 
 
-def _write(opened: OpenFile, data: bytes, count: int) -> int:
+def _write(fd: int, opened: OpenFile, data: bytes, count: int) -> int:
     """Write ``count`` bytes, as write(2) reports progress.
 
     A descriptor that stops taking data (a full pipe) gives a short count, so
@@ -223,7 +262,7 @@ def _write(opened: OpenFile, data: bytes, count: int) -> int:
     try:
         while written < count:
             try:
-                written += os.write(opened.fd, view[written:])
+                written += os.write(fd, view[written:])
             except BlockingIOError:
                 break
             except OSError as err:
@@ -249,7 +288,7 @@ async def guest_file_seek(
         raise GenericError(f"invalid whence code {whence}")
     try:
         # Inline for pipes and devices; SEEK_END asks a FUSE or NFS server for the size.
-        position = await _io(ctx, opened, 0, _seek, opened, offset, code)
+        position = await _io(ctx, opened, 0, os.lseek, offset, code)
     except OSError as err:
         raise GenericError(f"failed to seek file: {os_error_text(err)}") from err
     return {"eof": False, "position": position}  # qemu-ga's order
@@ -260,16 +299,8 @@ async def guest_file_flush(ctx: AgentContext, handle: int) -> dict[str, object]:
     """Written data is in the kernel already; flush also makes it durable on disk."""
     opened = ctx.store.get(handle)
     try:
-        await _io(ctx, opened, INLINE_IO_LIMIT + 1, _fsync, opened)
+        await _io(ctx, opened, INLINE_IO_LIMIT + 1, os.fsync)
     except OSError as err:
         if err.errno not in (errno.EINVAL, errno.EROFS):  # pipes, devices: nothing to sync
             raise GenericError(f"failed to flush file: {os_error_text(err)}") from err
     return {}
-
-
-def _seek(opened: OpenFile, offset: int, whence: int) -> int:
-    return os.lseek(opened.fd, offset, whence)
-
-
-def _fsync(opened: OpenFile) -> None:
-    os.fsync(opened.fd)

@@ -45,9 +45,10 @@ def guest_get_time(ctx: AgentContext) -> int:
 @handlers.command("guest-get-timezone")
 def guest_get_timezone(ctx: AgentContext) -> dict[str, object]:
     now = time.localtime()
-    reply: dict[str, object] = {"offset": now.tm_gmtoff}  # seconds east of UTC
+    reply: dict[str, object] = {}
     if now.tm_zone:
         reply["zone"] = now.tm_zone  # the abbreviation in force now, as qemu-ga gives it
+    reply["offset"] = now.tm_gmtoff  # seconds east of UTC
     return reply
 
 

@@ -7,25 +7,27 @@ trio-qga-client --address /tmp/qga.sock run -t -- /bin/bash
 trio-qga-client --connect qemu:///system --domain web1 exec /bin/uname -a
 trio-qga-client --connect qemu:///system --domain 'web*' info --json
 trio-qga-client -c qemu:///system -d 'db*' fsfreeze freeze-thaw --run 'lvcreate -s ...' /srv
+trio-qga-client -c a=qemu+ssh://hv-a/system -c b=qemu+ssh://hv-b/system -d 'db*' info
+trio-qga-client --inventory fleet.txt -d 'b:web*' exec /bin/uptime
 
 With ``--address`` the client speaks to the agent's socket; with ``--connect URI
 --domain NAME`` it goes through libvirt, which owns the channel. ``--domain`` may be
-given many times or as a glob: the command then runs on every such running domain at
-once (``--jobs`` at a time, ``--domain-timeout`` each), with one result line per domain
-and a summary, and the exit status is 1 if any failed. The common options may come before
-the command or after it (and its arguments); ``run`` and ``exec`` take everything after
-the program as its arguments.
+given many times or as a glob, ``--connect`` many times (``LABEL=URI``), or the hosts
+listed in an inventory file (:mod:`agent.host.inventory`): the command then runs on every
+such running domain at once, with one result line per domain and a summary, and the
+exit status is 1 if any failed (:mod:`agent.host.fleet_command`). The common options may
+come before the command or after it (and its arguments); ``run`` and ``exec`` take
+everything after the program as its arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import math
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,13 +37,16 @@ from agent.argtypes import COUNT, SECONDS
 from agent.host.client import QgaClient
 from agent.host.errors import AgentError, ClientError, CommandNotFound
 from agent.host.execution import NotSupported
-from agent.host.fleet import Connect, FreezeOutcome, TargetResult, error_info, freeze_all, run_all
+from agent.host.fleet import TargetResult, run_all
+from agent.host.fleet_command import freeze_thaw, run_fleet
+from agent.host.inventory import check_hosts, named, parse_connect, parse_selector, read_inventory
 from agent.host.operations import operation, program_argv
-from agent.host.output import progress_bars, show_table, summary_of, write_json
+from agent.host.output import progress_bars, write_json
 from agent.host.run_command import run_command
 
 DEFAULT_JOBS = 16
-GLOB = set("*?[")
+DEFAULT_JOBS_PER_HOST = 8
+STOPPING = (signal.SIGTERM, signal.SIGHUP)  # stop as Ctrl-C does: a freeze thawed first
 FREEZE_ACTIONS = {
     "status": "is the guest frozen?",
     "freeze": "freeze the guest's filesystems (or only MOUNTPOINTs)",
@@ -62,7 +67,21 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     group = parser.add_argument_group("options of every command")
     group.add_argument("--address", default=default(None), help="unix socket of the agent")
     group.add_argument(
-        "-c", "--connect", metavar="URI", default=default(None), help="libvirt URI (qemu:///system)"
+        "-c",
+        "--connect",
+        metavar="[LABEL=]URI",
+        action="append",
+        dest="connect" if top else "more_connect",
+        default=default([]),
+        help="libvirt URI (qemu:///system), repeatable: LABEL names the host"
+        " (default: the URI's host name)",
+    )
+    group.add_argument(
+        "-i",
+        "--inventory",
+        metavar="FILE",
+        default=default(None),
+        help="hosts, a line each: LABEL URI [DOMAIN-GLOB...] (docs/fleets.md)",
     )
     group.add_argument(
         "-d",
@@ -70,7 +89,8 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         action="append",
         dest="domain" if top else "more_domains",
         default=default([]),
-        help="libvirt domain name or glob (repeatable; with --connect)",
+        metavar="[LABEL:]DOMAIN",
+        help="libvirt domain name or glob, of host LABEL only if given (repeatable)",
     )
     group.add_argument(
         "--timeout", type=SECONDS, default=default(30.0), help="seconds per request (default 30)"
@@ -82,10 +102,22 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         help=f"domains served at once (default {DEFAULT_JOBS})",
     )
     group.add_argument(
+        "--jobs-per-host",
+        type=COUNT,
+        default=default(DEFAULT_JOBS_PER_HOST),
+        help=f"domains of one host served at once (default {DEFAULT_JOBS_PER_HOST})",
+    )
+    group.add_argument(
         "--domain-timeout",
         type=SECONDS,
         default=default(600.0),
         help="seconds for the whole command on one of several domains (default 600)",
+    )
+    group.add_argument(
+        "--host-timeout",
+        type=SECONDS,
+        default=default(30.0),
+        help="seconds to connect to a host and list its domains (default 30)",
     )
     group.add_argument(
         "--json",
@@ -157,21 +189,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line, checked beyond what argparse checks."""
+    """The command line, checked beyond what argparse checks. ``hosts`` and
+    ``selectors`` are what ``--connect``, ``--inventory`` and ``--domain`` name."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.domain += vars(args).pop("more_domains", [])
-    if args.address and args.connect:
-        parser.error("--address and --connect exclude each other")
-    if not args.address and not args.connect:
+    args.connect += vars(args).pop("more_connect", [])
+    libvirt = bool(args.connect or args.inventory)
+    if args.address and libvirt:
+        parser.error("--address and --connect (or --inventory) exclude each other")
+    if not args.address and not libvirt:
         parser.error("give --address, or --connect and --domain")
-    if args.connect and not args.domain:
-        parser.error("--connect needs --domain")
-    if args.domain and not args.connect:
+    if args.domain and not libvirt:
         parser.error("--domain needs --connect")
+    try:
+        args.hosts = [parse_connect(text) for text in args.connect]
+        if args.inventory:
+            args.hosts += read_inventory(args.inventory)
+        check_hosts(args.hosts)
+        args.selectors = [parse_selector(text, args.hosts) for text in args.domain]
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
+    if libvirt and not args.domain and not any(host.globs for host in args.hosts):
+        parser.error("--connect needs --domain (or domain globs in the inventory)")
     if not hasattr(args, "mountpoints"):
         args.mountpoints = []
-    args.fleet = bool(args.connect and (len(args.domain) > 1 or GLOB & set(args.domain[0])))
+    single = len(args.hosts) == len(args.selectors) == 1 and not args.selectors[0].is_glob
+    args.fleet = libvirt and not single
     if args.fleet and args.command in ("cat", "run"):
         parser.error(f"{args.command} needs one domain (cat: use get with {{domain}} in LOCAL)")
     if args.fleet and args.command == "get" and "{domain}" not in args.local:
@@ -181,10 +225,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
+    command = run_fleet if args.fleet else _single
     try:
-        if args.fleet:
-            return trio.run(_fleet, args)
-        return trio.run(_single, args)
+        if args.command == "run":  # it forwards signals to the program
+            return trio.run(command, args)
+        return trio.run(stopped_by_signals, command, args)
     except AgentError as err:
         print(f"trio-qga-client: {err.error_class}: {err.desc}", file=sys.stderr)
         return 2
@@ -198,17 +243,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGINT
 
 
+async def stopped_by_signals(
+    command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
+) -> int:
+    """``command(args)``, cancelled by SIGTERM or SIGHUP as Ctrl-C cancels it: what it
+    holds is let go on the way out (a freeze is thawed); the status is then 128 + the
+    signal's number."""
+    stopped_by: int | None = None
+
+    async def watch(scope: trio.CancelScope, task_status: trio.TaskStatus[None]) -> None:
+        nonlocal stopped_by
+        with trio.open_signal_receiver(*STOPPING) as received:
+            task_status.started()
+            async for number in received:
+                stopped_by = number
+                scope.cancel()
+                return
+
+    status = 0
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watch, nursery.cancel_scope)
+            status = await command(args)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the command's own error, alone: as it was raised
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    return 128 + stopped_by if stopped_by is not None else status
+
+
 # ---------------------------------------------------------------- one agent --
 async def _open(args: argparse.Namespace) -> QgaClient:
-    if args.connect:
+    if args.hosts:
+        [host], [selector] = args.hosts, args.selectors
         return await QgaClient.connect_libvirt(
-            args.connect, args.domain[0], request_timeout=args.timeout
+            host.uri, selector.domain, request_timeout=args.timeout
         )
     return await QgaClient.connect_unix(args.address, request_timeout=args.timeout)
 
 
+def _single_name(args: argparse.Namespace) -> str:
+    """The one target's name: the socket, or the domain (with its label if it has one)."""
+    if not args.hosts:
+        address: str = args.address
+        return address
+    [host], [selector] = args.hosts, args.selectors
+    return f"{host.label}:{selector.domain}" if named(args.hosts) else selector.domain
+
+
 async def _single(args: argparse.Namespace) -> int:
-    target: str = args.domain[0] if args.connect else args.address
+    target = _single_name(args)
     if args.command == "fsfreeze" and args.action == "freeze-thaw":
 
         @asynccontextmanager
@@ -216,7 +301,7 @@ async def _single(args: argparse.Namespace) -> int:
             async with await _open(args) as client:
                 yield client
 
-        return await _freeze_thaw(args, [target], connect)
+        return await freeze_thaw(args, [target], connect)
     if args.json:
         return await _single_json(args, target)
     async with await _open(args) as client:
@@ -277,105 +362,6 @@ async def _exec(client: QgaClient, path: str, args: list[str]) -> int:
     if result.stdout_truncated or result.stderr_truncated:
         print("trio-qga-client: output truncated by the agent", file=sys.stderr)
     return result.shell_status
-
-
-# ------------------------------------------------------------ many domains --
-async def _fleet(args: argparse.Namespace) -> int:
-    from agent.host.libvirt_channel import LibvirtConnection  # optional: libvirt-python
-
-    started = trio.current_time()
-    try:
-        connection = await LibvirtConnection.open(args.connect, args.jobs)
-    except ClientError as err:
-        return _no_domain(args, err, started)
-    try:
-        try:
-            names = match_domains(args.domain, await connection.domain_names())
-        except ClientError as err:
-            return _no_domain(args, err, started)
-
-        @asynccontextmanager
-        async def connect(name: str) -> AsyncIterator[QgaClient]:
-            channel = await connection.channel(name, args.timeout)
-            async with QgaClient(channel, request_timeout=args.timeout) as client:
-                yield client
-
-        if args.command == "fsfreeze" and args.action == "freeze-thaw":
-            return await _freeze_thaw(args, names, connect)
-        with progress_bars(args.progress, sys.stderr) as bars:
-            operate = operation(args, bars)
-
-            async def one(name: str) -> Any:
-                async with connect(name) as client:
-                    return await operate(client, name)
-
-            results = await run_all(names, one, limit=args.jobs, each=args.domain_timeout)
-        if args.json:
-            write_json(results, sys.stdout, summary_of(results, trio.current_time() - started))
-        else:
-            show_table(results, sys.stdout, extra={})
-        return 1 if any(not result.ok for result in results) else 0
-    finally:
-        await connection.aclose()
-
-
-def _no_domain(args: argparse.Namespace, err: ClientError, started: float) -> int:
-    """No domain reached (libvirt, or a glob that matches none): with ``--json`` the
-    summary line says why, else the error goes to stderr as any other."""
-    if not args.json:
-        raise err
-    write_json([], sys.stdout, summary_of([], trio.current_time() - started, error_info(err)))
-    return 1
-
-
-def match_domains(patterns: Sequence[str], running: Sequence[str]) -> list[str]:
-    """Names and globs to domain names, in the order given, each once. A plain name is
-    taken as it is (a stopped domain then fails on its own line); a glob that matches no
-    running domain is an error."""
-    found: list[str] = []
-    for pattern in patterns:
-        if GLOB & set(pattern):
-            matched = fnmatch.filter(running, pattern)
-            if not matched:
-                raise ClientError(f"no running domain matches {pattern!r}")
-        else:
-            matched = [pattern]
-        found += [name for name in matched if name not in found]
-    return found
-
-
-async def _freeze_thaw(args: argparse.Namespace, names: list[str], connect: Connect) -> int:
-    started = trio.current_time()
-    command = None
-    if args.run:
-
-        async def command() -> int:
-            done = await trio.run_process(args.run, shell=True, check=False)
-            return done.returncode
-
-    outcome: FreezeOutcome = await freeze_all(
-        names,
-        connect,
-        mountpoints=args.mountpoints or None,
-        command=command,
-        limit=args.jobs,
-        each=args.timeout,
-        deadline=args.deadline,
-    )
-    ran = None
-    if args.run:
-        ran = {"status": outcome.command_status, "error": outcome.command_error}
-    if args.json:
-        summary = summary_of(outcome.results, trio.current_time() - started)
-        summary.update(all_frozen=outcome.all_frozen, command=ran)
-        write_json(outcome.results, sys.stdout, summary)
-    else:
-        extra: dict[str, Any] = {"all frozen": outcome.all_frozen}
-        if ran is not None:
-            extra["command"] = ran["error"] or f"exit status {ran['status']}"
-        show_table(outcome.results, sys.stdout, extra=extra)
-    failed = any(not r.ok for r in outcome.results) or not outcome.all_frozen
-    return 1 if failed or (args.run and outcome.command_status != 0) else 0
 
 
 if __name__ == "__main__":

@@ -2,16 +2,17 @@
 
     async with await QgaClient.connect_unix("/tmp/qga.sock") as client:
         await client.ping()
-        info = await client.info()            # a Struct: the schema's members as attributes
+        info = await client.info()            # a GuestAgentInfo model
         data = await client.read_file("/etc/hostname")
 
 It reads replies with the agent's own framer, resynchronises as the protocol
 intends (0xFF, then ``guest-sync-delimited`` with a random id, dropping stale
 data up to the agent's 0xFF and that id's reply), applies a timeout to every
 exchange, and raises :class:`AgentError` (carrying the error class) for error
-replies. Results are validated by the validators built from the agent's schema:
-structs come back as :class:`~agent.models.struct.Struct` objects, their members
-as attributes by Python name (``buf-b64`` -> ``buf_b64``).
+replies. :meth:`QgaClient.call` returns the command's value as the pydantic
+model generated from the schema (``agent.models.generated``, docs/models.md):
+its members as attributes by Python name (``buf-b64`` -> ``buf_b64``), and
+``model_dump(by_alias=True, exclude_unset=True)`` gives the agent's reply back.
 """
 
 from __future__ import annotations
@@ -26,16 +27,20 @@ from typing import Any, Protocol
 
 import pybase64
 import trio
+from pydantic import ValidationError
 
 from agent.host.errors import AgentError, AgentTimeout, ClientError, CommandNotFound
 from agent.host.execution import Execution, start
-from agent.models.builder import ModelFactory
-from agent.models.schema import SchemaDefs, load_builtin
+from agent.models.generated import SchemaModels, builtin_models
+from agent.models.schema import SchemaDefs
 from agent.wire.framer import Flush, Framer, Message, ParseError
 
 CHUNK = 4 * 1024 * 1024  # bytes per guest-file-read/-write when copying files
 # A 48 MiB read comes back as 64 MiB of base64 plus framing: above the agent's cap.
 MAX_REPLY = 128 * 1024 * 1024
+# Nesting of a reply: no reply of the schema comes near it (guest-exec output
+# is base64, guest-info a list of flat objects); a deeper one is refused.
+MAX_REPLY_DEPTH = 1024
 
 Progress = Callable[[int, int | None], None]  # (bytes done, total if known)
 
@@ -81,7 +86,7 @@ class StreamChannel:
     def __init__(self, stream: trio.abc.Stream, timeout: float) -> None:
         self.stream = stream
         self.timeout = timeout
-        self._framer = Framer(max_size=MAX_REPLY)
+        self._framer = Framer(max_size=MAX_REPLY, max_depth=MAX_REPLY_DEPTH)
         self._events: list[Message | ParseError | Flush] = []
         self._lock = trio.Lock()
         self._in_sync = False
@@ -162,14 +167,14 @@ class QgaClient:
     ) -> None:
         """``transport``: a stream to the agent, or a :class:`Channel` (such as
         :class:`agent.host.libvirt_channel.LibvirtChannel`). ``request_timeout``: seconds any
-        one exchange with the agent may take."""
+        one exchange with the agent may take. ``schema``: the commands' definitions,
+        the agent's own by default (its models are shared by every such client)."""
         if isinstance(transport, trio.abc.Stream):
             transport = StreamChannel(transport, request_timeout)
         self.channel: Channel = transport
         self.timeout = request_timeout
-        defs = schema or load_builtin()
-        self._commands = defs.commands
-        self._models = ModelFactory(defs)
+        self.models = builtin_models() if schema is None else SchemaModels(schema)
+        self._commands = self.models.defs.commands
 
     @classmethod
     async def connect_unix(
@@ -240,13 +245,21 @@ class QgaClient:
 
     async def call(self, command: str, **arguments: Any) -> Any:
         """Run ``command`` (arguments by their wire names with ``-`` as ``_``) and
-        return its result validated by the schema's model."""
+        return its result as the schema's model (:meth:`typed`)."""
         wire = {name.replace("_", "-"): value for name, value in arguments.items()}
-        value = await self.execute(command, wire)
-        definition = self._commands.get(command)
-        if definition is None or value is None:
+        return self.typed(command, await self.execute(command, wire))
+
+    def typed(self, command: str, value: object) -> Any:
+        """``command``'s raw return ``value`` as its model: a struct's model, a list
+        of them, an int... As it is when the schema has no such command, or for
+        None (a command that sends no reply). Raises :class:`ClientError` when the
+        value does not fit the schema."""
+        if command not in self._commands or value is None:
             return value
-        return self._models.command(definition).returns.validate_python(value)
+        try:
+            return self.models.validate_return(command, value)
+        except ValidationError as err:
+            raise ClientError(f"{command}: the reply does not match the schema: {err}") from err
 
     # ------------------------------------------------------------- commands --
     async def ping(self) -> None:

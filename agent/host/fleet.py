@@ -1,17 +1,19 @@
 """One client command over many guests at once: the fleet logic, free of any transport.
 
 :func:`run_all` runs an operation for every target in one nursery, at most ``limit`` at a
-time, each under its own time limit, and gives one :class:`TargetResult` per target in the
-order given. :func:`freeze_all` is fsfreeze across guests: freeze every one, run an
-optional command while they are all frozen, then thaw; if a freeze fails or the deadline
-passes, every guest that froze is thawed all the same, before anything else.
+time and at most ``per_host`` of one host (:class:`Slots`), each under its own time
+limit, and gives one :class:`TargetResult` per target in the order given.
+:func:`freeze_all` is fsfreeze across guests: freeze every one, run an optional command
+while they are all frozen, then thaw; if a freeze fails or the deadline passes, every
+guest that froze is thawed all the same, before anything else. Guests on a host that
+hangs only hold their own slots: the others go on.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,6 +23,7 @@ from agent.host.errors import AgentError, AgentTimeout, ClientError
 from agent.host.execution import NotSupported
 
 THAW_TIMEOUT = 30.0  # seconds a thaw may take, whatever is left of the deadline
+THAW_RETRY = 1.0  # seconds between thaws that did not reach the agent (libvirt busy)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class TargetResult:
     value: Any = None
     error: ErrorInfo | None = None
     seconds: float = 0.0
+    host: str | None = None  # the host's label, when there are labelled hosts
 
     def as_json(self) -> dict[str, Any]:
         """The result's JSON document (the format of docs/client.md)."""
@@ -87,20 +91,44 @@ def error_info(err: BaseException, step: str = "") -> ErrorInfo:
     return ErrorInfo(kind, prefix + str(err))
 
 
+class Slots:
+    """At most ``limit`` targets served at once, and at most ``per_host`` of each host
+    (``hosts``: target -> host; a target missing from it is a host of its own). A
+    target waits for its host's slot before it takes one of all: a host that hangs
+    holds only its own."""
+
+    def __init__(
+        self, limit: int, hosts: Mapping[str, str] | None = None, per_host: int | None = None
+    ) -> None:
+        self._all = trio.CapacityLimiter(max(1, limit))
+        self._hosts = hosts or {}
+        self._per_host = max(1, per_host or limit)
+        self._limiters: dict[str, trio.CapacityLimiter] = {}
+
+    @asynccontextmanager
+    async def slot(self, target: str) -> AsyncIterator[None]:
+        host = self._hosts.get(target, target)
+        limiter = self._limiters.setdefault(host, trio.CapacityLimiter(self._per_host))
+        async with limiter, self._all:
+            yield
+
+
 async def run_all(
     targets: Sequence[str],
     operation: Callable[[str], Awaitable[Any]],
     *,
     limit: int,
     each: float,
+    hosts: Mapping[str, str] | None = None,
+    per_host: int | None = None,
 ) -> list[TargetResult]:
-    """``operation(target)`` for every target, at most ``limit`` at once, ``each``
-    seconds for each one; errors and timeouts become failed results, never exceptions."""
+    """``operation(target)`` for every target, within :class:`Slots`, ``each`` seconds
+    for each one; errors and timeouts become failed results, never exceptions."""
     results: dict[str, TargetResult] = {}
-    limiter = trio.CapacityLimiter(max(1, limit))
+    slots = Slots(limit, hosts, per_host)
 
     async def one(target: str) -> None:
-        async with limiter:
+        async with slots.slot(target):
             started = trio.current_time()
             try:
                 with trio.fail_after(each):
@@ -143,6 +171,7 @@ class FreezeOutcome:
     all_frozen: bool
     command_status: int | None = None  # None: it did not run (or there was none)
     command_error: str | None = None
+    window: float | None = None  # seconds from the first freeze sent to the last thaw
 
 
 async def freeze_all(
@@ -154,31 +183,41 @@ async def freeze_all(
     limit: int,
     each: float,
     deadline: float = math.inf,
+    hosts: Mapping[str, str] | None = None,
+    per_host: int | None = None,
 ) -> FreezeOutcome:
-    """Freeze every target, run ``command`` (it returns an exit status) once all are
-    frozen, then thaw.
+    """Freeze every target (within :class:`Slots`), run ``command`` (it returns an exit
+    status) once all are frozen, then thaw.
 
     ``deadline`` (seconds from now) bounds the freezes and the command together. Every
     guest whose freeze may have taken effect is thawed, whatever happened (a failure
-    elsewhere, the deadline, cancellation): each thaw has ``each`` seconds (at least
-    :data:`THAW_TIMEOUT`) and is shielded from cancellation. A guest whose agent answered
-    the freeze with an error is not thawed: the agent thawed what it had frozen.
+    elsewhere, the deadline, cancellation): the thaws go at once, each shielded from
+    cancellation with ``each`` seconds (at least :data:`THAW_TIMEOUT`), tried again
+    while they do not reach the agent (libvirt lets a new command through only once the
+    freeze it was waiting for has ended). A guest whose agent answered the freeze with
+    an error is not thawed: the agent thawed what it had frozen.
+
+    A guest's ``window`` (in its value) is the time from its freeze sent to its thaw
+    answered: its filesystems were frozen within it. The outcome's ``window`` runs from
+    the first freeze sent to the last thaw answered, over the guests thawed.
     """
     results = {target: TargetResult(target, False) for target in targets}
     steps: dict[str, dict[str, int]] = {target: {} for target in targets}  # frozen, thawed
     started: dict[str, float] = {}
+    sent: dict[str, float] = {}  # the freeze request's start
     ended: dict[str, float] = {}  # the freeze's end, then the thaw's
     to_thaw: dict[str, Freezable] = {}
-    limiter = trio.CapacityLimiter(max(1, limit))
+    slots = Slots(limit, hosts, per_host)
     outcome = FreezeOutcome(list(results.values()), all_frozen=False)
 
     async def freeze_one(stack: AsyncExitStack, target: str) -> None:
         result = results[target]
-        async with limiter:
+        async with slots.slot(target):
             started[target] = trio.current_time()
             try:
                 with trio.fail_after(each):
                     client = await stack.enter_async_context(connect(target))
+                    sent[target] = trio.current_time()
                     to_thaw[target] = client
                     steps[target]["frozen"] = await client.fsfreeze_freeze(mountpoints)
             except trio.TooSlowError:
@@ -193,13 +232,22 @@ async def freeze_all(
 
     async def thaw_one(target: str, client: Freezable) -> None:
         result = results[target]
-        with trio.move_on_after(max(each, THAW_TIMEOUT)) as waited:
-            try:
-                steps[target]["thawed"] = await client.fsfreeze_thaw()
-            except (ClientError, OSError) as err:
-                result.error = result.error or error_info(err, "thaw")
+        limit = max(each, THAW_TIMEOUT)
+        last = ""  # why the last try did not reach the agent
+        with trio.move_on_after(limit) as waited:
+            while True:
+                try:
+                    steps[target]["thawed"] = await client.fsfreeze_thaw()
+                except AgentError as err:
+                    result.error = result.error or error_info(err, "thaw")
+                except (ClientError, OSError) as err:
+                    last = f" (last: {err})"
+                    await trio.sleep(THAW_RETRY)
+                    continue
+                break
         if waited.cancelled_caught:
-            result.error = result.error or ErrorInfo("Timeout", "thaw: no reply")
+            error = ErrorInfo("Timeout", f"thaw: no reply within {limit:g} s{last}")
+            result.error = result.error or error
         ended[target] = trio.current_time()
 
     async with AsyncExitStack() as stack:
@@ -221,8 +269,15 @@ async def freeze_all(
                 async with trio.open_nursery() as nursery:
                     for target, client in to_thaw.items():
                         nursery.start_soon(thaw_one, target, client)
+            thawed = [target for target in to_thaw if "thawed" in steps[target]]
+            if thawed:
+                first = min(sent[target] for target in thawed)
+                outcome.window = max(ended[target] for target in thawed) - first
             for target, result in results.items():
-                result.value = steps[target] or None
+                value: dict[str, Any] = dict(steps[target])
+                if target in thawed:
+                    value["window"] = round(ended[target] - sent[target], 3)
+                result.value = value or None
                 result.ok = result.error is None and "thawed" in steps[target]
                 if target in started:
                     result.seconds = ended[target] - started[target]

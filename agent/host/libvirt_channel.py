@@ -101,19 +101,33 @@ class LibvirtConnection:
         """The running domains' names."""
         libvirt, _ = _libvirt()
         flags = libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
-        domains = await self.run(self._connection.listAllDomains, flags)
+        try:
+            domains = await self.run(self._connection.listAllDomains, flags)
+        except libvirt.libvirtError as err:
+            raise ClientError(f"{self.uri}: {err.get_error_message()}") from err
         return sorted(domain.name() for domain in domains)
 
     async def channel(self, name: str, request_timeout: float) -> LibvirtChannel:
+        """The channel to domain ``name``'s agent; looking it up is a request too, with
+        its timeout (a libvirtd that hangs must not hold the caller)."""
         libvirt, _ = _libvirt()
         try:
-            domain = await self.run(self._connection.lookupByName, name)
+            with trio.fail_after(request_timeout):
+                domain = await self.run(self._connection.lookupByName, name)
+        except trio.TooSlowError as err:
+            raise AgentTimeout(
+                f"{name}: libvirt did not answer within {request_timeout} s"
+            ) from err
         except libvirt.libvirtError as err:
             raise ClientError(f"{name}: {err.get_error_message()}") from err
         return LibvirtChannel(self, domain, request_timeout)
 
     async def aclose(self) -> None:
-        await self.run(self._connection.close)
+        libvirt, _ = _libvirt()
+        try:
+            await self.run(self._connection.close)
+        except libvirt.libvirtError as err:
+            raise ClientError(f"{self.uri}: {err.get_error_message()}") from err
 
 
 class LibvirtChannel:

@@ -4,7 +4,8 @@ One operation serves one agent and many (:mod:`agent.host.fleet`): its value is 
 ``--json`` prints as ``return`` (docs/client.md) and what the table sums up on one line.
 Names and encodings follow the agent's own replies where it has one: bytes are base64
 under ``buf-b64`` (``guest-file-read``) or ``out-data``/``err-data``
-(``guest-exec-status``).
+(``guest-exec-status``). A command's own return goes through its model
+(:func:`as_json`), so what is printed is checked against the schema.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def operation(args: argparse.Namespace, bars: Bars) -> Operation:
 
     async def operate(client: QgaClient, name: str) -> Any:
         if command in ("ping", "info"):
-            return await client.execute(f"guest-{command}")
+            return await as_json(client, f"guest-{command}")
         if command == "sync":
             return await client.sync()
         if command == "cat":
@@ -57,10 +58,20 @@ def operation(args: argparse.Namespace, bars: Bars) -> Operation:
         if command == "run":
             return await _run_collected(client, args)
         if command == "execute":
-            return await client.execute(args.name, json_object(args.arguments))
+            return await as_json(client, args.name, json_object(args.arguments))
         raise ValueError(f"{command} needs a single agent")
 
     return operate
+
+
+async def as_json(client: QgaClient, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    """``command``'s return through its model and back to JSON by wire names, its
+    absent members absent: the agent's reply value, checked against the schema
+    (as it came for a command the schema lacks)."""
+    value = client.typed(command, await client.execute(command, arguments))
+    if command not in client.models.defs.commands or value is None:
+        return value
+    return client.models.dump_return(command, value)
 
 
 async def _fsfreeze(client: QgaClient, action: str, mountpoints: list[str]) -> Any:

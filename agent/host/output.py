@@ -102,36 +102,67 @@ def write_json(
 def summary_of(
     results: Sequence[TargetResult], seconds: float, error: ErrorInfo | None = None
 ) -> dict[str, Any]:
-    """The summary line's counts; a run-wide ``error`` (no guest reached) goes in it."""
-    failed = sum(not result.ok for result in results)
-    return {
-        "targets": len(results),
-        "ok": len(results) - failed,
-        "failed": failed,
+    """The summary line's counts, and each host's where the results have hosts; a
+    run-wide ``error`` (no guest reached) goes in it."""
+    summary: dict[str, Any] = {
+        **_counts(results),
         "seconds": round(seconds, 3),
         "error": error.as_json() if error else None,
     }
+    hosts = _by_host(results)
+    if hosts:
+        summary["hosts"] = {label: _counts(group) for label, group in hosts.items()}
+    return summary
+
+
+def _counts(results: Sequence[TargetResult]) -> dict[str, int]:
+    failed = sum(not result.ok for result in results)
+    return {"targets": len(results), "ok": len(results) - failed, "failed": failed}
+
+
+def _by_host(results: Sequence[TargetResult]) -> dict[str, list[TargetResult]]:
+    """The results by host label, in order; empty where they have no host."""
+    hosts: dict[str, list[TargetResult]] = {}
+    for result in results:
+        if result.host is not None:
+            hosts.setdefault(result.host, []).append(result)
+    return hosts
 
 
 def show_table(results: Sequence[TargetResult], out: TextIO, extra: dict[str, Any]) -> None:
-    """One line per guest, ``extra``'s items, and a summary line."""
+    """One line per guest, ``extra``'s items, and a summary line. Where the results have
+    hosts, the table is grouped by host (its label once, then its domains by their own
+    names), and each host has a summary line too."""
     _require_rich()
     from rich.console import Console
     from rich.table import Table
 
-    failed = sum(not result.ok for result in results)
+    hosts = _by_host(results)
     table = Table(box=None, pad_edge=False)
-    for column in ("domain", "status", "result", "seconds"):
+    columns = ["host"] if hosts else []
+    for column in [*columns, "domain", "status", "result", "seconds"]:
         table.add_column(column, justify="right" if column == "seconds" else "left")
-    for result in results:
-        status = "ok" if result.ok else "FAILED"
-        text = summary(result.value) if result.ok else str(result.error or "")
-        table.add_row(result.target, status, text, f"{result.seconds:.2f}")
+    groups: list[tuple[str | None, list[TargetResult]]] = [*hosts.items()] or [(None, [*results])]
+    for label, group in groups:
+        for index, result in enumerate(group):
+            status = "ok" if result.ok else "FAILED"
+            text = summary(result.value) if result.ok else str(result.error or "")
+            row = [result.target, status, text, f"{result.seconds:.2f}"]
+            if label is not None:
+                row[:1] = [label if index == 0 else "", result.target.partition(":")[2]]
+            table.add_row(*row)
     console = Console(file=out, width=200 if not out.isatty() else None)
     console.print(table)
+    for label, group in hosts.items():
+        console.print(f"{label}: {_tally(group)}")
     for key, value in extra.items():
         console.print(f"{key}: {value}")
-    console.print(f"{len(results)} domains: {len(results) - failed} ok, {failed} failed")
+    console.print(_tally(results, f" on {len(hosts)} hosts" if hosts else ""))
+
+
+def _tally(results: Sequence[TargetResult], where: str = "") -> str:
+    counts = _counts(results)
+    return f"{counts['targets']} domains{where}: {counts['ok']} ok, {counts['failed']} failed"
 
 
 def summary(value: Any) -> str:

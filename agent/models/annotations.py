@@ -14,7 +14,7 @@ import types
 from collections.abc import Iterator
 from typing import Any, Union, get_args, get_origin
 
-from agent.models.builder import INT_RANGES
+from agent.models.qapi import INT_RANGES
 from agent.models.schema import SchemaDefs
 from agent.models.struct import Struct
 

@@ -1,42 +1,32 @@
-"""QAPI schema definitions -> pydantic-core validators, built once and cached.
+"""QAPI schema definitions -> pydantic-core validators, for the agent, built on first use.
 
-Validators are built on first use of each command, not at start-up: building
-the whole schema costs more than the agent's start-up budget, and most agents
-only ever see a handful of commands. They are pydantic-core schemas written
-directly, the ones pydantic would compile from models: the agent answers its
+These are the core schemas pydantic compiles from the schema's models
+(``agent.models.generated``), written here directly: the agent answers its
 first request without importing pydantic's model machinery (about 25 ms and
-2 MiB of a start-up, and 36 modules read from a guest's disk). A struct's
-value is a :class:`~agent.models.struct.Struct`, its members as attributes.
+2 MiB of a start-up, and 36 modules read from a guest's disk), and builds a
+command's validators only when the command is first called, since most agents
+only ever see a handful of commands. ``tests/test_models.py`` holds each one
+equal to what pydantic compiles from the command's model, so the two cannot
+drift; they differ only in the class a struct's value gets, here a
+:class:`~agent.models.struct.Struct` (its members as attributes), there the
+model.
 
-Validation follows QAPI's input visitor: strict types (``1.0`` is not an
-integer, ``"1"`` is not a number), 64-bit integer ranges, absent optional
-members (an explicit ``null`` is refused, as qemu-ga does), no extra members.
+Validation follows QAPI's rules (``agent.models.qapi``), with qemu-ga's error
+texts (:func:`describe`).
 """
 
 from __future__ import annotations
 
-import keyword
 from functools import cached_property
 from typing import Any
 
-from pydantic_core import PydanticCustomError, SchemaValidator, ValidationError
+from pydantic_core import SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
 
+from agent.models import qapi
 from agent.models.schema import CommandDef, SchemaDefs, SchemaError
 from agent.models.struct import Struct
 
-INT_RANGES = {
-    "int": (-(2**63), 2**63 - 1),
-    "int8": (-(2**7), 2**7 - 1),
-    "int16": (-(2**15), 2**15 - 1),
-    "int32": (-(2**31), 2**31 - 1),
-    "int64": (-(2**63), 2**63 - 1),
-    "uint8": (0, 2**8 - 1),
-    "uint16": (0, 2**16 - 1),
-    "uint32": (0, 2**32 - 1),
-    "uint64": (0, 2**64 - 1),
-    "size": (0, 2**64 - 1),
-}
 _BUILTINS: dict[str, cs.CoreSchema] = {
     "str": cs.str_schema(strict=True),
     "bool": cs.bool_schema(strict=True),
@@ -45,18 +35,9 @@ _BUILTINS: dict[str, cs.CoreSchema] = {
     "null": cs.none_schema(),
     **{
         name: cs.int_schema(strict=True, ge=low, le=high)
-        for name, (low, high) in INT_RANGES.items()
+        for name, (low, high) in qapi.INT_RANGES.items()
     },
 }
-# The JSON kind a value of each builtin takes, for alternates and error texts.
-_JSON_KIND = {"str": "string", "bool": "boolean", "number": "number", "null": "null"}
-_JSON_KIND.update({name: "integer" for name in INT_RANGES})
-
-
-def python_name(member: str) -> str:
-    """The Python attribute and handler parameter name of a QAPI member."""
-    name = member.replace("-", "_")
-    return name + "_" if keyword.iskeyword(name) else name
 
 
 class CommandModels:
@@ -70,28 +51,16 @@ class CommandModels:
     def arguments(self) -> SchemaValidator | None:
         """Validates a request's arguments into a :class:`Struct` (None: the
         command takes none)."""
-        data = self._command.data
-        if data is None:
-            return None
-        if isinstance(data, str):
-            schema = self._factory.type_of(data)
-            if schema["type"] != "model":
-                raise SchemaError(f"{self._command.name}: 'data' must name a struct")
-            return SchemaValidator(schema)
-        return SchemaValidator(
-            self._factory.struct(_model_name(self._command.name) + "Arguments", data)
-        )
+        schema = self._factory.arguments_schema(self._command)
+        return None if schema is None else SchemaValidator(schema)
 
     @cached_property
     def returns(self) -> SchemaValidator:
-        returns = self._command.returns
-        if returns is None:
-            return SchemaValidator(self._factory.struct("EmptyObject", {}))
-        return SchemaValidator(self._factory.type_of(returns))
+        return SchemaValidator(self._factory.returns_schema(self._command))
 
 
 class ModelFactory:
-    """Builds pydantic-core schemas for the definitions of one or more schemas."""
+    """Builds pydantic-core schemas for the definitions of one schema."""
 
     def __init__(self, defs: SchemaDefs) -> None:
         self._defs = defs
@@ -100,12 +69,28 @@ class ModelFactory:
     def command(self, command: CommandDef) -> CommandModels:
         return CommandModels(self, command)
 
+    def arguments_schema(self, command: CommandDef) -> cs.CoreSchema | None:
+        data = command.data
+        if data is None:
+            return None
+        if isinstance(data, str):
+            schema = self.type_of(data)
+            if schema["type"] != "model":
+                raise SchemaError(f"{command.name}: 'data' must name a struct")
+            return schema
+        return self._struct(qapi.arguments_name(command.name), qapi.members(data))
+
+    def returns_schema(self, command: CommandDef) -> cs.CoreSchema:
+        if command.returns is None:
+            return self._struct(qapi.EMPTY_OBJECT, [])
+        return self.type_of(command.returns)
+
     def type_of(self, expr: object) -> cs.CoreSchema:
         """The core schema of a QAPI type expression: a name or ``[name]``."""
         if isinstance(expr, list) and len(expr) == 1:
             return cs.list_schema(self.type_of(expr[0]))
         if isinstance(expr, dict):
-            return self.struct("Anonymous", expr)
+            return self._struct("Anonymous", qapi.members(expr))
         if not isinstance(expr, str):
             raise SchemaError(f"not a type expression: {expr!r}")
         if expr in _BUILTINS:
@@ -114,123 +99,62 @@ class ModelFactory:
             self._types[expr] = self._build(expr)
         return self._types[expr]
 
-    def json_kind(self, expr: object) -> str:
-        """What qemu-ga calls the expected type in 'Invalid parameter type' errors."""
-        if isinstance(expr, list):
-            return "array"
-        if isinstance(expr, str) and expr in _JSON_KIND:
-            return _JSON_KIND[expr]
-        definition = self._defs.types.get(expr) if isinstance(expr, str) else None
-        if definition is None:
-            return "any"
-        if "enum" in definition:
-            return "string"
-        if "alternate" in definition:
-            return str(expr)
-        return "object"
-
     def _build(self, name: str) -> cs.CoreSchema:
-        definition = self._defs.types.get(name)
-        if definition is None:
-            raise SchemaError(f"unknown type {name!r}")
-        if "enum" in definition:
-            return cs.literal_schema(_enum_values(definition))
-        if "struct" in definition:
-            unknown = set(definition) - {"struct", "data"}
-            if unknown:
-                raise SchemaError(f"struct {name!r}: unsupported keys {unknown}")
-            return self.struct(name, definition["data"])
-        if "alternate" in definition:
-            return self._alternate(name, definition["data"])
-        return self._union(name, definition)
+        found = qapi.definition(self._defs, name)
+        if "enum" in found:
+            return cs.literal_schema(qapi.enum_values(found))
+        if "struct" in found:
+            return self._struct(name, qapi.struct_members(name, found))
+        if "alternate" in found:
+            choices = {
+                qtype: self.type_of(branch)
+                for qtype, branch in qapi.alternate_branches(self._defs, name, found).items()
+            }
+            return cs.tagged_union_schema(
+                choices,
+                discriminator=qapi.qtype,
+                custom_error_type=qapi.ALTERNATE_ERROR_TYPE,
+                custom_error_message=qapi.ALTERNATE_ERROR_MESSAGE,
+                custom_error_context={"expected": name},
+            )
+        # As pydantic compiles a discriminated union: lax and from attributes for
+        # the lookup of the discriminator's value; each branch is strict.
+        return cs.tagged_union_schema(
+            {
+                branch.value: self._struct(branch.model, branch.members, branch)
+                for branch in qapi.union_branches(self._defs, name, found)
+            },
+            discriminator=found["discriminator"],
+            strict=False,
+            from_attributes=True,
+        )
 
-    def struct(
-        self, name: str, members: dict[str, Any], extra: dict[str, cs.ModelField] | None = None
+    def _struct(
+        self, name: str, members: list[qapi.Member], branch: qapi.UnionBranch | None = None
     ) -> cs.ModelSchema:
-        """A struct: strict, no member beyond ``members`` (and ``extra``, already
-        built), optional ones None when absent; its value an instance of a new
-        :class:`Struct` subclass named ``name``."""
+        """A struct: strict, no member beyond ``members``, optional ones None when
+        absent; its value an instance of a new :class:`Struct` subclass named
+        ``name``. In a union's ``branch``, the discriminator takes the branch's value."""
         fields: dict[str, cs.ModelField] = {}
-        for member, type_expr in members.items():
-            optional = member.startswith("*")
-            wire = member[1:] if optional else member
-            schema = self.type_of(type_expr)
-            if optional:
+        for member in members:
+            schema: cs.CoreSchema
+            if branch is not None and member.wire == branch.tag:
+                schema = cs.literal_schema([branch.value])
+            else:
+                schema = self.type_of(member.type)
+            if member.optional:
                 schema = cs.with_default_schema(schema, default=None)
-            fields[python_name(wire)] = cs.model_field(schema, validation_alias=wire)
-        fields.update(extra or {})
+            fields[member.name] = cs.model_field(
+                schema, validation_alias=member.wire, serialization_alias=member.wire
+            )
         cls = type(name, (Struct,), {"__slots__": ()})
         return cs.model_schema(
             cls,
-            cs.model_fields_schema(fields, model_name=name),
+            cs.model_fields_schema(fields, model_name=name, computed_fields=[]),
+            custom_init=False,
+            root_model=False,
             config=cs.CoreConfig(title=name, extra_fields_behavior="forbid", strict=True),
         )
-
-    def _alternate(self, name: str, branches: dict[str, Any]) -> cs.CoreSchema:
-        """QAPI alternates pick their branch by the JSON kind of the value."""
-        by_kind: dict[str, SchemaValidator] = {}
-        for type_expr in branches.values():
-            kind = self.json_kind(type_expr)
-            by_kind[kind] = SchemaValidator(self.type_of(type_expr))
-        if "integer" in by_kind:
-            by_kind.setdefault("number", by_kind["integer"])
-
-        def validate(value: object) -> object:
-            validator = by_kind.get(_kind_of_value(value))
-            if validator is None:
-                raise PydanticCustomError("qapi_type", "expected {expected}", {"expected": name})
-            try:
-                return validator.validate_python(value)
-            except ValidationError as err:
-                first = err.errors()[0]
-                raise PydanticCustomError("qapi_branch", first["msg"], {"error": first}) from None
-
-        return cs.no_info_plain_validator_function(validate)
-
-    def _union(self, name: str, definition: dict[str, Any]) -> cs.CoreSchema:
-        base = definition.get("base")
-        tag = definition.get("discriminator")
-        branches: dict[str, Any] = definition.get("data", {})
-        if not isinstance(base, dict) or not isinstance(tag, str) or tag not in base:
-            raise SchemaError(f"union {name!r}: needs an inline 'base' holding its discriminator")
-        tag_type = self._defs.types.get(base[tag], {})
-        choices: dict[str, cs.CoreSchema] = {}
-        for value in _enum_values(tag_type):
-            members = {k: v for k, v in base.items() if k != tag}
-            branch = branches.get(value)
-            if branch is not None:
-                branch_def = self._defs.types.get(branch, {})
-                members.update(branch_def.get("data", {}))
-            literal = cs.model_field(cs.literal_schema([value]), validation_alias=tag)
-            choices[value] = self.struct(f"{name}_{value}", members, {python_name(tag): literal})
-        return cs.tagged_union_schema(choices, discriminator=tag)
-
-
-def _enum_values(definition: dict[str, Any]) -> list[str]:
-    values = definition.get("data")
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise SchemaError(f"enum {definition.get('enum')!r}: 'data' must list strings")
-    return values
-
-
-def _kind_of_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
-
-
-def _model_name(command: str) -> str:
-    return "".join(part.capitalize() for part in command.split("-"))
 
 
 # ------------------------------------------------------------ error texts --
@@ -253,12 +177,7 @@ _EXPECTED_BY_ERROR = {
 def describe(err: ValidationError) -> str:
     """qemu-ga's wording for the first problem in ``err``."""
     first: Any = err.errors()[0]
-    loc = list(first["loc"])
-    if first["type"] == "qapi_branch":  # an alternate: report what its branch said
-        inner = first["ctx"]["error"]
-        first = {**inner, "loc": loc + list(inner["loc"])}
-        loc = first["loc"]
-    path = _format_path(loc)
+    path = _format_path(list(first["loc"]))
     kind = first["type"]
     if kind == "missing":
         return f"Parameter '{path}' is missing"
@@ -266,7 +185,7 @@ def describe(err: ValidationError) -> str:
         return f"Parameter '{path}' is unexpected"
     if kind == "literal_error" and isinstance(first.get("input"), str):
         return f"Parameter '{path}' does not accept value '{first['input']}'"
-    if kind == "qapi_type":
+    if kind == qapi.ALTERNATE_ERROR_TYPE:
         return f"Invalid parameter type for '{path}', expected: {first['ctx']['expected']}"
     expected = _EXPECTED_BY_ERROR.get(kind, "string" if kind == "literal_error" else None)
     if expected is None:
@@ -275,10 +194,12 @@ def describe(err: ValidationError) -> str:
 
 
 def _format_path(loc: list[Any]) -> str:
+    """A member's path as qemu-ga writes it; the tags of alternates' branches
+    (``QTYPE_...``) are not members."""
     path = ""
     for item in loc:
         if isinstance(item, int):
             path += f"[{item}]"
-        elif isinstance(item, str) and not item.startswith(("literal[", "function-")):
+        elif isinstance(item, str) and not item.startswith(qapi.QTYPE_PREFIX):
             path += ("." if path else "") + item
     return path or "null"

@@ -23,6 +23,7 @@ from agent.wire.framer import Framer, Message, ParseError
 
 BUILTIN_SCHEMA = "qga-schema.json"
 PARSED_SCHEMA = "qga-schema.parsed.json"  # BUILTIN_SCHEMA's definitions, as plain JSON
+MAX_SCHEMA_DEPTH = 64  # QAPI definitions nest a few levels; far deeper is a mistake
 
 
 class SchemaError(ValueError):
@@ -39,6 +40,11 @@ class CommandDef:
     # The qemu-ga commands whose capability this one reaches (our key): it is
     # enabled only while the command filter lets every one of them through.
     gated_by: tuple[str, ...] = ()
+    delimited_reply: bool = False  # a 0xFF byte goes before the reply (guest-sync-delimited)
+    # Members (wire names) whose values are secrets or content, never logged: of
+    # the arguments, and of the returned struct (or of each struct of a returned list).
+    secret_arguments: frozenset[str] = frozenset()
+    secret_returns: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,9 @@ _COMMAND_KEYS = {
     "success-response",
     "allowed-while-frozen",
     "gated-by",
+    "delimited-reply",
+    "secret-arguments",
+    "secret-returns",
 }
 _TYPE_KINDS = ("struct", "enum", "alternate", "union")
 
@@ -97,8 +106,11 @@ def expressions(text: str, origin: str) -> list[object]:
     """The top-level expressions of QAPI schema text, in order."""
     body = "\n".join("" if line.lstrip().startswith("#") else line for line in text.splitlines())
     found = []
-    framer = Framer()
-    for event in framer.receive(body.encode("utf-8") + b"\n"):
+    data = body.encode("utf-8") + b"\n"
+    # The text is read whole and comes with the code (the agent's, a plugin's):
+    # the caps that guard a stream only need to let it through.
+    framer = Framer(max_size=len(data), max_depth=MAX_SCHEMA_DEPTH)
+    for event in framer.receive(data):
         if isinstance(event, ParseError):
             raise SchemaError(f"{origin}: {event.reason}")
         if isinstance(event, Message):
@@ -145,7 +157,10 @@ def _add(defs: SchemaDefs, expr: object, origin: str) -> None:
             returns=expr.get("returns"),
             success_response=bool(expr.get("success-response", True)),
             allowed_while_frozen=bool(expr.get("allowed-while-frozen", False)),
-            gated_by=_gates(expr, origin),
+            gated_by=_names(expr, "gated-by", "command names", origin),
+            delimited_reply=bool(expr.get("delimited-reply", False)),
+            secret_arguments=frozenset(_names(expr, "secret-arguments", "members", origin)),
+            secret_returns=frozenset(_names(expr, "secret-returns", "members", origin)),
         )
         return
     kinds = [kind for kind in _TYPE_KINDS if kind in expr]
@@ -157,14 +172,15 @@ def _add(defs: SchemaDefs, expr: object, origin: str) -> None:
     defs.types[name] = expr
 
 
-def _gates(expr: dict[str, Any], origin: str) -> tuple[str, ...]:
-    """A command's ``'gated-by'``: a non-empty list of command names, or absent."""
-    if "gated-by" not in expr:
+def _names(expr: dict[str, Any], key: str, what: str, origin: str) -> tuple[str, ...]:
+    """A command's ``key`` (``'gated-by'``, ``'secret-arguments'``...): a non-empty
+    list of names, or absent. Whether the names exist is the registry's check."""
+    if key not in expr:
         return ()
-    gates = expr["gated-by"]
-    if isinstance(gates, list) and gates and all(isinstance(gate, str) for gate in gates):
-        return tuple(gates)
+    names = expr[key]
+    if isinstance(names, list) and names and all(isinstance(name, str) for name in names):
+        return tuple(names)
     raise SchemaError(
-        f"{origin}: command {expr['command']!r}: 'gated-by' must be a non-empty list of"
-        f" command names, not {gates!r}"
+        f"{origin}: command {expr['command']!r}: {key!r} must be a non-empty list of"
+        f" {what}, not {names!r}"
     )

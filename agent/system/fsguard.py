@@ -48,14 +48,8 @@ from typing import Generic, TypeVar
 import trio
 
 from agent.system.fsidentity import OwnThread
-from agent.system.mounts import (
-    DEFAULT_MOUNT_TABLE,
-    NETWORK_TYPES,
-    MountTableError,
-    read_mount_table,
-)
+from agent.system.mounts import NETWORK_TYPES, MountTableError, read_mount_table
 
-DEFAULT_FS_TIMEOUT = 10.0  # seconds
 MAX_STUCK = 16  # abandoned threads at once, before calls fail fast
 RETRY_AFTER = 60.0  # seconds a hung mount fails fast before it is tried again
 
@@ -173,14 +167,15 @@ class FsGuard:
 
     def __init__(
         self,
-        timeout: float = DEFAULT_FS_TIMEOUT,
+        timeout: float,
         *,
+        mount_table: str,
         max_stuck: int = MAX_STUCK,
         retry_after: float = RETRY_AFTER,
-        mount_table: str = DEFAULT_MOUNT_TABLE,
     ) -> None:
-        """``mount_table`` tells which mount a path is on (the kernel's table:
-        any file may be opened, not only those a freeze may cover)."""
+        """``timeout`` is ``--fs-timeout``; ``mount_table`` tells which mount a
+        path is on (the kernel's table: any file may be opened, not only those a
+        freeze may cover)."""
         self.timeout = timeout
         self.max_stuck = max_stuck
         self.hung = HungMounts(retry_after)

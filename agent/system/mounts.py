@@ -12,8 +12,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-DEFAULT_MOUNT_TABLE = "/proc/self/mountinfo"
-
 # Filesystems that cannot take writes anyway: freezing them protects nothing.
 READ_ONLY_TYPES = frozenset({"squashfs", "iso9660", "erofs", "cramfs", "romfs"})
 # Network filesystems; most have no block device (major 0) and are skipped for
@@ -86,7 +84,7 @@ def parse_mountinfo(data: bytes) -> list[Mount]:
     return mounts
 
 
-def read_mount_table(path: str = DEFAULT_MOUNT_TABLE) -> list[Mount]:
+def read_mount_table(path: str) -> list[Mount]:
     try:
         with open(path, "rb") as table:
             return parse_mountinfo(table.read())

@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 BUFFER_LIMIT = 1024 * 1024  # unacknowledged bytes held per output stream
 MAX_WAIT = 10.0  # longest long poll, seconds
 WRITE_WAIT = 1.0  # seconds a stdin write waits for room before answering what it took
-DEFAULT_IDLE_TIMEOUT = 600.0  # seconds without a read before a program is killed
 
 
 class Output:

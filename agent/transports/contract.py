@@ -45,13 +45,25 @@ def receive_size(max_bytes: int | None, default: int) -> int:
 
 
 # How long a stream looks for the peer's next message after a reply before it
-# sleeps in the kernel (seconds); see ExchangeStream.
+# sleeps in the kernel (seconds); see poll_after_reply.
 POLL_AFTER_REPLY = 50e-6
 
 
 async def poll_after_reply(try_read: Callable[[], bytes | None]) -> bytes | None:
-    """``try_read()`` after each pass through the scheduler, for up to
-    :data:`POLL_AFTER_REPLY`: what it read, or None (nothing came in time).
+    """The post-reply poll policy: ``try_read()`` after each pass through the
+    scheduler, for up to :data:`POLL_AFTER_REPLY`: what it read, or None
+    (nothing came in time; the stream then waits in the kernel).
+
+    A host that sends its next request at once (a sync, then the command; a
+    file read chunk after chunk) finds the agent awake: falling asleep and being
+    woken costs more than these passes. Measured with the poll taken out
+    (``benchmarks/ab.py --base fbd476c --only ping-p50 ping-p99 pipelined
+    connect connect-cpu small-reads-cpu read-4k-cpu``, 5 alternating rounds on
+    a busy 2-core machine): ping p50 1.21x (1.07-1.48 over the rounds),
+    pipelined pings 0.60x, connect cycles unchanged; the agent's CPU 0.92x per
+    connect cycle and 0.95x per MiB of 4 KiB reads. It wins the latency rows by
+    more than its CPU costs, so it stays. A host that sends nothing more costs
+    at most POLL_AFTER_REPLY of CPU per reply, and nothing while idle.
 
     ``try_read`` returns None when nothing is waiting; it never blocks. The
     passes are cancel-shielded: the caller checked for cancellation before the
@@ -76,14 +88,14 @@ class ExchangeStream(trio.abc.Stream):
     answer comes after the whole reply went out, errors map as in the two
     calls, and it conflicts with any other send or receive.
 
-    After the reply it looks for the peer's next message over the passes
-    through the scheduler of :func:`poll_after_reply` before it sleeps in the
-    kernel: a host that sends its next request at once (a sync, then the
-    command; a file read chunk after chunk) finds the agent awake. Falling
-    asleep and being woken costs more than those passes (ping p50 halved, and
-    less CPU per request, on the README's benchmark machine); a host that
-    sends nothing more costs at most POLL_AFTER_REPLY of CPU per reply, and
-    nothing while idle.
+    After the reply it looks for the peer's next message with
+    :func:`poll_after_reply` before it sleeps in the kernel.
+
+    The session uses it for every reply it can send in one write
+    (``agent.core.outbox``). Without it (each reply sent, then a read, and
+    no poll), on the benchmark of :func:`poll_after_reply`: ping p50 1.12x
+    (1.11-1.75), pipelined pings 0.62x, connect cycles 0.79x and their CPU
+    1.12x; CPU per MiB of 4 KiB reads unchanged.
     """
 
     @abstractmethod

@@ -9,7 +9,9 @@ or fails, is opened again every 5 s instead of stopping the agent.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -28,6 +30,28 @@ RETRY_INTERVAL = 5.0  # seconds, qemu-ga's
 
 class TransportError(Exception):
     """The transport cannot be opened or failed; the message says why."""
+
+
+def check_transports(specs: Sequence[TransportSpec]) -> None:
+    """Refuse what can never work: a channel of :func:`check_transport`, or one named
+    twice (the same device, socket path or vsock port: it cannot be opened twice)."""
+    seen: dict[object, TransportSpec] = {}
+    for spec in specs:
+        check_transport(spec)
+        key = _identity(spec)
+        if key in seen:
+            raise TransportError(
+                f"transport {describe(spec)} is named twice"
+                + (f" (as {describe(seen[key])})" if seen[key] != spec else "")
+            )
+        seen[key] = spec
+
+
+def _identity(spec: TransportSpec) -> object:
+    """What two channels cannot share: a vsock port (whatever the CID), a path."""
+    if spec.method == "vsock-listen":
+        return ("vsock", parse_address(spec.resolved_path)[1])
+    return os.path.normpath(os.path.abspath(spec.resolved_path))
 
 
 def check_transport(spec: TransportSpec) -> None:
@@ -59,12 +83,12 @@ async def serve_transport(
     """
     if listener is None:
         check_transport(spec)
-    status = _StartedOnce(task_status)
+    status = StartedOnce(task_status)
     while True:
         try:
             await _serve_once(spec, handler, listener, status)
         except OSError as err:
-            failure = TransportError(f"{_describe(spec, listener)}: {err.strerror or err}")
+            failure = TransportError(f"{describe(spec, listener)}: {err.strerror or err}")
             if not spec.retry:
                 raise failure from err
             log.warning("%s; trying again in %g s", failure, RETRY_INTERVAL)
@@ -92,20 +116,34 @@ async def _serve_once(
         await serve_vsock_listen(spec.resolved_path, handler, task_status=task_status)
 
 
-def _describe(spec: TransportSpec, listener: socket.socket | None) -> str:
-    if listener is not None:
-        return "socket from systemd"
-    return f"{spec.method} {spec.resolved_path}"
+def describe(spec: TransportSpec, listener: socket.socket | None = None) -> str:
+    """The channel's name in messages and logs: its method and path (or address)."""
+    if listener is None:
+        return f"{spec.method} {spec.resolved_path}"
+    try:
+        address = listener.getsockname()
+    except OSError:
+        address = None
+    if isinstance(address, tuple):  # vsock: (CID, port)
+        address = ":".join(map(str, address))
+    elif isinstance(address, bytes):  # a unix socket in the abstract namespace
+        address = "@" + address[1:].decode(errors="replace")
+    return f"{spec.method} {address or '(unnamed)'}, socket from systemd"
 
 
-class _StartedOnce:
-    """A task status that may be reported more than once; the first one counts."""
+class StartedOnce:
+    """A task status that may be reported more than once; the first one counts,
+    and runs ``on_started`` first."""
 
-    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
+    def __init__(
+        self, task_status: trio.TaskStatus[None], on_started: Callable[[], None] = lambda: None
+    ) -> None:
         self._task_status = task_status
-        self._reported = False
+        self._on_started = on_started
+        self.reported = False
 
     def started(self, value: None = None) -> None:
-        if not self._reported:
-            self._reported = True
+        if not self.reported:
+            self.reported = True
+            self._on_started()
             self._task_status.started(value)

@@ -14,6 +14,14 @@ DEFAULT_BAUD_RATE = 38400  # of an isa-serial line, qemu-ga's fixed speed
 DEFAULT_SOCKET_MODE = 0o600  # of a unix-listen socket (qemu-ga leaves it to the umask)
 
 
+def split_transport(text: str) -> tuple[str, str | None]:
+    """``METHOD:PATH`` (``--transport``, the configuration file's ``transports``) as
+    method and path; the path after the first colon (a vsock one is ``CID:PORT``),
+    None when there is none (the method's default)."""
+    method, _, path = text.partition(":")
+    return method, path or None
+
+
 @dataclass(frozen=True)
 class TransportSpec:
     """One channel: how to open it, and what to do when it fails."""

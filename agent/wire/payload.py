@@ -18,5 +18,8 @@ class Base64Payload:
     """
 
     data: bytes | bytearray
+    # The base64 text in pieces, when it was encoded beforehand (``data`` is
+    # then empty): a big payload, encoded between other sessions' requests.
+    encoded: tuple[bytes, ...] | None = None
 
     STAND_IN: ClassVar[str] = ""

@@ -3,9 +3,12 @@
 qemu-ga logs ``read data, count: N, data: ...`` for every read; host test suites
 (tp-qemu) look for that line to prove which command the agent received. Ours
 logs one such line per request (``count`` is the size of the read that completed
-it), one ``sent reply`` line per reply, and for an error reply its class and
-text. Unlike qemu-ga, passwords, key material and file or process content never
-reach the log: their values are replaced by ``<redacted>``.
+it), one ``sent reply`` line per reply (``count``: its bytes on the wire), and
+for an error reply its class and text. Unlike qemu-ga, passwords, key material
+and file or process content never reach the log: the members the schema marks
+secret (``'secret-arguments'``, ``'secret-returns'``) show as ``<redacted>``.
+Which members those are comes from the caller (the command registry): this
+layer knows JSON, never commands.
 
 The session asks :func:`for_session` once; with debug off it gets None and
 pays nothing per request.
@@ -15,64 +18,70 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
-from agent.wire.framer import DELIMITER
+import pybase64
+
+from agent.wire.encoder import NO_ID, ErrorReply, Reply
+from agent.wire.payload import Base64Payload
 
 log = logging.getLogger(__name__)
 
 REDACTED = "<redacted>"
 
-# Members whose values are secrets or content, by command: in the arguments...
-SECRET_ARGUMENTS: dict[str, frozenset[str]] = {
-    "guest-set-user-password": frozenset({"password"}),
-    "guest-ssh-add-authorized-keys": frozenset({"keys"}),
-    "guest-ssh-remove-authorized-keys": frozenset({"keys"}),
-    "guest-file-write": frozenset({"buf-b64"}),
-    "guest-exec": frozenset({"input-data"}),
-    "__io.github.trio-qga_exec-write": frozenset({"data"}),  # what is typed: passwords too
-}
-# ... and in the reply.
-SECRET_RETURNS: dict[str, frozenset[str]] = {
-    "guest-ssh-get-authorized-keys": frozenset({"keys"}),
-    "guest-file-read": frozenset({"buf-b64"}),
-    "guest-exec-status": frozenset({"out-data", "err-data"}),
-    "__io.github.trio-qga_exec-read": frozenset({"out-data", "err-data"}),
-}
+# A command's secret members (wire names): of its arguments, and of its return.
+Secrets = Callable[[str], tuple[frozenset[str], frozenset[str]]]
 
 
-def for_session() -> WireLog | None:
+def for_session(secrets: Secrets) -> WireLog | None:
     """A wire log for one session, or None when debug logging is off."""
-    return WireLog() if log.isEnabledFor(logging.DEBUG) else None
+    return WireLog(secrets) if log.isEnabledFor(logging.DEBUG) else None
 
 
 class WireLog:
     """Logs one session's traffic. Requests are answered in order, so the reply
     logged next belongs to the request logged last."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: Secrets) -> None:
+        self._secrets = secrets
         self._command: str | None = None
 
     def request(self, count: int, value: object) -> None:
         """A request just decoded; ``count``: the bytes of the read that completed it."""
         self._command = _command_of(value)
-        log.debug("read data, count: %d, data: %s", count, _text(_redacted_request(value)))
+        log.debug("read data, count: %d, data: %s", count, _text(self._redacted_request(value)))
 
     def parse_error(self) -> None:
         """The next reply answers input that was not a request."""
         self._command = None
 
-    def reply(self, reply: bytes | list[bytes]) -> None:
-        """A reply about to be sent (one line, or the pieces of a big one)."""
-        line = reply if isinstance(reply, bytes) else b"".join(reply)
-        value = json.loads(line.removeprefix(DELIMITER))
+    def reply(self, reply: Reply, encoded: list[bytes]) -> None:
+        """A reply about to be sent, and its bytes (one line, or the pieces of a big one)."""
         command = self._command or "request"
-        error = value.get("error") if isinstance(value, dict) else None
-        if isinstance(error, dict):
-            log.debug("%s failed: %s: %s", command, error.get("class"), error.get("desc"))
-        secret = SECRET_RETURNS.get(command, frozenset())
-        if secret and isinstance(value, dict) and isinstance(value.get("return"), dict):
-            value = {**value, "return": _without(value["return"], secret)}
-        log.debug("sent reply, count: %d, data: %s", len(line), _text(value))
+        shown: dict[str, object] = {}
+        if isinstance(reply, ErrorReply):
+            log.debug("%s failed: %s: %s", command, reply.error_class, reply.desc)
+            if reply.id is not NO_ID:
+                shown["id"] = reply.id
+            shown["error"] = {"class": reply.error_class, "desc": reply.desc}
+        else:
+            secret = self._secrets(command)[1] if self._command else frozenset()
+            shown["return"] = _without_in(reply.value, secret)
+            if reply.id is not NO_ID:
+                shown["id"] = reply.id
+        size = sum(map(len, encoded))
+        log.debug("sent reply, count: %d, data: %s", size, _text(shown))
+
+    def _redacted_request(self, value: object) -> object:
+        if not self._command or not isinstance(value, dict) or "arguments" not in value:
+            return value
+        secret = self._secrets(self._command)[0]
+        if not secret:
+            return value
+        arguments = value["arguments"]
+        if not isinstance(arguments, dict):  # malformed: it may hold the secret all the same
+            return {**value, "arguments": REDACTED}
+        return {**value, "arguments": _without(arguments, secret)}
 
 
 def _command_of(value: object) -> str | None:
@@ -82,15 +91,16 @@ def _command_of(value: object) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _redacted_request(value: object) -> object:
-    command = _command_of(value)
-    secret = SECRET_ARGUMENTS.get(command or "")
-    if not secret or not isinstance(value, dict) or "arguments" not in value:
+def _without_in(value: object, secret: frozenset[str]) -> object:
+    """A return value without its secret members: those of the object, or of
+    each object of a list."""
+    if not secret:
         return value
-    arguments = value["arguments"]
-    if not isinstance(arguments, dict):  # malformed: it may hold the secret all the same
-        return {**value, "arguments": REDACTED}
-    return {**value, "arguments": _without(arguments, secret)}
+    if isinstance(value, dict):
+        return _without(value, secret)
+    if isinstance(value, list):
+        return [_without(item, secret) if isinstance(item, dict) else item for item in value]
+    return value
 
 
 def _without(members: dict[str, object], secret: frozenset[str]) -> dict[str, object]:
@@ -98,4 +108,13 @@ def _without(members: dict[str, object], secret: frozenset[str]) -> dict[str, ob
 
 
 def _text(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    """JSON text for the log; a str's lone surrogates (undecodable file names) as '?'."""
+    text = json.dumps(value, ensure_ascii=False, default=_payload)
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _payload(value: object) -> str:
+    """Bytes of a reply that the encoder writes as base64 (a member not marked secret)."""
+    if isinstance(value, Base64Payload):
+        return pybase64.b64encode_as_string(value.data)
+    raise TypeError(f"{type(value).__name__} is not JSON")

@@ -8,6 +8,8 @@ Agents and clients
                    ``running_agent``, ``run_agent``, ``run_client``, waiting on them
   clients          ``StreamClient`` (trio stream), ``SocketClient`` (unix socket)
   reference        the real qemu-ga, run the same way as ours
+  fake_hosts       libvirt hosts and guests in this process, for trio-qga-client's
+                   fleets: hosts down or hung, guests slow or refusing a freeze
   exchange_checks  what every ``ExchangeStream`` must do
 
 Stand-ins for the guest, harmless to this machine
@@ -29,8 +31,12 @@ VMs and libvirt
   vm_package_guest.py: the packaging test's steps in a systemd guest;
   libvirt-initramfs: the libvirt domains' initramfs
 
+markdown           the README's and docs' code blocks, notes, links and tables, as
+                   ``test_docs.py`` and ``test_docs_examples.py`` check them
 markers            the ``qemu_ga``, ``vm`` and ``libvirt`` markers, checked where the
                    helpers above do what they name
+default_paths      fails the test, and the session, that touches the agent's default
+                   paths on this machine (/var/cache/trio-qga, /run/qga.state*, ...)
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ pytest.register_assert_rewrite("tests.support")
 
 # The modules with fixtures or hooks, registered by the root conftest.py through this list.
 pytest_plugins = [
+    "tests.support.default_paths",
     "tests.support.agents",
     "tests.support.markers",
     "tests.support.scratch",

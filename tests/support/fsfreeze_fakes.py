@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.config import KERNEL_MOUNT_TABLE
 from agent.system.fsfreeze.freezer import Freezer
 from agent.system.fsguard import FsGuard
 
@@ -111,7 +112,7 @@ def fake_freezer(tmp_path: Path, table: Path, ioctls: FakeIoctls, **options: obj
         mount_table=str(table),
         ioctls=ioctls,
         watchdog=False,
-        fs=FsGuard(math.inf),
+        fs=FsGuard(math.inf, mount_table=KERNEL_MOUNT_TABLE),
         **options,  # type: ignore[arg-type]
     )
 

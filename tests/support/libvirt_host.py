@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
+import pytest
+
 from tests.support.markers import require_marker
 from tests.support.vm_modules import CACHE, extra_modules
 
@@ -65,8 +67,25 @@ exec libvirtd -p "$1/libvirtd.pid"
 """
 
 
+def needs_libvirt() -> None:
+    """Skips loudly without root or libvirt (fails in CI, whose setup installs it)."""
+    missing = [tool for tool in ("virsh", "libvirtd", "virtlogd") if not shutil.which(tool)]
+    reason = None
+    if os.geteuid() != 0:
+        reason = "the libvirt test starts libvirtd and QEMU as root"
+    elif missing:
+        reason = f"{', '.join(missing)} missing: scripts/setup --test installs libvirt"
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 class LibvirtHost:
-    """virtlogd and libvirtd of our own, stopped by pid."""
+    """virtlogd and libvirtd of our own, stopped by pid. Several may run at once, each
+    with its own ``base`` (stop them in the reverse order: the first may have made
+    ``/run/libvirt``, which it removes)."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -113,9 +132,19 @@ class LibvirtHost:
             check=False,
         )
 
+    def pause(self) -> None:
+        """Stop libvirtd (SIGSTOP): its clients' calls hang, as when its host is cut off."""
+        assert self.daemon is not None
+        self.daemon.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.daemon is not None
+        self.daemon.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Destroy what still runs, then stop libvirtd and virtlogd by their pids."""
         if self.daemon is not None and self.daemon.poll() is None:
+            self.resume()  # if paused
             for name in self.virsh("list", "--name").stdout.split():
                 self.virsh("destroy", name)
             self.daemon.send_signal(signal.SIGTERM)  # unshare and sh exec'd: it is libvirtd

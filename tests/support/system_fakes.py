@@ -1,4 +1,4 @@
-"""Stand-ins for the system seams (``agent/system.py``): nothing here touches the host.
+"""Stand-ins for the system seams (``agent/system/executor.py``): nothing here touches the host.
 
 ``RecordingExecutor`` records every command a handler would run and answers
 with scripted results; ``FakeClock`` records the times it is set to;

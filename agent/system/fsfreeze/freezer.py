@@ -1,8 +1,12 @@
 """The freezer: freeze and thaw guest filesystems, and never leave them frozen.
 
-It drives the state machine of ``agent.system.fsfreeze.state``. A freeze runs the
-hook, writes the frozen marker, arms the watchdog process (started at the
-first freeze and kept), then issues FIFREEZE children first; whatever stops
+It drives the state machine of ``agent.system.fsfreeze.state``. A freeze begins
+at once for every session of the agent (they run side by side: one freeze at
+a time, and the commands not allowed while frozen are refused to all from
+then on), reads what to freeze, lets the guest-file writes under way end
+(``agent.system.fsfreeze.gate``), runs the hook, writes the frozen marker,
+arms the watchdog process (started at the first freeze and kept), then
+issues FIFREEZE children first; whatever stops
 it part way (an error, a cancelled or timed-out command, an agent that is
 shutting down) undoes it inside a shielded cancel scope: what was frozen is
 thawed before the error reply goes out. A thaw happens on the
@@ -22,6 +26,7 @@ from typing import Protocol
 import trio
 
 from agent.errors import GenericError, os_error_text
+from agent.system.fsfreeze.gate import WriteGate
 from agent.system.fsfreeze.hook import HOOK_TIMEOUT, run_hook
 from agent.system.fsfreeze.ioctl import LinuxIoctls
 from agent.system.fsfreeze.loghold import LogHold, NoHold
@@ -29,20 +34,20 @@ from agent.system.fsfreeze.marker import FrozenMarker
 from agent.system.fsfreeze.state import FreezeEvent, FreezeMachine, FreezeState
 from agent.system.fsfreeze.watchdog_client import Watchdog, WatchdogError
 from agent.system.fsguard import FsGuard, FsTimeout
-from agent.system.mounts import (
-    DEFAULT_MOUNT_TABLE,
-    Mount,
-    MountTableError,
-    freeze_plan,
-    read_mount_table,
-    unfreezable,
-)
+from agent.system.mounts import Mount, MountTableError, freeze_plan, read_mount_table, unfreezable
 
 log = logging.getLogger(__name__)
 
 # A thaw hook that runs while the agent cleans up (a failed freeze, shutdown,
 # auto-thaw) may not keep it from finishing for longer than this.
 CLEANUP_HOOK_TIMEOUT = 30.0
+
+
+class AlreadyFrozen(Exception):
+    """A freeze while another one is under way, or done: the command is disabled."""
+
+    def __init__(self, state: FreezeState) -> None:
+        super().__init__(f"fsfreeze: the filesystems are {state.value}")
 
 
 class FreezeIoctls(Protocol):
@@ -66,21 +71,25 @@ class Freezer:
 
     def __init__(
         self,
-        statedir: str,
+        statedir: str | None,
         *,
-        mount_table: str = DEFAULT_MOUNT_TABLE,
+        mount_table: str,
+        fs: FsGuard,
         hook: str | None = None,
         thaw_timeout: float | None = None,
         ioctls: FreezeIoctls | None = None,
         watchdog: bool = True,
-        fs: FsGuard | None = None,
         hook_timeout: float = HOOK_TIMEOUT,
         log_hold: LogHold | None = None,
     ) -> None:
-        """``ioctls`` None means the real kernel calls; ``watchdog`` arms the
-        watchdog process before each freeze (pointless with fake ioctls); ``fs``
-        gives each FIFREEZE and FITHAW its deadline; ``log_hold`` is held while
-        anything is frozen."""
+        """``statedir`` holds the frozen marker; None keeps none, and an agent
+        that restarts while frozen then starts thawed, not knowing (the watchdog
+        still thaws when the agent dies). ``mount_table`` lists what a freeze
+        may cover; ``fs`` gives each FIFREEZE and FITHAW its deadline;
+        ``ioctls`` None means the real kernel calls; ``watchdog`` arms the
+        watchdog process before each freeze (pointless with fake ioctls);
+        ``log_hold`` is held while anything is frozen. Nothing is read
+        here: the marker is, when :meth:`run` starts."""
         self._log_hold: LogHold = NoHold() if log_hold is None else log_hold
         self.mount_table = mount_table
         self.hook = hook
@@ -88,23 +97,18 @@ class Freezer:
         self.thaw_timeout = thaw_timeout
         self._ioctls: FreezeIoctls = ioctls or LinuxIoctls()
         self._use_watchdog = watchdog
-        self._fs = fs or FsGuard()
-        self._marker = FrozenMarker(statedir)
-        self._watchdog = Watchdog(marker=str(self._marker.path), hook=hook)
+        self._fs = fs
+        self._marker = None if statedir is None else FrozenMarker(statedir)
+        marker = None if self._marker is None else self._marker.path
+        self._watchdog = Watchdog(marker=marker, hook=hook)
         self._lock = trio.Lock()  # one freeze or thaw at a time
+        self.writes = WriteGate()  # guest-file writes under way, closed while frozen
         self._deadline = math.inf  # of the auto-thaw, in trio time
         self._deadline_changed = trio.Event()
         # What we froze, in freeze order; None: unknown (we started frozen from
         # a marker that does not say, as qemu-ga's), then a thaw covers all.
         self._frozen: list[str] | None = []
         self._machine = FreezeMachine()
-        if self._marker.exists():
-            # As qemu-ga: a previous agent froze and did not thaw.
-            # Until run() has checked what it claims (_verify_marker).
-            self._machine = FreezeMachine(FreezeState.FROZEN)
-            self._frozen = self._marker.mountpoints()
-            self._log_hold.hold()
-            log.warning("%s exists: checking what is frozen", self._marker.path)
 
     @property
     def state(self) -> FreezeState:
@@ -116,16 +120,22 @@ class Freezer:
         return self._machine.frozen
 
     async def freeze(self, mountpoints: Sequence[str] | None = None) -> int:
-        """Freeze ``mountpoints`` (None: every freezable filesystem); the number frozen."""
-        async with self._lock:
+        """Freeze ``mountpoints`` (None: every freezable filesystem); the number frozen.
+
+        The freeze begins before this first waits (:attr:`frozen` is then
+        true for every session), unless a thaw is finishing. Raises
+        :class:`AlreadyFrozen` when another freeze is under way or done.
+        """
+        try:
+            self._lock.acquire_nowait()  # no pass through the scheduler before it begins
+        except trio.WouldBlock:
+            await self._lock.acquire()  # a thaw releasing the watchdog, or the start-up check
+        try:
             if self._machine.state is not FreezeState.THAWED:
-                raise GenericError(f"fsfreeze: the filesystems are {self._machine.state.value}")
-            log.info("guest-fsfreeze called")
-            plan = await self._plan(mountpoints)
-            if not plan:
-                log.info("nothing to freeze")
-                return 0
-            return await self._freeze(plan)
+                raise AlreadyFrozen(self._machine.state)
+            return await self._freeze(mountpoints)
+        finally:
+            self._lock.release()
 
     async def thaw(self, *, hook_timeout: float | None = None) -> int:
         """Thaw what we froze; the number of filesystems thawed (0 when none was frozen)."""
@@ -151,9 +161,16 @@ class Freezer:
 
         First, a marker left by an earlier agent is checked against the filesystems.
         """
-        if self.frozen:  # from the marker
+        if self._marker is not None and self._marker.exists():
+            # As qemu-ga: a previous agent froze and did not thaw.
+            # Frozen until _verify_marker has checked what it claims.
             async with self._lock:
-                await self._verify_marker()
+                self._machine = FreezeMachine(FreezeState.FROZEN)
+                self.writes.close()
+                self._frozen = self._marker.mountpoints()
+                self._log_hold.hold()
+                log.warning("%s exists: checking what is frozen", self._marker.path)
+                await self._verify_marker(self._marker)
         if self.frozen:
             self._arm_auto_thaw()
         task_status.started()
@@ -168,7 +185,7 @@ class Freezer:
             )
             await self._thaw_logging_errors("auto-thaw")
 
-    async def _verify_marker(self) -> None:
+    async def _verify_marker(self, marker: FrozenMarker) -> None:
         """What an earlier agent's marker claims, checked by a thaw attempt per
         mountpoint it lists (all freezable ones when it does not say): FITHAW
         answers EINVAL when nothing is frozen. The agent starts thawed unless a
@@ -191,7 +208,7 @@ class Freezer:
                 )
         log.warning(
             "%s lists %d filesystem(s): %s",
-            self._marker.path,
+            marker.path,
             len(listed),
             "; ".join(found) or "none",
         )
@@ -220,12 +237,19 @@ class Freezer:
             log.info("guest-fsfreeze-freeze-list: ignoring '%s': %s", path, reason)
         return freeze_plan(table, mountpoints)
 
-    async def _freeze(self, plan: list[Mount]) -> int:
-        self._machine.fire(FreezeEvent.FREEZE)
+    async def _freeze(self, mountpoints: Sequence[str] | None) -> int:
+        self._machine.fire(FreezeEvent.FREEZE)  # every session is held to the frozen state
+        self.writes.close()
         self._log_hold.hold()  # from here on, nothing of ours may write to a filesystem
+        log.info("guest-fsfreeze called")
         frozen: list[str] = []
         hook_ran = done = False
         try:
+            plan = await self._plan(mountpoints)
+            if not plan:
+                log.info("nothing to freeze")
+                return 0
+            await self._drain_writes()
             if self.hook:
                 await run_hook(self.hook, "freeze", self.hook_timeout)
                 hook_ran = True
@@ -249,6 +273,18 @@ class Freezer:
         self._arm_auto_thaw()
         log.info("froze %d filesystem(s): %s", len(frozen), ", ".join(frozen))
         return len(frozen)
+
+    async def _drain_writes(self) -> None:
+        """Let the guest-file writes under way end before the first FIFREEZE
+        (``agent.system.fsfreeze.gate``); those that do not, within the
+        filesystem deadline, fail the freeze."""
+        with trio.move_on_after(self._fs.timeout):
+            await self.writes.drained()
+        if self.writes.inside:
+            raise GenericError(
+                f"fsfreeze: {self.writes.inside} guest-file write(s) still under way after"
+                f" {self._fs.timeout:g} s; nothing was frozen"
+            )
 
     async def _freeze_guarded(self, mount: Mount) -> bool:
         """FIFREEZE under the deadline; one that ends after it is undone then."""
@@ -283,6 +319,8 @@ class Freezer:
         return frozen
 
     def _write_marker(self, mountpoints: list[str]) -> None:
+        if self._marker is None:
+            return
         try:
             self._marker.write(mountpoints)
         except OSError as err:  # as qemu-ga: a warning, the freeze goes on
@@ -311,12 +349,14 @@ class Freezer:
                     count += await self._fs.call(mountpoint, partial(self._thaw_one, mountpoint))
                 except FsTimeout as err:
                     log.error("cannot thaw %s: %s", mountpoint, err)
-            try:
-                self._marker.remove()
-            except OSError as err:
-                log.warning("cannot remove %s: %s", self._marker.path, os_error_text(err))
+            if self._marker is not None:
+                try:
+                    self._marker.remove()
+                except OSError as err:
+                    log.warning("cannot remove %s: %s", self._marker.path, os_error_text(err))
             self._frozen = []
             self._machine.fire(FreezeEvent.THAWED)
+            self.writes.open()
             self._log_hold.resume()
             log.info("thawed %d filesystem(s)", count)
             await self._watchdog.release()  # still under the lock: no freeze meanwhile

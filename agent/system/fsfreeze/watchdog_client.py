@@ -28,9 +28,12 @@ class WatchdogError(Exception):
 class Watchdog:
     """The watchdog process, started before the first freeze and kept for the next ones."""
 
-    def __init__(self, *, marker: str, hook: str | None) -> None:
+    def __init__(self, *, marker: Path | None, hook: str | None) -> None:
+        """``marker``: the frozen marker the watchdog removes after its thaw, if any."""
         # -I -S: the standard library only; nothing from the environment.
-        self._command = [sys.executable, "-I", "-S", WATCHDOG_PROGRAM, "--marker", marker]
+        self._command = [sys.executable, "-I", "-S", WATCHDOG_PROGRAM]
+        if marker is not None:
+            self._command += ["--marker", str(marker)]
         if hook:
             self._command += ["--hook", hook]
         self._process: trio.Process | None = None

@@ -262,23 +262,24 @@ class SysBlock:
         dev = self.devnode(disk_dir)
         if dev is None:
             return []
+        # Members in the schema's order, as qemu-ga sends them.
         disk: dict[str, Any] = {"name": dev, "partition": False}
-        alias = self.udev_properties(disk_dir).get("DM_NAME") or (
-            (self._read(f"{disk_dir}/dm/name") or "").strip()
-        )
-        if alias:
-            disk["alias"] = alias
-        syspath = self.realpath(disk_dir)
-        if syspath is not None and not self.is_virtual(syspath):
-            _, addresses = self.device_disks(disk_dir)
-            if addresses:
-                disk["address"] = addresses[0]
         slaves = self.root.path(f"{disk_dir}/slaves")
         if slaves.is_dir():
             dependencies = (
                 self.devnode(f"{disk_dir}/slaves/{e}") for e in sorted(os.listdir(slaves))
             )
             disk["dependencies"] = [d for d in dependencies if d is not None]
+        syspath = self.realpath(disk_dir)
+        if syspath is not None and not self.is_virtual(syspath):
+            _, addresses = self.device_disks(disk_dir)
+            if addresses:
+                disk["address"] = addresses[0]
+        alias = self.udev_properties(disk_dir).get("DM_NAME") or (
+            (self._read(f"{disk_dir}/dm/name") or "").strip()
+        )
+        if alias:
+            disk["alias"] = alias
         partitions = []
         for entry in sorted(os.listdir(self.root.path(disk_dir))):
             if (

@@ -77,6 +77,26 @@ _DISK_FIELDS = (
 )
 # Kernels before 2.6.25 gave partitions four counters only.
 _OLD_PARTITION_FIELDS = ("read-ios", "read-sectors", "write-ios", "write-sectors")
+# The counters in the schema's order (GuestDiskStats), the order qemu-ga sends them in.
+_STATS_ORDER = (
+    "read-sectors",
+    "read-ios",
+    "read-merges",
+    "write-sectors",
+    "write-ios",
+    "write-merges",
+    "discard-sectors",
+    "discard-ios",
+    "discard-merges",
+    "flush-ios",
+    "read-ticks",
+    "write-ticks",
+    "discard-ticks",
+    "flush-ticks",
+    "ios-pgr",
+    "total-ticks",
+    "weight-ticks",
+)
 
 
 def parse_diskstats(text: str) -> list[dict[str, Any]]:
@@ -99,12 +119,13 @@ def parse_diskstats(text: str) -> list[dict[str, Any]]:
             # qemu-ga takes the counters in whole groups: 11, then discard (+4), then flush (+2).
             size = max((n for n in (11, 15, 17) if n <= len(counters)), default=0)
             names = _DISK_FIELDS[:size]
+        found = dict(zip(names, counters, strict=False))
         disks.append(
             {
                 "name": fields[2],
                 "major": major,
                 "minor": minor,
-                "stats": dict(zip(names, counters, strict=False)),
+                "stats": {name: found[name] for name in _STATS_ORDER if name in found},
             }
         )
     return disks
@@ -136,18 +157,18 @@ def parse_ipv4_routes(text: str) -> list[dict[str, Any]]:
         except (ValueError, struct.error):
             continue
         routes.append(
-            {
+            {  # in the schema's order, as qemu-ga sends them
                 "iface": iface,
                 "destination": destination,
+                "metric": metric,
                 "gateway": gateway,
                 "mask": mask,
-                "metric": metric,
+                "irtt": irtt,
                 "flags": flags,
                 "refcnt": refcnt,
                 "use": use,
-                "mtu": mtu,
                 "window": window,
-                "irtt": irtt,
+                "mtu": mtu,
                 "version": 4,
             }
         )
@@ -172,17 +193,17 @@ def parse_ipv6_routes(text: str) -> list[dict[str, Any]]:
         except ValueError:
             continue
         routes.append(
-            {
+            {  # in the schema's order, as qemu-ga sends them
                 "iface": fields[9],
                 "destination": destination,
-                "source": source,
-                "nexthop": nexthop,
-                "desprefixlen": str(destination_prefix),
-                "srcprefixlen": str(source_prefix),
                 "metric": metric,
                 "flags": flags & 0xFFFFFFFF,
                 "refcnt": refcnt,
                 "use": use,
+                "desprefixlen": str(destination_prefix),
+                "source": source,
+                "srcprefixlen": str(source_prefix),
+                "nexthop": nexthop,
                 "version": 6,
             }
         )

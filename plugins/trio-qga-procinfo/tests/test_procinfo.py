@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 
 import pytest
 from trio_qga_procinfo.handlers import process_list, service_status
@@ -29,47 +30,56 @@ class FakeSystemctl:
         return self.result
 
 
-def make_agent(tmp_path: object, result: CommandResult) -> tuple[Agent, FakeSystemctl]:
+@asynccontextmanager
+async def running_agent(result: CommandResult) -> AsyncIterator[tuple[Agent, FakeSystemctl]]:
+    """An agent (without state directory nor plugins: the handlers are called
+    directly) whose system commands give ``result``."""
     executor = FakeSystemctl(result)
-    return Agent(AgentConfig(statedir=str(tmp_path), pidfile=None), executor=executor), executor
+    async with Agent(AgentConfig(), executor=executor) as agent:
+        yield agent, executor
 
 
-async def test_process_list_finds_this_process(tmp_path: object) -> None:
-    agent, _ = make_agent(tmp_path, CommandResult(0, b"", b""))
-    processes = await process_list(agent.context, None)
-    mine = [p for p in processes if p["pid"] == os.getpid()]
-    assert len(mine) == 1
-    assert isinstance(mine[0]["rss-bytes"], int)
-    assert mine[0]["rss-bytes"] > 0
-    named = await process_list(agent.context, str(mine[0]["name"]))
-    assert os.getpid() in {p["pid"] for p in named}
-    assert await process_list(agent.context, "no-such-process-name") == []
+async def test_process_list_finds_this_process() -> None:
+    async with running_agent(CommandResult(0, b"", b"")) as (agent, _):
+        processes = await process_list(agent.context, None)
+        mine = [p for p in processes if p["pid"] == os.getpid()]
+        assert len(mine) == 1
+        assert isinstance(mine[0]["rss-bytes"], int)
+        assert mine[0]["rss-bytes"] > 0
+        named = await process_list(agent.context, str(mine[0]["name"]))
+        assert os.getpid() in {p["pid"] for p in named}
+        assert await process_list(agent.context, "no-such-process-name") == []
 
 
-async def test_service_status_parses_systemctl(tmp_path: object) -> None:
+async def test_service_status_parses_systemctl() -> None:
     output = b"LoadState=loaded\nActiveState=active\nSubState=running\nMainPID=42\n"
-    agent, executor = make_agent(tmp_path, CommandResult(0, output, b""))
-    status = await service_status(agent.context, "sshd.service")
-    assert status == {
-        "name": "sshd.service",
-        "load-state": "loaded",
-        "active-state": "active",
-        "sub-state": "running",
-        "main-pid": 42,
-    }
-    assert executor.ran == [
-        ["systemctl", "show", "sshd.service", "--property=LoadState,ActiveState,SubState,MainPID"]
-    ]
+    async with running_agent(CommandResult(0, output, b"")) as (agent, executor):
+        status = await service_status(agent.context, "sshd.service")
+        assert status == {
+            "name": "sshd.service",
+            "load-state": "loaded",
+            "active-state": "active",
+            "sub-state": "running",
+            "main-pid": 42,
+        }
+        assert executor.ran == [
+            [
+                "systemctl",
+                "show",
+                "sshd.service",
+                "--property=LoadState,ActiveState,SubState,MainPID",
+            ]
+        ]
 
 
-async def test_service_status_refuses_option_like_names(tmp_path: object) -> None:
-    agent, executor = make_agent(tmp_path, CommandResult(0, b"", b""))
-    with pytest.raises(GenericError, match="invalid unit name"):
-        await service_status(agent.context, "--all")
-    assert executor.ran == []
+async def test_service_status_refuses_option_like_names() -> None:
+    async with running_agent(CommandResult(0, b"", b"")) as (agent, executor):
+        with pytest.raises(GenericError, match="invalid unit name"):
+            await service_status(agent.context, "--all")
+        assert executor.ran == []
 
 
-async def test_service_status_reports_systemctl_failure(tmp_path: object) -> None:
-    agent, _ = make_agent(tmp_path, CommandResult(1, b"", b"Failed to connect to bus\n"))
-    with pytest.raises(GenericError, match="Failed to connect to bus"):
-        await service_status(agent.context, "x.service")
+async def test_service_status_reports_systemctl_failure() -> None:
+    async with running_agent(CommandResult(1, b"", b"Failed to connect to bus\n")) as (agent, _):
+        with pytest.raises(GenericError, match="Failed to connect to bus"):
+            await service_status(agent.context, "x.service")

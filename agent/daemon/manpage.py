@@ -29,13 +29,15 @@ DESCRIPTION = (
     "trio-qga is a QEMU guest agent written in Python on Trio. It speaks the QEMU guest "
     "agent protocol (JSON over a byte stream) on a virtio-serial port, a serial line, a "
     "unix socket or vsock, several of them at once (--transport, repeated), so hosts such "
-    "as libvirt, Proxmox and QEMU drive it as they drive qemu-ga(8). It takes qemu-ga's options and reads its configuration file; the options "
-    "below that qemu-ga lacks are trio-qga's own.",
+    "as libvirt, Proxmox and QEMU drive it as they drive qemu-ga(8). It takes qemu-ga's "
+    "options and reads its configuration file; the options below that qemu-ga lacks are "
+    "trio-qga's own.",
     "Settings are read from the configuration file first (group [general], keys named as "
     "the long options), then from the command line, whose flags win; lists add up. Under "
     "systemd the agent tells the service manager when its channels are open (Type=notify) "
-    "and serves the sockets that systemd passes (socket activation), each as a transport. SIGTERM or SIGINT stop "
-    "it cleanly: open file handles are closed and frozen filesystems thawed.",
+    "and serves the sockets that systemd passes (socket activation), each as a transport. "
+    "SIGTERM or SIGINT stop it cleanly: open file handles are closed and frozen "
+    "filesystems thawed.",
 )
 
 FILES = (

@@ -4,6 +4,7 @@ failed freeze undone, run here from a copy in the test's directory."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from importlib import resources
@@ -41,10 +42,11 @@ def record(hook: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def run(hook: Path, action: str) -> subprocess.CompletedProcess[str]:
-    log = hook.parent / "hook.log"
+def run(script: Path, action: str) -> subprocess.CompletedProcess[str]:
+    """``script`` (a hook) run with ``action``, its log beside it."""
+    log = script.parent / "hook.log"
     return subprocess.run(
-        [str(hook), action],
+        [str(script), action],
         capture_output=True,
         text=True,
         timeout=30,
@@ -107,6 +109,48 @@ def test_an_unknown_action_is_refused(hook: Path) -> None:
     result = run(hook, "frobnicate")
     assert result.returncode == 2
     assert "usage" in result.stderr
+
+
+QEMU_GA_HOOK = Path("/etc/qemu/fsfreeze-hook")  # qemu-guest-agent's, the reference
+
+
+def qemu_ga_s_hook(beside: Path) -> Path:
+    """qemu-ga's hook, copied beside ours with its log in the test's directory."""
+    if not QEMU_GA_HOOK.is_file():
+        message = f"no {QEMU_GA_HOOK}: scripts/setup --test installs qemu-guest-agent"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    text = QEMU_GA_HOOK.read_text()
+    line = "LOGFILE=/var/log/qga-fsfreeze-hook.log"
+    assert f"\n{line}\n" in text
+    copy = beside / "qemu-ga-fsfreeze-hook"
+    copy.write_text(text.replace(line, f"LOGFILE={beside / 'hook.log'}"))
+    copy.chmod(0o755)
+    return copy
+
+
+def test_scripts_written_for_qemu_ga_run_as_qemu_ga_s_hook_runs_them(hook: Path) -> None:
+    """The same directory: the same scripts, in the same order, the same log lines."""
+    add_script(hook, "20-db")
+    add_script(hook, "10 web")
+    add_script(hook, "30-off", executable=False)
+    add_script(hook, "40-x.dpkg-old")
+    reference = qemu_ga_s_hook(hook.parent)
+    log = hook.parent / "hook.log"
+    ran: dict[Path, list[str]] = {}
+    logged: dict[Path, list[str]] = {}
+    for script in (hook, reference):
+        (hook.parent / "record").unlink(missing_ok=True)
+        log.unlink(missing_ok=True)
+        for action in ("freeze", "thaw"):
+            assert run(script, action).returncode == 0
+        ran[script] = record(hook)
+        # The log's lines without their dates: what a log watcher sees.
+        logged[script] = [line.split(": ", 1)[-1] for line in log.read_text().splitlines()]
+    assert ran[hook] == ["10 web freeze", "20-db freeze", "10 web thaw", "20-db thaw"]
+    assert ran[hook] == ran[reference]
+    assert logged[hook] == logged[reference]
 
 
 async def test_the_agent_reports_which_script_failed(

@@ -6,6 +6,7 @@ launcher, ``tests/support/vm_package_guest.py``): here nothing is installed."""
 
 from __future__ import annotations
 
+import json
 import marshal
 import os
 import re
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from agent.version import VERSION
+from tests.support.clients import SocketClient
+from tests.support.processes import stop, wait_for_socket
 
 pytestmark = pytest.mark.slow
 
@@ -135,6 +138,7 @@ def test_a_clean_venv_from_the_wheel_gets_a_working_agent_and_no_host_extras(
         [str(venv / "bin/trio-qga"), "-V"], capture_output=True, text=True, timeout=60
     )
     assert version.stdout.strip() == f"trio-qga {VERSION} (QEMU guest agent protocol)"
+    served_from_the_venv(venv, tmp_path / "run")
     service = subprocess.run(
         [str(venv / "bin/trio-qga-service"), "install", "--root", str(tmp_path / "root")],
         capture_output=True,
@@ -144,6 +148,37 @@ def test_a_clean_venv_from_the_wheel_gets_a_working_agent_and_no_host_extras(
     assert service.returncode == 0, service.stderr
     unit = (tmp_path / "root/etc/systemd/system/trio-qga.service").read_text()
     assert f"ExecStart={venv}/bin/trio-qga\n" in unit
+
+
+def served_from_the_venv(venv: Path, workdir: Path) -> None:
+    """The venv's trio-qga, not this checkout's (no PYTHONPATH, another working
+    directory), answers on a unix socket: the schema's data files came with it."""
+    workdir.mkdir()
+    sock = workdir / "qga.sock"
+    command = [str(venv / "bin/trio-qga"), "-t", str(workdir), "--cache-dir", str(workdir)]
+    env = {"PATH": "/usr/bin:/bin"}
+    schema = subprocess.run(
+        [*command, "--dump-schema"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert schema.returncode == 0, schema.stderr
+    assert "guest-file-open" in json.loads(schema.stdout)
+    agent = subprocess.Popen(
+        [*command, "--transport", f"unix-listen:{sock}"],
+        stderr=subprocess.PIPE,
+        cwd=workdir,
+        env=env,
+    )
+    try:
+        wait_for_socket(sock, agent)
+        client = SocketClient(sock)
+        try:
+            assert client.execute("guest-ping") == {"return": {}}
+            info = client.execute("guest-info")["return"]
+            assert info["version"] == VERSION
+        finally:
+            client.close()
+    finally:
+        assert stop(agent) == 0
 
 
 def test_the_deb_stands_in_for_qemu_guest_agent(built: Built) -> None:
@@ -178,8 +213,8 @@ def test_the_deb_holds_the_agent_and_what_starts_it(built: Built) -> None:
         .read_text()
         .startswith("#!/usr/lib/trio-qga/bin/python3.11\n")
     )
-    unit = (tree / "lib/systemd/system/trio-qga.service").read_text()
-    assert unit == (ROOT / "agent/data/trio-qga.service").read_text()
+    for unit in (ROOT / "agent/data").glob("trio-qga*.s*"):  # .service, .socket: as they are
+        assert (tree / "lib/systemd/system" / unit.name).read_text() == unit.read_text()
 
 
 def test_the_deb_s_environment_has_no_build_tools_nor_build_paths(built: Built) -> None:
@@ -229,4 +264,5 @@ def test_the_maintainer_scripts_are_ours_with_debhelper_s(built: Built) -> None:
     # debhelper neither stops the agent before an upgrade nor restarts it unguarded.
     assert "deb-systemd-invoke stop" not in (scripts / "preinst").read_text()
     postinst = (scripts / "postinst").read_text()
-    assert postinst.count("deb-systemd-invoke") == 1
+    commands = [line for line in postinst.splitlines() if not line.lstrip().startswith("#")]
+    assert sum("deb-systemd-invoke" in line for line in commands) == 1

@@ -81,6 +81,19 @@ def test_existing_configuration_is_kept_on_install_and_on_remove(tmp_path: Path)
     assert tree(tmp_path) == before
 
 
+def test_a_configuration_like_ours_written_before_is_not_taken_over(tmp_path: Path) -> None:
+    """The Debian package's postinst writes the same qemu-ga.conf, and keeps it
+    after the package is removed: a pip install's remove leaves it there (seen
+    in the packaging VM test, swapping the package for the wheel)."""
+    conf = tmp_path / "etc/qemu/qemu-ga.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_bytes(service.data("qemu-ga.conf"))
+    assert install(tmp_path) == 0
+    assert install(tmp_path) == 0
+    assert remove(tmp_path) == 0
+    assert conf.read_bytes() == service.data("qemu-ga.conf")
+
+
 def test_a_file_changed_since_install_is_kept_on_remove(tmp_path: Path) -> None:
     assert install(tmp_path) == 0
     conf = tmp_path / "etc/qemu/qemu-ga.conf"

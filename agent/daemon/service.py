@@ -139,20 +139,21 @@ class Installation:
     def _place(self, placed: Placed, new: bytes, force: bool) -> bool:
         path = self.root / placed.target
         current = self._current(placed.target)
+        exists = path.exists() or path.is_symlink()
+        ours = current is not None and self.files.get(placed.target) == digest(current)
+        if exists and not ours and placed.config:
+            # Even one just like ours (the Debian package's postinst writes the
+            # same qemu-ga.conf): someone else's, so never removed by ``remove``.
+            self.say(f"kept {path}: not written by trio-qga-service, left as it is")
+            return False
         if current == new:
             self.files[placed.target] = digest(new)
             return False
-        exists = path.exists() or path.is_symlink()
-        ours = current is not None and self.files.get(placed.target) == digest(current)
-        if exists and not ours:
-            if placed.config:
-                self.say(f"kept {path}: the administrator's (or qemu-ga's), not replaced")
-                return False
-            if not force:
-                raise Refused(
-                    f"{path} exists and was not written by trio-qga-service "
-                    "(or was changed since): left alone; --force replaces it"
-                )
+        if exists and not ours and not force:
+            raise Refused(
+                f"{path} exists and was not written by trio-qga-service "
+                "(or was changed since): left alone; --force replaces it"
+            )
         self._make_dirs(path.parent)
         replace_file(path, new, durable=True, mode=placed.mode)
         self.files[placed.target] = digest(new)

@@ -1,8 +1,8 @@
 """The release artifacts, built as a release builds them (``scripts/build-deb``:
-``python -m build``, then the .deb, then lintian) into the test's directory, and
-what they hold: twine's check, a clean venv from the wheel, the .deb's files,
-fields and bytecode. Installing the .deb is the VM's to prove (issue 24's
-launcher, ``tests/support/vm_package_guest.py``): here nothing is installed."""
+``python -m build``, then the .deb, then lintian; the session's ``release``
+fixture, ``tests/support/release.py``), and what they hold: twine's check, a
+clean venv from the wheel, the .deb's files, fields and bytecode. Installing the
+.deb is ``tests/test_vm_package.py``'s, in a VM: here nothing is installed."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ import json
 import marshal
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,62 +21,32 @@ import pytest
 from agent.version import VERSION
 from tests.support.clients import SocketClient
 from tests.support.processes import stop, wait_for_socket
+from tests.support.release import Release
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD_TIMEOUT = 1500  # seconds: PyPI downloads, compiling, xz and lintian on a busy host
-
-
-@dataclass(frozen=True)
-class Built:
-    wheel: Path
-    sdist: Path
-    deb: Path
-    tree: Path  # the .deb unpacked (dpkg-deb -R)
-    log: str
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    missing = [tool for tool in ("dpkg-buildpackage", "dh", "lintian") if not shutil.which(tool)]
-    if missing or not Path("/usr/bin/python3.11").exists():
-        message = f"scripts/setup --test installs what build-deb needs: missing {missing}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    out = tmp_path_factory.mktemp("dist")
-    result = subprocess.run(
-        [str(ROOT / "scripts" / "build-deb"), "--outdir", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    (deb,) = out.glob("trio-qga_*.deb")
-    tree = out / "tree"
-    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True, timeout=120)
-    return Built(
-        wheel=out / f"trio_qga-{VERSION}-py3-none-any.whl",
-        sdist=out / f"trio_qga-{VERSION}.tar.gz",
-        deb=deb,
-        tree=tree,
-        log=result.stdout + result.stderr,
-    )
+def tree(release: Release, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .deb unpacked (dpkg-deb -R)."""
+    unpacked = tmp_path_factory.mktemp("deb") / "tree"
+    subprocess.run(["dpkg-deb", "-R", str(release.deb), str(unpacked)], check=True, timeout=120)
+    return unpacked
 
 
-def test_build_deb_makes_the_three_artifacts_and_lintian_passes(built: Built) -> None:
-    assert built.wheel.is_file()
-    assert built.sdist.is_file()
-    assert re.fullmatch(rf"trio-qga_{re.escape(VERSION)}-\d+_\w+\.deb", built.deb.name)
-    assert "build-deb: lintian" in built.log  # and it exited 0: --fail-on error,warning
+def test_build_deb_makes_the_three_artifacts_and_lintian_passes(release: Release) -> None:
+    assert release.wheel.is_file()
+    assert release.sdist.is_file()
+    assert re.fullmatch(rf"trio-qga_{re.escape(VERSION)}-\d+_\w+\.deb", release.deb.name)
+    assert "build-deb: lintian" in release.log  # and it exited 0: --fail-on error,warning
 
 
-def test_twine_check_passes(built: Built) -> None:
+def test_twine_check_passes(release: Release) -> None:
     twine = Path(sys.executable).parent / "twine"
     result = subprocess.run(
-        [str(twine), "check", "--strict", str(built.wheel), str(built.sdist)],
+        [str(twine), "check", "--strict", str(release.wheel), str(release.sdist)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -86,8 +54,8 @@ def test_twine_check_passes(built: Built) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_wheel_holds_the_data_files_and_its_metadata(built: Built) -> None:
-    with zipfile.ZipFile(built.wheel) as wheel:
+def test_the_wheel_holds_the_data_files_and_its_metadata(release: Release) -> None:
+    with zipfile.ZipFile(release.wheel) as wheel:
         names = set(wheel.namelist())
         metadata = wheel.read(f"trio_qga-{VERSION}.dist-info/METADATA").decode()
     for name in (ROOT / "agent" / "data").iterdir():
@@ -102,20 +70,20 @@ def test_the_wheel_holds_the_data_files_and_its_metadata(built: Built) -> None:
         )
 
 
-def test_the_sdist_is_the_whole_source(built: Built) -> None:
-    with tarfile.open(built.sdist) as sdist:
+def test_the_sdist_is_the_whole_source(release: Release) -> None:
+    with tarfile.open(release.sdist) as sdist:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     for path in ("debian/rules", "scripts/build-deb", "docs/packaging.md", "LICENSE"):
         assert path in names
 
 
 def test_a_clean_venv_from_the_wheel_gets_a_working_agent_and_no_host_extras(
-    built: Built, tmp_path: Path
+    release: Release, tmp_path: Path
 ) -> None:
     venv = tmp_path / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run(
-        [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", str(built.wheel)],
+        [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", str(release.wheel)],
         check=True,
         timeout=600,
     )
@@ -181,17 +149,16 @@ def served_from_the_venv(venv: Path, workdir: Path) -> None:
         assert stop(agent) == 0
 
 
-def test_the_deb_stands_in_for_qemu_guest_agent(built: Built) -> None:
-    control = (built.tree / "DEBIAN/control").read_text()
+def test_the_deb_stands_in_for_qemu_guest_agent(tree: Path) -> None:
+    control = (tree / "DEBIAN/control").read_text()
     for field in ("Provides", "Conflicts", "Replaces"):
         assert f"\n{field}: qemu-guest-agent\n" in control
     assert re.search(r"\nDepends: python3\.11,", control)
     assert f"\nVersion: {VERSION}-" in control
-    assert (built.tree / "DEBIAN/conffiles").read_text().split() == ["/etc/qemu/fsfreeze-hook"]
+    assert (tree / "DEBIAN/conffiles").read_text().split() == ["/etc/qemu/fsfreeze-hook"]
 
 
-def test_the_deb_holds_the_agent_and_what_starts_it(built: Built) -> None:
-    tree = built.tree
+def test_the_deb_holds_the_agent_and_what_starts_it(tree: Path) -> None:
     for path in (
         "lib/systemd/system/trio-qga.service",
         "lib/systemd/system/trio-qga-vsock.socket",
@@ -217,8 +184,8 @@ def test_the_deb_holds_the_agent_and_what_starts_it(built: Built) -> None:
         assert (tree / "lib/systemd/system" / unit.name).read_text() == unit.read_text()
 
 
-def test_the_deb_s_environment_has_no_build_tools_nor_build_paths(built: Built) -> None:
-    venv = built.tree / "usr/lib/trio-qga"
+def test_the_deb_s_environment_has_no_build_tools_nor_build_paths(tree: Path) -> None:
+    venv = tree / "usr/lib/trio-qga"
     site = venv / "lib/python3.11/site-packages"
     assert not list(site.glob("pip*"))
     assert not list(site.glob("setuptools*"))
@@ -228,10 +195,10 @@ def test_the_deb_s_environment_has_no_build_tools_nor_build_paths(built: Built) 
     assert "home = /usr/bin\n" in (venv / "pyvenv.cfg").read_text()
 
 
-def test_the_deb_s_bytecode_is_compiled_for_the_installed_paths(built: Built) -> None:
+def test_the_deb_s_bytecode_is_compiled_for_the_installed_paths(tree: Path) -> None:
     """Every module has its bytecode, hash-based and unchecked: nothing is compiled
     or written at start, and no mtime clamped by dpkg-deb matters."""
-    site = built.tree / "usr/lib/trio-qga/lib/python3.11/site-packages"
+    site = tree / "usr/lib/trio-qga/lib/python3.11/site-packages"
     sources = list((site / "agent").rglob("*.py"))
     assert sources
     for source in sources:
@@ -239,12 +206,12 @@ def test_the_deb_s_bytecode_is_compiled_for_the_installed_paths(built: Built) ->
         data = pyc.read_bytes()
         assert int.from_bytes(data[4:8], "little") == 0b01, pyc  # hash-based, unchecked
         code = marshal.loads(data[16:])
-        assert code.co_filename == "/" + str(source.relative_to(built.tree)), pyc
+        assert code.co_filename == "/" + str(source.relative_to(tree)), pyc
 
 
-def test_every_bundled_distribution_is_in_debian_copyright(built: Built) -> None:
+def test_every_bundled_distribution_is_in_debian_copyright(tree: Path) -> None:
     copyright_text = (ROOT / "debian/copyright").read_text()
-    site = built.tree / "usr/lib/trio-qga/lib/python3.11/site-packages"
+    site = tree / "usr/lib/trio-qga/lib/python3.11/site-packages"
     for info in site.glob("*.dist-info"):
         name = info.name.removesuffix(".dist-info").rsplit("-", 1)[0]
         if name == "trio_qga":
@@ -253,8 +220,8 @@ def test_every_bundled_distribution_is_in_debian_copyright(built: Built) -> None
         assert pattern in copyright_text, f"debian/copyright does not name {name}"
 
 
-def test_the_maintainer_scripts_are_ours_with_debhelper_s(built: Built) -> None:
-    scripts = built.tree / "DEBIAN"
+def test_the_maintainer_scripts_are_ours_with_debhelper_s(tree: Path) -> None:
+    scripts = tree / "DEBIAN"
     for name in ("preinst", "postinst", "prerm"):
         text = (scripts / name).read_text()
         assert "wait-thawed --if-running" in text, name

@@ -319,11 +319,11 @@ def test_after_its_bound_the_script_refuses_with_the_reason(
 ) -> None:
     marker = FrozenMarker(str(machine.state))
     marker.write(["/data", "/srv"])
-    result = machine.run(name, *args, real_service=True, TRIO_QGA_THAW_WAIT="1")
+    result = machine.run(name, *args, real_service=True, TRIO_QGA_THAW_WAIT="0.3")
     assert result.returncode == 1
-    assert "waiting up to 1 s for the thaw" in result.stdout
+    assert "waiting up to 0.3 s for the thaw" in result.stdout
     assert "the agent reports /data, /srv frozen since" in result.stderr
-    assert "still after 1 s" in result.stderr
+    assert "still after 0.3 s" in result.stderr
     assert refusal in result.stderr
     assert not any(call.startswith("deb-systemd-invoke") for call in machine.calls)
     assert marker.exists()

@@ -29,7 +29,11 @@ VMs and libvirt (the VMs are the launcher's, ``agent.host.vm``: docs/vm.md)
   libvirt_host     libvirt's daemons of our own, and throw-away domains that boot the
                    launcher's kernel, initramfs and guest init
   fleet_hosts      two libvirt daemons and three domains, for trio-qga-client's fleets
-  vm_guest.py, vm_qe_guest.py, vm_local_client.py, libvirt-guest: what the guests run
+  vm_guest.py, vm_qe_guest.py, vm_local_client.py, libvirt-guest: what the guests run;
+  vm_package_guest.py: the packaging test's steps in a systemd guest
+
+release            ``release``: the wheel, sdist and .deb scripts/build-deb makes, once
+                   a session, for the packaging build test and the packaging VM test
 
 markdown           the README's and docs' code blocks, notes, links and tables, as
                    ``test_docs.py`` and ``test_docs_examples.py`` check them
@@ -56,4 +60,5 @@ pytest_plugins = [
     "tests.support.scratch_user",
     "tests.support.hung_mounts",
     "tests.support.fsfreeze_fakes",
+    "tests.support.release",
 ]

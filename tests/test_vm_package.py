@@ -45,6 +45,7 @@ from tests.support.vm import AGENT_PORT, CONTROL_PORT, HostEnd, spawn
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.qemu_ga,  # qemu-ga runs in the guest: this machine's package
+    pytest.mark.long_under_tcg,  # 17-19 min under TCG: apt, dpkg and Python emulated
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -134,4 +134,6 @@ def test_the_readme_s_two_commands_serve_and_test(tmp_path: Path) -> None:
         assert stop(proc) == 0
     assert not (tmp_path / "qga.sock").exists()
     assert second == "scripts/test"
-    assert "scripts/test" in (ROOT / ".ci" / "run").read_text().splitlines()
+    # CI runs it, with a -m selection where KVM is missing (.ci/run says why).
+    ci_commands = [line.split() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert ["scripts/test"] in ci_commands

@@ -112,6 +112,32 @@ def test_builds_install_a_revision_and_the_working_tree(tmp_path: Path) -> None:
             assert started[0].poll() is None
 
 
+def test_a_build_older_than_the_plugin_record_starts_without_cache_dir(tmp_path: Path) -> None:
+    """Revisions before the plugin record (22c6f4c) refuse ``--cache-dir``: the
+    harness asks the build's own usage (not the working tree's ``agent``, which
+    ``-m`` would find from the project's root) and leaves the option out."""
+    old = tmp_path / "bin" / "python"
+    old.parent.mkdir()
+    # Like ``python -m agent --help`` of an old build, but it finds the working
+    # tree's agent (which has the option) when run from the project's root.
+    old.write_text(
+        "#!/bin/sh\n"
+        "if [ -d agent ]; then echo '[--cache-dir DIR]'; else echo 'usage: [--no-plugins]'; fi\n"
+    )
+    old.chmod(0o755)
+    assert not builds._keeps_plugin_record(old)
+    assert subprocess.run([old], cwd=builds.ROOT, capture_output=True).stdout.startswith(b"[--")
+    assert builds._keeps_plugin_record(Path(sys.executable))
+
+    sock, workdir = tmp_path / "sock", tmp_path / "work"
+    without = bench_core.trio_qga("old", old, plugin_record=False)
+    assert "--cache-dir" not in without.command(sock, workdir)
+    assert bench_core.first_start(without).command(sock, workdir) == without.command(sock, workdir)
+    with_record = bench_core.trio_qga("new", sys.executable)
+    assert with_record.command(sock, workdir)[-2:] == ["--cache-dir", str(workdir / "cache")]
+    assert bench_core.first_start(with_record).command(sock, workdir)[-2:] == ["--cache-dir", ""]
+
+
 def test_an_interrupted_install_leaves_no_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

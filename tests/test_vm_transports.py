@@ -69,7 +69,10 @@ def plan(control: Path) -> list[dict[str, Any]]:
             "name": "several",
             "agents": {
                 "agent": {"argv": argv, "pidfile": PIDFILE},
-                "local": {"argv": [sys.executable, str(client), LOCAL_SOCKET, str(control)]},
+                "local": {
+                    "argv": [sys.executable, str(client), LOCAL_SOCKET, str(control)],
+                    "ends_by_itself": True,
+                },
             },
         }
     ]

@@ -3,10 +3,13 @@
     vm_guest.py CONTROL_DIR PLAN_JSON
 
 PLAN_JSON is a list of phases ``{"name": ..., "agents": {label: {"argv": [...],
-"pidfile": path or null}}}``. For each phase the agents start together; every
-0.25 s their CPU time is appended to ``CONTROL_DIR/<phase>-<label>.cpu``; when
-the host creates ``CONTROL_DIR/<phase>.stop``, each gets SIGTERM, and its exit
-status and whether its pid file is left go to ``CONTROL_DIR/<phase>.exit``.
+"pidfile": path or null, "ends_by_itself": bool}}}``. For each phase the agents
+start together; every 0.25 s their CPU time is appended to
+``CONTROL_DIR/<phase>-<label>.cpu``; when the host creates
+``CONTROL_DIR/<phase>.stop``, each daemon gets SIGTERM (a program that
+``ends_by_itself`` is waited for instead: its last result may be written while
+it is still exiting), and its exit status and whether its pid file is left go to
+``CONTROL_DIR/<phase>.exit``.
 CONTROL_DIR is shared read-write with the host (9p without cache, so the
 host's files show at once). Stdlib only: it starts in a second under
 emulation.
@@ -47,8 +50,8 @@ def run_phase(control: Path, name: str, agents: dict[str, dict[str, object]]) ->
                 samples[label].write(f"{now:.3f} {cpu_seconds(proc.pid):.2f}\n")
                 samples[label].flush()
         time.sleep(SAMPLE_INTERVAL)
-    for proc in procs.values():
-        if proc.poll() is None:
+    for label, proc in procs.items():
+        if proc.poll() is None and not agents[label].get("ends_by_itself"):
             proc.send_signal(signal.SIGTERM)
     results: dict[str, dict[str, object]] = {}
     for label, proc in procs.items():

@@ -206,7 +206,12 @@ class Framer:
 
         None sends the input through the scanner, which handles everything the
         C decoder cannot take whole (partial input, QEMU's quoting, errors).
+        Text with no "}" after ``pos`` holds no whole object: the first read of
+        a big write, which the decoder would otherwise scan to its end for
+        nothing (a memchr finds that out).
         """
+        if text.find("}", pos) < 0:
+            return None
         try:
             value, end = _DECODER.raw_decode(text, pos)
         except (ValueError, RecursionError):

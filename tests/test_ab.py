@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import ab, bench_core, builds
+from benchmarks import ab, bench_core, bench_request_path, builds
 from benchmarks.report import Metric, verdict
 from tests.support.reference import qemu_ga_binary
 
@@ -45,6 +45,18 @@ def test_ab_tables_two_builds_beside_qemu_ga_and_the_floor(
     assert table[2].startswith("| `ping-p50`")
     assert table[3].startswith("| `read-4k`")
     assert all(len(line.split("|")) == len(head) for line in table)
+
+
+def test_the_request_path_is_measured_beside_the_floor(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``benchmarks/bench_request_path.py`` runs a build (this interpreter's) in a
+    process of its own and tables each row against the floor."""
+    assert bench_request_path.main(["--rounds", "1"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines()]
+    measured = [(row[1].strip(), row[2].strip()) for row in rows if len(row) > 2][2:]
+    assert measured == [("trio-qga", "pings"), ("trio-qga", "small-reads")]
+    assert all(float(row[3]) > 0 and row[5].strip().endswith("x") for row in rows[2:])
 
 
 def test_ab_refuses_an_unknown_row(capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,7 +25,7 @@ import logging
 
 import trio
 
-from agent.core.dispatch import Dispatcher
+from agent.core.dispatch import Dispatcher, Pending
 from agent.core.memory_release import MemoryRelease, ReleaseMemory
 from agent.core.outbox import Outbox
 from agent.core.read_sizes import ReadSizes
@@ -56,12 +56,13 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher, memory: Memory
     outbox = Outbox(stream)
     sizes = ReadSizes()
     wire = for_session(dispatcher.ctx.registry.secrets)  # None unless -v
+    trace = dispatcher.tracing()
     try:
         data: bytes | bytearray | None = await stream.receive_some(sizes.next)
         while data:
             read = len(data)
             sizes.received(read)
-            await _answer(dispatcher, framer.receive(data), outbox, wire, read)
+            await _answer(dispatcher, framer.receive(data), outbox, wire, read, trace)
             # Kept until the next read completes, the last read of a big request
             # would keep the heap from giving back what the request took.
             del data
@@ -78,7 +79,12 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher, memory: Memory
 
 
 async def _answer(
-    dispatcher: Dispatcher, events: list[Event], outbox: Outbox, wire: WireLog | None, read: int
+    dispatcher: Dispatcher,
+    events: list[Event],
+    outbox: Outbox,
+    wire: WireLog | None,
+    read: int,
+    trace: bool,
 ) -> None:
     """Run the requests of one read (``read`` bytes) in order and queue their
     replies in ``outbox``, which sends those due before a handler that may wait.
@@ -86,10 +92,13 @@ async def _answer(
     64 MiB) are freed with its frame, not kept in the loop's variables until
     the next read."""
     for event in events:
-        if isinstance(event, Message):
+        if type(event) is Message:
             if wire:
                 wire.request(read, event.value)
-            reply = await dispatcher.handle(event.value, outbox.flush)
+            reply = dispatcher.start(event.value, trace=trace)
+            if isinstance(reply, Pending):  # a handler that may wait: the replies due go first
+                await outbox.flush()
+                reply = await dispatcher.finish(reply)
             if reply is not None:
                 encoded = encode_reply(reply)
                 if wire:

@@ -171,7 +171,8 @@ class Dispatcher:
         command = self.ctx.registry.get(name)
         if command is None:
             raise CommandNotFound(f"The command {name} has not been found")
-        reason = self.ctx.policy.disabled_reason(command, self.ctx.freezer.frozen)
+        frozen = not command.allowed_while_frozen and self.ctx.freezer.frozen
+        reason = self.ctx.policy.disabled_reason(command, frozen)
         if reason is not None:
             raise disabled(name, reason)
         return command
@@ -200,7 +201,7 @@ class Dispatcher:
     def _reply(command: Command, value: object, request_id: RequestId) -> Reply | None:
         if not command.success_response:
             return None
-        if command.definition.returns is None and type(value) is dict and not value:
+        if command.returns_nothing and type(value) is dict and not value:
             return ReturnReply(value, request_id)  # {}: nothing to validate
         checked = value
         if isinstance(value, dict) and any(type(item) is Base64Payload for item in value.values()):

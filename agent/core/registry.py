@@ -56,16 +56,13 @@ class Command:
     models: CommandModels
     function: HandlerFunction
     is_async: bool
-    delimited_reply: bool  # the schema's, copied: the dispatcher reads it on every reply
     source: str  # who provides it: "trio-qga" or a plugin's distribution
-
-    @property
-    def success_response(self) -> bool:
-        return self.definition.success_response
-
-    @property
-    def allowed_while_frozen(self) -> bool:
-        return self.definition.allowed_while_frozen
+    # The schema's, copied: the dispatcher reads them on every request (a
+    # property that read them from the definition cost a lookup more each).
+    delimited_reply: bool
+    success_response: bool
+    allowed_while_frozen: bool
+    returns_nothing: bool  # no 'returns' in the schema: {} is the reply
 
     @property
     def gated_by(self) -> tuple[str, ...]:
@@ -104,8 +101,11 @@ class Registry:
                 models=factory.command(definition),
                 function=spec.function,
                 is_async=inspect.iscoroutinefunction(spec.function),
-                delimited_reply=definition.delimited_reply,
                 source=source,
+                delimited_reply=definition.delimited_reply,
+                success_response=definition.success_response,
+                allowed_while_frozen=definition.allowed_while_frozen,
+                returns_nothing=definition.returns is None,
             )
 
     def get(self, name: str) -> Command | None:

@@ -22,6 +22,7 @@ request before sleeping (:func:`~agent.transports.contract.look_after_reply`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -42,15 +43,24 @@ async def serve_session(
     stream: trio.abc.Stream,
     dispatcher: Dispatcher,
     release_memory: ReleaseMemory | None = None,
+    *,
+    replying: Callable[[], None] | None = None,
 ) -> None:
-    """Serve ``stream`` until the peer closes it. Every session starts with a clean parser."""
+    """Serve ``stream`` until the peer closes it. Every session starts with a
+    clean parser. ``replying()`` is called once, as the session's first
+    replies go out."""
     try:
-        await _serve(stream, dispatcher, MemoryRelease(release_memory))
+        await _serve(stream, dispatcher, MemoryRelease(release_memory), replying)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
         log.debug("client went away: %s", err)
 
 
-async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher, memory: MemoryRelease) -> None:
+async def _serve(
+    stream: trio.abc.Stream,
+    dispatcher: Dispatcher,
+    memory: MemoryRelease,
+    replying: Callable[[], None] | None,
+) -> None:
     config = dispatcher.ctx.config
     framer = Framer(max_size=config.max_message_size, max_depth=config.max_depth)
     outbox = Outbox(stream)
@@ -66,6 +76,9 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher, memory: Memory
             # Kept until the next read completes, the last read of a big request
             # would keep the heap from giving back what the request took.
             del data
+            if replying is not None and outbox:
+                replying()
+                replying = None
             quiet = memory.quiet_time(read, outbox)
             if quiet is None:
                 data = await outbox.send_then_receive(sizes.next)

@@ -25,6 +25,7 @@ NOT_AT_START = (
     "trio_serial",  # the isa-serial transport
     "configparser",  # a configuration file, when there is one
     "agent.wire.deep_json",  # values nested deeper than the C JSON codec takes
+    "agent.wire.scanner",  # input the framer's fast path cannot take
     "pydantic.main",  # pydantic's model machinery: validators come from pydantic-core
     *GROUPS_ONLY,  # the handler groups a sync does not need: loaded once it is answered
     "trio_qga_procinfo.handlers",  # the example plugin, loaded with them

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pybase64
 
-from agent.wire.framer import DELIMITER
+from agent.wire.delimiter import DELIMITER
 from agent.wire.payload import Base64Payload
 
 

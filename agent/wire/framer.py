@@ -20,10 +20,14 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from agent.wire.scanner import FLUSH_CHAR, MessageScanner, requote
+from agent.wire.delimiter import DELIMITER, FLUSH_CHAR
 
-DELIMITER = b"\xff"
+if TYPE_CHECKING:
+    from agent.wire.scanner import MessageScanner
+
+__all__ = ["DELIMITER", "Event", "Flush", "Framer", "Message", "ParseError"]
 
 
 @dataclass(slots=True)
@@ -118,7 +122,9 @@ class Framer:
         self.max_size = max_size
         self.max_depth = max_depth
         self._utf8 = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-        self._scanner = MessageScanner(max_depth)
+        # Made by the first input the fast path cannot take (see _scan): a host
+        # that only sends whole, plain requests never loads the scanner.
+        self._scanner: MessageScanner | None = None
         self._parts: list[str] = []  # the partial message, as read so far
         self._size = 0
         self._carry = ""  # an unfinished token, scanned again with the next read
@@ -129,7 +135,8 @@ class Framer:
     @property
     def idle(self) -> bool:
         """True when no partial message is held."""
-        return self._scanner.idle and not self._parts and not self._carry
+        scanner = self._scanner
+        return (scanner is None or scanner.idle) and not self._parts and not self._carry
 
     def receive(self, data: bytes | bytearray) -> list[Event]:
         """Consume ``data``; return the events it completes, in order."""
@@ -142,10 +149,10 @@ class Framer:
         events: list[Event] = []
         n = len(text)
         pos = 0
-        scanner = self._scanner
         whole = None  # made at the first request boundary: not in a big write's reads
         while pos < n:
-            if scanner.idle and not self._parts:
+            scanner = self._scanner
+            if (scanner is None or scanner.idle) and not self._parts:
                 if whole is None:
                     whole = _Whole(text, self.max_size, self.max_depth)
                 pos = self._whole_requests(text, pos, whole, events)
@@ -190,6 +197,10 @@ class Framer:
         ``events``; where the next step starts (the end of ``text`` when the
         rest is an unfinished token, kept for the next read)."""
         scanner = self._scanner
+        if scanner is None:
+            from agent.wire.scanner import MessageScanner  # compiles its patterns
+
+            scanner = self._scanner = MessageScanner(self.max_depth)
         start = pos
         keep = not scanner.recovering
         step = scanner.scan(text, pos)
@@ -233,6 +244,8 @@ class Framer:
     def _decode_slow(self, message: str, requoted: bool) -> Event:
         escapes = "\\" in message  # one memchr: big base64 strings have no backslash
         if requoted or (escapes and "\\'" in message):
+            from agent.wire.scanner import requote
+
             message = requote(message)
         try:
             value = _decode_any_depth(message)

@@ -20,7 +20,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-FLUSH_CHAR = "\udcff"  # the 0xFF byte, as surrogateescape decodes it
+from agent.wire.delimiter import FLUSH_CHAR
 
 _PLAIN = r"[^{q}\\\x00-\x1f\udc80-\udcff]*+"  # string characters that need no care
 _ESCAPE = r"\\(?:[\"\\/bfnrt']|u[0-9a-fA-F]{{4}})"  # JSON's escapes, and QEMU's \'

@@ -29,6 +29,8 @@ NOT_AT_START = (
     "pydantic.main",  # pydantic's model machinery: validators come from pydantic-core
     *GROUPS_ONLY,  # the handler groups a sync does not need: loaded once it is answered
     "trio_qga_procinfo.handlers",  # the example plugin, loaded with them
+    "agent.core.plugins",  # which loads them
+    "agent.system.fsidentity",  # the ssh key commands' threads (ctypes, libc)
 )
 # What only plugin discovery needs: not imported with --no-plugins, nor when the
 # plugin record matches (importlib.metadata imports importlib.resources; the

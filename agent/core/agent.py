@@ -19,13 +19,13 @@ import logging
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
 from agent.core.config import KERNEL_MOUNT_TABLE, AgentConfig
 from agent.core.context import AgentContext
 from agent.core.dispatch import Dispatcher
-from agent.core.plugins import FoundPlugin, installed_plugins, load_plugins
 from agent.core.policy import CommandPolicy
 from agent.core.registry import HandlerSet, Registry
 from agent.core.session import ReleaseMemory, serve_session
@@ -39,6 +39,9 @@ from agent.system.sysinfo.fstrim import Trim, fitrim
 from agent.transports.activation import method_of
 from agent.transports.group import Channel, serve_all
 from agent.transports.spec import TransportSpec
+
+if TYPE_CHECKING:
+    from agent.core.plugins import FoundPlugin
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +204,8 @@ class Agent:
         if config.plugins:
 
             def load_installed_plugins() -> None:
+                from agent.core.plugins import installed_plugins, load_plugins
+
                 entries = installed_plugins(config.cache_dir)
                 plugins.extend(load_plugins(registry, entries, disabled=config.disabled_plugins))
 

@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.fleet_hosts import SCRATCH, Fleet, two_hosts  # noqa: E402
 from tests.support.reference import qemu_ga_binary  # noqa: E402
-from tests.support.vm import RUN_IN_VM  # noqa: E402
 
 CLIENT = [sys.executable, "-m", "agent.host.cli"]
 TIMEOUT = 300.0
@@ -152,7 +151,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         base = Path(tmp)
-        with two_hosts(base, RUN_IN_VM, qemu_ga_binary(), hook=False) as fleet:
+        with two_hosts(base, qemu_ga_binary(), hook=False) as fleet:
             inventory = fleet.inventory(base / "inventory")
             figures = measure(fleet, inventory, args.rounds)
     print(table(figures, args.rounds))

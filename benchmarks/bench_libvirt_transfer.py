@@ -6,7 +6,7 @@
         --domain qemu-ga=NAME --domain trio-qga=NAME ...
 
 Without ``--connect`` it boots two TCG domains as ``tests/test_libvirt.py`` does
-(libvirt daemons of its own, run-in-vm's kernel; a few minutes), alike but for their
+(libvirt daemons of its own, the VM launcher's kernel; a few minutes), alike but for their
 agent. It copies a file into each guest (``put``) and out of it (``get``) with
 :class:`agent.host.client.QgaClient` through libvirt, rounds alternating between the
 agents so that the noise of a shared machine hits both, once per pair of chunk sizes
@@ -38,9 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from agent.host.client import QgaClient  # noqa: E402
 from agent.host.libvirt_channel import READ_CHUNK, WRITE_CHUNK  # noqa: E402
-from tests.support.libvirt_host import GuestDomain, LibvirtHost, build_initramfs  # noqa: E402
+from tests.support.libvirt_host import GuestDomain, LibvirtHost  # noqa: E402
 from tests.support.reference import qemu_ga_binary  # noqa: E402
-from tests.support.vm import RUN_IN_VM  # noqa: E402
 
 AGENTS = ("qemu-ga", "trio-qga")
 GUEST = ROOT / "tests" / "support" / "libvirt-guest"
@@ -68,8 +67,6 @@ def booted(base: Path) -> Iterator[Setup]:
     host = LibvirtHost(base / "libvirt")
     try:
         host.start()
-        initrd = base / "initrd.cpio"
-        build_initramfs(initrd, RUN_IN_VM)
         commands = {
             "qemu-ga": [qemu_ga_binary(), "-f", "/run/qemu-ga.pid"],
             "trio-qga": [sys.executable, "-m", "agent", "-f", "/run/trio-qga.pid"],
@@ -78,7 +75,7 @@ def booted(base: Path) -> Iterator[Setup]:
         for agent in AGENTS:
             command = [str(GUEST), *commands[agent], "-m", "virtio-serial", "-p", PORT]
             name = f"bench-{agent}-{os.getpid()}"
-            domain = GuestDomain(name, base / agent, initrd, [*command, "-t", "/run"])
+            domain = GuestDomain(name, base / agent, [*command, "-t", "/run"])
             created = host.virsh("create", str(domain.prepare()))
             if created.returncode:
                 raise RuntimeError(created.stderr)

@@ -3,85 +3,73 @@ first answer on the virtio-serial port.
 
     .venv/bin/python -m benchmarks.bench_vm_startup [--rounds N]
 
-trio-qga and qemu-ga each alone in a freshly booted VM (``../shared/vm/run-in-vm``,
-or the script ``RUN_IN_VM`` names; TCG when KVM does not work), started the way a
-guest starts them (trio-qga's installed command, its bytecode compiled beforehand
-as an install does). The stack's floor is measured the same way:
-``benchmarks/stack_floor.py``, a bare server on trio (and importing pydantic)
-answering on the port, what any agent on this stack pays. trio-qga boots twice a
-round: the first boot after an install finds no plugin record and discovers its
-plugins, and leaves the record in its cache directory (a host directory the guest
-writes through, as a guest's /var/cache survives its reboots); the second is every
-later boot. Each round boots them all in turn, so that machine noise hits all of
-them. Under TCG on a shared host the figures say how the agents compare, not how
-fast a guest is: read the ratios.
+trio-qga and qemu-ga each alone in a freshly booted VM (the project's launcher,
+``agent.host.vm``, with the agent as the guest's own: ``VmConfig(agent=...)``; TCG
+when KVM does not work), started the way a guest starts them (trio-qga's installed
+command, its bytecode compiled beforehand as an install does). The stack's floor is
+measured the same way: ``benchmarks/stack_floor.py``, a bare server on trio (and
+importing pydantic) answering on the port, what any agent on this stack pays.
+trio-qga boots twice a round: the first boot after an install finds no plugin record
+and discovers its plugins, and leaves the record in its cache directory (a host
+directory the guest writes through, as a guest's /var/cache survives its reboots);
+the second is every later boot. Each round boots them all in turn, so that machine
+noise hits all of them. Under TCG on a shared host the figures say how the agents
+compare, not how fast a guest is: read the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from tests.support.vm import BOOT_DEADLINE, PORTS, ROOT, RUN_IN_VM, HostEnd, installed_agent
+import trio
+
+from agent.host.vm import VmConfig, boot_vm
+from tests.support.vm import PORTS, ROOT, installed_agent
 
 FLOOR_SERVER = ROOT / "benchmarks" / "stack_floor.py"
 QEMU_GA = shutil.which("qemu-ga") or "/usr/sbin/qemu-ga"
 FIRST_BOOT, LATER_BOOT = "trio-qga, first boot after an install", "trio-qga, later boots"
 ROWS = ("qemu-ga", "stack floor", FIRST_BOOT, LATER_BOOT)
+PORT = ("-m", "virtio-serial", "-p", PORTS["virtio"], "-t", "/run")
 
 
-def first_answer(argv: list[str], workdir: Path, shared: Path | None = None) -> float:
-    """Seconds from starting QEMU, with ``argv`` run in the guest, to its first
+def first_answer(argv: list[str], shared: Path | None = None) -> float:
+    """Seconds from starting QEMU, with ``argv`` as the guest's agent, to its first
     answer on the virtio-serial port; ``shared`` is a host directory the guest
     may write."""
-    sock = workdir / "virtio.sock"
-    sock.unlink(missing_ok=True)
-    command = [str(RUN_IN_VM), "--qga-socket", str(sock), "--timeout", "600", "-q"]
-    if shared is not None:
-        command += ["--rw", str(shared)]
-    with open(workdir / "run-in-vm.out", "ab") as output:
-        started = time.monotonic()
-        vm = subprocess.Popen(
-            [*command, "--", *argv], stdout=output, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-        try:
-            end = HostEnd(sock)
-            end.connect(started + BOOT_DEADLINE)
-            end.sync(started + BOOT_DEADLINE)
-            answered = time.monotonic() - started
-            assert end.execute("guest-ping") == {"return": {}}
-            end.close()
-        finally:
-            vm.send_signal(signal.SIGTERM)  # powers the VM off
-            vm.wait(60)
-    return answered
+    config = VmConfig(agent=tuple(argv), shares=() if shared is None else (shared,))
+
+    async def boot() -> float:
+        async with boot_vm(config) as vm:
+            await vm.client.ping()
+            if vm.timings is None:
+                raise RuntimeError("the guest's console did not show its boot's steps")
+            return vm.timings.total
+
+    return trio.run(boot)
 
 
 def one_round(workdir: Path) -> dict[str, float]:
     """Each row's first answer, once."""
-    port = ("-m", "virtio-serial", "-p", PORTS["virtio"], "-t", str(workdir))
     figures = {
-        "qemu-ga": first_answer([QEMU_GA, *port, "-f", str(workdir / "qemu-ga.pid")], workdir),
+        "qemu-ga": first_answer([QEMU_GA, *PORT, "-f", "/run/qemu-ga.pid"]),
         "stack floor": first_answer(
-            [sys.executable, str(FLOOR_SERVER), f"virtio-serial:{PORTS['virtio']}"], workdir
+            [sys.executable, str(FLOOR_SERVER), f"virtio-serial:{PORTS['virtio']}"]
         ),
     }
     cache = workdir / "cache"
     shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir()
-    trio_qga = [*installed_agent(), *port, "-f", str(workdir / "trio-qga.pid")]
-    trio_qga += ["--cache-dir", str(cache)]
-    figures[FIRST_BOOT] = first_answer(trio_qga, workdir, shared=cache)
+    trio_qga = [*installed_agent(), *PORT, "-f", "/run/trio-qga.pid", "--cache-dir", str(cache)]
+    figures[FIRST_BOOT] = first_answer(trio_qga, shared=cache)
     if not (cache / "plugins.json").is_file():
         raise RuntimeError("the first boot left no plugin record: the later boot would be another")
-    figures[LATER_BOOT] = first_answer(trio_qga, workdir, shared=cache)
+    figures[LATER_BOOT] = first_answer(trio_qga, shared=cache)
     return figures
 
 
@@ -95,12 +83,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds (default 1: 4 VM boots)")
     args = parser.parse_args()
-    for needed, what in ((RUN_IN_VM, "run-in-vm (set RUN_IN_VM)"), (Path(QEMU_GA), "qemu-ga")):
-        if not needed.is_file():
-            sys.exit(f"bench_vm_startup: {what} not found at {needed}")
-    setup = subprocess.run([RUN_IN_VM, "--setup"], capture_output=True, text=True, timeout=900)
-    if setup.returncode != 0:
-        sys.exit(f"bench_vm_startup: run-in-vm --setup failed: {setup.stderr}")
+    if not Path(QEMU_GA).is_file():
+        sys.exit(f"bench_vm_startup: qemu-ga not found at {QEMU_GA}")
     rounds: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-vm-startup-") as tmp:
         for _ in range(args.rounds):
@@ -109,7 +93,7 @@ def main() -> int:
     for row in ROWS:
         ratios = [r[row] / r["qemu-ga"] for r in rounds]
         print(f"{row:40} {spread([r[row] for r in rounds]):>20} {spread(ratios):>8}x")
-    print(f"(virtio-serial, {args.rounds} round(s), run-in-vm at {RUN_IN_VM})")
+    print(f"(virtio-serial, {args.rounds} round(s))")
     return 0
 
 

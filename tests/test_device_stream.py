@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from agent.transports import device as device_module
 from agent.transports.device import Device, DeviceStream
 from agent.transports.serial import LineStream
 from agent.transports.virtio import PortStream
@@ -175,3 +176,47 @@ async def test_a_hung_up_line_ends_the_conversation_and_the_device() -> None:
         device.check()
     assert caught.value.errno == errno.EIO
     os.close(read)
+
+
+def drain(fd: int) -> bytes:
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    return data
+
+
+async def test_a_reply_waits_for_a_host_that_is_attaching(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """virtio-serial tells the guest that a host attached after the host's first bytes
+    may have been read: the reply to them waits for it rather than being dropped."""
+    to_host = pipe()
+    clog(to_host[1])  # the write would block, as on a port with no host
+    attached = False
+    monkeypatch.setattr(device_module, "hung_up", lambda fd: not attached)
+    stream = DeviceStream(Device(to_host[0], to_host[1]))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.send_all, b"the reply")
+        await trio.sleep(device_module.HOST_RETURN_WAIT / 2)
+        attached = True  # the host is there now, and reads
+        taken = drain(to_host[0])
+        await trio.sleep(1)
+    assert (taken + drain(to_host[0])).endswith(b"the reply")
+    for fd in to_host:
+        os.close(fd)
+
+
+async def test_a_reply_for_a_host_that_stays_away_is_dropped(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    to_host = pipe()
+    clog(to_host[1])
+    monkeypatch.setattr(device_module, "hung_up", lambda fd: True)
+    stream = DeviceStream(Device(to_host[0], to_host[1]))
+    started = trio.current_time()
+    with pytest.raises(trio.BrokenResourceError, match="the host went away"):
+        await stream.send_all(b"the reply")
+    assert trio.current_time() - started == pytest.approx(device_module.HOST_RETURN_WAIT, abs=0.1)
+    for fd in to_host:
+        os.close(fd)

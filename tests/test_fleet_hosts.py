@@ -24,10 +24,9 @@ from typing import Any
 import pytest
 
 from agent.version import VERSION
-from tests.support.fleet_hosts import EXCHANGE, SCRATCH, THAW_TIMEOUT, Fleet, two_hosts
+from tests.support.fleet_hosts import SCRATCH, THAW_TIMEOUT, Fleet, two_hosts
 from tests.support.libvirt_host import needs_libvirt
 from tests.support.reference import qemu_ga_binary
-from tests.support.vm import run_in_vm_script
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.vm, pytest.mark.qemu_ga, pytest.mark.slow]
 
@@ -44,7 +43,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     needs_libvirt()
     pytest.importorskip("libvirt", reason="libvirt-python: scripts/setup --test installs it")
     base = tmp_path_factory.mktemp("fleet")
-    with two_hosts(base, run_in_vm_script(), qemu_ga_binary()) as fleet:
+    with two_hosts(base, qemu_ga_binary()) as fleet:
         yield fleet
 
 
@@ -136,7 +135,9 @@ def test_a_host_cut_off_mid_run_fails_its_domain_only(fleet: Fleet) -> None:
     """Host b's libvirtd stops (SIGSTOP) while the guests run a program: its domain
     times out, host a's finish, and the client ends."""
     b = fleet.domains[2]
-    script = f"touch {EXCHANGE}/exec-started; sleep 8; echo done"
+    # Every guest runs it; host b's guest writes through its share (the others'
+    # writes land in their own overlays, at the same path).
+    script = f"touch {b.exchange}/exec-started; sleep 8; echo done"
     argv = [*CLIENT, *fleet.connect(), *ALL, "--json", "--timeout", "20"]
     argv += ["exec", "/bin/sh", "-c", script]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -28,11 +28,10 @@ import trio
 
 from agent.host.client import QgaClient
 from agent.host.errors import AgentError, CommandNotFound
-from tests.support.libvirt_host import GuestDomain, LibvirtHost, build_initramfs, needs_libvirt
+from tests.support.libvirt_host import GuestDomain, LibvirtHost, needs_libvirt
 from tests.support.reference import qemu_ga_binary
-from tests.support.vm import run_in_vm_script
 
-# Its domains boot run-in-vm's kernel; one of them runs qemu-ga.
+# Its domains boot the VM launcher's guest; one of them runs qemu-ga.
 pytestmark = [pytest.mark.libvirt, pytest.mark.vm, pytest.mark.qemu_ga]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +145,6 @@ def _cell(outcome: Outcome) -> str:
 @pytest.fixture(scope="module")
 def libvirt_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibvirtHost]:
     needs_libvirt()
-    run_in_vm_script()  # skips before anything starts
     host = LibvirtHost(tmp_path_factory.mktemp("libvirt"))
     try:
         host.start()
@@ -160,8 +158,6 @@ def guests(libvirt_host: LibvirtHost, tmp_path_factory: pytest.TempPathFactory) 
     """Both domains, booted at once, each with its agent answering."""
     started = time.monotonic()
     base = tmp_path_factory.mktemp("domains")
-    initrd = base / "initrd.cpio"
-    build_initramfs(initrd, run_in_vm_script())
     commands = {
         "qemu-ga": [qemu_ga_binary(), "-f", "/run/qemu-ga.pid"],
         "trio-qga": [sys.executable, "-m", "agent", "-f", "/run/trio-qga.pid"],
@@ -170,7 +166,7 @@ def guests(libvirt_host: LibvirtHost, tmp_path_factory: pytest.TempPathFactory) 
     for agent in AGENTS:
         command = [str(GUEST), *commands[agent], "-m", "virtio-serial", "-p", PORT, "-t", "/run"]
         name = f"qga-test-{agent}-{os.getpid()}"
-        domain = GuestDomain(name, base / agent, initrd, command)
+        domain = GuestDomain(name, base / agent, command)
         created = libvirt_host.virsh("create", str(domain.prepare()))
         assert created.returncode == 0, created.stderr
         found[agent] = Guest(agent, libvirt_host, domain)

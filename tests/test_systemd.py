@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from agent.daemon import service
 from tests.support.clients import SocketClient
 from tests.support.processes import ROOT, run_agent, spawn_agent
 
 pytestmark = pytest.mark.slow
 
-UNITS = sorted((ROOT / "systemd").glob("*.service"))
+DATA = ROOT / "agent" / "data"
+UNITS = sorted(path for path in DATA.iterdir() if path.suffix in {".service", ".socket"})
 
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
@@ -210,29 +212,39 @@ def test_listen_fds_for_another_process_are_ignored(tmp_path: Path) -> None:
 @pytest.mark.parametrize("unit_file", UNITS, ids=[path.name for path in UNITS])
 def test_unit_file_is_valid_for_systemd(tmp_path: Path, unit_file: Path) -> None:
     text = unit_file.read_text()
-    assert "\nType=notify\n" in text
-    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
-    assert " -d" not in exec_start  # systemd supervises the process it starts
+    if unit_file.suffix == ".service":
+        assert "\nType=notify\n" in text
+        exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+        assert exec_start.startswith(service.PACKAGED_EXEC)
+        assert " -d" not in exec_start  # systemd supervises the process it starts
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        message = "systemd-analyze is not installed: cannot verify the unit file"
+        message = "systemd-analyze is not installed: cannot verify the unit files"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    # verify checks that ExecStart exists: point it at this checkout's script.
+    # verify loads the units a unit names (a socket's service) and checks that
+    # ExecStart exists: all of them, run by this checkout's script.
     script = Path(sys.executable).parent / "trio-qga"
-    unit = tmp_path / unit_file.name
-    unit.write_text(text.replace(exec_start, f"ExecStart={script}"))
+    for path in UNITS:
+        packaged = path.read_text()
+        (tmp_path / path.name).write_text(
+            packaged.replace(service.PACKAGED_EXEC, f"ExecStart={script}")
+        )
+    # Documentation=man:trio-qga(8) is installed with the units, not on this machine.
     result = subprocess.run(
-        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+        [analyze, "verify", "--man=no", str(tmp_path / unit_file.name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
 
 
 def test_the_multi_transport_unit_names_three_transports() -> None:
-    """systemd/trio-qga-multi.service's command line, as trio-qga reads it."""
-    text = (ROOT / "systemd" / "trio-qga-multi.service").read_text()
+    """agent/data/trio-qga-multi.service's command line, as trio-qga reads it."""
+    text = (DATA / "trio-qga-multi.service").read_text()
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
     result = run_agent(None, *shlex.split(exec_start)[1:], "-D")
     assert result.returncode == 0, result.stderr

@@ -56,3 +56,24 @@ def test_the_check_reads_the_running_test_s_markers(pytester: pytest.Pytester) -
     result = pytester.runpytest_inprocess("-p", "tests.support.markers")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_unmarked needs the marker 'qemu_ga'*"])
+
+
+def test_a_test_that_asks_for_a_vm_fixture_needs_the_vm_marker(pytester: pytest.Pytester) -> None:
+    """Failed in its setup, before the plugin's fixture boots anything."""
+    pytester.makeini("[pytest]\nmarkers =\n    vm\n    slow\n")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def qga_vm_factory():
+            raise AssertionError("a VM would boot here")
+
+        def test_unmarked(qga_vm_factory):
+            pass
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "tests.support.markers")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*test_unmarked needs the marker 'vm'*"])
+    result.stdout.no_fnmatch_line("*a VM would boot here*")

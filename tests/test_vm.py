@@ -1,12 +1,12 @@
 """Proof inside a real VM: trio-qga on the virtio-serial port and on an ISA serial
 line, driven from the host, beside the real qemu-ga started the same way.
 
-One VM (``../shared/vm/run-in-vm``: this machine's root, TCG when KVM does not
-work, about 5 s to boot and 4 s to import trio) runs two phases
-(``vm_guest.py``): trio-qga on both ports, then qemu-ga on both ports. The
-same host session runs against each agent on each port: sync-delimited after
-a 0xFF, ping, info, a guest-file round trip into a directory shared with the
-host, and a host that goes away in the middle of a request and comes back.
+One VM (this machine's root, TCG when KVM does not work) runs two phases
+(``tests/support/vm_guest.py``, started through the launcher's own agent on a port of its
+own): trio-qga on both ports, then qemu-ga on both ports. The same host session
+runs against each agent on each port: sync-delimited after a 0xFF, ping, info,
+a guest-file round trip into a directory shared with the host, and a host that
+goes away in the middle of a request and comes back.
 """
 
 from __future__ import annotations
@@ -15,24 +15,26 @@ import base64
 import json
 import re
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.host.vm.background import BackgroundVm
 from tests.support.reference import qemu_ga_binary
 from tests.support.vm import (
+    AGENT_PORT,
     BOOT_DEADLINE,
     PORTS,
     ROOT,
     HostEnd,
+    agents_under_test,
     installed_agent,
-    run_in_vm_script,
+    spawn,
 )
 
 # Its VM runs qemu-ga too: every test here needs it installed.
@@ -108,11 +110,14 @@ class Phase:
 
 
 class VM:
-    def __init__(self, control: Path, proc: subprocess.Popen[bytes], started: float) -> None:
+    def __init__(self, control: Path, machine: BackgroundVm, started: float) -> None:
         self.control = control
-        self.proc = proc
+        self.machine = machine
         self.started = started
-        self.ends = {port: HostEnd(control / f"{port}.sock") for port in PORTS}
+        self.ends = {
+            "virtio": HostEnd(machine.sockets[AGENT_PORT]),
+            "isa": HostEnd(machine.isa_socket),
+        }
 
     def run_phase(self, name: str) -> Phase:
         """Drive the agents of phase ``name``, then stop them."""
@@ -128,7 +133,7 @@ class VM:
         exits_file = self.control / f"{name}.exit"
         deadline = time.monotonic() + 120
         while not exits_file.exists():
-            assert self.proc.poll() is None, f"the VM stopped: {self.proc.returncode}"
+            assert self.machine.running, f"the VM stopped:\n{self.machine.console()[-3000:]}"
             assert time.monotonic() < deadline, f"phase {name} did not stop"
             time.sleep(0.1)
         logs = {
@@ -170,40 +175,16 @@ def agent_plan(control: Path, qemu_ga: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VM]:
-    script = run_in_vm_script()
+def vm(
+    tmp_path_factory: pytest.TempPathFactory, qga_vm_factory: Callable[..., BackgroundVm]
+) -> Iterator[VM]:
     qemu_ga = qemu_ga_binary()
-    # Installs QEMU and caches a kernel the first time; quick afterwards.
-    setup = subprocess.run([script, "--setup"], capture_output=True, text=True, timeout=900)
-    assert setup.returncode == 0, setup.stderr
     control = tmp_path_factory.mktemp("vm")
-    command = [
-        str(script),
-        "--qga-socket",
-        str(control / "virtio.sock"),
-        "--isa-socket",
-        str(control / "isa.sock"),
-        "--rw",
-        str(control),
-        "--timeout",
-        "1200",
-        "--console-log",
-        str(control / "console.log"),
-        "--",
-        sys.executable,
-        str(ROOT / "tests" / "support" / "vm_guest.py"),
-        str(control),
-        json.dumps(agent_plan(control, qemu_ga)),
-    ]
-    with open(control / "run-in-vm.out", "wb") as output:
-        proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
-        machine = VM(control, proc, time.monotonic())
-        try:
-            yield machine
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # powers the VM off
-            proc.wait(60)
+    plan = json.dumps(agent_plan(control, qemu_ga))
+    with qga_vm_factory(agents_under_test(control)) as machine:
+        guest = [sys.executable, str(ROOT / "tests" / "support" / "vm_guest.py"), str(control)]
+        spawn(machine, [*guest, plan], control / "vm_guest.out")
+        yield VM(control, machine, time.monotonic())
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,13 @@
 """The commands that change a system, for real, inside one VM.
 
-``../shared/vm/run-in-vm --cpus 2`` boots a throw-away VM (this machine's root,
-read-only, under a tmpfs overlay: every write vanishes at power-off) running
-trio-qga on its virtio-serial port (``vm_agent.py``). From the host, over the
-port: guest-exec runs commands in the guest (and checks the others' effects),
-guest-set-time moves the guest clock and its RTC, guest-set-user-password
-changes a fresh user's password, the ssh key commands write that user's
-authorized_keys, guest-set-vcpus takes CPU 1 off line, and guest-shutdown
-really powers the VM off (busybox ``poweroff -f``). Nothing here touches the host.
+A throw-away VM of this machine (``qga_vm``, for this module alone: its root
+read-only under a tmpfs overlay, every write gone at power-off) runs trio-qga
+on its virtio-serial port. From the host, over the port: guest-exec runs
+commands in the guest (and checks the others' effects), guest-set-time moves
+the guest clock and its RTC, guest-set-user-password changes a fresh user's
+password, the ssh key commands write that user's authorized_keys,
+guest-set-vcpus takes CPU 1 off line, and guest-shutdown really powers the VM
+off (the guest's busybox init: ``poweroff -f``). Nothing here touches the host.
 
 The tests share the VM and run in order; the last one powers it off.
 """
@@ -15,33 +15,29 @@ The tests share the VM and run in order; the last one powers it off.
 from __future__ import annotations
 
 import base64
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.host.vm.background import BackgroundVm
 from tests.support.clients import SocketClient
-from tests.support.vm import BOOT_TIMEOUT, ROOT, run_in_vm_script, vm_agent_command
 
-pytestmark = pytest.mark.vm
-
+pytestmark = [pytest.mark.vm, pytest.mark.qga_vm(scope="module", cpus=2)]
 USER = "qgatest"
 KEY1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIVmOne one@host"
 KEY2 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQVmTwo two@host"
 Y2030 = 1_893_456_000  # 2030-01-01T00:00:00Z
 CRYPTED = "$6$trioqga$0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789./"
+POWER_OFF_TIMEOUT = 120.0
 
 
 @dataclass
 class Vm:
-    process: subprocess.Popen[bytes]
+    machine: BackgroundVm
     client: SocketClient
-    output: Path
-    started: float
     timings: dict[str, float] = field(default_factory=dict)
 
     def call(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
@@ -70,32 +66,18 @@ class Vm:
         return output
 
 
-@pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
-    script = run_in_vm_script()
-    work = tmp_path_factory.mktemp("vm-changes")
-    sock, output = work / "qga.sock", work / "run-in-vm.out"
-    started = time.monotonic()
-    with open(output, "wb") as out:
-        process = subprocess.Popen(
-            vm_agent_command(script, sock, "--cpus", "2"),
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    client = None
+@pytest.fixture
+def vm(qga_vm: BackgroundVm) -> Iterator[Vm]:
+    """This module's VM (the marker's scope), through a connection of this test's."""
+    client = SocketClient(qga_vm.qga_socket, timeout=60)
     try:
-        client = SocketClient(sock, timeout=BOOT_TIMEOUT)
-        client.resync(1)  # waits until the guest's agent answers
-        machine = Vm(process, client, output, started)
-        machine.timings["first reply"] = time.monotonic() - started
+        client.resync(1)
+        machine = Vm(qga_vm, client)
+        if qga_vm.timings is not None:
+            machine.timings["first reply"] = qga_vm.timings.total
         yield machine
     finally:
-        if client is not None:
-            client.close()
-        if process.poll() is None:
-            process.terminate()
-            process.wait(30)
+        client.close()
 
 
 def test_exec_runs_in_the_guest(vm: Vm) -> None:
@@ -177,14 +159,11 @@ def test_memory_blocks_are_read(vm: Vm) -> None:
 def test_shutdown_powers_the_vm_off(vm: Vm) -> None:
     vm.client.send(b'{"execute":"guest-shutdown"}')
     sent = time.monotonic()
-    vm.process.wait(120)
+    assert vm.machine.wait_stopped(POWER_OFF_TIMEOUT), "the VM still runs"
     took = time.monotonic() - sent
-    output = vm.output.read_text(errors="replace")
-    # The guest command never finished: the VM went off under it (run-in-vm says 125).
-    assert vm.process.returncode == 125, output
-    assert "before the command finished" in output
-    assert "guest-shutdown called, mode: powerdown" in output
-    assert "the session ended without a power-off" not in output
+    console = vm.machine.console()
+    assert "guest-shutdown called, mode: powerdown" in console
+    assert "reboot: Power down" in console  # the kernel's last word
     with pytest.raises((EOFError, OSError)):
         vm.client.line(timeout=5)  # no reply to guest-shutdown, and the port is gone
     print(f"\nVM: first reply {vm.timings['first reply']:.1f} s; power-off took {took:.1f} s")

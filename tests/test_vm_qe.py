@@ -1,10 +1,11 @@
 """QEMU's own QE checks that need a guest, against trio-qga and qemu-ga side by side.
 
 tp-qemu's ``qemu_guest_agent`` test, the acceptance test QEMU's downstream QE
-runs, has checks that change the guest. They run here in ONE VM
-(``../shared/vm/run-in-vm --cpus 2``, TCG when KVM does not work), with trio-qga
-on the virtio-serial port and Debian's qemu-ga 7.2 on the ISA serial line
-(``vm_qe_guest.py``): every check runs against both, one after the other, and
+runs, has checks that change the guest. They run here in ONE VM (the
+launcher's, TCG when KVM does not work), with trio-qga on the virtio-serial
+port and Debian's qemu-ga 7.2 on the ISA serial line (``tests/support/vm_qe_guest.py``,
+started through the launcher's own agent on a port of its own): every check
+runs against both, one after the other, and
 their answers are compared. Where they differ on purpose (texts that changed in
 QEMU 9.1, commands newer than 7.2, qemu-ga's own flaws) the test says so.
 
@@ -20,12 +21,9 @@ both -v logs (the password only in qemu-ga's); guest-set-vcpus; the
 offline; guest-network-get-interfaces after an address change; guest-get-load
 rising under load (trio-qga only: qemu-ga 7.2 has no guest-get-load).
 
-run-in-vm has no option for a disk: a ``qemu-system-x86_64`` wrapper first in
-PATH adds a virtio disk with a ``serial`` (an ext4 image made here), and the
-guest loads virtio_blk and ext4 from the same Debian kernel package as
-run-in-vm's kernel (fetched once with ``apt-get download``, cached beside it)
-and starts udev, from which both agents read the serial. There is no network
-card (run-in-vm gives the guest ``lo`` only), so the address change is on ``lo``.
+The VM has a virtio disk with a ``serial`` (an ext4 image made here); the guest
+starts udev, from which both agents read the serial. There is no network card
+(the guest has ``lo`` only), so the address change is on ``lo``.
 Nothing here touches the host: the freezes, clock, users, CPUs and memory are
 the guest's, and the freeze guard in the guest allows only the guest's disk.
 """
@@ -40,27 +38,26 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.host.vm import Drive
+from agent.host.vm.background import BackgroundVm
 from tests.support.reference import qemu_ga_binary
-from tests.support.vm import HostEnd, run_in_vm_script
-from tests.support.vm_modules import extra_modules
+from tests.support.vm import AGENT_PORT, PORTS, ROOT, HostEnd, agents_under_test, spawn
 
 # Every check runs against both agents.
 pytestmark = [pytest.mark.vm, pytest.mark.qemu_ga]
 
-ROOT = Path(__file__).resolve().parent.parent
-EXTRA_MODULES = ("virtio_blk", "crc32c_generic", "ext4")
 SERIAL = "QGA-QE-0001"
 MOUNTPOINT = "/mnt/qe"
 DISK = "/dev/vda"
 UDEVD = "/lib/systemd/systemd-udevd"
-BOOT_DEADLINE = 300.0  # TCG on a busy 2-core host: boot, udev, import trio
+BOOT_DEADLINE = 300.0  # TCG on a busy 2-core host: udev, then import trio
 AGENTS = ("trio", "qemu")
 Y2031 = 1_924_992_000  # 2031-01-01T00:00:00Z
 Y2100 = 4_102_444_800  # outside qemu-ga's 1970..2069
@@ -77,24 +74,10 @@ def require(condition: bool, message: str) -> None:
     pytest.skip(message)
 
 
-def qemu_wrapper(directory: Path, image: Path) -> Path:
-    """A qemu-system-x86_64 first in PATH that adds the disk run-in-vm cannot."""
-    real = shutil.which("qemu-system-x86_64")
-    require(real is not None, "qemu-system-x86_64 missing: run-in-vm --setup installs it")
-    wrapper = directory / "qemu-system-x86_64"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f'exec {real} "$@" -drive file={image},if=none,id=qe,format=raw'
-        f" -device virtio-blk-pci,drive=qe,serial={SERIAL}\n"
-    )
-    wrapper.chmod(0o755)
-    return directory
-
-
 @dataclass
 class Guest:
     ends: dict[str, HostEnd]
-    process: subprocess.Popen[bytes]
+    machine: BackgroundVm
     output: Path
 
     def call(self, agent: str, name: str, arguments: dict[str, Any] | None = None) -> Any:
@@ -123,8 +106,9 @@ class Guest:
 
 
 @pytest.fixture(scope="module")
-def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
-    run_in_vm = run_in_vm_script()
+def guest(
+    tmp_path_factory: pytest.TempPathFactory, qga_vm_factory: Callable[..., BackgroundVm]
+) -> Iterator[Guest]:
     require(shutil.which("mkfs.ext4") is not None, "mkfs.ext4 missing (e2fsprogs)")
     require(Path(UDEVD).exists(), f"{UDEVD} missing: scripts/setup --test installs udev")
     qemu_ga = qemu_ga_binary()
@@ -133,56 +117,37 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     with open(image, "wb") as disk:
         disk.truncate(64 << 20)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    (work / "bin").mkdir()
-    env = dict(os.environ)
-    env["PATH"] = f"{qemu_wrapper(work / 'bin', image)}:{env['PATH']}"
-    env["TRIO_QGA_FREEZE_ALLOW"] = MOUNTPOINT  # the guard, in the guest: only the disk
-    env.pop("TRIO_QGA_FREEZE_REFUSED", None)
-    config = {
-        "modules": extra_modules(run_in_vm, EXTRA_MODULES),
+    config = agents_under_test(
+        drives=(Drive(image, serial=SERIAL),),
+        modules=("ext4", "crc32c_generic"),  # mounted on demand; ext4 asks for crc32c
+    )
+    settings = {
         "disk": DISK,
         "mountpoint": MOUNTPOINT,
-        "virtio": "/dev/virtio-ports/org.qemu.guest_agent.0",
-        "isa": "/dev/ttyS1",
+        "virtio": PORTS["virtio"],
+        "isa": PORTS["isa"],
         "qemu_ga": str(qemu_ga),
     }
-    sockets = {"trio": work / "virtio.sock", "qemu": work / "isa.sock"}
-    output = work / "run-in-vm.out"
-    with open(output, "wb") as out:
-        process = subprocess.Popen(
-            [
-                str(run_in_vm),
-                "--cpus",
-                "2",
-                "--timeout",
-                str(int(BOOT_DEADLINE + 300)),
-                "--qga-socket",
-                str(sockets["trio"]),
-                "--isa-socket",
-                str(sockets["qemu"]),
-                "--",
-                sys.executable,
-                str(ROOT / "tests" / "support" / "vm_qe_guest.py"),
-                json.dumps(config),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+    output = work / "vm_qe_guest.out"
+    guest_side = ROOT / "tests" / "support" / "vm_qe_guest.py"
+    with qga_vm_factory(config) as machine:
+        spawn(
+            machine,
+            [sys.executable, str(guest_side), json.dumps(settings)],
+            output,
+            env=[f"TRIO_QGA_FREEZE_ALLOW={MOUNTPOINT}"],  # the guard, in the guest: the disk
         )
-    ends = {agent: HostEnd(path) for agent, path in sockets.items()}
-    try:
-        deadline = time.monotonic() + BOOT_DEADLINE
-        for end in ends.values():
-            end.connect(deadline)
-            end.sync(deadline)
-        yield Guest(ends, process, output)
-    finally:
-        for end in ends.values():
-            if end.sock is not None:
-                end.close()
-        process.terminate()
-        process.wait(60)
+        ends = {"trio": HostEnd(machine.sockets[AGENT_PORT]), "qemu": HostEnd(machine.isa_socket)}
+        try:
+            deadline = time.monotonic() + BOOT_DEADLINE
+            for end in ends.values():
+                end.connect(deadline)
+                end.sync(deadline)
+            yield Guest(ends, machine, output)
+        finally:
+            for end in ends.values():
+                if end.sock is not None:
+                    end.close()
 
 
 def frozen_state(guest: Guest, agent: str) -> str:

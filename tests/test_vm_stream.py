@@ -1,64 +1,30 @@
 """``run`` into a real VM over virtio-serial: output streams while the program runs.
 
-One VM (``../shared/vm/run-in-vm``, TCG when KVM does not work) runs trio-qga
-embedded on its virtio-serial port (``vm_agent.py``, one host session). The host
-connects before the guest has booted (QEMU holds the bytes) and, in that one
-session, streams a program printing a line every 0.5 s, echoes lines through
-cat (printing the round trip, a latency figure for docs/benchmarks.md), and collects
-exit statuses.
+The session's VM (``qga_vm``: trio-qga on its virtio-serial port) gets one host
+session in which the host streams a program printing a line every 0.5 s,
+echoes lines through cat (printing the round trip, a latency figure for
+docs/benchmarks.md), and collects exit statuses.
 """
 
 from __future__ import annotations
 
 import statistics
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trio
 
 from agent.host.client import QgaClient
-from tests.support.vm import BOOT_TIMEOUT, ROOT, run_in_vm_script, vm_agent_command
+from agent.host.vm.background import BackgroundVm
 
 pytestmark = pytest.mark.vm
-
 LINES = 5
 INTERVAL = 0.5  # seconds between the guest's lines
 ECHOES = 20
 
 
-@pytest.fixture(scope="module")
-def vm_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    script = run_in_vm_script()
-    work = tmp_path_factory.mktemp("vm-stream")
-    sock = work / "qga.sock"
-    with open(work / "run-in-vm.out", "wb") as out:
-        process = subprocess.Popen(
-            vm_agent_command(script, sock),
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while not sock.exists():  # QEMU creates it a moment after it starts
-            assert process.poll() is None, (work / "run-in-vm.out").read_text()
-            assert time.monotonic() < deadline, "QEMU never created the socket"
-            time.sleep(0.05)
-        yield sock
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(30)
-
-
-async def test_run_streams_from_the_vm_and_returns_the_status(vm_socket: Path) -> None:
-    booted = time.monotonic()
-    client = await QgaClient.connect_unix(str(vm_socket), request_timeout=BOOT_TIMEOUT)
-    client.timeout = 60.0
-    print(f"\nfirst reply from the VM after {time.monotonic() - booted:.1f} s")
+async def test_run_streams_from_the_vm_and_returns_the_status(qga_vm: BackgroundVm) -> None:
+    client = await QgaClient.connect_unix(str(qga_vm.qga_socket), request_timeout=60)
     async with client:
         script = f"for i in $(seq {LINES}); do echo line $i; sleep {INTERVAL}; done; exit 7"
         execution = await client.run(["/bin/sh", "-c", script])

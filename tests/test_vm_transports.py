@@ -1,8 +1,9 @@
 """Proof inside a real VM (issue 25): one trio-qga on virtio-serial, isa-serial and a
 unix socket inside the guest at the same time, each answering.
 
-One VM (``../shared/vm/run-in-vm``, as ``test_vm.py``; TCG when KVM does not work)
-runs ``vm_guest.py`` with one phase: the agent on the three transports, and a
+One VM (the launcher's, as ``test_vm.py``'s; TCG when KVM does not work) runs
+``tests/support/vm_guest.py`` with one phase, started through the launcher's own
+agent on a port of its own: the agent on the three transports, and a
 guest tool (``vm_local_client.py``) that talks to it over the unix socket. The
 host drives both ports with their sessions open at once; a handle the host
 opens over virtio-serial is read and closed by the guest tool over the socket,
@@ -14,24 +15,25 @@ from __future__ import annotations
 
 import base64
 import json
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.host.vm.background import BackgroundVm
 from tests.support.vm import (
+    AGENT_PORT,
     BOOT_DEADLINE,
     PORTS,
     ROOT,
     HostEnd,
+    agents_under_test,
     installed_agent,
-    run_in_vm_script,
+    spawn,
 )
 
 pytestmark = pytest.mark.vm
@@ -78,17 +80,17 @@ def plan(control: Path) -> list[dict[str, Any]]:
     ]
 
 
-def wait_for_file(path: Path, proc: subprocess.Popen[bytes], deadline: float) -> Path:
+def wait_for_file(path: Path, machine: BackgroundVm, deadline: float) -> Path:
     while not path.exists():
-        assert proc.poll() is None, f"the VM stopped: {proc.returncode}"
+        assert machine.running, f"the VM stopped:\n{machine.console()[-3000:]}"
         assert time.monotonic() < deadline, f"{path.name} never came"
         time.sleep(0.1)
     return path
 
 
-def drive(control: Path, proc: subprocess.Popen[bytes]) -> Run:
+def drive(control: Path, machine: BackgroundVm) -> Run:
     deadline = time.monotonic() + BOOT_DEADLINE
-    virtio, isa = HostEnd(control / "virtio.sock"), HostEnd(control / "isa.sock")
+    virtio, isa = HostEnd(machine.sockets[AGENT_PORT]), HostEnd(machine.isa_socket)
     virtio.connect(deadline)
     isa.connect(deadline)
     host: dict[str, Any] = {"sync": {"virtio": virtio.sync(deadline), "isa": isa.sync(deadline)}}
@@ -99,45 +101,28 @@ def drive(control: Path, proc: subprocess.Popen[bytes]) -> Run:
     partial = control / ".handle"
     partial.write_text(str(handle))
     partial.rename(control / "handle")
-    local_file = wait_for_file(control / "local.json", proc, time.monotonic() + BOOT_DEADLINE)
+    local_file = wait_for_file(control / "local.json", machine, time.monotonic() + BOOT_DEADLINE)
     local = json.loads(local_file.read_text())
     host["read_after_close"] = isa.execute("guest-file-read", {"handle": handle})
     host["ping_after"] = {"virtio": virtio.execute("guest-ping"), "isa": isa.execute("guest-ping")}
     virtio.close()
     isa.close()
     (control / "several.stop").touch()
-    exits = wait_for_file(control / "several.exit", proc, time.monotonic() + 120)
+    exits = wait_for_file(control / "several.exit", machine, time.monotonic() + 120)
     log = (control / "several-agent.stderr").read_bytes().decode(errors="replace")
     return Run(host, local, json.loads(exits.read_text()), log)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    script = run_in_vm_script()
-    setup = subprocess.run([script, "--setup"], capture_output=True, text=True, timeout=900)
-    assert setup.returncode == 0, setup.stderr
+def run(
+    tmp_path_factory: pytest.TempPathFactory, qga_vm_factory: Callable[..., BackgroundVm]
+) -> Iterator[Run]:
     control = tmp_path_factory.mktemp("vm-transports")
     (control / "shared.txt").write_bytes(SHARED_TEXT)
-    command = [
-        str(script),
-        *("--qga-socket", str(control / "virtio.sock")),
-        *("--isa-socket", str(control / "isa.sock")),
-        *("--rw", str(control), "--timeout", "1200"),
-        *("--console-log", str(control / "console.log")),
-        "--",
-        sys.executable,
-        str(ROOT / "tests" / "support" / "vm_guest.py"),
-        str(control),
-        json.dumps(plan(control)),
-    ]
-    with open(control / "run-in-vm.out", "wb") as output:
-        proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            yield drive(control, proc)
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # powers the VM off
-            proc.wait(60)
+    guest = [sys.executable, str(ROOT / "tests" / "support" / "vm_guest.py"), str(control)]
+    with qga_vm_factory(agents_under_test(control)) as machine:
+        spawn(machine, [*guest, json.dumps(plan(control))], control / "vm_guest.out")
+        yield drive(control, machine)
 
 
 def test_each_transport_answers_with_the_others_connected(run: Run) -> None:

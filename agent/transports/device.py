@@ -29,6 +29,8 @@ from agent.transports.contract import (
 )
 
 DEFAULT_READ = 64 * 1024
+HOST_RETURN_WAIT = 2.0  # seconds a reply waits for a host to attach (see _wait_for_host)
+HOST_POLL = 0.01
 
 
 class Device:
@@ -137,9 +139,9 @@ class DeviceStream(ExchangeStream):
                     sent += os.write(fd, view[sent:])
                 except BlockingIOError:
                     if hung_up(fd):
-                        # Nobody will take these bytes: the peer is gone.
-                        raise trio.BrokenResourceError("the host went away") from None
-                    await self._wait(trio.lowlevel.wait_writable, fd)
+                        await self._wait_for_host(fd)
+                    else:
+                        await self._wait(trio.lowlevel.wait_writable, fd)
                 except OSError as err:
                     raise self._device.fail(err) from err
 
@@ -155,6 +157,24 @@ class DeviceStream(ExchangeStream):
             trio.lowlevel.notify_closing(self._device.fd_in)
             trio.lowlevel.notify_closing(self._device.fd_out)
         await trio.lowlevel.checkpoint()
+
+    async def _wait_for_host(self, fd: int) -> None:
+        """A write would block and no host is attached: wait a moment for one.
+
+        A host that has just connected, and sent a request at once, may not
+        show as attached yet when the reply is written: virtio-serial tells
+        the guest in a control message, handled after the port's data (a
+        reconnecting host lost about one reply in forty this way under
+        emulation). Nobody attached within HOST_RETURN_WAIT: the host is gone,
+        and so is the reply. A hang-up wakes every poll at once, so this one
+        looks again every HOST_POLL.
+        """
+        deadline = trio.current_time() + HOST_RETURN_WAIT
+        while hung_up(fd):
+            if trio.current_time() >= deadline:
+                raise trio.BrokenResourceError("the host went away")
+            self._check_open()
+            await trio.sleep(HOST_POLL)
 
     async def _wait(self, wait: Callable[[int], Awaitable[None]], fd: int) -> None:
         self._check_open()

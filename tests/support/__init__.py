@@ -23,17 +23,22 @@ Stand-ins for the guest, harmless to this machine
   hung_mounts      FUSE mounts that hang on command (``hungfs.py``), in their own
                    mount namespace
 
-VMs and libvirt
-  vm               run-in-vm, the host's end of a guest port, the installed agent
-  vm_modules       kernel modules run-in-vm's kernel lacks
-  libvirt_host     libvirt's daemons of our own, and throw-away domains
-  vm_agent.py, vm_guest.py, vm_qe_guest.py, libvirt-guest: what the guests run;
-  libvirt-initramfs: the libvirt domains' initramfs
+VMs and libvirt (the VMs are the launcher's, ``agent.host.vm``: docs/vm.md)
+  vm               a VM for agents under test, programs started in a guest, the host's
+                   end of a guest port, the installed agent
+  libvirt_host     libvirt's daemons of our own, and throw-away domains that boot the
+                   launcher's kernel, initramfs and guest init
+  fleet_hosts      two libvirt daemons and three domains, for trio-qga-client's fleets
+  vm_guest.py, vm_qe_guest.py, vm_local_client.py, libvirt-guest: what the guests run;
+  vm_package_guest.py: the packaging test's steps in a systemd guest
+
+release            ``release``: the wheel, sdist and .deb scripts/build-deb makes, once
+                   a session, for the packaging build test and the packaging VM test
 
 markdown           the README's and docs' code blocks, notes, links and tables, as
                    ``test_docs.py`` and ``test_docs_examples.py`` check them
 markers            the ``qemu_ga``, ``vm`` and ``libvirt`` markers, checked where the
-                   helpers above do what they name
+                   helpers above (and the ``qga_vm`` fixtures) do what they name
 default_paths      fails the test, and the session, that touches the agent's default
                    paths on this machine (/var/cache/trio-qga, /run/qga.state*, ...)
 """
@@ -55,4 +60,5 @@ pytest_plugins = [
     "tests.support.scratch_user",
     "tests.support.hung_mounts",
     "tests.support.fsfreeze_fakes",
+    "tests.support.release",
 ]

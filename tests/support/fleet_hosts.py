@@ -6,9 +6,10 @@ Both trio-qga domains have the same name, as domains on two hypervisors may.
 
 The trio-qga guests run with ``--thaw-timeout`` (:data:`THAW_TIMEOUT`), the safety net
 of a fleet, and with an fsfreeze hook that does what the test asks through files it
-writes in the domain's exchange directory (the guest's ``/run/run-in-vm``, a 9p share
-read without a cache): ``freeze-sleep`` (seconds to wait before a freeze), ``freeze-fail``
-(refuse the freeze). Without them it lets every freeze through at once.
+writes in the domain's exchange directory (a host directory shared with the guest at
+its own path, over 9p without a cache): ``freeze-sleep`` (seconds to wait before a
+freeze), ``freeze-fail`` (refuse the freeze). Without them it lets every freeze through
+at once.
 """
 
 from __future__ import annotations
@@ -23,20 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.libvirt_host import GuestDomain, LibvirtHost, build_initramfs
+from tests.support.libvirt_host import GuestDomain, LibvirtHost
 
 GUEST = Path(__file__).with_name("libvirt-guest")
 PORT = "/dev/virtio-ports/org.qemu.guest_agent.0"
-EXCHANGE = "/run/run-in-vm"  # the domain's exchange directory, in the guest
 SCRATCH = "/mnt/scratch"  # the ext4 disk every domain mounts (libvirt-guest): what is frozen
 THAW_TIMEOUT = 25  # seconds: trio-qga's --thaw-timeout in these guests
 BOOT_DEADLINE = 420.0  # seconds for three TCG domains to boot on a busy 2-core host
-HOOK = f"""\
+HOOK = """\
 #!/bin/sh
-# The fleet test's fsfreeze hook: it does what the files the test writes say.
+# The fleet test's fsfreeze hook: it does what the files the test writes beside it say.
 [ "$1" = freeze ] || exit 0
-if [ -e {EXCHANGE}/freeze-sleep ]; then sleep "$(cat {EXCHANGE}/freeze-sleep)"; fi
-if [ -e {EXCHANGE}/freeze-fail ]; then echo "the test refuses this freeze" >&2; exit 1; fi
+exchange=$(dirname "$0")
+if [ -e "$exchange/freeze-sleep" ]; then sleep "$(cat "$exchange/freeze-sleep")"; fi
+if [ -e "$exchange/freeze-fail" ]; then echo "the test refuses this freeze" >&2; exit 1; fi
 exit 0
 """
 LAYOUT = (("a", "qemu-ga"), ("a", "trio-qga"), ("b", "trio-qga"))  # as the client orders them
@@ -58,8 +59,8 @@ class FleetDomain:
 
     @property
     def exchange(self) -> Path:
-        """The host's side of the guest's /run/run-in-vm."""
-        return self.domain.base / "x"
+        """The exchange directory: the same path on the host and in the guest."""
+        return exchange_of(self.domain.base)
 
     def virsh(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``virsh ARGS`` on the domain's host, the domain's name in place of ``{}``."""
@@ -107,16 +108,20 @@ class Fleet:
                 domain.virsh("domfsthaw", "{}")
 
 
-def _agent(agent: str, qemu_ga: str, hook: bool) -> list[str]:
+def exchange_of(domain_base: Path) -> Path:
+    return domain_base / "x"
+
+
+def _agent(agent: str, qemu_ga: str, hook: Path | None) -> list[str]:
     if agent == "qemu-ga":
         return [qemu_ga, "-f", "/run/qemu-ga.pid"]
     command = [sys.executable, "-m", "agent", "-f", "/run/trio-qga.pid"]
     command += ["--thaw-timeout", str(THAW_TIMEOUT)]
-    return [*command, "-F", f"{EXCHANGE}/fsfreeze-hook"] if hook else command
+    return command if hook is None else [*command, "-F", str(hook)]
 
 
 @contextmanager
-def two_hosts(base: Path, run_in_vm: Path, qemu_ga: str, *, hook: bool = True) -> Iterator[Fleet]:
+def two_hosts(base: Path, qemu_ga: str, *, hook: bool = True) -> Iterator[Fleet]:
     """Both daemons and the three domains, every agent answering; all stopped at the end.
     ``hook``: the trio-qga guests run the test's fsfreeze hook (a program started in the
     guest at every freeze and thaw: a benchmark goes without)."""
@@ -128,17 +133,18 @@ def two_hosts(base: Path, run_in_vm: Path, qemu_ga: str, *, hook: bool = True) -
             stack.callback(host.stop)
             host.start()
             hosts[label] = host
-        initrd = base / "initrd.cpio"
-        build_initramfs(initrd, run_in_vm)
         domains = []
         for label, agent in LAYOUT:
-            command = [str(GUEST), *_agent(agent, qemu_ga, hook)]
+            home = base / f"{label}-{agent}"
+            exchange = exchange_of(home)
+            exchange.mkdir(parents=True)
+            hook_file = exchange / "fsfreeze-hook"
+            hook_file.write_text(HOOK)
+            hook_file.chmod(0o755)
+            command = [str(GUEST), *_agent(agent, qemu_ga, hook_file if hook else None)]
             command += ["-m", "virtio-serial", "-p", PORT, "-t", "/run"]
-            name = f"fleet-{agent}"
-            domain = GuestDomain(name, base / f"{label}-{agent}", initrd, command)
+            domain = GuestDomain(f"fleet-{agent}", home, command, shares=(exchange,))
             xml = domain.prepare()
-            (domain.base / "x" / "fsfreeze-hook").write_text(HOOK)
-            (domain.base / "x" / "fsfreeze-hook").chmod(0o755)
             created = hosts[label].virsh("create", str(xml))
             assert created.returncode == 0, created.stderr
             domains.append(FleetDomain(label, agent, hosts[label], domain))

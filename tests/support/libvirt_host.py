@@ -8,13 +8,14 @@ with no relabelling (nothing here changes owner), no cgroups and no namespace of
 (there is no systemd). As QEMU's user is root, libvirt sees ``/dev/kvm`` usable whatever
 its mode, so it does not probe QEMU's capabilities again on every call (it does when
 ``/dev/kvm`` is root-only and QEMU runs as ``libvirt-qemu``: 72 s per ``virsh create``);
-the domains are ``type='qemu'`` (TCG) anyway. The probe's result is kept in run-in-vm's
-cache directory. Clients reach the daemons at ``qemu:///system?socket=DIR/run/libvirt-sock``.
+the domains are ``type='qemu'`` (TCG) anyway. The probe's result is kept in the VM
+launcher's cache directory. Clients reach the daemons at
+``qemu:///system?socket=DIR/run/libvirt-sock``.
 
-:class:`GuestDomain` boots as ``../shared/vm/run-in-vm`` does: its cached kernel, an
-initramfs with its ``guest-init`` (``libvirt-initramfs``) and this machine's root
-over 9p under a tmpfs overlay, and the modules of ``EXTRA_MODULES`` (``vm_modules``);
-the command comes through the same exchange directory.
+:class:`GuestDomain` boots as the VM launcher's guests do (``agent.host.vm``,
+``boot_files``): its kernel, an initramfs with its guest init, its modules and the
+domain's settings, and this machine's root over 9p (tag ``root``) under a tmpfs
+overlay; the guest's command is the domain's agent.
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 import pytest
+import trio
 
+from agent.host.vm import Drive, VmConfig, boot_files
+from agent.host.vm.cache import cache_dir
+from agent.host.vm.initramfs import shares_of
+from agent.host.vm.qemu import kernel_command_line
 from tests.support.markers import require_marker
-from tests.support.vm_modules import CACHE, extra_modules
 
-ROOT = Path(__file__).resolve().parents[2]
-INITRAMFS = Path(__file__).with_name("libvirt-initramfs")
-# crc32c_generic by name: ext4 needs it, and the kernel has no modprobe to load it with
-EXTRA_MODULES = ("virtio_blk", "virtio_net", "crc32c_generic", "ext4")
-GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Mounted on demand (ext4 asks the kernel for crc32c, crc32c_generic has it).
+MODULES = ("ext4", "crc32c_generic")
 UNSHARE = ("unshare", "--mount", "--propagation", "private")
 DAEMON_DEADLINE = 120.0  # seconds for libvirtd to answer (its first QEMU probe is slow)
 
@@ -103,7 +105,7 @@ class LibvirtHost:
             LIBVIRTD_CONF.format(log=self.base / "log")
         )
         (self.base / "etc" / "qemu.conf").write_text(QEMU_CONF)
-        caps = CACHE / "libvirt-cache"
+        caps = cache_dir() / "libvirt-cache"
         caps.mkdir(parents=True, exist_ok=True)
         run_dir = Path("/run/libvirt")  # the mount point must exist
         if not run_dir.exists():
@@ -171,49 +173,54 @@ def _wait_gone(pid: int, seconds: float) -> None:
         time.sleep(0.05)
 
 
-def build_initramfs(out: Path, run_in_vm: Path) -> None:
-    """run-in-vm's initramfs with the modules a disk, a network card and ext4 need."""
-    modules = extra_modules(run_in_vm, EXTRA_MODULES)
-    env = {**os.environ, "RUN_IN_VM": str(run_in_vm)}
-    subprocess.run([str(INITRAMFS), str(out), *modules], env=env, check=True, capture_output=True)
-
-
 class GuestDomain:
-    """One transient domain: run-in-vm's boot, a libvirt-owned agent channel, a small
-    ext4 second disk, user networking; ``command`` runs in the guest on every boot."""
+    """One transient domain: the launcher's boot, a libvirt-owned agent channel, a small
+    ext4 second disk, user networking; ``command`` runs in the guest on every boot, and
+    the host directories ``shares`` are shared read-write at their own paths (9p
+    without a cache: what the host writes there shows in the guest at once)."""
 
     MAC = "52:54:00:51:71:0a"  # the same for every test domain: their replies compare
     HOSTNAME = "libvirt-guest"
 
-    def __init__(self, name: str, base: Path, initrd: Path, command: list[str]) -> None:
+    def __init__(
+        self, name: str, base: Path, command: list[str], shares: tuple[Path, ...] = ()
+    ) -> None:
         self.name = name
         self.base = base
-        self.initrd = initrd
         self.command = command
+        self.shares = shares
         self.console = base / "console.log"
 
     def prepare(self) -> Path:
-        """Write the exchange directory, the disk and the domain XML; the XML's path."""
-        exchange = self.base / "x"
-        exchange.mkdir(parents=True)
-        (exchange / "argv").write_bytes(
-            b"".join(arg.encode() + b"\0" for arg in [str(ROOT), *self.command])
-        )
-        env = [f"PATH={GUEST_PATH}", "HOME=/root", "LANG=C.UTF-8"]
-        (exchange / "env").write_bytes(b"".join(kv.encode() + b"\0" for kv in env))
-        (exchange / "hostname").write_text(self.HOSTNAME + "\n")
-        (exchange / "shares").write_text("")
+        """Write the boot files, the disk and the domain XML; the XML's path. Only for
+        tests marked ``vm`` (the domain boots the VM launcher's guest)."""
+        require_marker("vm")
+        self.base.mkdir(parents=True, exist_ok=True)
         disk = self.base / "disk.img"
         with open(disk, "wb") as image:
             image.truncate(64 << 20)
         subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True)
+        config = VmConfig(
+            agent=tuple(self.command),
+            network=True,
+            drives=(Drive(disk),),
+            hostname=self.HOSTNAME,
+            modules=MODULES,
+            shares=self.shares,
+        )
+        files = trio.run(boot_files, config, self.base)
         xml = self.base / "domain.xml"
-        xml.write_text(self.xml(exchange, disk))
+        shares = "".join(
+            "\n    <filesystem type='mount' accessmode='squash' multidevs='remap'>"
+            f"<source dir={quoteattr(str(path))}/><target dir='{tag}'/></filesystem>"
+            for tag, path in shares_of(config)
+        )
+        xml.write_text(
+            self.xml(files.kernel.image, files.initrd, kernel_command_line(config), disk, shares)
+        )
         return xml
 
-    def xml(self, exchange: Path, disk: Path) -> str:
-        kernel = CACHE / "kernel" / "kernel"
-        out, err = self.base / "stdout", self.base / "stderr"
+    def xml(self, kernel: Path, initrd: Path, cmdline: str, disk: Path, shares: str) -> str:
         return f"""\
 <domain type='qemu'>
   <name>{self.name}</name>
@@ -222,8 +229,8 @@ class GuestDomain:
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{kernel}</kernel>
-    <initrd>{self.initrd}</initrd>
-    <cmdline>console=ttyS0 quiet loglevel=4 panic=-1 rdinit=/init</cmdline>
+    <initrd>{initrd}</initrd>
+    <cmdline>{cmdline}</cmdline>
   </os>
   <features><acpi/></features>
   <cpu mode='maximum'/>
@@ -231,11 +238,8 @@ class GuestDomain:
   <devices>
     <emulator>{shutil.which("qemu-system-x86_64")}</emulator>
     <filesystem type='mount' accessmode='squash' multidevs='remap'>
-      <source dir='/'/><target dir='hostroot'/><readonly/>
-    </filesystem>
-    <filesystem type='mount' accessmode='squash' multidevs='remap'>
-      <source dir={quoteattr(str(exchange))}/><target dir='runinvm'/>
-    </filesystem>
+      <source dir='/'/><target dir='root'/><readonly/>
+    </filesystem>{shares}
     <disk type='file' device='disk'>
       <driver name='qemu' type='raw' discard='unmap'/>
       <source file={quoteattr(str(disk))}/><target dev='vda' bus='virtio'/>
@@ -245,8 +249,6 @@ class GuestDomain:
       <source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/>
     </channel>
     <serial type='file'><source path={quoteattr(str(self.console))}/><target port='0'/></serial>
-    <console type='file'><source path={quoteattr(str(out))}/><target type='virtio'/></console>
-    <console type='file'><source path={quoteattr(str(err))}/><target type='virtio'/></console>
     <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
     <memballoon model='none'/>
   </devices>
@@ -254,16 +256,13 @@ class GuestDomain:
 """
 
     def boots(self) -> int:
-        """How many times the guest came up to its command (guest-init says so)."""
+        """How many times the guest came up to its command (the guest init says so)."""
         if not self.console.exists():
             return 0
-        return self.console.read_text(errors="replace").count("ready, running command")
+        return self.console.read_text(errors="replace").count("trio-qga-vm: agent ")
 
     def guest_output(self) -> str:
-        """The command's stdout and stderr, for failure messages."""
-        parts = []
-        for name in ("stdout", "stderr"):
-            path = self.base / name
-            if path.exists():
-                parts.append(path.read_text(errors="replace")[-3000:])
-        return "\n".join(parts)
+        """The console's end (the init's steps, the command's output), for failures."""
+        if not self.console.exists():
+            return ""
+        return self.console.read_text(errors="replace")[-3000:]

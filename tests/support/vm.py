@@ -1,10 +1,11 @@
-"""What the VM tests share: run-in-vm, the host's end of a guest port, the agent
-as a guest runs it.
+"""What the VM tests share: the VMs' layout for agents under test, starting a program
+in a guest, the host's end of a guest port, the agent as a guest runs it.
 
-The VMs are ``../shared/vm/run-in-vm``'s (``RUN_IN_VM`` names another copy): this
-machine's root, read-only, under a tmpfs overlay; TCG when KVM does not work. The
-programs the guests run are beside this module (``vm_agent.py``, ``vm_guest.py``,
-``vm_qe_guest.py``).
+The VMs are the project's own launcher's (``agent.host.vm``, docs/vm.md): this
+machine's root, read-only, under a tmpfs overlay; TCG when KVM does not work. Tests
+get them from the pytest plugin's ``qga_vm`` and ``qga_vm_factory`` fixtures, which
+need the ``vm`` marker (``markers.py``). The programs the guests run are beside this
+module (``vm_guest.py``, ``vm_qe_guest.py``, ``vm_local_client.py``).
 """
 
 from __future__ import annotations
@@ -15,51 +16,46 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.markers import require_marker
+from agent.host.vm.background import BackgroundVm
+from agent.host.vm.config import AGENT_PORT as AGENT_PORT  # the agents under test's port
+from agent.host.vm.config import VmConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_IN_VM = Path(os.environ.get("RUN_IN_VM", ROOT.parent / "shared" / "vm" / "run-in-vm"))
-PORTS = {"virtio": "/dev/virtio-ports/org.qemu.guest_agent.0", "isa": "/dev/ttyS1"}
-BOOT_DEADLINE = 300.0  # seconds from VM start to the agents' first answer (TCG, busy host)
-# The VMs of vm_agent_command: TCG on a busy 2-core host, boot, then import trio.
-BOOT_TIMEOUT = 240.0
+CONTROL_PORT = "trio-qga-vm.0"  # the launcher's own agent, which starts the guest's side
+PORTS = {"virtio": f"/dev/virtio-ports/{AGENT_PORT}", "isa": "/dev/ttyS1"}
+BOOT_DEADLINE = 300.0  # seconds from an agent's start to its first answer (TCG, busy host)
 REPLY_TIMEOUT = 30.0
 
 Reply = dict[str, Any]
 
 
-def run_in_vm_script() -> Path:
-    """The run-in-vm script; fails in CI (which has it), skips loudly elsewhere. Only
-    for tests marked ``vm``."""
-    require_marker("vm")
-    if RUN_IN_VM.is_file():
-        return RUN_IN_VM
-    message = f"run-in-vm not found at {RUN_IN_VM} (set RUN_IN_VM to its path)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+def agents_under_test(*shares: Path, **options: Any) -> VmConfig:
+    """A VM whose usual agent port and ISA serial line (``PORTS``) are left to the
+    agents a test starts; the launcher's own agent is on a port of its own, through
+    which :func:`spawn` starts them. ``shares``: host directories shared read-write."""
+    return VmConfig(
+        agent_port=CONTROL_PORT, ports=(AGENT_PORT,), isa_serial=True, shares=shares, **options
+    )
 
 
-def vm_agent_command(script: Path, sock: Path, *options: str) -> list[str]:
-    """run-in-vm (with ``options``) serving trio-qga on the virtio port, wired to ``sock``."""
-    return [
-        str(script),
-        *options,
-        "--timeout",
-        str(int(BOOT_TIMEOUT + 120)),
-        "--qga-socket",
-        str(sock),
-        "--",
-        sys.executable,
-        str(Path(__file__).with_name("vm_agent.py")),
-        PORTS["virtio"],
-    ]
+def spawn(machine: BackgroundVm, argv: Sequence[str], log: Path, env: Sequence[str] = ()) -> int:
+    """Start ``argv`` in the guest in the background (guest-exec: no time limit),
+    with ``env`` (``NAME=VALUE``) added to the environment and its output into
+    ``log``; its pid."""
+    script = f'exec env "$@" > {log} 2>&1'
+    arguments = {"path": "/bin/sh", "arg": ["-c", script, "sh", *env, *argv]}
+    started: dict[str, int] = machine.call(
+        lambda guest: guest.client.execute("guest-exec", arguments)
+    )
+    return started["pid"]
 
 
 def installed_agent() -> list[str]:
@@ -72,6 +68,31 @@ def installed_agent() -> list[str]:
     command = shutil.which("trio-qga", path=str(Path(sys.executable).parent))
     assert command is not None, "trio-qga is not installed beside this interpreter"
     return [command]
+
+
+def private_tempdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The launcher's temporary directory (its VMs' own directories), for this test
+    alone, in this process and the processes it starts: what is left there is this
+    test's, whatever other VMs run on the machine."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    monkeypatch.setenv("TMPDIR", str(directory))
+    return directory
+
+
+def vm_directories(directory: Path) -> frozenset[str]:
+    """The VMs' own directories in ``directory`` (one each while it runs)."""
+    return frozenset(name for name in os.listdir(directory) if name.startswith("trio-qga-vm."))
+
+
+def children(pid: int) -> frozenset[int]:
+    """The children of process ``pid`` (a QEMU left running would be one of ours)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with open(task / "children") as listed:
+            found.update(int(child) for child in listed.read().split())
+    return frozenset(found)
 
 
 class HostEnd:

@@ -2,9 +2,9 @@
 
     vm_qe_guest.py CONFIG_JSON
 
-Loads the extra kernel modules (virtio_blk, ext4: run-in-vm's initramfs has
-neither) that the host prepared, starts udev (so that both
-agents see the disk's serial, as on a real guest), mounts the virtio disk,
+Started through the launcher's own agent (the VM loads the disk's driver at
+boot, and ext4 when it is mounted): starts udev (so that both agents see the
+disk's serial, as on a real guest), mounts the virtio disk,
 writes one fsfreeze hook per agent, then runs trio-qga on the virtio-serial
 port and qemu-ga on the ISA serial line side by side until the VM is stopped.
 Stdlib only: it starts in a second under emulation.
@@ -31,10 +31,6 @@ def run(*argv: str) -> None:
 
 def main() -> int:
     config = json.loads(sys.argv[1])
-    os.environ["SYSTEMD_IGNORE_CHROOT"] = "1"  # run-in-vm's command runs in a chroot
-    for module in config["modules"]:  # in load order: the initramfs has no modprobe for them
-        if not Path("/sys/module", Path(module).stem.replace("-", "_")).exists():
-            run("busybox", "insmod", module)
     run("/lib/systemd/systemd-udevd", "--daemon")  # returns once it listens
     run("udevadm", "trigger", "--action=add", "--subsystem-match=block")
     run("udevadm", "settle", "--timeout=60")

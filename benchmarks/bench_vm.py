@@ -1,0 +1,250 @@
+"""A command in a throw-away VM: ``trio-qga-vm run``, virtme-ng and the bare boot, side by side.
+
+    .venv/bin/python -m benchmarks.bench_vm [--rounds N] [--json FILE] [--no-vng]
+
+Each round runs, in turn (the order rotates from round to round, so that the
+machine's noise hits all of them):
+
+- ``trio-qga-vm run -- echo ready``, the command line as a user runs it: from its
+  start to the first byte of output, and to its exit; with ``--timings`` its
+  breakdown (QEMU's start, the kernel to the init, the init to the agent's
+  start, the agent's start to its first answer);
+- ``vng -r KERNEL --disable-kvm -- echo ready`` (virtme-ng, installed by the
+  benchmark in a scratch venv; the kernel and its modules are the launcher's
+  cached Debian package, unpacked in a scratch directory; kmod, which vng needs
+  to find modules, is taken from Debian's package there if this machine lacks it);
+- the bare boot: the same VM whose init runs the command itself instead of an
+  agent, then powers off: QEMU, kernel and init with nothing of ours in Python;
+- the agent alone: trio-qga started inside a guest (a VM booted for it), from
+  its spawn to its first reply on a unix socket, as issue 27 measures it.
+
+The report gives medians and each round's figures, trio-qga-vm's time as a share
+of virtme-ng's, and its time above the sum of its parts measured alone (the bare
+boot to the init, plus the agent alone). Under TCG on a shared machine the
+figures say how these compare, not how fast a VM can be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agent.host.vm import BootFailed, VmConfig, boot_vm
+from agent.host.vm.cache import cache_dir
+from agent.host.vm.config import RUNDIR
+from agent.host.vm.console import Step
+from agent.host.vm.kernel import current_kernel
+
+COMMAND = ["echo", "ready"]
+FIRST_BYTE = b"ready"
+TIMINGS = re.compile(
+    r"boot: QEMU ([\d.]+) s, kernel ([\d.]+) s, init ([\d.]+) s, agent ([\d.]+) s;"
+    r" first answer ([\d.]+) s"
+)
+VNG_VERSION = "virtme-ng==1.42"
+TIMEOUT = 900.0  # seconds for any one run
+AGENT_ALONE = """\
+import os, socket, subprocess, sys, time
+path = "/run/bench-agent.sock"
+started = time.monotonic()
+agent = subprocess.Popen(
+    [sys.executable, "-m", "agent", "--transport", "unix-listen:" + path, "-t", "/run",
+     "-f", "/run/bench-agent.pid"], stderr=subprocess.DEVNULL)
+while True:
+    try:
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)
+        break
+    except OSError:
+        client.close()
+        time.sleep(0.005)
+client.sendall(b'\\xff{"execute": "guest-sync-delimited", "arguments": {"id": 1}}\\n')
+reply = b""
+while not reply.lstrip(b"\\xff").endswith(b"\\n"):
+    reply += client.recv(4096)
+print(time.monotonic() - started)
+agent.terminate()
+agent.wait()
+"""
+
+
+Row = dict[str, float]
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[Row, str]:
+    """(start to first byte and to exit, stderr) of ``command``."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, env=env)
+        assert process.stdout is not None
+        output = b""
+        first = None
+        while chunk := os.read(process.stdout.fileno(), 4096):
+            output += chunk
+            if first is None and FIRST_BYTE in output:
+                first = time.monotonic() - started
+        status = process.wait(TIMEOUT)
+        ended = time.monotonic() - started
+        errors.seek(0)
+        stderr = errors.read().decode(errors="replace")
+    if status or first is None:
+        raise RuntimeError(f"{command[0]} failed ({status}): {output!r} {stderr[-2000:]}")
+    return {"first byte": first, "exit": ended}, stderr
+
+
+def ours() -> Row:
+    command = [sys.executable, "-m", "agent.host.vm.cli", "run", "-q", "--timings", "--", *COMMAND]
+    row, stderr = timed(command)
+    found = TIMINGS.search(stderr)
+    assert found, stderr
+    parts = ("QEMU", "kernel", "init", "agent", "first answer")
+    row.update({part: float(value) for part, value in zip(parts, found.groups(), strict=True)})
+    return row
+
+
+def bare_boot() -> Row:
+    """The VM's init runs the command (and powers off) where the agent would start."""
+    script = (
+        'echo "trio-qga-vm: ran $(cut -d" " -f1 /proc/uptime)" > /dev/console;'
+        f" exec {RUNDIR}/bin/busybox poweroff -f"
+    )
+    steps: dict[str, Step] = {}
+
+    async def boot() -> Row:
+        started = trio.current_time()
+        try:
+            async with boot_vm(VmConfig(agent=("sh", "-c", script)), on_step=record):
+                raise RuntimeError("the bare boot's guest did not power off")
+        except BootFailed:  # the guest powered off, as it should
+            ended = trio.current_time() - started
+        init, ran = steps["init"], steps["ran"]
+        return {
+            "QEMU": init.arrived - init.uptime - started,
+            "to init": init.arrived - started,
+            "first byte": ran.arrived - started,
+            "exit": ended,
+        }
+
+    def record(step: Step) -> None:
+        steps[step.name] = step
+
+    return trio.run(boot)
+
+
+def agent_alone() -> Row:
+    """trio-qga's spawn to its first reply, inside a guest."""
+
+    async def measure() -> float:
+        async with boot_vm(VmConfig()) as vm:
+            result = await vm.run([sys.executable, "-c", AGENT_ALONE], check=True)
+            return float(result.stdout)
+
+    return {"agent alone": trio.run(measure)}
+
+
+class Vng:
+    """virtme-ng in a scratch venv, booting the launcher's kernel unpacked in a scratch dir."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        subprocess.run([sys.executable, "-m", "venv", str(scratch / "venv")], check=True)
+        pip = [str(scratch / "venv" / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "--disable-pip-version-check", VNG_VERSION], check=True)
+        kernel = trio.run(current_kernel, cache_dir(), print)
+        if kernel.package is None:  # this machine's kernel: installed with its modules
+            self.image = Path(f"/boot/vmlinuz-{kernel.version}")
+        else:
+            root = scratch / "kernel"
+            subprocess.run(["dpkg", "-x", str(kernel.package), str(root)], check=True)
+            self.image = root / "boot" / f"vmlinuz-{kernel.version}"
+        self.path = f"{self._kmod()}:{scratch / 'venv' / 'bin'}:{os.environ['PATH']}"
+
+    def _kmod(self) -> Path:
+        """A directory with depmod and modprobe (vng resolves modules with them)."""
+        tools = self.scratch / "tools"
+        tools.mkdir()
+        kmod = shutil.which("kmod")
+        if kmod is None:
+            unpacked = self.scratch / "kmod"
+            subprocess.run(
+                ["apt-get", "download", "-qq", "-o", "APT::Sandbox::User=root", "kmod"],
+                cwd=self.scratch,
+                check=True,
+            )
+            [deb] = self.scratch.glob("kmod_*.deb")
+            subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True)
+            kmod = str(unpacked / "bin" / "kmod")
+        for tool in ("depmod", "modprobe"):
+            (tools / tool).symlink_to(kmod)
+        return tools
+
+    def run(self) -> Row:
+        vng = str(self.scratch / "venv" / "bin" / "vng")
+        command = [vng, "-r", str(self.image), "--disable-kvm", "--", *COMMAND]
+        row, _ = timed(command, env={**os.environ, "PATH": self.path})
+        return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--no-vng", action="store_true", help="skip virtme-ng")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-vm.") as scratch:
+        contenders: dict[str, Callable[[], Row]] = {
+            "trio-qga-vm run": ours,
+            "bare boot": bare_boot,
+            "agent alone": agent_alone,
+        }
+        if not args.no_vng:
+            contenders["virtme-ng"] = Vng(Path(scratch)).run
+        ours()  # the cache filled, the bytecode compiled: not measured
+        names = list(contenders)
+        rows: dict[str, list[Row]] = {name: [] for name in names}
+        for round_number in range(args.rounds):
+            order = names[round_number % len(names) :] + names[: round_number % len(names)]
+            for name in order:
+                rows[name].append(contenders[name]())
+                print(f"round {round_number + 1} {name}: {_show(rows[name][-1])}", flush=True)
+    report = summary(rows)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps({"rounds": rows, "summary": report}, indent=2))
+    return 0
+
+
+def _show(row: Row) -> str:
+    return ", ".join(f"{key} {value:.2f}" for key, value in row.items())
+
+
+def summary(rows: dict[str, list[Row]]) -> dict[str, Any]:
+    medians = {
+        name: {key: round(statistics.median(row[key] for row in runs), 2) for key in runs[0]}
+        for name, runs in rows.items()
+    }
+    report: dict[str, Any] = {"medians (s)": medians}
+    mine = medians["trio-qga-vm run"]["exit"]
+    if "virtme-ng" in medians:
+        report["trio-qga-vm / virtme-ng (exit)"] = round(mine / medians["virtme-ng"]["exit"], 2)
+    parts = medians["bare boot"]["to init"] + medians["agent alone"]["agent alone"]
+    report["sum of the parts alone (s)"] = round(parts, 2)
+    report["trio-qga-vm above the sum (s)"] = round(mine - parts, 2)
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(main())

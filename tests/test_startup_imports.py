@@ -23,6 +23,9 @@ GROUPS_ONLY = ("agent.wire.b64", "agent.system.streaming", "agent.system.sysinfo
 NOT_AT_START = (
     "psutil",  # guest-get-users, guest-network-get-interfaces, the procinfo plugin
     "trio_serial",  # the isa-serial transport
+    "agent.transports.serial",  # the other transports' own modules: this one is unix-listen
+    "agent.transports.virtio",
+    "agent.transports.vsock",
     "configparser",  # a configuration file, when there is one
     "agent.wire.deep_json",  # values nested deeper than the C JSON codec takes
     "agent.wire.scanner",  # input the framer's fast path cannot take

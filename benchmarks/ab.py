@@ -83,7 +83,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"ab: installing {args.base} and the working tree ...", file=sys.stderr)
     base = builds.revision(args.base, args.cache)
     tree = builds.working_tree(args.cache)
-    agents = [bench_core.trio_qga("A", base.python), bench_core.trio_qga("B", tree.python)]
+    agents = [
+        bench_core.trio_qga(name, build.python, plugin_record=build.plugin_record)
+        for name, build in (("A", base), ("B", tree))
+    ]
     print(f"ab: A = {base.label}, B = {tree.label}; {args.rounds} rounds", file=sys.stderr)
     size = args.size or (16 if args.quick else 64)
     metrics = bench_core.measure(agents, args.rounds, quick=args.quick, only=args.only)

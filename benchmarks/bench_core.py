@@ -75,13 +75,18 @@ class Agent:
     command: Callable[[Path, Path], list[str]]  # (socket, workdir) -> argv
 
 
-def trio_qga(name: str = "trio-qga", python: str | Path = sys.executable) -> Agent:
+def trio_qga(
+    name: str = "trio-qga", python: str | Path = sys.executable, *, plugin_record: bool = True
+) -> Agent:
     """trio-qga run by ``python`` (an interpreter it is installed for) as a guest starts
     it: its plugin record in ``workdir/cache`` (made by the first start), as every boot
-    after the first finds it in /var/cache/trio-qga."""
+    after the first finds it in /var/cache/trio-qga. Without ``plugin_record`` (a
+    build older than the record, which refuses ``--cache-dir``) every start is a
+    first start."""
 
     def command(sock: Path, workdir: Path) -> list[str]:
-        return _trio_qga_argv(python, sock, workdir, str(workdir / "cache"))
+        argv = _trio_qga_argv(python, sock, workdir)
+        return [*argv, "--cache-dir", str(workdir / "cache")] if plugin_record else argv
 
     return Agent(name, command)
 
@@ -92,12 +97,14 @@ def first_start(agent: Agent) -> Agent:
 
     def command(sock: Path, workdir: Path) -> list[str]:
         argv = agent.command(sock, workdir)
+        if "--cache-dir" not in argv:  # a build without a record: always a first start
+            return argv
         return [*argv[: argv.index("--cache-dir") + 1], ""]
 
     return Agent(agent.name, command)
 
 
-def _trio_qga_argv(python: str | Path, sock: Path, workdir: Path, cache_dir: str) -> list[str]:
+def _trio_qga_argv(python: str | Path, sock: Path, workdir: Path) -> list[str]:
     return [
         str(python),
         "-m",
@@ -108,8 +115,6 @@ def _trio_qga_argv(python: str | Path, sock: Path, workdir: Path, cache_dir: str
         str(workdir),
         "-f",
         str(workdir / "pid"),
-        "--cache-dir",
-        cache_dir,
     ]
 
 

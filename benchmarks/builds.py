@@ -43,6 +43,10 @@ class BuildError(RuntimeError):
 class Build:
     label: str  # what the build is, for the table's legend
     python: Path  # the interpreter it is installed for
+    # Whether its trio-qga keeps a plugin record (``--cache-dir``): revisions
+    # older than the record (22c6f4c, for one) refuse the option, and every
+    # start of theirs is a first start.
+    plugin_record: bool = True
 
 
 def revision(rev: str, cache: Path = DEFAULT_CACHE) -> Build:
@@ -57,7 +61,8 @@ def revision(rev: str, cache: Path = DEFAULT_CACHE) -> Build:
                 with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
                     tar.extractall(source, filter="data")
                 _install(home, source, stamp=commit)
-    return Build(f"{rev} ({commit[:10]})", home / "venv" / "bin" / "python")
+    python = home / "venv" / "bin" / "python"
+    return Build(f"{rev} ({commit[:10]})", python, _keeps_plugin_record(python))
 
 
 def working_tree(cache: Path = DEFAULT_CACHE) -> Build:
@@ -82,14 +87,27 @@ def working_tree(cache: Path = DEFAULT_CACHE) -> Build:
         installed.write_text(content)
     head = git("rev-parse", "--short=10", "HEAD", what="HEAD")
     changed = git("status", "--porcelain", what="git status")
+    python = home / "venv" / "bin" / "python"
     return Build(
         f"working tree (HEAD {head}{' + changes' if changed else ''})",
-        home / "venv" / "bin" / "python",
+        python,
+        _keeps_plugin_record(python),
     )
 
 
 def git(*args: str, what: str) -> str:
     return _run(["git", "-C", str(ROOT), *args], what=what).decode().strip()
+
+
+def _keeps_plugin_record(python: Path) -> bool:
+    """Whether the trio-qga installed for ``python`` takes ``--cache-dir``.
+
+    Asked from the venv's directory: ``-m`` puts the working directory first on
+    the path, and from the project's root it would find the working tree's
+    ``agent`` instead of the build's."""
+    argv = [str(python), "-m", "agent", "--help"]
+    usage = _run(argv, what=f"{python} -m agent --help", cwd=python.parent)
+    return b"--cache-dir" in usage
 
 
 def _install(home: Path, source: Path, *, stamp: str) -> None:
@@ -129,8 +147,8 @@ def _stamp(source: Path, pattern: str) -> str:
     return digest.hexdigest()
 
 
-def _run(argv: list[str], *, what: str) -> bytes:
-    result = subprocess.run(argv, capture_output=True, check=False)
+def _run(argv: list[str], *, what: str, cwd: Path | None = None) -> bytes:
+    result = subprocess.run(argv, capture_output=True, check=False, cwd=cwd)
     if result.returncode != 0:
         said = result.stderr.decode(errors="replace").strip().splitlines()[-15:]
         raise BuildError(f"{what} failed (status {result.returncode}):\n" + "\n".join(said))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import ab, bench_core, builds
+from benchmarks import ab, bench_core, bench_request_path, builds
 from benchmarks.report import Metric, verdict
 from tests.support.reference import qemu_ga_binary
 
@@ -45,6 +45,18 @@ def test_ab_tables_two_builds_beside_qemu_ga_and_the_floor(
     assert table[2].startswith("| `ping-p50`")
     assert table[3].startswith("| `read-4k`")
     assert all(len(line.split("|")) == len(head) for line in table)
+
+
+def test_the_request_path_is_measured_beside_the_floor(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``benchmarks/bench_request_path.py`` runs a build (this interpreter's) in a
+    process of its own and tables each row against the floor."""
+    assert bench_request_path.main(["--rounds", "1"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines()]
+    measured = [(row[1].strip(), row[2].strip()) for row in rows if len(row) > 2][2:]
+    assert measured == [("trio-qga", "pings"), ("trio-qga", "small-reads")]
+    assert all(float(row[3]) > 0 and row[5].strip().endswith("x") for row in rows[2:])
 
 
 def test_ab_refuses_an_unknown_row(capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,6 +122,32 @@ def test_builds_install_a_revision_and_the_working_tree(tmp_path: Path) -> None:
         assert where.startswith(str(build.python.parent.parent))  # its own copy
         with bench_core.started(bench_core.trio_qga("agent", build.python), tmp_path) as started:
             assert started[0].poll() is None
+
+
+def test_a_build_older_than_the_plugin_record_starts_without_cache_dir(tmp_path: Path) -> None:
+    """Revisions before the plugin record (22c6f4c) refuse ``--cache-dir``: the
+    harness asks the build's own usage (not the working tree's ``agent``, which
+    ``-m`` would find from the project's root) and leaves the option out."""
+    old = tmp_path / "bin" / "python"
+    old.parent.mkdir()
+    # Like ``python -m agent --help`` of an old build, but it finds the working
+    # tree's agent (which has the option) when run from the project's root.
+    old.write_text(
+        "#!/bin/sh\n"
+        "if [ -d agent ]; then echo '[--cache-dir DIR]'; else echo 'usage: [--no-plugins]'; fi\n"
+    )
+    old.chmod(0o755)
+    assert not builds._keeps_plugin_record(old)
+    assert subprocess.run([old], cwd=builds.ROOT, capture_output=True).stdout.startswith(b"[--")
+    assert builds._keeps_plugin_record(Path(sys.executable))
+
+    sock, workdir = tmp_path / "sock", tmp_path / "work"
+    without = bench_core.trio_qga("old", old, plugin_record=False)
+    assert "--cache-dir" not in without.command(sock, workdir)
+    assert bench_core.first_start(without).command(sock, workdir) == without.command(sock, workdir)
+    with_record = bench_core.trio_qga("new", sys.executable)
+    assert with_record.command(sock, workdir)[-2:] == ["--cache-dir", str(workdir / "cache")]
+    assert bench_core.first_start(with_record).command(sock, workdir)[-2:] == ["--cache-dir", ""]
 
 
 def test_an_interrupted_install_leaves_no_build(

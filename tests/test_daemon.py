@@ -124,6 +124,9 @@ def test_relative_paths_are_kept_when_daemonized(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     pid = int((tmp_path / "agent.pid").read_text())
+    client = SocketClient(tmp_path / "qga.sock")
+    assert client.execute("guest-info")["return"]["version"]  # the plugins found: recorded
+    client.close()
     os.kill(pid, signal.SIGTERM)
     wait_gone(pid)
     assert "ready" in (tmp_path / "log").read_text()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 
 import pytest
 import trio
 
-from agent.core.dispatch import Dispatcher
+from agent.core.dispatch import Dispatcher, Pending
 from agent.core.registry import HandlerSet
 from agent.models.schema import parse
 from agent.wire.encoder import INLINE_PAYLOAD, NO_ID, ErrorReply, ReturnReply, encode_reply
@@ -81,6 +82,33 @@ async def test_the_replies_due_go_out_before_an_async_handler(dispatcher: Dispat
     reply = await dispatcher.handle({"execute": "x-async"}, before_wait)
     assert reply == ReturnReply(2, NO_ID)
     assert before_wait.count == 1
+
+
+async def test_start_answers_a_sync_request_and_leaves_an_async_one_to_finish(
+    dispatcher: Dispatcher,
+) -> None:
+    """The session's two steps: a sync handler runs in ``start``, with no
+    coroutine; an async one is left ``Pending`` until the replies due are sent."""
+    assert dispatcher.start({"execute": "x-sync", "id": 7}) == ReturnReply(1, 7)
+    pending = dispatcher.start({"execute": "x-async", "id": 8})
+    assert isinstance(pending, Pending)
+    assert await dispatcher.finish(pending) == ReturnReply(2, 8)
+    assert dispatcher.start({"execute": "x-none"}) == ErrorReply(
+        "CommandNotFound", "The command x-none has not been found"
+    )
+
+
+async def test_each_command_run_is_logged_when_the_session_traces(
+    dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="agent.core.dispatch")
+    assert dispatcher.tracing()
+    dispatcher.start({"execute": "x-sync"}, trace=False)
+    assert "executing x-sync" not in caplog.text
+    dispatcher.start({"execute": "x-sync"}, trace=True)
+    assert "executing x-sync" in caplog.text
+    caplog.set_level(logging.INFO, logger="agent.core.dispatch")
+    assert not dispatcher.tracing()
 
 
 async def test_errors_and_silence_are_events_too(dispatcher: Dispatcher) -> None:

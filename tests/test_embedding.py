@@ -150,3 +150,29 @@ async def test_an_agent_serves_only_while_it_runs(tmp_path: Path) -> None:
         await Agent(AgentConfig(statedir=str(tmp_path), pidfile=None)).serve(agent_end)
     with pytest.raises(trio.BrokenResourceError):
         await client_end.send_all(b"{}")  # the stream was closed all the same
+
+
+async def test_commands_beyond_the_first_reply_load_once_it_is_sent(tmp_path: Path) -> None:
+    """Started, the agent has the commands of a first request (sync, ping, info);
+    the other handler groups and the plugins load once a session's first reply
+    has gone out, or when a request names one of their commands first."""
+    config = AgentConfig(statedir=str(tmp_path), mount_table=os.devnull, plugins=True)
+    async with Agent(config) as agent:
+        registry = agent.context.registry
+        assert not registry.complete_now
+        client, server = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent.serve, server)
+            await client.send_all(b'{"execute":"guest-ping"}\n')
+            assert await client.receive_some() == b'{"return": {}}\n'
+            await trio.testing.wait_all_tasks_blocked()
+            assert registry.complete_now
+            await client.aclose()
+
+    async with Agent(config) as agent:  # a first request for a command not loaded yet
+        client, server = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent.serve, server)
+            await client.send_all(b'{"execute":"guest-x-process-list","arguments":{}}\n')
+            assert b'"return"' in await client.receive_some()
+            await client.aclose()

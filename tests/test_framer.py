@@ -444,12 +444,57 @@ def test_runs_of_simple_elements_take_no_step_per_token(
     assert steps <= 4 * len(chunks)
 
 
+def test_a_long_string_leaves_the_run_for_the_memchr_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's regex would scan a big write's base64 character by character (and,
+    unterminated in the first read, all of it for nothing): a string longer than
+    RUN_STRING_MAX ends the run and is found by ``_scan_string``."""
+    strings: list[str] = []  # where each string token was scanned from
+    method = scanner_module.MessageScanner._scan_string
+
+    def counting(self: Any, text: str, pos: int) -> Any:
+        strings.append(text[max(pos - 1, 0) : pos + 1])
+        return method(self, text, pos)
+
+    monkeypatch.setattr(scanner_module.MessageScanner, "_scan_string", counting)
+    long = "x" * (scanner_module.RUN_STRING_MAX + 1)
+    short = "y" * scanner_module.RUN_STRING_MAX
+    head = '{"a":"' + short + '","b":"' + long + '","c":1,"d":"'
+    data = (head + "z" * 8192 + '"}').encode()
+    assert feed([data[:-2], data[-2:]]) == messages(json.loads(data))
+    # A run took "a" (a string as long as a run's may be) and, after the long
+    # one, "c"; the member "b" was scanned token by token (its key and value),
+    # and so was "d", whose value the first read cuts (the run fails on it).
+    assert strings == ['"b', '"x', '"d', '"z', '"']
+
+
+def test_a_read_without_a_closing_brace_is_not_tried_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first read of a big write cannot hold a whole object: the C decoder,
+    which would scan it to its end and fail, is not called on it."""
+    decoded: list[int] = []
+    scan_once = framer_module._SCAN_ONCE
+
+    def counting(text: str, pos: int) -> tuple[object, int]:
+        decoded.append(len(text))
+        return scan_once(text, pos)
+
+    monkeypatch.setattr(framer_module, "_SCAN_ONCE", counting)
+    data = b'{"execute":"guest-file-write","arguments":{"handle":1,"buf-b64":"' + b"A" * 65536
+    framer = agent_framer()
+    assert framer.receive(data) == []
+    assert decoded == []
+    assert framer.receive(b'"}}\n{"execute":"guest-ping"}') == messages(
+        {"execute": "guest-file-write", "arguments": {"handle": 1, "buf-b64": "A" * 65536}}, PING
+    )
+    assert decoded == [len('"}}\n{"execute":"guest-ping"}')]  # the ping, at once
+
+
 json_tokens = st.lists(
     st.sampled_from(
         [
             *("{", "}", "[", "]", ":", ",", " ", "\n", '"a"', '"b\\n"', '"c', "1", "-2.5e3"),
             *("01", "true", "nul", "'x'", "\\", "\x01", "\udcfe", "\udcff", '{"k":', '"k":1,'),
             "0,",
+            '"' + "x" * (scanner_module.RUN_STRING_MAX + 1) + '"',  # too long for a run
         ]
     ),
     max_size=40,

@@ -19,7 +19,6 @@ from agent.core.plugins import (
 )
 from agent.core.policy import NOT_ALLOWED, CommandPolicy
 from agent.core.registry import HandlerSet, Registry
-from agent.models.schema import load_builtin
 from tests.support.agents import AgentFactory, served
 from tests.support.clients import SocketClient
 from tests.support.processes import run_agent, running_agent
@@ -83,12 +82,9 @@ def entry_points(**targets: str) -> list[PluginEntry]:
 
 
 def builtin_registry() -> Registry:
-    from agent.handlers import BUILTIN
+    from agent.core.agent import build_registry
 
-    registry = Registry(load_builtin())
-    for handler_set in BUILTIN:
-        registry.add(handler_set)
-    return registry
+    return build_registry()
 
 
 def test_a_plugin_adds_its_commands() -> None:

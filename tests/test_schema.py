@@ -411,3 +411,45 @@ def handlers_with_key(name: str) -> HandlerSet:
     handlers = HandlerSet()
     handlers.command(name)(lambda ctx, key: [])
     return handlers
+
+
+def test_commands_left_for_later_load_when_first_needed() -> None:
+    """``Registry.add_later``: the agent's handler groups and plugins beyond the
+    first reply's load on a lookup that misses, on a listing, or at
+    ``complete``; each load runs once."""
+    defs = parse(GATES_SCHEMA, "t")
+    loads: list[str] = []
+
+    def load(name: str) -> Callable[[], None]:
+        def add() -> None:
+            loads.append(name)
+            registry.add(handlers_of(name))
+
+        return add
+
+    registry = Registry(defs)
+    registry.add(handlers_of("x-exec"))
+    registry.add_later(load("x-exec-status"))
+    registry.add_later(load("x-stream"))
+    assert registry.get("x-exec") is not None
+    assert loads == []  # a hit loads nothing
+    assert not registry.complete_now
+    assert registry.get("x-stream") is not None
+    assert loads == ["x-exec-status", "x-stream"]  # in order, all of them
+    assert registry.complete_now
+    assert registry.get("x-nothing") is None
+    assert loads == ["x-exec-status", "x-stream"]
+
+    listed = Registry(defs)
+    listed.add_later(lambda: listed.add(handlers_of("x-exec")))
+    assert [command.name for command in listed] == ["x-exec"]
+
+    failing = Registry(defs)
+
+    def broken() -> None:
+        raise RuntimeError("a bug in a handler module")
+
+    failing.add_later(broken)
+    with pytest.raises(RuntimeError):
+        failing.get("x-exec")
+    assert failing.get("x-exec") is None  # not tried again

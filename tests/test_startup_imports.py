@@ -17,25 +17,37 @@ from tests.support.processes import running_agent
 
 pytestmark = pytest.mark.slow
 
+# What only handler groups other than the first import (the groups themselves are
+# imported with importlib.import_module, which -X importtime does not show).
+GROUPS_ONLY = ("agent.wire.b64", "agent.system.streaming", "agent.system.sysinfo.blockdev")
 NOT_AT_START = (
     "psutil",  # guest-get-users, guest-network-get-interfaces, the procinfo plugin
     "trio_serial",  # the isa-serial transport
+    "agent.transports.serial",  # the other transports' own modules: this one is unix-listen
+    "agent.transports.virtio",
+    "agent.transports.vsock",
     "configparser",  # a configuration file, when there is one
     "agent.wire.deep_json",  # values nested deeper than the C JSON codec takes
+    "agent.wire.scanner",  # input the framer's fast path cannot take
     "pydantic.main",  # pydantic's model machinery: validators come from pydantic-core
+    *GROUPS_ONLY,  # the handler groups a sync does not need: loaded once it is answered
+    "trio_qga_procinfo.handlers",  # the example plugin, loaded with them
+    "agent.core.plugins",  # which loads them
+    "agent.system.fsidentity",  # the ssh key commands' threads (ctypes, libc)
 )
 # What only plugin discovery needs: not imported with --no-plugins, nor when the
 # plugin record matches (importlib.metadata imports importlib.resources; the
-# agent reads its schema files beside their module).
+# agent reads its schema files beside their module). Never before a first reply.
 DISCOVERY = ("importlib.metadata", "importlib.resources")
 
 
-def imported_by_the_first_reply(
+def imported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *options: str
-) -> set[str]:
-    """The modules the agent (started with ``options``) imported by its first reply."""
+) -> tuple[set[str], set[str]]:
+    """The modules the agent (started with ``options``) imported by the time its
+    first reply went out, and by the time it stopped."""
     monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # python -X importtime: to stderr
-    with running_agent(tmp_path, *options) as (proc, sock):  # its cache: tmp_path/cache
+    with running_agent(tmp_path, "-v", *options) as (proc, sock):  # its cache: tmp_path/cache
         client = SocketClient(sock)
         client.resync(1)
         client.close()
@@ -43,17 +55,25 @@ def imported_by_the_first_reply(
         assert proc.wait(10) == 0
         assert proc.stderr is not None
         log = proc.stderr.read().decode()
-    imported = set(re.findall(r"^import time:.*\| +([\w.]+)$", log, re.M))
-    assert "agent.core.agent" in imported  # the log is what we think it is
-    return imported
+    # -v logs each reply as it goes out; importtime writes each import as it ends.
+    before, reply, _ = log.partition("sent reply")
+    assert reply, "no reply was logged"
+    first = set(re.findall(IMPORTED, before, re.M))
+    assert "agent.core.agent" in first  # the log is what we think it is
+    return first, set(re.findall(IMPORTED, log, re.M))
+
+
+IMPORTED = r"^import time:.*\| +([\w.]+)$"
 
 
 def test_the_first_reply_needs_none_of_these(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    imported = imported_by_the_first_reply(tmp_path, monkeypatch)
-    for module in NOT_AT_START:
-        assert module not in imported
+    first, everything = imported(tmp_path, monkeypatch)
+    for module in (*NOT_AT_START, *DISCOVERY):
+        assert module not in first
+    # Once the first reply is out, the agent loads the rest of its commands.
+    assert {*GROUPS_ONLY, "trio_qga_procinfo.handlers", "importlib.metadata"} <= everything
 
 
 def test_without_plugins_the_entry_point_machinery_is_not_imported(
@@ -61,22 +81,24 @@ def test_without_plugins_the_entry_point_machinery_is_not_imported(
 ) -> None:
     """importlib.metadata (and the email, zipfile and csv modules it brings) only
     serves plugin discovery."""
-    imported = imported_by_the_first_reply(tmp_path, monkeypatch, "--no-plugins")
+    _, everything = imported(tmp_path, monkeypatch, "--no-plugins")
     for module in DISCOVERY:
-        assert module not in imported
+        assert module not in everything
 
 
 def test_with_a_plugin_record_the_entry_point_machinery_is_not_imported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first start discovers the plugins and records them in the cache
-    directory; the next, in the same environment, starts from the record."""
-    first = imported_by_the_first_reply(tmp_path, monkeypatch)
+    """The first start discovers the plugins (once its first reply is out) and
+    records them in the cache directory; the next, in the same environment,
+    starts from the record."""
+    _, first = imported(tmp_path, monkeypatch)
     assert "importlib.metadata" in first
     assert (tmp_path / "cache" / "plugins.json").is_file()
-    second = imported_by_the_first_reply(tmp_path, monkeypatch)
+    _, second = imported(tmp_path, monkeypatch)
     for module in DISCOVERY:
         assert module not in second
+    assert "trio_qga_procinfo.handlers" in second
 
 
 def test_the_configuration_imports_no_implementation() -> None:

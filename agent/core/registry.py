@@ -56,16 +56,13 @@ class Command:
     models: CommandModels
     function: HandlerFunction
     is_async: bool
-    delimited_reply: bool  # the schema's, copied: the dispatcher reads it on every reply
     source: str  # who provides it: "trio-qga" or a plugin's distribution
-
-    @property
-    def success_response(self) -> bool:
-        return self.definition.success_response
-
-    @property
-    def allowed_while_frozen(self) -> bool:
-        return self.definition.allowed_while_frozen
+    # The schema's, copied: the dispatcher reads them on every request (a
+    # property that read them from the definition cost a lookup more each).
+    delimited_reply: bool
+    success_response: bool
+    allowed_while_frozen: bool
+    returns_nothing: bool  # no 'returns' in the schema: {} is the reply
 
     @property
     def gated_by(self) -> tuple[str, ...]:
@@ -83,6 +80,24 @@ class Registry:
         self._defs = defs
         self._factory = ModelFactory(defs)
         self._commands: dict[str, Command] = {}
+        self._later: list[Callable[[], None]] = []  # see add_later
+
+    def add_later(self, load: Callable[[], None]) -> None:
+        """Have ``load()`` add commands (with :meth:`add`) when they are first
+        needed, not now: when a command not yet registered is looked up, when
+        all of them are listed, or at :meth:`complete`. Loads run once each, in
+        the order given; one that raises is not run again."""
+        self._later.append(load)
+
+    @property
+    def complete_now(self) -> bool:
+        """Every command is registered: no load is left for later."""
+        return not self._later
+
+    def complete(self) -> None:
+        """Run the loads left for later, now."""
+        while self._later:
+            self._later.pop(0)()
 
     def add(
         self, handlers: HandlerSet, source: str = "trio-qga", schema: SchemaDefs | None = None
@@ -104,25 +119,34 @@ class Registry:
                 models=factory.command(definition),
                 function=spec.function,
                 is_async=inspect.iscoroutinefunction(spec.function),
-                delimited_reply=definition.delimited_reply,
                 source=source,
+                delimited_reply=definition.delimited_reply,
+                success_response=definition.success_response,
+                allowed_while_frozen=definition.allowed_while_frozen,
+                returns_nothing=definition.returns is None,
             )
 
     def get(self, name: str) -> Command | None:
-        return self._commands.get(name)
+        command = self._commands.get(name)
+        if command is None and self._later:
+            self.complete()
+            command = self._commands.get(name)
+        return command
 
     def secrets(self, name: str) -> tuple[frozenset[str], frozenset[str]]:
         """The members of command ``name`` that ``-v`` never logs: of its
         arguments, and of its return (none for a command the agent lacks)."""
-        command = self._commands.get(name)
+        command = self.get(name)
         if command is None:
             return _NO_SECRETS
         return command.definition.secret_arguments, command.definition.secret_returns
 
     def __iter__(self) -> Iterator[Command]:
+        self.complete()
         return iter(self._commands.values())
 
     def __len__(self) -> int:
+        self.complete()
         return len(self._commands)
 
     def _check(self, spec: HandlerSpec, source: str, defs: SchemaDefs) -> None:

@@ -15,17 +15,18 @@ small interface that says which benchmark figure justifies it: how much to read
 at a time (:class:`~agent.core.read_sizes.ReadSizes`), when to give the memory
 freed by bulk transfers back to the system
 (:class:`~agent.core.memory_release.MemoryRelease`), and, inside the streams
-that send a reply and read the next request in one call, how long to look for
-that request before sleeping (:func:`~agent.transports.contract.poll_after_reply`).
+that send a reply and read the next request in one call, one look for that
+request before sleeping (:func:`~agent.transports.contract.look_after_reply`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
-from agent.core.dispatch import Dispatcher
+from agent.core.dispatch import Dispatcher, Pending
 from agent.core.memory_release import MemoryRelease, ReleaseMemory
 from agent.core.outbox import Outbox
 from agent.core.read_sizes import ReadSizes
@@ -42,29 +43,42 @@ async def serve_session(
     stream: trio.abc.Stream,
     dispatcher: Dispatcher,
     release_memory: ReleaseMemory | None = None,
+    *,
+    replying: Callable[[], None] | None = None,
 ) -> None:
-    """Serve ``stream`` until the peer closes it. Every session starts with a clean parser."""
+    """Serve ``stream`` until the peer closes it. Every session starts with a
+    clean parser. ``replying()`` is called once, as the session's first
+    replies go out."""
     try:
-        await _serve(stream, dispatcher, MemoryRelease(release_memory))
+        await _serve(stream, dispatcher, MemoryRelease(release_memory), replying)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
         log.debug("client went away: %s", err)
 
 
-async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher, memory: MemoryRelease) -> None:
+async def _serve(
+    stream: trio.abc.Stream,
+    dispatcher: Dispatcher,
+    memory: MemoryRelease,
+    replying: Callable[[], None] | None,
+) -> None:
     config = dispatcher.ctx.config
     framer = Framer(max_size=config.max_message_size, max_depth=config.max_depth)
     outbox = Outbox(stream)
     sizes = ReadSizes()
     wire = for_session(dispatcher.ctx.registry.secrets)  # None unless -v
+    trace = dispatcher.tracing()
     try:
         data: bytes | bytearray | None = await stream.receive_some(sizes.next)
         while data:
             read = len(data)
             sizes.received(read)
-            await _answer(dispatcher, framer.receive(data), outbox, wire, read)
+            await _answer(dispatcher, framer.receive(data), outbox, wire, read, trace)
             # Kept until the next read completes, the last read of a big request
             # would keep the heap from giving back what the request took.
             del data
+            if replying is not None and outbox:
+                replying()
+                replying = None
             quiet = memory.quiet_time(read, outbox)
             if quiet is None:
                 data = await outbox.send_then_receive(sizes.next)
@@ -78,7 +92,12 @@ async def _serve(stream: trio.abc.Stream, dispatcher: Dispatcher, memory: Memory
 
 
 async def _answer(
-    dispatcher: Dispatcher, events: list[Event], outbox: Outbox, wire: WireLog | None, read: int
+    dispatcher: Dispatcher,
+    events: list[Event],
+    outbox: Outbox,
+    wire: WireLog | None,
+    read: int,
+    trace: bool,
 ) -> None:
     """Run the requests of one read (``read`` bytes) in order and queue their
     replies in ``outbox``, which sends those due before a handler that may wait.
@@ -86,10 +105,13 @@ async def _answer(
     64 MiB) are freed with its frame, not kept in the loop's variables until
     the next read."""
     for event in events:
-        if isinstance(event, Message):
+        if type(event) is Message:
             if wire:
                 wire.request(read, event.value)
-            reply = await dispatcher.handle(event.value, outbox.flush)
+            reply = dispatcher.start(event.value, trace=trace)
+            if isinstance(reply, Pending):  # a handler that may wait: the replies due go first
+                await outbox.flush()
+                reply = await dispatcher.finish(reply)
             if reply is not None:
                 encoded = encode_reply(reply)
                 if wire:

@@ -22,6 +22,7 @@ import trio
 from agent.core.config import AgentConfig
 from agent.daemon import conffile, detach
 from agent.daemon.allocator import freed_memory_releaser, return_big_buffers
+from agent.daemon.collector import freeze_start_up
 from agent.daemon.logs import setup_logging
 from agent.daemon.options import absolute_paths, build_parser, configure, wants_list
 from agent.daemon.pidfile import PidfileError, held_pidfile
@@ -194,6 +195,7 @@ async def run(
     async with agent, trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             await nursery.start(partial(agent.serve_transports, listeners=listeners))
+            freeze_start_up()
             log.info("trio-qga %s ready", VERSION)
             on_ready()
             async for signum in signals:

@@ -1,30 +1,24 @@
-"""Command handlers, one module per group of commands."""
+"""Command handlers, one module per group of commands.
 
-from agent.core.registry import HandlerSet
-from agent.handlers import (
-    accounts,
-    core,
-    disks,
-    exec,
-    files,
-    fsfreeze,
-    hardware,
-    network,
-    power,
-    stream_exec,
-    system,
-)
+``FIRST`` is the group a host's first request needs (sync, ping, info). The
+agent imports the others (``GROUPS``) once its first reply has gone out, or
+sooner when a request names one of their commands (``agent.core.agent``):
+importing this package imports none of them.
+"""
 
-BUILTIN: tuple[HandlerSet, ...] = (
-    core.handlers,
-    files.handlers,
-    fsfreeze.handlers,
-    system.handlers,
-    network.handlers,
-    disks.handlers,
-    exec.handlers,
-    stream_exec.handlers,
-    power.handlers,
-    accounts.handlers,
-    hardware.handlers,
+FIRST = "agent.handlers.core"
+GROUPS = tuple(
+    f"agent.handlers.{name}"
+    for name in (
+        "files",
+        "fsfreeze",
+        "system",
+        "network",
+        "disks",
+        "exec",
+        "stream_exec",
+        "power",
+        "accounts",
+        "hardware",
+    )
 )

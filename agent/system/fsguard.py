@@ -47,7 +47,6 @@ from typing import Generic, TypeVar
 
 import trio
 
-from agent.system.fsidentity import OwnThread
 from agent.system.mounts import NETWORK_TYPES, MountTableError, read_mount_table
 
 MAX_STUCK = 16  # abandoned threads at once, before calls fail fast
@@ -288,6 +287,10 @@ class FsGuard:
                 errors.append(err)
             with contextlib.suppress(trio.RunFinishedError):  # the agent has stopped
                 token.run_sync_soon(end)
+
+        # Only the ssh key commands take a user's identity: its module (which
+        # loads libc with ctypes) is not imported before one needs it.
+        from agent.system.fsidentity import OwnThread
 
         try:
             OwnThread(target=work, name=name, daemon=True).start()

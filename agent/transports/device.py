@@ -24,7 +24,7 @@ import trio
 from agent.transports.contract import (
     ExchangeStream,
     OneAtATime,
-    poll_after_reply,
+    look_after_reply,
     receive_size,
 )
 
@@ -94,7 +94,7 @@ class DeviceStream(ExchangeStream):
         with self._sending, self._receiving:
             await trio.lowlevel.checkpoint_if_cancelled()
             await self._write(data)
-            read = await poll_after_reply(functools.partial(self._try_read, size))
+            read = await look_after_reply(functools.partial(self._try_read, size))
             return read if read is not None else await self._read(size)
 
     def _read_now(self, size: int) -> bytes:

@@ -15,13 +15,8 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from agent.transports.listen import serve_listener
-from agent.transports.serial import serve_isa_serial
 from agent.transports.spec import METHODS, TransportSpec
 from agent.transports.types import StreamHandler
-from agent.transports.unix import serve_unix_listen
-from agent.transports.virtio import serve_virtio_serial
-from agent.transports.vsock import parse_address, serve_vsock_listen
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +45,8 @@ def check_transports(specs: Sequence[TransportSpec]) -> None:
 def _identity(spec: TransportSpec) -> object:
     """What two channels cannot share: a vsock port (whatever the CID), a path."""
     if spec.method == "vsock-listen":
+        from agent.transports.vsock import parse_address
+
         return ("vsock", parse_address(spec.resolved_path)[1])
     return os.path.normpath(os.path.abspath(spec.resolved_path))
 
@@ -63,6 +60,8 @@ def check_transport(spec: TransportSpec) -> None:
     try:
         path = spec.resolved_path
         if spec.method == "vsock-listen":
+            from agent.transports.vsock import parse_address
+
             parse_address(path)
     except ValueError as err:
         raise TransportError(str(err)) from err
@@ -102,17 +101,31 @@ async def _serve_once(
     listener: socket.socket | None,
     task_status: trio.TaskStatus[None],
 ) -> None:
+    """One attempt at serving the channel. Each kind's module is imported when a
+    channel of that kind opens: a guest's agent on its virtio-serial port loads
+    neither the sockets' nor the serial line's (every module is start-up time
+    under emulation, before the first reply)."""
     if listener is not None:
+        from agent.transports.listen import serve_listener
+
         await serve_listener(listener, handler, task_status=task_status)
     elif spec.method == "virtio-serial":
+        from agent.transports.virtio import serve_virtio_serial
+
         await serve_virtio_serial(spec.resolved_path, handler, task_status=task_status)
     elif spec.method == "isa-serial":
+        from agent.transports.serial import serve_isa_serial
+
         await serve_isa_serial(spec.resolved_path, handler, spec.baud_rate, task_status=task_status)
     elif spec.method == "unix-listen":
+        from agent.transports.unix import serve_unix_listen
+
         await serve_unix_listen(
             spec.resolved_path, spec.socket_mode, handler, task_status=task_status
         )
     else:
+        from agent.transports.vsock import serve_vsock_listen
+
         await serve_vsock_listen(spec.resolved_path, handler, task_status=task_status)
 
 

@@ -24,7 +24,7 @@ import trio
 from agent.transports.contract import (
     ExchangeStream,
     OneAtATime,
-    poll_after_reply,
+    look_after_reply,
     receive_size,
 )
 
@@ -60,7 +60,7 @@ class SocketStream(trio.abc.HalfCloseableStream, ExchangeStream):
         with self._sending, self._receiving:
             await trio.lowlevel.checkpoint_if_cancelled()
             await self._send(data)
-            read = await poll_after_reply(functools.partial(self._try_receive, size))
+            read = await look_after_reply(functools.partial(self._try_receive, size))
             return read if read is not None else await self._wait_and_receive(size)
 
     def _try_receive(self, size: int) -> bytes | None:

@@ -80,7 +80,6 @@ def tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return private_tempdir(monkeypatch, tmp_path)
 
 
-@pytest.mark.long_under_tcg  # 4 to 7 min under TCG: 20 boots
 async def test_twenty_boots_some_cancelled_leave_nothing_behind(tmp: Path) -> None:
     before = Traces.now(tmp)
     took = []

@@ -59,12 +59,14 @@ class CommandModels:
         return SchemaValidator(self._factory.returns_schema(self._command))
 
 
-class ModelFactory:
+class ModelFactory(qapi.TypeWalk[cs.CoreSchema]):
     """Builds pydantic-core schemas for the definitions of one schema."""
 
+    builtins = _BUILTINS
+
     def __init__(self, defs: SchemaDefs) -> None:
+        super().__init__()
         self._defs = defs
-        self._types: dict[str, cs.CoreSchema] = {}
 
     def command(self, command: CommandDef) -> CommandModels:
         return CommandModels(self, command)
@@ -85,19 +87,8 @@ class ModelFactory:
             return self._struct(qapi.EMPTY_OBJECT, [])
         return self.type_of(command.returns)
 
-    def type_of(self, expr: object) -> cs.CoreSchema:
-        """The core schema of a QAPI type expression: a name or ``[name]``."""
-        if isinstance(expr, list) and len(expr) == 1:
-            return cs.list_schema(self.type_of(expr[0]))
-        if isinstance(expr, dict):
-            return self._struct("Anonymous", qapi.members(expr))
-        if not isinstance(expr, str):
-            raise SchemaError(f"not a type expression: {expr!r}")
-        if expr in _BUILTINS:
-            return _BUILTINS[expr]
-        if expr not in self._types:
-            self._types[expr] = self._build(expr)
-        return self._types[expr]
+    def _list_of(self, item: cs.CoreSchema) -> cs.CoreSchema:
+        return cs.list_schema(item)
 
     def _build(self, name: str) -> cs.CoreSchema:
         found = qapi.definition(self._defs, name)

@@ -43,12 +43,14 @@ _BUILTINS: dict[str, Any] = {
 }
 
 
-class SchemaModels:
+class SchemaModels(qapi.TypeWalk[Any]):
     """The models of one schema's types and commands, each made once, when first asked for."""
 
+    builtins = _BUILTINS
+
     def __init__(self, defs: SchemaDefs) -> None:
+        super().__init__()
         self.defs = defs
-        self._types: dict[str, Any] = {}
 
     def command(self, name: str) -> CommandDef:
         """The definition of command ``name``; KeyError when the schema has none."""
@@ -99,19 +101,8 @@ class SchemaModels:
             "returns": self.returns_adapter(command).json_schema(by_alias=True),
         }
 
-    def type_of(self, expr: object) -> Any:
-        """The Python type of a QAPI type expression: a name or ``[name]``."""
-        if isinstance(expr, list) and len(expr) == 1:
-            return list[self.type_of(expr[0])]  # type: ignore[misc]
-        if isinstance(expr, dict):
-            return self._struct("Anonymous", qapi.members(expr))
-        if not isinstance(expr, str):
-            raise SchemaError(f"not a type expression: {expr!r}")
-        if expr in _BUILTINS:
-            return _BUILTINS[expr]
-        if expr not in self._types:
-            self._types[expr] = self._build(expr)
-        return self._types[expr]
+    def _list_of(self, item: Any) -> Any:
+        return list[item]
 
     def _build(self, name: str) -> Any:
         found = qapi.definition(self.defs, name)

@@ -16,8 +16,8 @@ value of their discriminator member.
 from __future__ import annotations
 
 import keyword
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from agent.models.schema import SchemaDefs, SchemaError
 
@@ -169,3 +169,40 @@ def qtype(value: object) -> str:
     if isinstance(value, list):
         return "QTYPE_QLIST"
     return "QTYPE_QDICT"
+
+
+T = TypeVar("T")
+
+
+class TypeWalk(Generic[T]):
+    """The walk over a type expression that both makers share: ``[name]``, an
+    anonymous struct, a built-in type, or a named type made once, when first
+    asked for. Each maker gives its own built-ins and its steps."""
+
+    builtins: Mapping[str, T]
+
+    def __init__(self) -> None:
+        self._types: dict[str, T] = {}
+
+    def type_of(self, expr: object) -> T:
+        """What a QAPI type expression makes: a name or ``[name]``."""
+        if isinstance(expr, list) and len(expr) == 1:
+            return self._list_of(self.type_of(expr[0]))
+        if isinstance(expr, dict):
+            return self._struct("Anonymous", members(expr))
+        if not isinstance(expr, str):
+            raise SchemaError(f"not a type expression: {expr!r}")
+        if expr in self.builtins:
+            return self.builtins[expr]
+        if expr not in self._types:
+            self._types[expr] = self._build(expr)
+        return self._types[expr]
+
+    def _list_of(self, item: T) -> T:
+        raise NotImplementedError
+
+    def _struct(self, name: str, members: list[Member]) -> T:
+        raise NotImplementedError
+
+    def _build(self, name: str) -> T:
+        raise NotImplementedError

@@ -56,39 +56,75 @@ class Qemu:
             await self.wait()
 
 
+class _Spawning:
+    """What the keeper's thread says about QEMU's spawn: its handle, or the error that
+    kept it from starting; or nothing, if the thread never ran (cancelled first)."""
+
+    def __init__(self) -> None:
+        self._said = trio.Event()
+        self._qemu: Qemu | None = None
+        self._error: BaseException | None = None
+
+    def say(self, qemu: Qemu | None = None, error: BaseException | None = None) -> None:
+        if not self._said.is_set():
+            self._qemu, self._error = qemu, error
+            self._said.set()
+
+    async def qemu(self) -> Qemu:
+        await self._said.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._qemu is not None, "the keeper is cancelled only along with us"
+        return self._qemu
+
+    async def stop(self) -> None:
+        """Stop QEMU if it was spawned, once the thread has said whether it was: a
+        cancel that lands while it is being spawned must not leave it running."""
+        await self._said.wait()
+        if self._qemu is not None:
+            await self._qemu.stop()
+
+
 @contextlib.asynccontextmanager
 async def running_qemu(
     command: Sequence[str], *, inherited: Sequence[int], log: Path
 ) -> AsyncIterator[Qemu]:
     """QEMU started with the file descriptors ``inherited`` and its output in ``log``;
     stopped and reaped when the block ends, however it ends."""
+    spawning = _Spawning()
 
-    async def keeper(task_status: trio.TaskStatus[Qemu]) -> None:
+    async def keeper() -> None:
         token = trio.lowlevel.current_trio_token()
 
-        def spawn_and_wait() -> int:
-            with open(log, "wb") as output:
-                popen = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=tuple(inherited),
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )
+        def spawn_and_wait() -> None:
+            try:
+                with open(log, "wb") as output:
+                    popen = subprocess.Popen(
+                        command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=output,
+                        stderr=subprocess.STDOUT,
+                        pass_fds=tuple(inherited),
+                        start_new_session=True,
+                        preexec_fn=_die_with_parent,
+                    )
+            except BaseException as error:
+                trio.from_thread.run_sync(spawning.say, None, error, trio_token=token)
+                return
             handle = Qemu(popen)
-            trio.from_thread.run_sync(task_status.started, handle, trio_token=token)
+            trio.from_thread.run_sync(spawning.say, handle, trio_token=token)
             returncode = popen.wait()
             trio.from_thread.run_sync(handle._end, returncode, trio_token=token)
-            return returncode
 
-        await trio.to_thread.run_sync(spawn_and_wait)
+        try:
+            await trio.to_thread.run_sync(spawn_and_wait)
+        finally:
+            spawning.say()  # if the thread never ran
 
     async with trio.open_nursery() as nursery:
-        qemu: Qemu = await nursery.start(keeper)
+        nursery.start_soon(keeper)
         try:
-            yield qemu
+            yield await spawning.qemu()
         finally:
             with trio.CancelScope(shield=True):
-                await qemu.stop()
+                await spawning.stop()

@@ -46,6 +46,7 @@ pytestmark = [
     pytest.mark.vm,
     pytest.mark.qemu_ga,  # qemu-ga runs in the guest: this machine's package
     pytest.mark.long_under_tcg,  # 17-19 min under TCG: apt, dpkg and Python emulated
+    pytest.mark.timeout(3600),  # over the suite's hang backstop (pyproject.toml)
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

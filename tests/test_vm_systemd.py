@@ -62,3 +62,14 @@ def test_udev_starts_the_packaged_agent_when_its_port_appears(qga_vm: Background
             return str(info.version)
 
     assert trio.run(version).startswith("7.")  # qemu-ga, not us
+
+
+def test_the_host_s_tmp_is_seen_as_without_systemd(
+    qga_vm: BackgroundVm, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A checkout (and its Python) under /tmp runs the agent under systemd too: the
+    guest's /tmp is the host's, not emptied at boot (CI once checked out there)."""
+    marker = tmp_path_factory.mktemp("seen-by-the-guest") / "marker"
+    marker.write_text("from the host\n")
+    assert qga_vm.run(["cat", str(marker)]).stdout == b"from the host\n"
+    assert qga_vm.run(["test", "-x", qga_vm.config.python], check=False).shell_status == 0

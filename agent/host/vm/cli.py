@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="share host DIR read-write at the same path (repeatable)",
     )
     vm.add_argument("--network", action="store_true", help="user-mode networking")
+    vm.add_argument(
+        "--isa-serial",
+        action="store_true",
+        help="an ISA serial port (the guest's /dev/ttyS1) on a host socket, its path on stderr",
+    )
     vm.add_argument("--systemd", action="store_true", help="boot systemd as PID 1")
     vm.add_argument(
         "--module",
@@ -99,6 +104,7 @@ def config_from(args: argparse.Namespace) -> VmConfig:
         boot_timeout=args.boot_timeout,
         shares=tuple(Path(path).resolve() for path in args.rw),
         network=args.network,
+        isa_serial=args.isa_serial,
         systemd=args.systemd,
         modules=tuple(args.module),
         hostname=args.hostname,
@@ -172,6 +178,8 @@ async def _run(args: argparse.Namespace, program: list[str], terminal: bool) -> 
             ) as vm:
                 if progress:
                     progress.clear()
+                if vm.isa_socket is not None:
+                    notice(f"ISA serial port (the guest's /dev/ttyS1) on {vm.isa_socket}")
                 if args.timings and vm.timings is not None:
                     _say(vm.timings.describe())
                 status = await run_command(

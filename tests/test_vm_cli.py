@@ -1,0 +1,37 @@
+"""``trio-qga-vm``'s options as they reach :class:`VmConfig` (no VM booted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.host.vm.cli import build_parser, config_from
+from agent.host.vm.config import VmConfig
+
+
+def config(*options: str) -> VmConfig:
+    return config_from(build_parser().parse_args(["run", *options, "--", "true"]))
+
+
+def test_the_defaults_are_vm_config_s() -> None:
+    assert config() == VmConfig(boot_timeout=300.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "value"),
+    [
+        (["--cpus", "1"], "cpus", 1),
+        (["--memory", "512"], "memory", 512),
+        (["--accel", "tcg"], "accel", "tcg"),
+        (["--timeout", "9"], "timeout", 9.0),
+        (["--rw", "/tmp"], "shares", (Path("/tmp"),)),
+        (["--network"], "network", True),
+        (["--isa-serial"], "isa_serial", True),
+        (["--systemd"], "systemd", True),
+        (["--module", "dummy", "--module", "loop"], "modules", ("dummy", "loop")),
+        (["--hostname", "box"], "hostname", "box"),
+    ],
+)
+def test_each_option_sets_its_field(options: list[str], field: str, value: object) -> None:
+    assert getattr(config(*options), field) == value

@@ -1,6 +1,6 @@
 """A command in a throw-away VM: ``trio-qga-vm run``, virtme-ng and the bare boot, side by side.
 
-    .venv/bin/python -m benchmarks.bench_vm [--rounds N] [--json FILE] [--no-vng]
+    .venv/bin/python -m benchmarks.bench_vm [--rounds N] [--json FILE] [--no-vng] [--only NAME]
 
 Each round runs, in turn (the order rotates from round to round, so that the
 machine's noise hits all of them):
@@ -16,7 +16,10 @@ machine's noise hits all of them):
 - the bare boot: the same VM whose init runs the command itself instead of an
   agent, then powers off: QEMU, kernel and init with nothing of ours in Python;
 - the agent alone: trio-qga started inside a guest (a VM booted for it), from
-  its spawn to its first reply on a unix socket, as issue 27 measures it.
+  its spawn to its first reply on a unix socket, as issue 27 measures it;
+- 16 MiB copies: a file of 16 MiB written into the guest and read back out over
+  virtio-serial in 1 MiB requests, by trio-qga and by qemu-ga (this machine's,
+  on a port of its own in the same VM), the order alternating between rounds.
 
 The report gives medians and each round's figures, trio-qga-vm's time as a share
 of virtme-ng's, and its time above the sum of its parts measured alone (the bare
@@ -42,6 +45,7 @@ from typing import Any
 
 import trio
 
+from agent.host.client import QgaClient
 from agent.host.vm import BootFailed, VmConfig, boot_vm
 from agent.host.vm.cache import cache_dir
 from agent.host.vm.config import RUNDIR
@@ -54,6 +58,9 @@ TIMINGS = re.compile(
     r"boot: QEMU ([\d.]+) s, kernel ([\d.]+) s, init ([\d.]+) s, agent ([\d.]+) s;"
     r" first answer ([\d.]+) s"
 )
+COPY_SIZE = 16 * 1024 * 1024
+COPY_CHUNK = 1024 * 1024  # bytes per guest-file-read and -write
+REFERENCE_PORT = "org.qemu.guest_agent.reference"  # qemu-ga's, beside trio-qga's
 VNG_VERSION = "virtme-ng==1.42"
 TIMEOUT = 900.0  # seconds for any one run
 AGENT_ALONE = """\
@@ -82,6 +89,7 @@ agent.wait()
 
 
 Row = dict[str, float]
+CONTENDERS = ("trio-qga-vm run", "bare boot", "agent alone", "16 MiB copies", "virtme-ng")
 
 
 def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[Row, str]:
@@ -155,6 +163,41 @@ def agent_alone() -> Row:
     return {"agent alone": trio.run(measure)}
 
 
+def file_copies(round_number: int) -> Row:
+    """Seconds to copy COPY_SIZE bytes in and out through each agent, in one VM."""
+    data = os.urandom(COPY_SIZE)
+    reference_agent = [
+        "qemu-ga", "-d", "-m", "virtio-serial", "-p", f"/dev/virtio-ports/{REFERENCE_PORT}",
+        "-f", "/tmp/qemu-ga.pid", "-t", "/tmp",
+    ]  # fmt: skip
+
+    async def copy(name: str, client: QgaClient, row: Row) -> None:
+        client.channel.read_chunk = client.channel.write_chunk = COPY_CHUNK
+        path = f"/tmp/copy-{name}"
+        started = trio.current_time()
+        await client.write_file(path, data)
+        row[f"{name} in"] = trio.current_time() - started
+        started = trio.current_time()
+        back = await client.read_file(path)
+        row[f"{name} out"] = trio.current_time() - started
+        if back != data:
+            raise RuntimeError(f"{name}: the file came back changed")
+
+    async def measure() -> Row:
+        async with boot_vm(VmConfig(ports=(REFERENCE_PORT,), request_timeout=300)) as vm:
+            await vm.run(reference_agent, check=True)  # it forks into the background
+            socket = str(vm.sockets[REFERENCE_PORT])
+            reference = await QgaClient.connect_unix(socket, request_timeout=300)
+            agents = [("trio-qga", vm.client), ("qemu-ga", reference)]
+            row: Row = {}
+            for name, client in agents[round_number % 2 :] + agents[: round_number % 2]:
+                await copy(name, client, row)
+            await reference.aclose()
+            return row
+
+    return trio.run(measure)
+
+
 class Vng:
     """virtme-ng in a scratch venv, booting the launcher's kernel unpacked in a scratch dir."""
 
@@ -203,22 +246,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--no-vng", action="store_true", help="skip virtme-ng")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=CONTENDERS,
+        help="run only this contender (repeatable)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-vm.") as scratch:
-        contenders: dict[str, Callable[[], Row]] = {
-            "trio-qga-vm run": ours,
-            "bare boot": bare_boot,
-            "agent alone": agent_alone,
+        contenders: dict[str, Callable[[int], Row]] = {
+            "trio-qga-vm run": lambda _: ours(),
+            "bare boot": lambda _: bare_boot(),
+            "agent alone": lambda _: agent_alone(),
+            "16 MiB copies": file_copies,
         }
         if not args.no_vng:
-            contenders["virtme-ng"] = Vng(Path(scratch)).run
+            vng = Vng(Path(scratch))
+            contenders["virtme-ng"] = lambda _: vng.run()
         ours()  # the cache filled, the bytecode compiled: not measured
-        names = list(contenders)
+        names = [name for name in contenders if name in (args.only or CONTENDERS)]
         rows: dict[str, list[Row]] = {name: [] for name in names}
         for round_number in range(args.rounds):
             order = names[round_number % len(names) :] + names[: round_number % len(names)]
             for name in order:
-                rows[name].append(contenders[name]())
+                rows[name].append(contenders[name](round_number))
                 print(f"round {round_number + 1} {name}: {_show(rows[name][-1])}", flush=True)
     report = summary(rows)
     print(json.dumps(report, indent=2))
@@ -237,12 +288,20 @@ def summary(rows: dict[str, list[Row]]) -> dict[str, Any]:
         for name, runs in rows.items()
     }
     report: dict[str, Any] = {"medians (s)": medians}
-    mine = medians["trio-qga-vm run"]["exit"]
-    if "virtme-ng" in medians:
+    mine = medians.get("trio-qga-vm run", {}).get("exit")
+    if mine is not None and "virtme-ng" in medians:
         report["trio-qga-vm / virtme-ng (exit)"] = round(mine / medians["virtme-ng"]["exit"], 2)
-    parts = medians["bare boot"]["to init"] + medians["agent alone"]["agent alone"]
-    report["sum of the parts alone (s)"] = round(parts, 2)
-    report["trio-qga-vm above the sum (s)"] = round(mine - parts, 2)
+    if mine is not None and "bare boot" in medians and "agent alone" in medians:
+        parts = medians["bare boot"]["to init"] + medians["agent alone"]["agent alone"]
+        report["sum of the parts alone (s)"] = round(parts, 2)
+        report["trio-qga-vm above the sum (s)"] = round(mine - parts, 2)
+    if "16 MiB copies" in medians:
+        copies = medians["16 MiB copies"]
+        rates = {key: round(COPY_SIZE / 1e6 / seconds, 1) for key, seconds in copies.items()}
+        report["16 MiB copies (MB/s)"] = rates
+        for way in ("in", "out"):
+            ratio = rates[f"trio-qga {way}"] / rates[f"qemu-ga {way}"]
+            report[f"16 MiB copy {way}: trio-qga / qemu-ga (MB/s)"] = round(ratio, 2)
     return report
 
 

@@ -15,8 +15,8 @@ small interface that says which benchmark figure justifies it: how much to read
 at a time (:class:`~agent.core.read_sizes.ReadSizes`), when to give the memory
 freed by bulk transfers back to the system
 (:class:`~agent.core.memory_release.MemoryRelease`), and, inside the streams
-that send a reply and read the next request in one call, one look for that
-request before sleeping (:func:`~agent.transports.contract.look_after_reply`).
+that send a reply and read the next request in one call, a short poll for
+that request before sleeping (``agent.transports.after_reply``).
 """
 
 from __future__ import annotations

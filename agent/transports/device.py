@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from agent.transports.after_reply import PollWhileAnswered
 from agent.transports.contract import (
     ExchangeStream,
     OneAtATime,
-    look_after_reply,
     receive_size,
 )
 
@@ -65,6 +65,7 @@ class DeviceStream(ExchangeStream):
         self._closed = False
         self._sending = OneAtATime("sending")
         self._receiving = OneAtATime("receiving")
+        self._after_reply = PollWhileAnswered()
         # Bytes have come in this conversation, by whichever call read them.
         self.had_data = False
 
@@ -94,7 +95,7 @@ class DeviceStream(ExchangeStream):
         with self._sending, self._receiving:
             await trio.lowlevel.checkpoint_if_cancelled()
             await self._write(data)
-            read = await look_after_reply(functools.partial(self._try_read, size))
+            read = await self._after_reply.next_message(functools.partial(self._try_read, size))
             return read if read is not None else await self._read(size)
 
     def _read_now(self, size: int) -> bytes:

@@ -8,6 +8,7 @@ import socket
 
 import trio
 
+from agent.transports.after_reply import PollWhileAnswered
 from agent.transports.conversation import serve_conversation
 from agent.transports.socket_stream import SocketStream
 from agent.transports.types import StreamHandler
@@ -58,6 +59,7 @@ async def serve_listener(
     queue, as with qemu-ga. ``sock`` stays open: its owner closes it.
     """
     sock.setblocking(False)
+    after_reply = PollWhileAnswered()  # the host's pace, learnt across its connections
     task_status.started()
     while True:
         try:
@@ -75,5 +77,5 @@ async def serve_listener(
             await trio.sleep(ACCEPT_RETRY)
             continue
         log.debug("client connected")
-        await serve_conversation(handler, SocketStream(connection))
+        await serve_conversation(handler, SocketStream(connection, after_reply))
         log.debug("client disconnected")

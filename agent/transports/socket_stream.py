@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from agent.transports.after_reply import PollWhileAnswered
 from agent.transports.contract import (
     ExchangeStream,
     OneAtATime,
-    look_after_reply,
     receive_size,
 )
 
@@ -34,11 +34,14 @@ DEFAULT_RECEIVE_SIZE = 64 * 1024
 class SocketStream(trio.abc.HalfCloseableStream, ExchangeStream):
     """``trio.abc.Stream`` over a connected stream socket, which it owns and closes."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, after_reply: PollWhileAnswered | None = None) -> None:
+        """``after_reply``: the post-reply poll, shared by the connections of one
+        listener (one host, whose pace it learns); a stream's own by default."""
         sock.setblocking(False)
         self._sock = sock
         self._sending = OneAtATime("sending")
         self._receiving = OneAtATime("receiving")
+        self._after_reply = after_reply or PollWhileAnswered()
         self._eof_sent = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -60,7 +63,7 @@ class SocketStream(trio.abc.HalfCloseableStream, ExchangeStream):
         with self._sending, self._receiving:
             await trio.lowlevel.checkpoint_if_cancelled()
             await self._send(data)
-            read = await look_after_reply(functools.partial(self._try_receive, size))
+            read = await self._after_reply.next_message(functools.partial(self._try_receive, size))
             return read if read is not None else await self._wait_and_receive(size)
 
     def _try_receive(self, size: int) -> bytes | None:

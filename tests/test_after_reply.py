@@ -38,22 +38,36 @@ async def test_a_message_that_comes_within_the_window_is_polled_for(
     assert peer.looks == 6
 
 
-async def test_a_fruitless_poll_makes_the_next_replies_look_once(
+async def looks(policy: PollWhileAnswered, silent: int | None) -> int:
+    """How many times the policy looked for the peer's message, once."""
+    peer = Peer(silent)
+    await policy.next_message(peer.try_read)
+    return peer.looks
+
+
+async def test_fruitless_polls_in_a_row_make_more_replies_look_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(after_reply, "BACKOFF", 3)
+    monkeypatch.setattr(after_reply, "BACKOFF_MAX", 4)
     policy = PollWhileAnswered()
-    nothing = Peer(silent=None)
-    assert await policy.next_message(nothing.try_read) is None
-    assert nothing.looks > 1  # it polled for the window
-    for _ in range(3):
-        once = Peer(silent=1)  # would come on the second look
-        assert await policy.next_message(once.try_read) is None
-        assert once.looks == 1
+    pattern = []
+    for _ in range(12):  # a host that never answers in time
+        pattern.append("poll" if await looks(policy, silent=None) > 1 else "look")
+    assert pattern == ["poll", "look", "poll", *["look"] * 2, "poll", *["look"] * 4, "poll", "look"]
+
+
+async def test_a_poll_that_finds_the_message_starts_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = PollWhileAnswered()
+    assert await looks(policy, silent=None) > 1  # a miss: one reply looks once
+    assert await looks(policy, silent=None) == 1
+    assert await looks(policy, silent=None) > 1  # another: two replies look once
+    assert [await looks(policy, silent=None) for _ in range(2)] == [1, 1]
     monkeypatch.setattr(after_reply, "WINDOW", 60.0)
-    again = Peer(silent=1)
-    assert await policy.next_message(again.try_read) == b"next"  # polling again
-    assert again.looks == 2
+    assert await looks(policy, silent=3) == 4  # the host is back in time: found
+    monkeypatch.setattr(after_reply, "WINDOW", 50e-6)
+    assert await looks(policy, silent=None) > 1  # a miss
+    assert await looks(policy, silent=None) == 1  # one reply looks once, not four
+    assert await looks(policy, silent=None) > 1
 
 
 async def test_each_policy_keeps_its_own_pace(monkeypatch: pytest.MonkeyPatch) -> None:

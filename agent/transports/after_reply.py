@@ -8,9 +8,12 @@ through the scheduler. A host slower than that gets nothing from the looking, an
 on a busy machine the CPU it burns is taken from whoever else runs, the host
 included. So the policy polls for up to :data:`WINDOW` after a reply while the
 host's next message keeps coming inside it; after a poll that found nothing, the
-next :data:`BACKOFF` replies look once only (one pass, then one read), before the
-window is tried again. A listener's connections share one policy (one host, one
-pace: a connect-and-close host does not pay for a fruitless poll per connection).
+next replies look once only (one pass, then one read) before the window is tried
+again: one reply after a first miss, twice as many after each miss in a row, up to
+:data:`BACKOFF_MAX`; a poll that finds the message starts over. A fast host that
+misses the window now and then loses little; a slow one is polled for rarely. A
+listener's connections share one policy (one host, one pace: a connect-and-close
+host does not pay for a fruitless poll per connection).
 
 Why (``benchmarks/ab.py --base main --rounds 5 --only ping-p50 ping-p99 pipelined
 connect connect-cpu small-reads-cpu read-4k read-4k-cpu write-4k write-4k-cpu``,
@@ -32,16 +35,17 @@ from collections.abc import Callable
 import trio
 
 WINDOW = 50e-6  # seconds of looking for the next message after a reply
-BACKOFF = 16  # replies after a fruitless poll that only look once
+BACKOFF_MAX = 16  # most replies that only look once, after fruitless polls in a row
 
 
 class PollWhileAnswered:
     """The post-reply poll of one stream (see the module)."""
 
-    __slots__ = ("_look_only",)
+    __slots__ = ("_backoff", "_look_only")
 
     def __init__(self) -> None:
         self._look_only = 0  # replies left that only look once
+        self._backoff = 0  # how many looked once after the last fruitless poll
 
     async def next_message(self, try_read: Callable[[], bytes | None]) -> bytes | None:
         """The peer's next message if it comes in time, else None (the stream then
@@ -56,10 +60,14 @@ class PollWhileAnswered:
             self._look_only -= 1
             return None
         give_up = trio.current_time() + WINDOW
-        while trio.current_time() < give_up:
+        while True:  # one pass at least, however late this task runs
             await trio.lowlevel.cancel_shielded_checkpoint()
             data = try_read()
             if data is not None:
+                self._backoff = 0
                 return data
-        self._look_only = BACKOFF
+            if trio.current_time() >= give_up:
+                break
+        self._backoff = min(2 * self._backoff or 1, BACKOFF_MAX)
+        self._look_only = self._backoff
         return None

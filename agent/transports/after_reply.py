@@ -15,17 +15,16 @@ misses the window now and then loses little; a slow one is polled for rarely. A
 listener's connections share one policy (one host, one pace: a connect-and-close
 host does not pay for a fruitless poll per connection).
 
-Why (``benchmarks/ab.py --base main --rounds 5 --only ping-p50 ping-p99 pipelined
-connect connect-cpu small-reads-cpu read-4k read-4k-cpu write-4k write-4k-cpu``,
-against one look after each reply, 2 cores): on a quiet machine (load under 1),
-4 KiB reads 1.40x (1.29-1.50 over the rounds) and writes 1.37x (1.26-1.42) as
-many MiB/s, connect cycles 1.11x, the agent's CPU per MiB of 4 KiB reads 0.90x,
-per connect cycle 0.91x, pipelined pings 0.97x (0.91-1.04); ping p50 within the
-rounds' noise (look once: 22-79 us by round; this policy: 42-61 us), p99 0.82x.
-With three busy loops on the 2 cores (load 4), every row within 1.00-1.14x of
-one look, the ranges across 1: the back-off keeps it from spinning for a host
-that the machine makes slow. Polling for the window after every reply instead
-(as before issue 27) gave up to 0.60x the pipelined rate under load.
+Why (``benchmarks/ab.py``, 5 alternating rounds, 2 cores; docs/benchmarks.md has the
+tables): against one look after each reply, polling with a flat back-off of 16 gave,
+on a quiet machine, 4 KiB reads 1.40x and writes 1.37x as many MiB/s, connect cycles
+1.11x, the agent's CPU per MiB 0.88-0.90x; but each occasional miss cost a fast host
+16 quick replies (against ``d154a99``, which polled after every reply: 4 KiB reads
+0.89x, writes 0.90x). Doubling the back-off from 1: 0.98x and 0.95x against
+``d154a99``; with three busy loops on the 2 cores, against one look, every row within
+0.88-1.17x (the CPU per connect cycle 1.17x). Polling after every reply, as
+``d154a99`` did, took the CPU a loaded host needed: one look instead gave pipelined
+pings 1.27x and connect cycles 1.14x at load 5 (``ab.py --base eeadd15``).
 """
 
 from __future__ import annotations

@@ -311,7 +311,7 @@ async def test_a_hung_command_on_one_transport_leaves_the_other_answering(
     agent_factory: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stand-in for a hung mount: a read whose worker thread does not come
-    back (the FUSE version, in a process: ``test_several_transports_hung.py``)."""
+    back (the FUSE version, in a process: ``test_several_transports_daemon.py``)."""
     release, started = threading.Event(), threading.Event()
     monkeypatch.setattr(files_module, "_read", holding(files_module._read, started, release))
     data = tmp_path / "data"

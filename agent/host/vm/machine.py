@@ -38,7 +38,7 @@ from agent.host.vm.guest_cache import with_guest_cache
 from agent.host.vm.initramfs import BaseImage, base_image, write_initrd
 from agent.host.vm.kernel import Kernel, current_kernel
 from agent.host.vm.packages import ensure_packages, qemu_binary
-from agent.host.vm.process import Qemu, running_qemu
+from agent.host.vm.process import Child, running_child
 from agent.host.vm.qemu import Wiring, choose_accel, command_line
 from agent.host.vm.rundir import run_directory
 
@@ -162,7 +162,7 @@ class Vm(Guest):
         sockets: dict[str, Path],
         isa_socket: Path | None,
         console: Console,
-        qemu: Qemu,
+        qemu: Child,
         accel: str,
         kernel: Kernel,
         timings: BootTimings | None,
@@ -278,7 +278,7 @@ async def boot_vm(
 class _Machine:
     """QEMU started, and what goes with it until it has stopped."""
 
-    qemu: Qemu
+    qemu: Child
     sockets: _Sockets
     console: Console
     run: Path  # the VM's own directory
@@ -308,7 +308,7 @@ async def _running(
         started = trio.current_time()
         inherited = [each.fileno() for each in sockets.inherited]
         async with (
-            running_qemu(command, inherited=inherited, log=run / "qemu.log") as qemu,
+            running_child(command, inherited=inherited, log=run / "qemu.log") as qemu,
             trio.open_nursery() as nursery,
         ):
             sockets.close_inherited()  # QEMU has them: the console ends with it

@@ -25,6 +25,7 @@ def test_the_defaults_are_vm_config_s() -> None:
         (["--memory", "512"], "memory", 512),
         (["--accel", "tcg"], "accel", "tcg"),
         (["--timeout", "9"], "timeout", 9.0),
+        (["--root-fs", "virtiofs"], "root_fs", "virtiofs"),
         (["--rw", "/tmp"], "shares", (Path("/tmp"),)),
         (["--network"], "network", True),
         (["--isa-serial"], "isa_serial", True),

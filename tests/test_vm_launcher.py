@@ -117,6 +117,38 @@ async def test_an_agent_that_never_answers_is_stopped_at_the_boot_timeout(tmp: P
     assert children(os.getpid()) <= before  # QEMU is gone
 
 
+def virtiofsd_children(before: frozenset[int]) -> set[int]:
+    """Our virtiofsd processes that were not there ``before``."""
+    new = children(os.getpid()) - before
+    return {pid for pid in new if Path(f"/proc/{pid}/exe").resolve().name == "virtiofsd"}
+
+
+async def test_a_virtiofs_root_boots_read_only_and_leaves_nothing(
+    tmp: Path, tmp_path: Path
+) -> None:
+    """The root over virtiofs: the guest runs programs on it, a guest that mounts it
+    again read-write still cannot change this machine's files (virtiofsd's view is
+    read-only), and virtiofsd is stopped with the VM."""
+    before = children(os.getpid())
+    escaped = tmp_path / "escaped"
+    script = (
+        "grep '^virtiofs ' /proc/modules; mkdir /run/again"
+        " && mount -t virtiofs root /run/again && mount -o remount,rw /run/again"
+        f" && touch /run/again{escaped}"
+    )
+    async with boot_vm(VmConfig(root_fs="virtiofs", cpus=1)) as vm:
+        assert vm.config.root_fs == "virtiofs"
+        assert len(virtiofsd_children(before)) == 1
+        result = await vm.run(["sh", "-c", script])
+        assert result.stdout.startswith(b"virtiofs ")  # loaded, and in use
+        assert b"Read-only file system" in result.stderr, result.stderr
+        assert result.shell_status != 0
+        assert (await vm.run(["cat", "/etc/hostname"])).stdout == b"trio-qga-vm\n"
+    assert not escaped.exists()
+    assert children(os.getpid()) <= before  # QEMU and virtiofsd are gone
+    assert vm_directories(tmp) == set()
+
+
 def test_the_command_line_runs_a_program_and_exits_with_its_status() -> None:
     done = subprocess.run(
         [

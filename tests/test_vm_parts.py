@@ -4,6 +4,7 @@ lock, and a pytest plugin that loads none of it until a test asks for a VM."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.host.vm import cache, elf, initramfs, kernel, qemu, rundir
+from agent.host.vm import cache, elf, initramfs, kernel, qemu, rundir, virtiofs
 from agent.host.vm.config import RUNDIR, Drive, VmConfig
 from agent.host.vm.cpio import CpioWriter
 from agent.host.vm.errors import VmError
@@ -154,6 +155,7 @@ def settings(config: VmConfig) -> dict[str, str]:
             "KERNEL",
             "MODULES",
             "VM_HOSTNAME",
+            "ROOT_FS",
             "NETWORK",
             "SYSTEMD",
             "PORTS",
@@ -256,6 +258,105 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     assert command[-1] == "-S"
     assert "fstab=no" not in qemu.kernel_command_line(config)
     assert "fstab=no" in qemu.kernel_command_line(VmConfig(systemd=True))
+
+
+def test_the_root_comes_over_9p_or_virtiofs(tmp_path: Path) -> None:
+    """The init mounts what QEMU serves: the same transport in the settings, the
+    modules and the command line, tagged ``root`` either way."""
+
+    def line(config: VmConfig, wiring: qemu.Wiring) -> str:
+        return shlex.join(
+            qemu.command_line(
+                config,
+                qemu="qemu",
+                accel="tcg",
+                kernel=Path("/k"),
+                initrd=Path("/i"),
+                wiring=wiring,
+            )
+        )
+
+    plain = qemu.Wiring(console=10, ports={}, isa=None)
+    p9 = VmConfig(root_fs="9p", memory=777)
+    assert "-M pc -virtfs local,path=/,mount_tag=root,readonly=on," in line(p9, plain)
+    assert "vhost-user-fs" not in line(p9, plain)
+    assert settings(p9)["ROOT_FS"] == "9p"
+    assert "virtiofs" not in initramfs.boot_modules(p9)
+
+    fs = VmConfig(root_fs="virtiofs", memory=777, shares=(tmp_path,))
+    with pytest.raises(VmError, match="without virtiofsd"):
+        line(fs, plain)
+    shown = line(fs, qemu.Wiring(console=10, ports={}, isa=None, virtiofs=14))
+    # The guest's memory is shared with virtiofsd: a memfd backend as the machine's RAM.
+    assert "-object memory-backend-memfd,id=mem,size=777M,share=on" in shown
+    assert "-M pc,memory-backend=mem" in shown
+    assert "-chardev socket,id=root,fd=14 -device vhost-user-fs-pci,chardev=root,tag=root" in shown
+    assert "mount_tag=root" not in shown
+    assert f"path={tmp_path},mount_tag=share0" in shown  # shares stay on 9p
+    assert settings(fs)["ROOT_FS"] == "virtiofs"
+    assert initramfs.boot_modules(fs)[-1] == "virtiofs"
+    assert "9p" in initramfs.boot_modules(fs)  # for the shares
+    init = initramfs.guest_init().decode()
+    assert "mount -t virtiofs -o ro root /mnt/root" in init
+
+
+def test_auto_takes_virtiofs_only_where_it_is_the_faster_and_can_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(virtiofs, "virtiofsd_binary", lambda: "/usr/lib/qemu/virtiofsd")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    for prefers in (False, True):
+        monkeypatch.setattr(virtiofs, "AUTO_PREFERS_VIRTIOFS", prefers)
+        assert virtiofs.root_fs(VmConfig()) == ("virtiofs" if prefers else "9p")
+        assert virtiofs.with_root_fs(VmConfig()).root_fs == virtiofs.root_fs(VmConfig())
+        assert virtiofs.root_fs(VmConfig(root_fs="9p")) == "9p"  # as asked
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert virtiofs.root_fs(VmConfig()) == "9p"  # virtiofsd runs as root only
+    with pytest.raises(VmError, match="as root only"):
+        virtiofs.check_virtiofs()
+    monkeypatch.setattr(virtiofs, "virtiofsd_binary", lambda: None)
+    with pytest.raises(VmError, match="no virtiofsd"):
+        virtiofs.check_virtiofs()
+
+
+def test_virtiofsd_serves_the_root_from_its_listening_socket() -> None:
+    command = virtiofs.virtiofsd_command("/usr/lib/qemu/virtiofsd", 7)
+    assert command[:2] == ["/usr/lib/qemu/virtiofsd", "--fd=7"]
+    options = [command[i + 1] for i, arg in enumerate(command) if arg == "-o"]
+    assert {"source=/", "sandbox=chroot", "cache=always"} <= set(options)
+
+
+def read_only_mounts(pid: str) -> list[bool]:
+    """Whether each mount of process ``pid`` is read-only (the namespace it sees)."""
+    mounts = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    return [line.split()[5].split(",")[0] == "ro" for line in mounts]
+
+
+def runs(pid: int, program: str) -> bool:
+    """Process ``pid`` has exec'd ``program`` (its namespace is then in place)."""
+    return Path(f"/proc/{pid}/exe").resolve() == Path(program)
+
+
+@pytest.mark.skipif(
+    virtiofs.virtiofsd_binary() is None or os.geteuid() != 0, reason="no virtiofsd, or not root"
+)
+async def test_virtiofsd_sees_every_mount_read_only_and_leaves_nothing(tmp_path: Path) -> None:
+    """Before any VM: virtiofsd waits for QEMU on the socket, in a mount namespace of
+    its own where every mount is read-only; the socket's path is gone at once, and
+    virtiofsd is stopped and reaped when the block ends."""
+    with trio.fail_after(30):
+        async with virtiofs.running_virtiofsd(tmp_path) as server:
+            assert not (tmp_path / "virtiofs.sock").exists()
+            pid = server.daemon.pid
+            while not runs(pid, virtiofs.VIRTIOFSD_PATHS[0]):  # noqa: ASYNC110 (a file)
+                await trio.sleep(0.01)
+            seen = read_only_mounts(str(pid))
+            assert seen
+            assert all(seen)
+        assert server.daemon.returncode is not None
+        assert not runs(pid, virtiofs.VIRTIOFSD_PATHS[0])
+    assert sorted(os.listdir(tmp_path)) == ["virtiofsd.log"]
+    assert not all(read_only_mounts("self"))  # ours are as they were
 
 
 def test_boot_modules_follow_the_devices(tmp_path: Path) -> None:

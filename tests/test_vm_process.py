@@ -1,4 +1,4 @@
-"""QEMU's keeper (``agent.host.vm.process``), with ``sleep`` standing in for QEMU: the
+"""The keeper of QEMU and virtiofsd (``agent.host.vm.process``), with ``sleep`` standing in: the
 child is stopped and reaped however the block ends, a cancel that lands while the
 child is being spawned included (a boot cancelled then used to wait forever)."""
 
@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from agent.host.vm import process
-from agent.host.vm.process import running_qemu
+from agent.host.vm.process import running_child
 
 SLEEPER = ["sleep", "100"]
 
@@ -30,7 +30,7 @@ def alive(pid: int) -> bool:
 
 async def test_the_child_is_stopped_when_the_block_ends(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        async with running_qemu(SLEEPER, inherited=[], log=tmp_path / "log") as child:
+        async with running_child(SLEEPER, inherited=[], log=tmp_path / "log") as child:
             assert alive(child.pid)
         assert child.returncode == -15  # SIGTERM, which QEMU obeys at once
         assert not alive(child.pid)
@@ -49,7 +49,7 @@ async def test_a_child_that_ignores_sigterm_is_killed(
     ]
     log = tmp_path / "log"
     with trio.fail_after(30):
-        async with running_qemu(stubborn, inherited=[], log=log) as child:
+        async with running_child(stubborn, inherited=[], log=log) as child:
             await wait_for(log.read_bytes)  # its SIGTERM handler is in place
         assert child.returncode == -9
 
@@ -73,7 +73,7 @@ async def test_a_cancel_while_the_child_is_spawned_still_stops_it(
     monkeypatch.setattr(subprocess, "Popen", popen_then_cancel)
     with trio.fail_after(30):
         with scope:
-            async with running_qemu(SLEEPER, inherited=[], log=tmp_path / "log"):
+            async with running_child(SLEEPER, inherited=[], log=tmp_path / "log"):
                 pytest.fail("the block ran although its start was cancelled")
         assert scope.cancelled_caught
     [pid] = spawned
@@ -82,5 +82,5 @@ async def test_a_cancel_while_the_child_is_spawned_still_stops_it(
 
 async def test_a_child_that_cannot_start_raises_its_error(tmp_path: Path) -> None:
     with trio.fail_after(30), pytest.RaisesGroup(FileNotFoundError):
-        async with running_qemu(["/nonexistent/qemu"], inherited=[], log=tmp_path / "log"):
+        async with running_child(["/nonexistent/qemu"], inherited=[], log=tmp_path / "log"):
             pytest.fail("the block ran without its child")

@@ -8,7 +8,8 @@
 The pieces: :mod:`.config` (what a VM is made of), :mod:`.packages` (QEMU and
 busybox, installed on first use), :mod:`.kernel` (this machine's kernel or
 Debian's, cached), :mod:`.initramfs` (busybox, the guest init of ``guest/init``
-and the modules), :mod:`.qemu` (the command line), :mod:`.machine` (``boot_vm``),
+and the modules), :mod:`.qemu` (the command line), :mod:`.virtiofs` (the root
+over virtiofs, virtiofsd beside QEMU), :mod:`.machine` (``boot_vm``),
 :mod:`.guest_cache` (the guest agent's plugin record, kept between boots),
 :mod:`.background` (a VM in a thread, for synchronous code and pytest) and
 :mod:`.cli` (``trio-qga-vm``).

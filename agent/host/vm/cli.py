@@ -34,6 +34,7 @@ from agent.host.vm.console import Step
 from agent.host.vm.errors import VmError, VmTimeout
 from agent.host.vm.groups import single_error
 from agent.host.vm.machine import boot_vm, prepare
+from agent.host.vm.virtiofs import with_root_fs
 
 TIMED_OUT = 124
 VM_FAILED = 125
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="DIR",
         help="share host DIR read-write at the same path (repeatable)",
+    )
+    vm.add_argument(
+        "--root-fs",
+        choices=("auto", "9p", "virtiofs"),
+        default="auto",
+        help="the root's transport (default auto: the faster here; see docs/vm.md)",
     )
     vm.add_argument("--network", action="store_true", help="user-mode networking")
     vm.add_argument(
@@ -102,6 +109,7 @@ def config_from(args: argparse.Namespace) -> VmConfig:
         accel=args.accel,
         timeout=args.timeout,
         boot_timeout=args.boot_timeout,
+        root_fs=args.root_fs,
         shares=tuple(Path(path).resolve() for path in args.rw),
         network=args.network,
         isa_serial=args.isa_serial,
@@ -138,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _setup(args: argparse.Namespace) -> int:
-    kernel, base, accel = await prepare(VmConfig(modules=tuple(args.module)), _say)
+    config = with_root_fs(VmConfig(modules=tuple(args.module)))
+    kernel, base, accel = await prepare(config, _say)
     _say(f"ready: kernel {kernel.version} ({kernel.image}), initramfs {base.initramfs}, {accel}")
     return 0
 

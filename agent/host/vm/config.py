@@ -34,7 +34,10 @@ class VmConfig:
     boot_timeout: float = 300.0  # seconds from QEMU's start to the agent's first answer
     timeout: float | None = None  # seconds the VM may run in all; then it is stopped
     request_timeout: float = 60.0  # seconds for any one exchange with the agent
-    shares: tuple[Path, ...] = ()  # host directories shared read-write at their own paths
+    # The root's transport: "9p" (QEMU's own), "virtiofs" (virtiofsd beside QEMU; root
+    # only), "auto": the faster of them here (agent/host/vm/virtiofs.py, docs/vm.md).
+    root_fs: Literal["auto", "9p", "virtiofs"] = "auto"
+    shares: tuple[Path, ...] = ()  # host directories shared read-write at their own paths (9p)
     drives: tuple[Drive, ...] = ()
     network: bool = False  # QEMU's user networking: 10.0.2.15, gateway 10.0.2.2
     isa_serial: bool = False  # an ISA serial port (the guest's /dev/ttyS1) on a socket

@@ -28,10 +28,13 @@ from agent.host.vm.cpio import CpioWriter
 from agent.host.vm.errors import VmError
 from agent.host.vm.kernel import Kernel, module_files, read_module
 from agent.host.vm.packages import static_busybox
+from agent.host.vm.virtiofs import root_fs
 
 # Loaded at every boot: the PCI transport, the consoles and ports, randomness,
-# the 9p root and the overlay on it (Debian's kernel builds them as modules).
+# 9p (the root's or the shares') and the overlay on the root (Debian's kernel
+# builds them as modules); virtiofs when the root comes over it.
 BOOT_MODULES = ("virtio_pci", "virtio_console", "virtio_rng", "9pnet_virtio", "9p", "overlay")
+VIRTIOFS_MODULES = ("virtiofs",)
 NETWORK_MODULES = ("virtio_net",)
 DRIVE_MODULES = ("virtio_blk",)
 CONSOLE = (5, 1)  # /dev/console, for the init's first output
@@ -47,6 +50,8 @@ def boot_modules(config: VmConfig) -> tuple[str, ...]:
     """What the init loads: the base, and the drivers of the devices asked for
     (without udev nobody else would)."""
     load = list(BOOT_MODULES)
+    if root_fs(config) == "virtiofs":
+        load += VIRTIOFS_MODULES
     if config.network:
         load += NETWORK_MODULES
     if config.drives:
@@ -149,6 +154,7 @@ def boot_archive(config: VmConfig, kernel: Kernel, base: BaseImage) -> bytes:
         "KERNEL": kernel.version,
         "MODULES": "" if base.modules is None else str(base.modules),
         "VM_HOSTNAME": config.hostname,
+        "ROOT_FS": root_fs(config),
         "NETWORK": "1" if config.network else "0",
         "SYSTEMD": "1" if config.systemd else "0",
         "PORTS": " ".join(config.virtio_ports()),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import compileall
 import contextlib
+import dataclasses
 import logging
 import math
 import socket
@@ -38,9 +39,10 @@ from agent.host.vm.guest_cache import with_guest_cache
 from agent.host.vm.initramfs import BaseImage, base_image, write_initrd
 from agent.host.vm.kernel import Kernel, current_kernel
 from agent.host.vm.packages import ensure_packages, qemu_binary
-from agent.host.vm.process import Qemu, running_qemu
+from agent.host.vm.process import Child, running_child
 from agent.host.vm.qemu import Wiring, choose_accel, command_line
 from agent.host.vm.rundir import run_directory
+from agent.host.vm.virtiofs import RootServer, root_fs, running_virtiofsd, with_root_fs
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +164,7 @@ class Vm(Guest):
         sockets: dict[str, Path],
         isa_socket: Path | None,
         console: Console,
-        qemu: Qemu,
+        qemu: Child,
         accel: str,
         kernel: Kernel,
         timings: BootTimings | None,
@@ -221,7 +223,10 @@ def _compile_agent() -> None:
 async def boot_files(config: VmConfig, directory: Path, notice: Notice = log.info) -> BootFiles:
     """The kernel and an initrd for ``config`` in ``directory``: a guest booted from
     them by another QEMU (libvirt's) comes up as :func:`boot_vm`'s do, its 9p root
-    tagged ``root`` and its shares ``share0``, ``share1``..."""
+    tagged ``root`` (virtiofs only if ``root_fs`` says so) and its shares
+    ``share0``, ``share1``..."""
+    if config.root_fs == "auto":
+        config = dataclasses.replace(config, root_fs="9p")
     kernel, base, accel = await prepare(config, notice)
     initrd = directory / "initrd.img"
     write_initrd(base, config, kernel, initrd)
@@ -243,7 +248,7 @@ async def boot_vm(
     of the guest's boot; ``console_log`` keeps the console after the VM is gone;
     ``console_echo`` gets it as it comes.
     Raises :class:`BootFailed` or :class:`VmTimeout` with the console's last lines."""
-    config = with_guest_cache(config or VmConfig(), cache_dir())
+    config = with_root_fs(with_guest_cache(config or VmConfig(), cache_dir()))
     kernel, base, accel = await prepare(config, notice)
     with single_error():
         async with (
@@ -278,7 +283,7 @@ async def boot_vm(
 class _Machine:
     """QEMU started, and what goes with it until it has stopped."""
 
-    qemu: Qemu
+    qemu: Child
     sockets: _Sockets
     console: Console
     run: Path  # the VM's own directory
@@ -286,40 +291,63 @@ class _Machine:
 
 
 @contextlib.asynccontextmanager
+async def _root_server(config: VmConfig, run: Path) -> AsyncIterator[RootServer | None]:
+    """virtiofsd for a virtiofs root (stopped after the block); None for 9p (QEMU's)."""
+    if root_fs(config) == "9p":
+        yield None
+        return
+    async with running_virtiofsd(run) as server:
+        yield server
+
+
+async def _stop_with(daemon: Child, qemu: Child) -> None:
+    """The guest's root is gone with virtiofsd: the VM with it (the boot then fails
+    with virtiofsd's words, rather than hang until its timeout)."""
+    await daemon.wait()
+    await qemu.stop()
+
+
+@contextlib.asynccontextmanager
 async def _running(
     config: VmConfig, kernel: Kernel, base: BaseImage, accel: str, console: Console
 ) -> AsyncIterator[_Machine]:
-    """QEMU running with its console read; stopped, reaped and cleaned up after."""
-    with (
-        run_directory() as run,
-        _sockets(run, config) as sockets,
-        contextlib.closing(console.open(run / "console.log")),
-    ):
-        initrd = run / "initrd.img"
-        write_initrd(base, config, kernel, initrd)
-        command = command_line(
-            config,
-            qemu=qemu_binary(),
-            accel=accel,
-            kernel=kernel.image,
-            initrd=initrd,
-            wiring=sockets.wiring,
-        )
-        started = trio.current_time()
-        inherited = [each.fileno() for each in sockets.inherited]
-        async with (
-            running_qemu(command, inherited=inherited, log=run / "qemu.log") as qemu,
-            trio.open_nursery() as nursery,
-        ):
-            sockets.close_inherited()  # QEMU has them: the console ends with it
-            nursery.start_soon(console.pump, sockets.console_stream())
-            try:
-                yield _Machine(qemu, sockets, console, run, started)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await qemu.stop()
-                # What QEMU wrote last may still be on its way.
-                nursery.cancel_scope.deadline = trio.current_time() + CONSOLE_DRAIN
+    """QEMU (and virtiofsd) running with its console read; stopped, reaped and
+    cleaned up after."""
+    with run_directory() as run:
+        async with _root_server(config, run) as server:
+            with (
+                _sockets(run, config, server) as sockets,
+                contextlib.closing(console.open(run / "console.log")),
+            ):
+                initrd = run / "initrd.img"
+                write_initrd(base, config, kernel, initrd)
+                command = command_line(
+                    config,
+                    qemu=qemu_binary(),
+                    accel=accel,
+                    kernel=kernel.image,
+                    initrd=initrd,
+                    wiring=sockets.wiring,
+                )
+                started = trio.current_time()
+                inherited = [each.fileno() for each in sockets.inherited]
+                async with (
+                    running_child(command, inherited=inherited, log=run / "qemu.log") as qemu,
+                    trio.open_nursery() as nursery,
+                ):
+                    sockets.close_inherited()  # QEMU has them: the console ends with it
+                    nursery.start_soon(console.pump, sockets.console_stream())
+                    if server is not None:
+                        nursery.start_soon(_stop_with, server.daemon, qemu)
+                    try:
+                        yield _Machine(qemu, sockets, console, run, started)
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await qemu.stop()
+                            if server is not None:
+                                await server.daemon.stop()
+                        # What QEMU wrote last may still be on its way.
+                        nursery.cancel_scope.deadline = trio.current_time() + CONSOLE_DRAIN
 
 
 @dataclass
@@ -342,7 +370,7 @@ class _Sockets:
 
 
 @contextlib.contextmanager
-def _sockets(run: Path, config: VmConfig) -> Iterator[_Sockets]:
+def _sockets(run: Path, config: VmConfig, server: RootServer | None) -> Iterator[_Sockets]:
     opened: list[socket.socket] = []
 
     def listening(path: Path) -> int:
@@ -359,7 +387,12 @@ def _sockets(run: Path, config: VmConfig) -> Iterator[_Sockets]:
         ours, theirs = socket.socketpair()
         inherited = [*opened, theirs]
         opened += [ours, theirs]
-        yield _Sockets(Wiring(theirs.fileno(), ports, isa), paths, ours, inherited)
+        virtiofs = None
+        if server is not None:  # QEMU's end of virtiofsd's socket, connected
+            inherited.append(server.qemu_end)
+            virtiofs = server.qemu_end.fileno()
+        wiring = Wiring(theirs.fileno(), ports, isa, virtiofs)
+        yield _Sockets(wiring, paths, ours, inherited)
     finally:
         for each in opened:
             each.close()
@@ -407,7 +440,11 @@ async def _first_answer(config: VmConfig, machine: _Machine) -> QgaClient:
 
 
 def _last_words(machine: _Machine) -> str:
-    qemu = (machine.run / "qemu.log").read_text(errors="replace").strip()[-2000:]
-    parts = [f"\nQEMU said:\n{qemu}"] if qemu else []
+    parts = []
+    for name, log in (("QEMU", "qemu.log"), ("virtiofsd", "virtiofsd.log")):
+        path = machine.run / log
+        said = path.read_text(errors="replace").strip()[-2000:] if path.exists() else ""
+        if said:
+            parts.append(f"\n{name} said:\n{said}")
     parts.append(f"\nthe console's last lines:\n{machine.console.tail()}")
     return "".join(parts)

@@ -1,11 +1,11 @@
-"""QEMU as a child that cannot outlive us.
+"""QEMU (and virtiofsd) as children that cannot outlive us.
 
-QEMU gets ``PR_SET_PDEATHSIG``: the kernel kills it when its parent dies, even
+A child gets ``PR_SET_PDEATHSIG``: the kernel kills it when its parent dies, even
 by SIGKILL, so a launcher killed without warning leaves no VM spinning. The
-"parent" there is the thread that forked: so QEMU is started, and waited for,
-by one worker thread that lives exactly as long as it does (Trio's
-``open_process`` forks in a thread it may retire while QEMU runs). QEMU runs in
-a session of its own: the terminal's Ctrl-C is not for it.
+"parent" there is the thread that forked: so each child is started, and waited
+for, by one worker thread that lives exactly as long as it does (Trio's
+``open_process`` forks in a thread it may retire while the child runs). A child
+runs in a session of its own: the terminal's Ctrl-C is not for it.
 """
 
 from __future__ import annotations
@@ -14,21 +14,21 @@ import contextlib
 import ctypes
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import trio
 
 PR_SET_PDEATHSIG = 1
-STOP_GRACE = 5.0  # seconds QEMU has to quit on SIGTERM before SIGKILL
+STOP_GRACE = 5.0  # seconds a child has to quit on SIGTERM before SIGKILL
 
 
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child, before exec)
+def die_with_parent() -> None:  # pragma: no cover (runs in the child, before exec)
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-class Qemu:
-    """A running QEMU: its pid, and its exit status once it has ended."""
+class Child:
+    """A running child (QEMU, virtiofsd): its pid, and its exit status once it has ended."""
 
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self._popen = popen
@@ -46,7 +46,7 @@ class Qemu:
         self._ended.set()
 
     async def stop(self) -> None:
-        """SIGTERM (QEMU quits at once), SIGKILL if it has not within STOP_GRACE."""
+        """SIGTERM (QEMU and virtiofsd quit at once), SIGKILL if it has not within STOP_GRACE."""
         if self.returncode is None:
             self._popen.terminate()
             with trio.move_on_after(STOP_GRACE):
@@ -57,20 +57,20 @@ class Qemu:
 
 
 class _Spawning:
-    """What the keeper's thread says about QEMU's spawn: its handle, or the error that
+    """What the keeper's thread says about a child's spawn: its handle, or the error that
     kept it from starting; or nothing, if the thread never ran (cancelled first)."""
 
     def __init__(self) -> None:
         self._said = trio.Event()
-        self._qemu: Qemu | None = None
+        self._qemu: Child | None = None
         self._error: BaseException | None = None
 
-    def say(self, qemu: Qemu | None = None, error: BaseException | None = None) -> None:
+    def say(self, qemu: Child | None = None, error: BaseException | None = None) -> None:
         if not self._said.is_set():
             self._qemu, self._error = qemu, error
             self._said.set()
 
-    async def qemu(self) -> Qemu:
+    async def qemu(self) -> Child:
         await self._said.wait()
         if self._error is not None:
             raise self._error
@@ -78,7 +78,7 @@ class _Spawning:
         return self._qemu
 
     async def stop(self) -> None:
-        """Stop QEMU if it was spawned, once the thread has said whether it was: a
+        """Stop the child if it was spawned, once the thread has said whether it was: a
         cancel that lands while it is being spawned must not leave it running."""
         await self._said.wait()
         if self._qemu is not None:
@@ -86,11 +86,17 @@ class _Spawning:
 
 
 @contextlib.asynccontextmanager
-async def running_qemu(
-    command: Sequence[str], *, inherited: Sequence[int], log: Path
-) -> AsyncIterator[Qemu]:
-    """QEMU started with the file descriptors ``inherited`` and its output in ``log``;
-    stopped and reaped when the block ends, however it ends."""
+async def running_child(
+    command: Sequence[str],
+    *,
+    inherited: Sequence[int],
+    log: Path,
+    before_exec: Callable[[], None] = die_with_parent,
+) -> AsyncIterator[Child]:
+    """``command`` started with the file descriptors ``inherited`` and its output in
+    ``log``; stopped and reaped when the block ends, however it ends.
+    ``before_exec`` runs in the child before it runs ``command``: it must set
+    ``PR_SET_PDEATHSIG`` as :func:`die_with_parent`, the default, does."""
     spawning = _Spawning()
 
     async def keeper() -> None:
@@ -106,12 +112,12 @@ async def running_qemu(
                         stderr=subprocess.STDOUT,
                         pass_fds=tuple(inherited),
                         start_new_session=True,
-                        preexec_fn=_die_with_parent,
+                        preexec_fn=before_exec,
                     )
             except BaseException as error:
                 trio.from_thread.run_sync(spawning.say, None, error, trio_token=token)
                 return
-            handle = Qemu(popen)
+            handle = Child(popen)
             trio.from_thread.run_sync(spawning.say, handle, trio_token=token)
             returncode = popen.wait()
             trio.from_thread.run_sync(handle._end, returncode, trio_token=token)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.host.vm.config import VmConfig
+from agent.host.vm.errors import VmError
 from agent.host.vm.initramfs import shares_of
+from agent.host.vm.virtiofs import root_fs
 
 # Quiet (the serial console is slow under emulation), no reboot, and what
 # makes a kernel boot faster in a VM: no crypto self-tests, no probing of PS/2
@@ -67,12 +69,14 @@ def choose_accel(config: VmConfig) -> str:
 
 @dataclass(frozen=True)
 class Wiring:
-    """The file descriptors QEMU inherits: the console, and one listening socket
-    per agent port (virtio-serial by name, and the ISA serial port)."""
+    """The file descriptors QEMU inherits: the console, one listening socket per
+    agent port (virtio-serial by name, and the ISA serial port), and with a
+    virtiofs root its end of virtiofsd's socket, connected."""
 
     console: int
     ports: dict[str, int]
     isa: int | None
+    virtiofs: int | None = None
 
 
 def kernel_command_line(config: VmConfig) -> str:
@@ -82,6 +86,22 @@ def kernel_command_line(config: VmConfig) -> str:
     if config.append:
         args.append(config.append)
     return " ".join(args)
+
+
+def root_device(config: VmConfig, wiring: Wiring) -> list[str]:
+    """The machine and the root's device, tagged ``root``: 9p (QEMU serves it,
+    read-only), or virtiofs (vhost-user: virtiofsd serves it from the guest's
+    memory, which must then be shared with it, hence memfd)."""
+    if root_fs(config) == "9p":
+        return ["-M", "pc", "-virtfs", f"local,path=/,mount_tag=root,readonly=on,{P9}"]
+    if wiring.virtiofs is None:
+        raise VmError("a virtiofs root without virtiofsd's socket")
+    return [
+        *("-object", f"memory-backend-memfd,id=mem,size={config.memory}M,share=on"),
+        *("-M", "pc,memory-backend=mem"),
+        *("-chardev", f"socket,id=root,fd={wiring.virtiofs}"),
+        *("-device", "vhost-user-fs-pci,chardev=root,tag=root"),
+    ]
 
 
 def command_line(
@@ -98,10 +118,10 @@ def command_line(
         qemu,
         *("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"),
         *cpu,
-        *("-M", "pc", "-m", str(config.memory), "-smp", str(config.cpus)),
+        *("-m", str(config.memory), "-smp", str(config.cpus)),
+        *root_device(config, wiring),
         *("-kernel", str(kernel), "-initrd", str(initrd)),
         *("-append", kernel_command_line(config)),
-        *("-virtfs", f"local,path=/,mount_tag=root,readonly=on,{P9}"),
         *("-chardev", f"socket,id=console,fd={wiring.console}"),
         *("-device", "isa-serial,chardev=console,index=0"),
         *("-device", "virtio-rng-pci", "-device", "virtio-serial-pci"),

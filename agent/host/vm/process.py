@@ -62,27 +62,27 @@ class _Spawning:
 
     def __init__(self) -> None:
         self._said = trio.Event()
-        self._qemu: Child | None = None
+        self._child: Child | None = None
         self._error: BaseException | None = None
 
-    def say(self, qemu: Child | None = None, error: BaseException | None = None) -> None:
+    def say(self, child: Child | None = None, error: BaseException | None = None) -> None:
         if not self._said.is_set():
-            self._qemu, self._error = qemu, error
+            self._child, self._error = child, error
             self._said.set()
 
-    async def qemu(self) -> Child:
+    async def child(self) -> Child:
         await self._said.wait()
         if self._error is not None:
             raise self._error
-        assert self._qemu is not None, "the keeper is cancelled only along with us"
-        return self._qemu
+        assert self._child is not None, "the keeper is cancelled only along with us"
+        return self._child
 
     async def stop(self) -> None:
         """Stop the child if it was spawned, once the thread has said whether it was: a
         cancel that lands while it is being spawned must not leave it running."""
         await self._said.wait()
-        if self._qemu is not None:
-            await self._qemu.stop()
+        if self._child is not None:
+            await self._child.stop()
 
 
 @contextlib.asynccontextmanager
@@ -130,7 +130,7 @@ async def running_child(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(keeper)
         try:
-            yield await spawning.qemu()
+            yield await spawning.child()
         finally:
             with trio.CancelScope(shield=True):
                 await spawning.stop()

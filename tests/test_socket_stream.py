@@ -6,12 +6,14 @@ import contextlib
 import errno
 import os
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import trio
 import trio.testing
 
+from agent.transports.listen import serve_listener
 from agent.transports.socket_stream import SocketStream
 from tests.support import exchange_checks
 
@@ -168,3 +170,29 @@ async def test_send_then_receive_maps_errors_of_either_half() -> None:
     await stream.aclose()
     with pytest.raises(trio.ClosedResourceError):
         await stream.send_then_receive(b"reply")
+
+
+async def test_a_listener_s_connections_share_one_post_reply_poll(tmp_path: Path) -> None:
+    """One host, one pace: what the poll learnt of the host on one connection holds
+    on the next (``agent.transports.after_reply``)."""
+    policies: list[object] = []
+    both_served = trio.Event()
+
+    async def handler(stream: trio.abc.Stream) -> None:
+        assert isinstance(stream, SocketStream)
+        policies.append(stream._after_reply)
+        if len(policies) == 2:
+            both_served.set()
+
+    path = str(tmp_path / "s")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(path)
+        listening.listen()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_listener, listening, handler)
+            for _ in range(2):
+                client = await trio.open_unix_socket(path)
+                await client.aclose()
+            await both_served.wait()
+            nursery.cancel_scope.cancel()
+    assert policies[0] is policies[1]

@@ -225,6 +225,13 @@ def test_settings_that_the_init_could_not_read_are_refused(tmp_path: Path) -> No
             initramfs.check_settings(config)
 
 
+def qemu_command(config: VmConfig, wiring: qemu.Wiring) -> list[str]:
+    """QEMU's command line for ``config``, with stand-ins for the binary and boot files."""
+    return qemu.command_line(
+        config, qemu="qemu", accel="tcg", kernel=Path("/k"), initrd=Path("/i"), wiring=wiring
+    )
+
+
 def test_qemu_command_line(tmp_path: Path) -> None:
     share = tmp_path / "a,b"
     share.mkdir()
@@ -237,14 +244,7 @@ def test_qemu_command_line(tmp_path: Path) -> None:
         qemu_args=("-S",),
     )
     wiring = qemu.Wiring(console=10, ports={"org.qemu.guest_agent.0": 11, "x.0": 12}, isa=13)
-    command = qemu.command_line(
-        config,
-        qemu="qemu",
-        accel="tcg",
-        kernel=Path("/k"),
-        initrd=Path("/i"),
-        wiring=wiring,
-    )
+    command = qemu_command(config, wiring)
     line = shlex.join(command)
     assert command[command.index("-smp") : command.index("-smp") + 2] == ["-smp", "3"]
     assert "-m 777" in line
@@ -265,16 +265,7 @@ def test_the_root_comes_over_9p_or_virtiofs(tmp_path: Path) -> None:
     modules and the command line, tagged ``root`` either way."""
 
     def line(config: VmConfig, wiring: qemu.Wiring) -> str:
-        return shlex.join(
-            qemu.command_line(
-                config,
-                qemu="qemu",
-                accel="tcg",
-                kernel=Path("/k"),
-                initrd=Path("/i"),
-                wiring=wiring,
-            )
-        )
+        return shlex.join(qemu_command(config, wiring))
 
     plain = qemu.Wiring(console=10, ports={}, isa=None)
     p9 = VmConfig(root_fs="9p", memory=777)

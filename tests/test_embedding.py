@@ -154,8 +154,10 @@ async def test_an_agent_serves_only_while_it_runs(tmp_path: Path) -> None:
 
 async def test_commands_beyond_the_first_reply_load_once_it_is_sent(tmp_path: Path) -> None:
     """Started, the agent has the commands of a first request (sync, ping, info);
-    the other handler groups and the plugins load once a session's first reply
-    has gone out, or when a request names one of their commands first."""
+    its other handler groups load once a session's first reply has gone out,
+    or when a request names one of their commands first. The plugins load
+    only when a request names a command not loaded yet (or everything is
+    listed): a host that never uses them never has them imported."""
     config = AgentConfig(statedir=str(tmp_path), mount_table=os.devnull, plugins=True)
     async with Agent(config) as agent:
         registry = agent.context.registry
@@ -166,6 +168,14 @@ async def test_commands_beyond_the_first_reply_load_once_it_is_sent(tmp_path: Pa
             await client.send_all(b'{"execute":"guest-ping"}\n')
             assert await client.receive_some() == b'{"return": {}}\n'
             await trio.testing.wait_all_tasks_blocked()
+            assert registry.get("guest-file-open") is not None  # a hit: loads nothing
+            assert not registry.complete_now  # the plugins' load still waits
+            open_missing = b'{"execute":"guest-file-open","arguments":{"path":"/nonexistent/x"}}\n'
+            await client.send_all(open_missing)
+            assert b'"error"' in await client.receive_some()
+            assert not registry.complete_now
+            await client.send_all(b'{"execute":"guest-x-process-list","arguments":{}}\n')
+            assert b'"return"' in await client.receive_some()
             assert registry.complete_now
             await client.aclose()
 

@@ -444,6 +444,21 @@ def test_commands_left_for_later_load_when_first_needed() -> None:
     listed.add_later(lambda: listed.add(handlers_of("x-exec")))
     assert [command.name for command in listed] == ["x-exec"]
 
+    preloaded = Registry(defs)  # the agent's own groups after a first reply, not the plugins
+
+    def own_groups() -> None:
+        preloaded.add(handlers_of("x-exec"))
+
+    preloaded.add_later(own_groups)
+    preloaded.add_later(lambda: preloaded.add(handlers_of("x-stream")))
+    preloaded.complete(through=own_groups)
+    assert preloaded.get("x-exec") is not None
+    assert not preloaded.complete_now
+    preloaded.complete(through=own_groups)  # has run: nothing more
+    assert not preloaded.complete_now
+    assert preloaded.get("x-stream") is not None
+    assert preloaded.complete_now
+
     failing = Registry(defs)
 
     def broken() -> None:

@@ -17,7 +17,7 @@ import contextlib
 import importlib
 import logging
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -93,6 +93,7 @@ class _Started:
     context: AgentContext
     dispatcher: Dispatcher
     plugins: list[FoundPlugin]
+    own_groups: Callable[[], None] | None  # the load of the agent's other handler groups
 
 
 class Agent:
@@ -178,16 +179,23 @@ class Agent:
 
         Of the agent's own handlers, only the group a first request needs
         (sync, ping, info) is imported here; the other groups and the plugins
-        are left to the registry to load (:meth:`Registry.add_later`): once the
-        first reply has gone out (:meth:`_complete_start`), or sooner when a
+        are left to the registry to load (:meth:`Registry.add_later`) when a
         request names a command not loaded yet, or when something needs all of
-        them (``guest-info``, a command filter to check). The agent's CPU time
-        to its first reply went from 238 to 220 ms, against 190 for
+        them (``guest-info``, a command filter to check). The agent's own other
+        groups load sooner, once the first reply has gone out
+        (:meth:`_complete_start`); the plugins only on demand. The agent's CPU
+        time to its first reply went from 238 to 220 ms, against 190 for
         ``import trio, pydantic`` (12 alternating starts, medians, busy 2-core
         machine): 1.26x to 1.17x the floor's.
+
+        Plugins on demand, not after the first reply: an agent whose host never
+        names a plugin's command (a test VM's ``run``, a host that only syncs,
+        reads and writes files) never imports them, which keeps its idle memory
+        at ``d154a99``'s (see docs/benchmarks.md, "Plugins on demand").
         """
         config = self.config
         registry = Registry(self._schema or load_builtin())
+        own_groups: Callable[[], None] | None = None
         if self._handlers is None:
             first, groups = _builtin_groups()
             registry.add(_handler_set(first))
@@ -197,6 +205,7 @@ class Agent:
                     registry.add(_handler_set(group))
 
             registry.add_later(load_groups)
+            own_groups = load_groups
         else:
             for handler_set in self._handlers:
                 registry.add(handler_set)
@@ -233,7 +242,7 @@ class Agent:
             clock=self._clock or SystemClock(),
             trim=self._trim or fitrim,
         )
-        return _Started(context, Dispatcher(context), plugins)
+        return _Started(context, Dispatcher(context), plugins, own_groups)
 
     async def __aenter__(self) -> Agent:
         """Start the agent: build its commands (its own, and the installed
@@ -258,16 +267,17 @@ class Agent:
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
             await nursery.start(context.freezer.run)  # reads the frozen marker
-            nursery.start_soon(self._complete_start, context.registry)
+            if started.own_groups is not None:
+                nursery.start_soon(self._complete_start, context.registry, started.own_groups)
             self._background = stack.pop_all()
         return self
 
-    async def _complete_start(self, registry: Registry) -> None:
-        """The commands left for later, loaded once the first reply of any
-        session has gone out (:meth:`_start`)."""
+    async def _complete_start(self, registry: Registry, own_groups: Callable[[], None]) -> None:
+        """The agent's own commands left for later, loaded once the first reply
+        of any session has gone out (:meth:`_start`)."""
         await self._replied.wait()
         try:
-            registry.complete()
+            registry.complete(through=own_groups)
         except Exception:  # a bug: the commands loaded go on being served
             log.exception("loading the agent's commands failed")
 

@@ -94,10 +94,16 @@ class Registry:
         """Every command is registered: no load is left for later."""
         return not self._later
 
-    def complete(self) -> None:
-        """Run the loads left for later, now."""
+    def complete(self, through: Callable[[], None] | None = None) -> None:
+        """Run the loads left for later, now: all of them, or those given
+        up to and including ``through`` (nothing if that one has run)."""
+        if through is not None and through not in self._later:
+            return
         while self._later:
-            self._later.pop(0)()
+            load = self._later.pop(0)
+            load()
+            if load is through:
+                return
 
     def add(
         self, handlers: HandlerSet, source: str = "trio-qga", schema: SchemaDefs | None = None

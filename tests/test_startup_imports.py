@@ -31,8 +31,8 @@ NOT_AT_START = (
     "agent.wire.scanner",  # input the framer's fast path cannot take
     "pydantic.main",  # pydantic's model machinery: validators come from pydantic-core
     *GROUPS_ONLY,  # the handler groups a sync does not need: loaded once it is answered
-    "trio_qga_procinfo.handlers",  # the example plugin, loaded with them
-    "agent.core.plugins",  # which loads them
+    "trio_qga_procinfo.handlers",  # the example plugin: loaded when a request needs it
+    "agent.core.plugins",  # which loads it
     "agent.system.fsidentity",  # the ssh key commands' threads (ctypes, libc)
 )
 # What only plugin discovery needs: not imported with --no-plugins, nor when the
@@ -42,14 +42,17 @@ DISCOVERY = ("importlib.metadata", "importlib.resources")
 
 
 def imported(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *options: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *options: str, then: str | None = None
 ) -> tuple[set[str], set[str]]:
     """The modules the agent (started with ``options``) imported by the time its
-    first reply went out, and by the time it stopped."""
+    first reply went out, and by the time it stopped; a sync, then command
+    ``then`` if given."""
     monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # python -X importtime: to stderr
     with running_agent(tmp_path, "-v", *options) as (proc, sock):  # its cache: tmp_path/cache
         client = SocketClient(sock)
         client.resync(1)
+        if then is not None:
+            assert "return" in client.execute(then)
         client.close()
         proc.terminate()
         assert proc.wait(10) == 0
@@ -72,8 +75,12 @@ def test_the_first_reply_needs_none_of_these(
     first, everything = imported(tmp_path, monkeypatch)
     for module in (*NOT_AT_START, *DISCOVERY):
         assert module not in first
-    # Once the first reply is out, the agent loads the rest of its commands.
-    assert {*GROUPS_ONLY, "trio_qga_procinfo.handlers", "importlib.metadata"} <= everything
+    # Once the first reply is out, the agent loads the rest of its own commands;
+    # the plugins wait for a request that needs them.
+    assert set(GROUPS_ONLY) <= everything
+    assert not {"trio_qga_procinfo.handlers", "agent.core.plugins", *DISCOVERY} & everything
+    _, listed = imported(tmp_path, monkeypatch, then="guest-info")
+    assert {"trio_qga_procinfo.handlers", "importlib.metadata"} <= listed
 
 
 def test_without_plugins_the_entry_point_machinery_is_not_imported(
@@ -89,13 +96,13 @@ def test_without_plugins_the_entry_point_machinery_is_not_imported(
 def test_with_a_plugin_record_the_entry_point_machinery_is_not_imported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first start discovers the plugins (once its first reply is out) and
-    records them in the cache directory; the next, in the same environment,
-    starts from the record."""
-    _, first = imported(tmp_path, monkeypatch)
+    """The first start to need its plugins discovers them and records them in
+    the cache directory; the next, in the same environment, starts from the
+    record."""
+    _, first = imported(tmp_path, monkeypatch, then="guest-info")
     assert "importlib.metadata" in first
     assert (tmp_path / "cache" / "plugins.json").is_file()
-    _, second = imported(tmp_path, monkeypatch)
+    _, second = imported(tmp_path, monkeypatch, then="guest-info")
     for module in DISCOVERY:
         assert module not in second
     assert "trio_qga_procinfo.handlers" in second

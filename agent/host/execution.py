@@ -109,26 +109,66 @@ async def start(
     closed; without it, stdin stays open for :meth:`Execution.write`, or is
     /dev/null with the fallback); ``terminal``: run on a pseudo-terminal of
     (rows, cols)."""
-    if not argv:
-        raise ValueError("no program to run")
-    if streams(await client.commands()):
-        arguments: dict[str, Any] = {"path": argv[0], "arg": list(argv[1:])}
-        if env:
-            arguments["env"] = list(env)
-        if cwd is not None:
-            arguments["cwd"] = cwd
-        if terminal is not None:
-            arguments["terminal"] = {"rows": terminal[0], "cols": terminal[1]}
-        pid = (await _starting(client, START, arguments))["pid"]
-        execution: Execution = StreamingExecution(client, pid)
-        if stdin is not None:
-            await execution.write(stdin)
-            await execution.close_stdin()
-    else:
+    execution = await start_streaming(client, argv, env=env, cwd=cwd, terminal=terminal)
+    if execution is None:
         if terminal is not None:
             raise NotSupported("a terminal needs the streaming exec extension of trio-qga")
-        execution = await PolledExecution.start(client, _wrapped(argv, env, cwd), stdin)
+        return await start_polled(client, argv, env=env, cwd=cwd, stdin=stdin)
+    if stdin is not None:
+        await execution.write(stdin)
+        await execution.close_stdin()
     return execution
+
+
+async def start_streaming(
+    client: Requester,
+    argv: Sequence[str],
+    *,
+    env: Sequence[str] = (),
+    cwd: str | None = None,
+    terminal: tuple[int, int] | None = None,
+) -> StreamingExecution | None:
+    """``argv`` started through the streaming exec, its stdin open; None when
+    the agent runs programs through guest-exec only (:func:`start_polled`).
+
+    The streaming start is asked for straight away, and guest-info only when it
+    fails: listing every command makes trio-qga find and import its plugins,
+    0.28 s of a TCG test VM's first ``run`` (docs/vm.md, "Where a boot's time
+    goes"), and a ``run`` on qemu-ga costs one round trip more than before.
+    Raises :class:`ExecDisabled` when guest-info shows exec disabled (the
+    filter, a freeze), as :func:`streams` decides.
+    """
+    if not argv:
+        raise ValueError("no program to run")
+    arguments: dict[str, Any] = {"path": argv[0], "arg": list(argv[1:])}
+    if env:
+        arguments["env"] = list(env)
+    if cwd is not None:
+        arguments["cwd"] = cwd
+    if terminal is not None:
+        arguments["terminal"] = {"rows": terminal[0], "cols": terminal[1]}
+    try:
+        started = await client.execute(START, arguments)
+    except CommandNotFound as err:  # absent (qemu-ga), or disabled: guest-info says which
+        if streams(await client.commands()):  # disabled a moment ago (a freeze)
+            raise ExecDisabled(START, err.desc) from err
+        return None
+    return StreamingExecution(client, started["pid"])
+
+
+async def start_polled(
+    client: Requester,
+    argv: Sequence[str],
+    *,
+    env: Sequence[str] = (),
+    cwd: str | None = None,
+    stdin: bytes | None = None,
+) -> Execution:
+    """``argv`` started through guest-exec, whose output is polled for with
+    guest-exec-status: what an agent without the streaming exec offers."""
+    if not argv:
+        raise ValueError("no program to run")
+    return await PolledExecution.start(client, _wrapped(argv, env, cwd), stdin)
 
 
 async def _starting(client: Requester, command: str, arguments: dict[str, Any]) -> Any:

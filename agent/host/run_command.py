@@ -35,7 +35,8 @@ from agent.host.execution import (
     Execution,
     NotSupported,
     StreamingExecution,
-    streams,
+    start_polled,
+    start_streaming,
 )
 
 STDIN_READ = 64 * 1024
@@ -55,23 +56,27 @@ async def run_command(
 ) -> int:
     """Run ``argv`` in the guest with our standard streams; its shell status.
     An agent whose filter disables exec: :class:`ExecDisabled`, before our stdin is read."""
-    commands = await client.commands()
-    stdin = None
-    if not streams(commands):
+    size = None
+    if terminal:
+        size = _window_size()
+        if "TERM" in os.environ and not any(item.startswith("TERM=") for item in env):
+            env = [f"TERM={os.environ['TERM']}", *env]  # as ssh passes it
+    execution: Execution | None
+    execution = await start_streaming(client, argv, env=env, cwd=cwd, terminal=size)
+    if execution is None:
+        if terminal:
+            raise NotSupported("a terminal needs the streaming exec extension of trio-qga")
+        commands = await client.commands()
         why = "its streaming exec disabled" if START in commands else "no streaming exec (qemu-ga?)"
         print(
             f"trio-qga-client: the agent has {why}: using guest-exec,"
             " the output will come when the program has ended",
             file=sys.stderr,
         )
+        stdin = None
         if not os.isatty(0):
             stdin = await trio.to_thread.run_sync(sys.stdin.buffer.read)
-    size = None
-    if terminal:
-        size = _window_size()
-        if "TERM" in os.environ and not any(item.startswith("TERM=") for item in env):
-            env = [f"TERM={os.environ['TERM']}", *env]  # as ssh passes it
-    execution = await client.run(argv, env=env, cwd=cwd, terminal=size, stdin=stdin)
+        execution = await start_polled(client, argv, env=env, cwd=cwd, stdin=stdin)
     with _raw_mode(terminal and os.isatty(0)), trio.CancelScope() as give_up:
         try:
             async with trio.open_nursery() as nursery:

@@ -415,8 +415,8 @@ def handlers_with_key(name: str) -> HandlerSet:
 
 def test_commands_left_for_later_load_when_first_needed() -> None:
     """``Registry.add_later``: the agent's handler groups and plugins beyond the
-    first reply's load on a lookup that misses, on a listing, or at
-    ``complete``; each load runs once."""
+    first reply's load on a lookup that misses (those up to the one it needs),
+    on a listing, or at ``complete``; each load runs once."""
     defs = parse(GATES_SCHEMA, "t")
     loads: list[str] = []
 
@@ -439,6 +439,15 @@ def test_commands_left_for_later_load_when_first_needed() -> None:
     assert registry.complete_now
     assert registry.get("x-nothing") is None
     assert loads == ["x-exec-status", "x-stream"]
+
+    partly = Registry(defs)  # a lookup runs the loads up to the one that adds the name
+    partly.add_later(lambda: partly.add(handlers_of("x-exec")))
+    partly.add_later(lambda: partly.add(handlers_of("x-exec-status")))
+    partly.add_later(lambda: partly.add(handlers_of("x-stream")))
+    assert partly.get("x-exec-status") is not None
+    assert not partly.complete_now  # x-stream's load still waits
+    assert partly.get("x-exec") is not None
+    assert not partly.complete_now
 
     listed = Registry(defs)
     listed.add_later(lambda: listed.add(handlers_of("x-exec")))

@@ -14,6 +14,7 @@ harness serves a socket or serial port it opened itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import socket
@@ -77,6 +78,10 @@ def _builtin_groups() -> tuple[str, tuple[str, ...]]:
     return package.FIRST, package.GROUPS
 
 
+def _add_group(registry: Registry, module: str) -> None:
+    registry.add(_handler_set(module))
+
+
 def _handler_set(module: str) -> HandlerSet:
     handlers: HandlerSet = importlib.import_module(module).handlers
     return handlers
@@ -93,7 +98,7 @@ class _Started:
     context: AgentContext
     dispatcher: Dispatcher
     plugins: list[FoundPlugin]
-    own_groups: Callable[[], None] | None  # the load of the agent's other handler groups
+    own_groups: tuple[Callable[[], None], ...]  # the loads of the agent's other handler groups
 
 
 class Agent:
@@ -195,17 +200,13 @@ class Agent:
         """
         config = self.config
         registry = Registry(self._schema or load_builtin())
-        own_groups: Callable[[], None] | None = None
+        own_groups: tuple[Callable[[], None], ...] = ()
         if self._handlers is None:
             first, groups = _builtin_groups()
             registry.add(_handler_set(first))
-
-            def load_groups() -> None:
-                for group in groups:
-                    registry.add(_handler_set(group))
-
-            registry.add_later(load_groups)
-            own_groups = load_groups
+            own_groups = tuple(functools.partial(_add_group, registry, group) for group in groups)
+            for load in own_groups:
+                registry.add_later(load)
         else:
             for handler_set in self._handlers:
                 registry.add(handler_set)
@@ -267,19 +268,27 @@ class Agent:
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
             await nursery.start(context.freezer.run)  # reads the frozen marker
-            if started.own_groups is not None:
+            if started.own_groups:
                 nursery.start_soon(self._complete_start, context.registry, started.own_groups)
             self._background = stack.pop_all()
         return self
 
-    async def _complete_start(self, registry: Registry, own_groups: Callable[[], None]) -> None:
+    async def _complete_start(
+        self, registry: Registry, own_groups: tuple[Callable[[], None], ...]
+    ) -> None:
         """The agent's own commands left for later, loaded once the first reply
-        of any session has gone out (:meth:`_start`)."""
+        of any session has gone out (:meth:`_start`): a group at a time, each
+        followed by a checkpoint, so that a request which came meanwhile is
+        served before the groups it does not need are loaded (a test VM's
+        ``run``, whose streaming exec is the first group; docs/vm.md, "Where
+        a boot's time goes")."""
         await self._replied.wait()
-        try:
-            registry.complete(through=own_groups)
-        except Exception:  # a bug: the commands loaded go on being served
-            log.exception("loading the agent's commands failed")
+        for load in own_groups:
+            try:
+                registry.complete(through=load)
+            except Exception:  # a bug: the commands loaded go on being served
+                log.exception("loading the agent's commands failed")
+            await trio.lowlevel.checkpoint()
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:

@@ -84,9 +84,10 @@ class Registry:
 
     def add_later(self, load: Callable[[], None]) -> None:
         """Have ``load()`` add commands (with :meth:`add`) when they are first
-        needed, not now: when a command not yet registered is looked up, when
-        all of them are listed, or at :meth:`complete`. Loads run once each, in
-        the order given; one that raises is not run again."""
+        needed, not now: when a command not yet registered is looked up (the
+        loads before it too, not those after), when all of them are listed, or
+        at :meth:`complete`. Loads run once each, in the order given; one that
+        raises is not run again."""
         self._later.append(load)
 
     @property
@@ -133,9 +134,11 @@ class Registry:
             )
 
     def get(self, name: str) -> Command | None:
+        """Command ``name``; on a miss, the loads left for later run in order
+        until one has added it (all of them for a name none adds)."""
         command = self._commands.get(name)
-        if command is None and self._later:
-            self.complete()
+        while command is None and self._later:
+            self._later.pop(0)()
             command = self._commands.get(name)
         return command
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.host.vm import cache, elf, initramfs, kernel, qemu, rundir, virtiofs
+from agent.host.vm import cache, elf, initramfs, kernel, qemu, rundir, virtiofs, warm
 from agent.host.vm.config import RUNDIR, Drive, VmConfig
 from agent.host.vm.cpio import CpioWriter
 from agent.host.vm.errors import VmError
@@ -162,6 +162,7 @@ def settings(config: VmConfig) -> dict[str, str]:
             "AGENT",
             "AGENT_ENV",
             "MASK",
+            "WARM",
         ]
         script = f". {root}/etc/trio-qga-vm/boot.conf\n"
         script += "".join(f'printf "%s=%s\\n" {name} "${name}"\n' for name in names)
@@ -209,9 +210,31 @@ def test_the_guest_agent_keeps_its_plugin_record_in_the_launcher_s_cache(
     agent = shlex.split(settings(config)["AGENT"])
     assert agent[agent.index("--cache-dir") + 1] == str(kept)
     assert agent[-1] == "-v"  # the user's arguments come last: theirs win
+    assert config.warm_files == kept / warm.LIST  # the files its start reads, read ahead
+    assert settings(config)["WARM"] == str(kept / warm.LIST)
     own = VmConfig(agent=("/bin/my-agent",))  # not ours: nothing to keep for it
     assert with_guest_cache(own, tmp_path / "d") == own
     assert not (tmp_path / "d").exists()
+
+
+def test_the_read_ahead_list_holds_the_agent_s_start_and_is_made_once(tmp_path: Path) -> None:
+    """The files the guest's agent starts from, listed by the guest's Python on
+    the host: its compiled modules and small libraries, after a stamp line; made
+    again only when the stamp changes."""
+    target = tmp_path / warm.LIST
+    warm.refresh(sys.executable, target)
+    stamp, *files = target.read_text().splitlines()
+    assert stamp.startswith(f"# {sys.executable} ")
+    compiled = {Path(name).name.split(".")[0] for name in files if name.endswith(".pyc")}
+    assert {"_run", "session", "stream_exec", "virtio"} <= compiled  # trio's, the agent's
+    assert all(Path(name).is_file() for name in files)
+    assert all(Path(name).stat().st_size <= warm.BIGGEST for name in files)
+    made = target.stat().st_mtime_ns
+    warm.refresh(sys.executable, target)
+    assert target.stat().st_mtime_ns == made  # the same stamp: not made again
+    target.write_text("# an older stamp\n/nonexistent\n")
+    warm.refresh(sys.executable, target)
+    assert target.read_text().splitlines()[0] == stamp
 
 
 def test_settings_that_the_init_could_not_read_are_refused(tmp_path: Path) -> None:

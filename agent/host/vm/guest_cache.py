@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from agent.host.vm import warm
 from agent.host.vm.config import VmConfig
 
 DIRECTORY = "guest-cache"  # in the launcher's cache (agent/host/vm/cache.py)
@@ -38,4 +39,5 @@ def with_guest_cache(config: VmConfig, cache: Path) -> VmConfig:
         config,
         shares=(*config.shares, directory),
         agent_args=("--cache-dir", str(directory), *config.agent_args),
+        warm_files=config.warm_files or directory / warm.LIST,
     )

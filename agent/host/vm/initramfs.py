@@ -161,6 +161,7 @@ def boot_archive(config: VmConfig, kernel: Kernel, base: BaseImage) -> bytes:
         "AGENT": shlex.join(agent),
         "AGENT_ENV": shlex.join(config.agent_environment()),
         "MASK": " ".join(mask),
+        "WARM": "" if config.warm_files is None else str(config.warm_files),
     }
     conf = "".join(f"{name}={shlex.quote(value)}\n" for name, value in settings.items())
     shares = "".join(f"{tag} {path}\n" for tag, path in shares_of(config))

@@ -30,6 +30,7 @@ import trio
 from agent.host.client import QgaClient, StreamChannel
 from agent.host.errors import ClientError
 from agent.host.execution import Chunk, RunResult
+from agent.host.vm import warm
 from agent.host.vm.cache import cache_dir, file_lock
 from agent.host.vm.config import VmConfig
 from agent.host.vm.console import Console, Step
@@ -204,6 +205,8 @@ async def prepare(config: VmConfig, notice: Notice) -> tuple[Kernel, BaseImage, 
     """(kernel, base initramfs, accelerator): installed, fetched or built if missing."""
     if config.agent is None:
         await trio.to_thread.run_sync(_compile_agent)
+    if config.warm_files is not None:
+        await trio.to_thread.run_sync(warm.refresh, config.python, config.warm_files)
     await ensure_packages(notice)
     cache = cache_dir()
     kernel = await current_kernel(cache, notice)

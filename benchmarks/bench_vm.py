@@ -60,6 +60,7 @@ from agent.host.vm.cache import cache_dir
 from agent.host.vm.config import RUNDIR
 from agent.host.vm.console import Step
 from agent.host.vm.kernel import current_kernel
+from benchmarks.guest_start import AGENT, TIMED_START, timed_start
 
 COMMAND = ["echo", "ready"]
 FIRST_BYTE = b"ready"
@@ -72,35 +73,10 @@ COPY_CHUNK = 1024 * 1024  # bytes per guest-file-read and -write
 REFERENCE_PORT = "org.qemu.guest_agent.reference"  # qemu-ga's, beside trio-qga's
 VNG_VERSION = "virtme-ng==1.42"
 TIMEOUT = 900.0  # seconds for any one run
-AGENT_ALONE = """\
-import os, socket, subprocess, sys, time
-path = "/run/bench-agent.sock"
-started = time.monotonic()
-agent = subprocess.Popen(
-    [sys.executable, "-m", "agent", "--transport", "unix-listen:" + path, "-t", "/run",
-     "-f", "/run/bench-agent.pid"], stderr=subprocess.DEVNULL)
-while True:
-    try:
-        client = socket.socket(socket.AF_UNIX)
-        client.connect(path)
-        break
-    except OSError:
-        client.close()
-        time.sleep(0.005)
-client.sendall(b'\\xff{"execute": "guest-sync-delimited", "arguments": {"id": 1}}\\n')
-reply = b""
-while not reply.lstrip(b"\\xff").endswith(b"\\n"):
-    reply += client.recv(4096)
-print(time.monotonic() - started)
-agent.terminate()
-agent.wait()
-"""
-
-
 Row = dict[str, float]
 # The agent's first start in a fresh boot: the init runs this instead of an agent,
 # and the console carries the guest's uptime at the spawn and at the first reply.
-FIRST_START = AGENT_ALONE.replace(
+FIRST_START = TIMED_START.replace(
     "started = time.monotonic()\n",
     "console = open('/dev/console', 'w')\n"
     "def say(step):\n"
@@ -184,7 +160,7 @@ def agent_alone() -> Row:
 
     async def measure() -> float:
         async with boot_vm(VmConfig()) as vm:
-            result = await vm.run([sys.executable, "-c", AGENT_ALONE], check=True)
+            result = await vm.run(timed_start((AGENT, {})), check=True)
             return float(result.stdout)
 
     return {"agent alone": trio.run(measure)}
@@ -193,7 +169,7 @@ def agent_alone() -> Row:
 def agent_first_start() -> Row:
     """trio-qga's spawn to its first reply, the first start in a fresh boot."""
     script = (
-        f"{shlex.quote(sys.executable)} -c {shlex.quote(FIRST_START)};"
+        f"{shlex.join(timed_start((AGENT, {}), FIRST_START))};"
         f" exec {RUNDIR}/bin/busybox poweroff -f"
     )
     steps: dict[str, Step] = {}

@@ -34,52 +34,20 @@ from pathlib import Path
 import trio
 
 from agent.host.vm import VmConfig, boot_vm
+from benchmarks.guest_start import AGENT, Server, timed_start
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR = ROOT / "benchmarks" / "stack_floor.py"
-# Run in the guest: a server's spawn to its first reply, in seconds, on stdout.
-# Its command comes with "{path}" where the socket's path goes.
-TIMED_START = """\
-import json, os, socket, subprocess, sys, time
-server, env = json.loads(sys.argv[1])
-path = "/run/bench-start.sock"
-if os.path.exists(path):
-    os.unlink(path)
-started = time.monotonic()
-process = subprocess.Popen(
-    [arg.replace("{path}", path) for arg in server], env={**os.environ, **env},
-    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-while True:
-    try:
-        client = socket.socket(socket.AF_UNIX)
-        client.connect(path)
-        break
-    except OSError:
-        client.close()
-        time.sleep(0.005)
-client.sendall(b'\\xff{"execute": "guest-sync-delimited", "arguments": {"id": 1}}\\n')
-reply = b""
-while not reply.lstrip(b"\\xff").endswith(b"\\n"):
-    reply += client.recv(4096)
-print(time.monotonic() - started)
-process.terminate()
-process.wait()
-"""
-AGENT = (sys.executable, "-m", "agent", "-t", "/run", "-f", "/run/bench-start.pid")
-LISTEN = ("--transport", "unix-listen:{path}")
-
-
-Server = tuple[tuple[str, ...], dict[str, str]]  # a command and its environment
 
 
 def servers(base: Path | None) -> dict[str, Server]:
     """Each contender's command ("{path}": the socket's) and environment."""
     found: dict[str, Server] = {
         "floor": ((sys.executable, str(FLOOR), "unix-listen:{path}"), {}),
-        "trio-qga": ((*AGENT, *LISTEN), {}),
+        "trio-qga": (AGENT, {}),
     }
     if base is not None:
-        found["base"] = ((*AGENT, *LISTEN), {"PYTHONPATH": str(base)})
+        found["base"] = (AGENT, {"PYTHONPATH": str(base)})
     return found
 
 
@@ -100,8 +68,7 @@ async def measure(rounds: int, base: Path | None) -> dict[str, list[float]]:
     async with boot_vm(VmConfig()) as vm:
 
         async def start(name: str) -> float:
-            argument = json.dumps(contenders[name])
-            result = await vm.run([sys.executable, "-c", TIMED_START, argument], check=True)
+            result = await vm.run(timed_start(contenders[name]), check=True)
             return float(result.stdout)
 
         for name in contenders:

@@ -52,8 +52,9 @@ class VmConfig:
     agent_args: tuple[str, ...] = ()  # added to trio-qga's command line
     env: tuple[str, ...] = ()  # NAME=VALUE for the agent and all it runs
     python: str = field(default_factory=lambda: sys.executable)  # runs trio-qga in the guest
-    # Files the guest reads ahead while its agent starts, one per line after the
-    # first (a stamp; agent/host/vm/warm.py); the launcher sets it for its own trio-qga.
+    # Where the launcher keeps, and remakes when stale, the list of files the guest
+    # reads ahead while its agent starts (agent/host/vm/warm.py): set by the launcher
+    # for its own trio-qga, in the guest's cache directory; None: no read-ahead.
     warm_files: Path | None = None
     append: str = ""  # more kernel command line
     qemu_args: tuple[str, ...] = ()  # more QEMU arguments, last

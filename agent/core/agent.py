@@ -19,8 +19,7 @@ import importlib
 import logging
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import trio
 
@@ -32,17 +31,17 @@ from agent.core.registry import HandlerSet, Registry
 from agent.core.session import ReleaseMemory, serve_session
 from agent.core.store import SessionStore
 from agent.models.schema import SchemaDefs, load_builtin
-from agent.system.executor import Clock, Executor, ProcessExecutor, SystemClock, SystemRoot
 from agent.system.fsfreeze.freezer import Freezer
 from agent.system.fsfreeze.loghold import LogHold
 from agent.system.fsguard import FsGuard, FsTimeout
-from agent.system.sysinfo.fstrim import Trim, fitrim
 from agent.transports.activation import method_of
 from agent.transports.group import Channel, serve_all
 from agent.transports.spec import TransportSpec
 
 if TYPE_CHECKING:
     from agent.core.plugins import FoundPlugin
+    from agent.system.executor import Clock, Executor, SystemRoot
+    from agent.system.sysinfo.fstrim import Trim
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +90,7 @@ class NotStarted(RuntimeError):
     """What only a running agent has was asked of one not started (``async with``)."""
 
 
-@dataclass(frozen=True)
-class _Started:
+class _Started(NamedTuple):
     """What starting an agent builds."""
 
     context: AgentContext
@@ -238,10 +236,10 @@ class Agent:
             SessionStore(config.statedir, config.max_handles),  # reads the handle counter
             freezer,
             fs,
-            executor=self._executor or ProcessExecutor(),
-            root=self._root or SystemRoot(),
-            clock=self._clock or SystemClock(),
-            trim=self._trim or fitrim,
+            executor=self._executor,
+            root=self._root,
+            clock=self._clock,
+            trim=self._trim,
         )
         return _Started(context, Dispatcher(context), plugins, own_groups)
 
@@ -315,7 +313,7 @@ class Agent:
             )
         except FsTimeout as err:
             log.warning("open files not closed yet: %s", err)
-        await self.context.processes.aclose()  # guest-exec children are killed and reaped
+        await self.context.aclose_processes()  # guest-exec children are killed and reaped
 
     async def serve(
         self,

@@ -16,11 +16,12 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
 from agent.core.config import AgentConfig
-from agent.daemon import conffile, detach
+from agent.daemon import conffile
 from agent.daemon.allocator import freed_memory_releaser, return_big_buffers
 from agent.daemon.collector import freeze_start_up
 from agent.daemon.logs import setup_logging
@@ -31,6 +32,9 @@ from agent.system.fsfreeze.loghold import LogHold
 from agent.transports.activation import ActivationError, activated_sockets
 from agent.transports.serve import TransportError
 from agent.version import VERSION
+
+if TYPE_CHECKING:
+    from agent.daemon.detach import Launcher
 
 log = logging.getLogger("trio-qga")
 
@@ -64,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     launcher = None
     if config.daemonize:
+        from agent.daemon import detach  # only a daemon that forks needs it
+
         config = absolute_paths(config)
         launcher = detach.detach(keep=[listener.fileno() for listener in listeners])
     try:
@@ -114,7 +120,7 @@ def dump_schema(plugins: bool, disabled: tuple[str, ...]) -> int:
 def _serve(
     config: AgentConfig,
     listeners: list[socket.socket],
-    launcher: detach.Launcher | None,
+    launcher: Launcher | None,
     log_hold: LogHold,
 ) -> int:
     notifier = Notifier.from_environment()
@@ -158,7 +164,7 @@ def _serve(
     return 0
 
 
-def _failed(launcher: detach.Launcher | None, messages: list[str]) -> int:
+def _failed(launcher: Launcher | None, messages: list[str]) -> int:
     """Log why the agent stops; a launcher waiting for the daemon prints it too."""
     for message in messages:
         log.error("%s", message)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from agent.models.annotations import accepts
 from agent.models.builder import CommandModels, ModelFactory
@@ -26,17 +26,16 @@ HandlerFunction = Callable[..., Any]
 _NO_SECRETS: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
 
 
-@dataclass(frozen=True)
-class HandlerSpec:
+class HandlerSpec(NamedTuple):
     name: str
     function: HandlerFunction
 
 
-@dataclass
 class HandlerSet:
     """The handlers of one module or plugin, by command name."""
 
-    specs: dict[str, HandlerSpec] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.specs: dict[str, HandlerSpec] = {}
 
     def command(self, name: str) -> Callable[[HandlerFunction], HandlerFunction]:
         def register(function: HandlerFunction) -> HandlerFunction:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any, Literal, NamedTuple
 
 from agent.argtypes import positive_seconds
 from agent.core.config import DEFAULT_PIDFILE, AgentConfig
@@ -33,8 +33,7 @@ class ConfigFileError(Exception):
     """The configuration file cannot be read, or a value in it is invalid."""
 
 
-@dataclass(frozen=True)
-class Key:
+class Key(NamedTuple):
     """A key of the file and the :class:`AgentConfig` field it sets."""
 
     name: str

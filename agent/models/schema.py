@@ -15,9 +15,8 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.wire.framer import Framer, Message, ParseError
 
@@ -30,8 +29,7 @@ class SchemaError(ValueError):
     """The schema file is malformed; the message says where."""
 
 
-@dataclass(frozen=True)
-class CommandDef:
+class CommandDef(NamedTuple):
     name: str
     data: dict[str, Any] | str | None  # inline members, a struct's name, or none
     returns: Any  # a type expression, or None for an empty object
@@ -47,12 +45,11 @@ class CommandDef:
     secret_returns: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
-class SchemaDefs:
+class SchemaDefs(NamedTuple):
     """Every definition of one schema file, by name."""
 
-    commands: dict[str, CommandDef] = field(default_factory=dict)
-    types: dict[str, dict[str, Any]] = field(default_factory=dict)  # struct/enum/... by name
+    commands: dict[str, CommandDef]
+    types: dict[str, dict[str, Any]]  # struct/enum/... by name
 
 
 _COMMAND_KEYS = {
@@ -122,7 +119,7 @@ def expressions(text: str, origin: str) -> list[object]:
 
 def definitions(exprs: Iterable[object], origin: str) -> SchemaDefs:
     """The definitions of schema expressions, checked for shape."""
-    defs = SchemaDefs()
+    defs = SchemaDefs({}, {})
     for expr in exprs:
         _add(defs, expr, origin)
     return defs

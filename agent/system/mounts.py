@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Filesystems that cannot take writes anyway: freezing them protects nothing.
 READ_ONLY_TYPES = frozenset({"squashfs", "iso9660", "erofs", "cramfs", "romfs"})
@@ -27,8 +27,7 @@ class MountTableError(Exception):
     """The mount table cannot be read."""
 
 
-@dataclass(frozen=True, slots=True)
-class Mount:
+class Mount(NamedTuple):
     """One line of the mount table."""
 
     mountpoint: str

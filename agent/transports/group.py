@@ -20,7 +20,7 @@ import logging
 import socket
 from collections.abc import Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import trio
 
@@ -41,8 +41,7 @@ log = logging.getLogger(__name__)
 SESSION_TRANSPORT: ContextVar[str | None] = ContextVar("SESSION_TRANSPORT", default=None)
 
 
-@dataclass(frozen=True, eq=False)
-class Channel:
+class Channel(NamedTuple):
     """One transport to serve: ``spec`` opened, or ``listener``, a listening
     socket the caller opened (systemd's), served as ``spec``'s method."""
 

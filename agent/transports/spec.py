@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 METHODS = ("virtio-serial", "isa-serial", "unix-listen", "vsock-listen")
 DEFAULT_METHOD = "virtio-serial"  # qemu-ga's
@@ -22,8 +22,7 @@ def split_transport(text: str) -> tuple[str, str | None]:
     return method, path or None
 
 
-@dataclass(frozen=True)
-class TransportSpec:
+class TransportSpec(NamedTuple):
     """One channel: how to open it, and what to do when it fails."""
 
     method: str = DEFAULT_METHOD

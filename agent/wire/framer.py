@@ -20,7 +20,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from agent.wire.delimiter import DELIMITER, FLUSH_CHAR
 
@@ -41,8 +41,7 @@ class Message:
     value: object
 
 
-@dataclass(frozen=True, slots=True)
-class ParseError:
+class ParseError(NamedTuple):
     """Input that is not valid JSON; ``reason`` is the error text for the reply."""
 
     reason: str

@@ -34,6 +34,13 @@ NOT_AT_START = (
     "trio_qga_procinfo.handlers",  # the example plugin: loaded when a request needs it
     "agent.core.plugins",  # which loads it
     "agent.system.fsidentity",  # the ssh key commands' threads (ctypes, libc)
+    # The seams the context builds when a handler first asks (agent.core.context).
+    "agent.system.executor",
+    "agent.system.processes",
+    "agent.system.sysinfo.fstrim",
+    "agent.system.mounts",  # read by a freeze, a thaw, or a frozen marker at start
+    "agent.daemon.detach",  # a daemon that forks
+    "pybase64",  # the first reply or request that carries a payload
 )
 # What only plugin discovery needs: not imported with --no-plugins, nor when the
 # plugin record matches (importlib.metadata imports importlib.resources; the

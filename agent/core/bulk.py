@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import TypeGuard
 
-import pybase64
 import trio
 
 from agent.wire.payload import Base64Payload
@@ -44,6 +43,8 @@ async def encode_big_payloads(value: dict[str, object]) -> dict[str, object]:
 
 
 async def _encode(data: bytes | bytearray) -> tuple[bytes, ...]:
+    import pybase64  # with the first payload, not at start: a first reply has none
+
     pieces = []
     with memoryview(data) as view:
         for start in range(0, len(view), PIECE):

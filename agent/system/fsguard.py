@@ -47,7 +47,8 @@ from typing import Generic, TypeVar
 
 import trio
 
-from agent.system.mounts import NETWORK_TYPES, MountTableError, read_mount_table
+# agent.system.mounts is imported where the table is read: a first reply does
+# not read it (docs/benchmarks.md, "The agent's start in a TCG guest").
 
 MAX_STUCK = 16  # abandoned threads at once, before calls fail fast
 RETRY_AFTER = 60.0  # seconds a hung mount fails fast before it is tried again
@@ -346,6 +347,8 @@ class FsGuard:
     def may_hang(self, device: int) -> bool:
         """Whether the filesystem of ``device`` (st_dev) has a server that may never
         answer: a network or FUSE one, or one the mount table does not show."""
+        from agent.system.mounts import NETWORK_TYPES, MountTableError, read_mount_table
+
         try:
             mounts = read_mount_table(self.mount_table)
         except MountTableError:
@@ -358,6 +361,8 @@ class FsGuard:
     def mount_of(self, path: str) -> str | None:
         """The mountpoint ``path`` lies on, from the mount table alone (touching the
         path itself could hang); None if the table cannot be read."""
+        from agent.system.mounts import MountTableError, read_mount_table
+
         try:
             mounts = read_mount_table(self.mount_table)
         except MountTableError:

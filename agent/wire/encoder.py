@@ -10,8 +10,6 @@ import enum
 import json
 from dataclasses import dataclass
 
-import pybase64
-
 from agent.wire.delimiter import DELIMITER
 from agent.wire.payload import Base64Payload
 
@@ -95,6 +93,8 @@ def encode_return_parts(value: dict[str, object], request_id: RequestId = NO_ID)
     The reply comes in pieces, so a big payload is sent without being joined;
     a small one (a 4 KiB read's) goes in the line itself.
     """
+    import pybase64  # with the first payload, not at start: a first reply has none
+
     parts: list[bytes] = []
     text = '{"return": {'
     for index, (key, item) in enumerate(value.items()):

@@ -20,8 +20,6 @@ import json
 import logging
 from collections.abc import Callable
 
-import pybase64
-
 from agent.wire.encoder import NO_ID, ErrorReply, Reply
 from agent.wire.payload import Base64Payload
 
@@ -115,6 +113,8 @@ def _text(value: object) -> str:
 
 def _payload(value: object) -> str:
     """Bytes of a reply that the encoder writes as base64 (a member not marked secret)."""
+    import pybase64  # with the first payload, not at start: a first reply has none
+
     if isinstance(value, Base64Payload):
         return pybase64.b64encode_as_string(value.data)
     raise TypeError(f"{type(value).__name__} is not JSON")

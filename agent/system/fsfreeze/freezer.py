@@ -21,7 +21,7 @@ import logging
 import math
 from collections.abc import Sequence
 from functools import partial
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -34,7 +34,11 @@ from agent.system.fsfreeze.marker import FrozenMarker
 from agent.system.fsfreeze.state import FreezeEvent, FreezeMachine, FreezeState
 from agent.system.fsfreeze.watchdog_client import Watchdog, WatchdogError
 from agent.system.fsguard import FsGuard, FsTimeout
-from agent.system.mounts import Mount, MountTableError, freeze_plan, read_mount_table, unfreezable
+
+if TYPE_CHECKING:
+    # Imported where the table is read: a start without a frozen marker does
+    # not read it (docs/benchmarks.md, "The agent's start in a TCG guest").
+    from agent.system.mounts import Mount
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +229,14 @@ class Freezer:
     async def _mount_table(self) -> list[Mount]:
         """The mount table, read by the runner (a configured one is a file anywhere);
         tried even with calls stuck elsewhere, as a thaw needs it."""
+        from agent.system.mounts import read_mount_table
+
         read = partial(read_mount_table, self.mount_table)
         return await self._fs.call(None, read, fail_fast=False)
 
     async def _plan(self, mountpoints: Sequence[str] | None) -> list[Mount]:
+        from agent.system.mounts import MountTableError, freeze_plan, unfreezable
+
         try:
             table = await self._mount_table()
         except (MountTableError, FsTimeout) as err:
@@ -371,6 +379,8 @@ class Freezer:
 
     async def _all_freezable(self) -> list[str]:
         """Every freezable mountpoint, for a thaw that does not know what was frozen."""
+        from agent.system.mounts import MountTableError, freeze_plan
+
         try:
             table = await self._mount_table()
         except (MountTableError, FsTimeout) as err:

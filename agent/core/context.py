@@ -2,9 +2,10 @@
 
 The seams to the system (the executor, the system root, the clock, FITRIM) and
 the guest-exec children are built the first time a handler asks for them, not
-with the context: a first reply needs none of them, and their modules cost
-about 0.1 s to import in a TCG guest (docs/benchmarks.md, "The agent's start
-in a TCG guest"). A seam passed in (a test's) is used as it is.
+with the context: a first reply needs none of them, and their modules take
+2.8 ms to import on the host, about 25 times that in a TCG guest
+(docs/benchmarks.md, "The agent's start in a TCG guest"). A seam passed in (a
+test's) is used as it is.
 """
 
 from __future__ import annotations
@@ -46,9 +47,8 @@ class AgentContext:
         self.registry = registry
         self.policy = policy
         self.store = store
-        self.freezer = (
-            freezer  # ``frozen``: guest filesystems are (being) frozen, most commands refused
-        )
+        # freezer.frozen: guest filesystems are (being) frozen, most commands refused
+        self.freezer = freezer
         self.fs = fs  # filesystem calls with a deadline
         self.tasks = BackgroundTasks()  # outlive their command
         self._executor = executor

@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from agent.transports.contract import unsent
 from agent.transports.listen import serve_listener
 from agent.transports.socket_stream import SocketStream
 from tests.support import exchange_checks
@@ -196,3 +197,18 @@ async def test_a_listener_s_connections_share_one_post_reply_poll(tmp_path: Path
             await both_served.wait()
             nursery.cancel_scope.cancel()
     assert policies[0] is policies[1]
+
+
+@pytest.mark.parametrize(
+    ("sent", "left"),
+    [
+        (0, [b"ab", b"", b"cde"]),
+        (1, [b"b", b"", b"cde"]),
+        (2, [b"cde"]),  # a piece sent whole is dropped, and an empty one after it
+        (3, [b"de"]),
+        (5, []),
+    ],
+)
+def test_unsent_is_what_a_gather_write_left(sent: int, left: list[bytes]) -> None:
+    views = [memoryview(piece) for piece in (b"ab", b"", b"cde")]
+    assert [bytes(view) for view in unsent(views, sent)] == left

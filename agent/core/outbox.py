@@ -44,6 +44,9 @@ class Outbox:
             return
         pieces = self._pending[:]
         self._pending.clear()
+        if isinstance(self._stream, ExchangeStream):
+            await self._stream.send_all_pieces(pieces)
+            return
         for piece in pieces:
             await self._stream.send_all(piece)
 

@@ -17,15 +17,18 @@ from __future__ import annotations
 import functools
 import os
 import select
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from agent.transports.after_reply import PollWhileAnswered
 from agent.transports.contract import (
+    MAX_BUFFERS,
+    Bytes,
     ExchangeStream,
     OneAtATime,
     receive_size,
+    unsent,
 )
 
 DEFAULT_READ = 64 * 1024
@@ -88,6 +91,20 @@ class DeviceStream(ExchangeStream):
             await trio.lowlevel.checkpoint()
             await self._write(data)
 
+    async def send_all_pieces(self, pieces: Sequence[Bytes]) -> None:
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            fd = self._device.fd_out
+            self._check_open()
+            views = [memoryview(piece) for piece in pieces]
+            while views:
+                try:
+                    views = unsent(views, os.writev(fd, views[:MAX_BUFFERS]))
+                except BlockingIOError:
+                    await self._wait_to_write(fd)
+                except OSError as err:
+                    raise self._device.fail(err) from err
+
     async def send_then_receive(
         self, data: bytes | bytearray | memoryview, max_bytes: int | None = None
     ) -> bytes:
@@ -139,12 +156,15 @@ class DeviceStream(ExchangeStream):
                 try:
                     sent += os.write(fd, view[sent:])
                 except BlockingIOError:
-                    if hung_up(fd):
-                        await self._wait_for_host(fd)
-                    else:
-                        await self._wait(trio.lowlevel.wait_writable, fd)
+                    await self._wait_to_write(fd)
                 except OSError as err:
                     raise self._device.fail(err) from err
+
+    async def _wait_to_write(self, fd: int) -> None:
+        if hung_up(fd):
+            await self._wait_for_host(fd)
+        else:
+            await self._wait(trio.lowlevel.wait_writable, fd)
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._sending:

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import functools
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from agent.transports.after_reply import PollWhileAnswered
 from agent.transports.contract import (
+    MAX_BUFFERS,
+    Bytes,
     ExchangeStream,
     OneAtATime,
     receive_size,
+    unsent,
 )
 
 DEFAULT_RECEIVE_SIZE = 64 * 1024
@@ -54,6 +57,22 @@ class SocketStream(trio.abc.HalfCloseableStream, ExchangeStream):
         with self._sending:
             await trio.lowlevel.checkpoint_if_cancelled()
             await self._send(data)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def send_all_pieces(self, pieces: Sequence[Bytes]) -> None:
+        with self._sending:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_open()
+            if self._eof_sent:
+                raise trio.ClosedResourceError("the end of the stream was sent")
+            views = [memoryview(piece) for piece in pieces]
+            while views:
+                try:
+                    views = unsent(views, self._sock.sendmsg(views[:MAX_BUFFERS]))
+                except BlockingIOError:
+                    await self._wait(trio.lowlevel.wait_writable)
+                except OSError as err:
+                    raise self._translate(err) from err
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def send_then_receive(

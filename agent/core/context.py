@@ -10,6 +10,7 @@ test's) is used as it is.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from agent.core.tasks import BackgroundTasks
@@ -51,58 +52,48 @@ class AgentContext:
         self.freezer = freezer
         self.fs = fs  # filesystem calls with a deadline
         self.tasks = BackgroundTasks()  # outlive their command
-        self._executor = executor
-        self._root = root
-        self._clock = clock
-        self._trim = trim
-        self._processes: ProcessStore | None = None
+        # A seam passed in stands in the instance's dict, where cached_property
+        # looks first: it is never built.
+        seams = {"executor": executor, "root": root, "clock": clock, "trim": trim}
+        vars(self).update({name: seam for name, seam in seams.items() if seam is not None})
 
-    @property
+    @functools.cached_property
     def executor(self) -> Executor:
         """Runs system commands."""
-        if self._executor is None:
-            from agent.system.executor import ProcessExecutor
+        from agent.system.executor import ProcessExecutor
 
-            self._executor = ProcessExecutor()
-        return self._executor
+        return ProcessExecutor()
 
-    @property
+    @functools.cached_property
     def root(self) -> SystemRoot:
         """Where the system's files are."""
-        if self._root is None:
-            from agent.system.executor import SystemRoot
+        from agent.system.executor import SystemRoot
 
-            self._root = SystemRoot()
-        return self._root
+        return SystemRoot()
 
-    @property
+    @functools.cached_property
     def clock(self) -> Clock:
         """Sets the system time."""
-        if self._clock is None:
-            from agent.system.executor import SystemClock
+        from agent.system.executor import SystemClock
 
-            self._clock = SystemClock()
-        return self._clock
+        return SystemClock()
 
-    @property
+    @functools.cached_property
     def trim(self) -> Trim:
         """FITRIM on a mountpoint (guest-fstrim)."""
-        if self._trim is None:
-            from agent.system.sysinfo.fstrim import fitrim
+        from agent.system.sysinfo.fstrim import fitrim
 
-            self._trim = fitrim
-        return self._trim
+        return fitrim
 
-    @property
+    @functools.cached_property
     def processes(self) -> ProcessStore:
         """The guest-exec children."""
-        if self._processes is None:
-            from agent.system.processes import ProcessStore
+        from agent.system.processes import ProcessStore
 
-            self._processes = ProcessStore()
-        return self._processes
+        return ProcessStore()
 
     async def aclose_processes(self) -> None:
         """Kill and reap the guest-exec children, if a command started any."""
-        if self._processes is not None:
-            await self._processes.aclose()
+        processes: ProcessStore | None = vars(self).get("processes")
+        if processes is not None:
+            await processes.aclose()

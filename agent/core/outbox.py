@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from agent.transports.contract import ExchangeStream
+from agent.transports.contract import Bytes, ExchangeStream, send_each
 
 JOIN_LIMIT = 256 * 1024  # replies up to this size are joined into one write
 
@@ -20,12 +21,17 @@ class Outbox:
     scheduler for both, where ``send_all`` then ``receive_some`` makes two.
     """
 
-    __slots__ = ("_exchange", "_pending", "_stream")
+    __slots__ = ("_exchange", "_pending", "_send_pieces", "_stream")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self._pending: list[bytes] = []
-        self._exchange = stream.send_then_receive if isinstance(stream, ExchangeStream) else None
+        self._exchange = None
+        self._send_pieces: Callable[[Sequence[Bytes]], Awaitable[None]]
+        self._send_pieces = functools.partial(send_each, stream)
+        if isinstance(stream, ExchangeStream):
+            self._exchange = stream.send_then_receive
+            self._send_pieces = stream.send_all_pieces
 
     def add(self, pieces: list[bytes]) -> None:
         """Queue one reply (its pieces, from :func:`~agent.wire.encoder.encode_reply`)."""
@@ -44,11 +50,7 @@ class Outbox:
             return
         pieces = self._pending[:]
         self._pending.clear()
-        if isinstance(self._stream, ExchangeStream):
-            await self._stream.send_all_pieces(pieces)
-            return
-        for piece in pieces:
-            await self._stream.send_all(piece)
+        await self._send_pieces(pieces)
 
     def send_then_receive(self, max_bytes: int) -> Awaitable[bytes | bytearray]:
         """Send the replies due, then receive up to ``max_bytes``.

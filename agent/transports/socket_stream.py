@@ -62,9 +62,7 @@ class SocketStream(trio.abc.HalfCloseableStream, ExchangeStream):
     async def send_all_pieces(self, pieces: Sequence[Bytes]) -> None:
         with self._sending:
             await trio.lowlevel.checkpoint_if_cancelled()
-            self._check_open()
-            if self._eof_sent:
-                raise trio.ClosedResourceError("the end of the stream was sent")
+            self._check_sendable()
             views = [memoryview(piece) for piece in pieces]
             while views:
                 try:
@@ -111,9 +109,7 @@ class SocketStream(trio.abc.HalfCloseableStream, ExchangeStream):
     async def _send(self, data: bytes | bytearray | memoryview) -> None:
         """All of ``data``, waiting when the socket is full; no pass through the scheduler
         when it is not (the caller makes one)."""
-        self._check_open()
-        if self._eof_sent:
-            raise trio.ClosedResourceError("the end of the stream was sent")
+        self._check_sendable()
         with memoryview(data) as view:
             sent = 0
             while sent < len(view):
@@ -154,6 +150,11 @@ class SocketStream(trio.abc.HalfCloseableStream, ExchangeStream):
     def _check_open(self) -> None:
         if self._sock.fileno() == -1:
             raise trio.ClosedResourceError("the stream is closed")
+
+    def _check_sendable(self) -> None:
+        self._check_open()
+        if self._eof_sent:
+            raise trio.ClosedResourceError("the end of the stream was sent")
 
     def _translate(self, err: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
         if self._sock.fileno() == -1:

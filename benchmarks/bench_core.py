@@ -55,6 +55,10 @@ MIB = 1024 * 1024
 TICKS = os.sysconf("SC_CLK_TCK")
 # The floor (what the stack this agent is built on costs by itself) is named FLOOR.
 FLOOR_IMPORTS = "import trio, pydantic"
+# Seconds an agent idles after its first reply before its memory is read: what it
+# holds once serving. trio-qga loads the rest of its commands once quiet for
+# agent.core.activity's QUIET_FOR (0.2 s); at 0.1 s the row missed them.
+SETTLE = 0.5
 # Seconds between a host leaving after its transfers and the memory reading: the
 # agent has to see the end of the connection first (trio-qga then gives freed
 # memory back). Read at once, the figure was a race: 38 to 69 MiB for trio-qga.
@@ -494,7 +498,7 @@ def _startup_rounds(builds: list[Agent], rounds: int, workdir: Path, rows: Rows)
                 rows.add("startup", agent.name, seconds * 1e3)
                 cpu_ms = on_cpu_seconds(proc.pid) * 1e3
                 rows.add("startup-cpu", agent.name, cpu_ms)
-                time.sleep(0.1)  # let it settle: what it holds once serving
+                time.sleep(SETTLE)
                 rss = rss_kib(proc.pid) / 1024
                 rows.add("idle-memory", agent.name, rss)
             if agent is QEMU_GA:  # no first start of its own: the same round's figures
@@ -504,7 +508,7 @@ def _startup_rounds(builds: list[Agent], rounds: int, workdir: Path, rows: Rows)
             if rows.keys() & {"first-start-cpu", "first-start-memory"}:
                 with started(first_start(agent), workdir) as (proc, _, _):
                     rows.add("first-start-cpu", agent.name, on_cpu_seconds(proc.pid) * 1e3)
-                    time.sleep(0.1)
+                    time.sleep(SETTLE)
                     rows.add("first-start-memory", agent.name, rss_kib(proc.pid) / 1024)
 
 

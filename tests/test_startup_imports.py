@@ -5,10 +5,14 @@ files read from a slow disk."""
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -58,13 +62,15 @@ def imported(
     with running_agent(tmp_path, "-v", *options) as (proc, sock):  # its cache: tmp_path/cache
         client = SocketClient(sock)
         client.resync(1)
+        assert proc.stderr is not None
+        # Once quiet after its first reply, the agent loads its other commands.
+        log = read_until(proc.stderr, LOADED)
         if then is not None:
             assert "return" in client.execute(then)
         client.close()
         proc.terminate()
         assert proc.wait(10) == 0
-        assert proc.stderr is not None
-        log = proc.stderr.read().decode()
+        log += proc.stderr.read().decode()
     # -v logs each reply as it goes out; importtime writes each import as it ends.
     before, reply, _ = log.partition("sent reply")
     assert reply, "no reply was logged"
@@ -74,6 +80,22 @@ def imported(
 
 
 IMPORTED = r"^import time:.*\| +([\w.]+)$"
+LOADED = "the agent's own commands are loaded"
+
+
+def read_until(stream: IO[bytes], marker: str, seconds: float = 60) -> str:
+    """What ``stream`` gives until ``marker`` has come, or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    data = b""
+    while marker.encode() not in data:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{marker!r} did not come within {seconds} s: {data[-2000:]!r}"
+        ready, _, _ = select.select([stream], [], [], left)
+        if ready:
+            chunk = os.read(stream.fileno(), 65536)
+            assert chunk, f"the agent ended before {marker!r}: {data[-2000:]!r}"
+            data += chunk
+    return data.decode()
 
 
 def test_the_first_reply_needs_none_of_these(

@@ -141,6 +141,11 @@ class Registry:
             command = self._commands.get(name)
         return command
 
+    def loaded(self, name: str) -> bool:
+        """Whether command ``name`` is registered now: unlike :meth:`get`, this
+        loads nothing."""
+        return name in self._commands
+
     def secrets(self, name: str) -> tuple[frozenset[str], frozenset[str]]:
         """The members of command ``name`` that ``-v`` never logs: of its
         arguments, and of its return (none for a command the agent lacks)."""

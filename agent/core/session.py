@@ -22,10 +22,10 @@ that request before sleeping (``agent.transports.after_reply``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import trio
 
+from agent.core.activity import Activity
 from agent.core.dispatch import Dispatcher, Pending
 from agent.core.memory_release import MemoryRelease, ReleaseMemory
 from agent.core.outbox import Outbox
@@ -44,13 +44,13 @@ async def serve_session(
     dispatcher: Dispatcher,
     release_memory: ReleaseMemory | None = None,
     *,
-    replying: Callable[[], None] | None = None,
+    activity: Activity | None = None,
 ) -> None:
     """Serve ``stream`` until the peer closes it. Every session starts with a
-    clean parser. ``replying()`` is called once, as the session's first
-    replies go out."""
+    clean parser. ``activity`` (the agent's) counts its reads and the requests
+    under way, and learns of its first reply as it goes out."""
     try:
-        await _serve(stream, dispatcher, MemoryRelease(release_memory), replying)
+        await _serve(stream, dispatcher, MemoryRelease(release_memory), activity or Activity())
     except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
         log.debug("client went away: %s", err)
 
@@ -59,7 +59,7 @@ async def _serve(
     stream: trio.abc.Stream,
     dispatcher: Dispatcher,
     memory: MemoryRelease,
-    replying: Callable[[], None] | None,
+    activity: Activity,
 ) -> None:
     config = dispatcher.ctx.config
     framer = Framer(max_size=config.max_message_size, max_depth=config.max_depth)
@@ -67,18 +67,24 @@ async def _serve(
     sizes = ReadSizes()
     wire = for_session(dispatcher.ctx.registry.secrets)  # None unless -v
     trace = dispatcher.tracing()
+    replied = activity.replied.is_set()
     try:
         data: bytes | bytearray | None = await stream.receive_some(sizes.next)
         while data:
             read = len(data)
             sizes.received(read)
-            await _answer(dispatcher, framer.receive(data), outbox, wire, read, trace)
+            activity.reads += 1
+            activity.busy += 1
+            try:
+                await _answer(dispatcher, framer.receive(data), outbox, wire, read, trace)
+            finally:
+                activity.busy -= 1
             # Kept until the next read completes, the last read of a big request
             # would keep the heap from giving back what the request took.
             del data
-            if replying is not None and outbox:
-                replying()
-                replying = None
+            if not replied and outbox:
+                activity.replied.set()
+                replied = True
             quiet = memory.quiet_time(read, outbox)
             if quiet is None:
                 data = await outbox.send_then_receive(sizes.next)

@@ -1,6 +1,7 @@
 """The CPU a request costs on the agent's request path, in-process, against the floor's.
 
     .venv/bin/python benchmarks/bench_request_path.py [--rounds 10] [--build NAME=PYTHON ...]
+    .venv/bin/python benchmarks/bench_request_path.py --stages [--rounds 30]
 
 Each build (by default the interpreter running this, with the working tree's
 trio-qga) serves one end of ``trio.testing.memory_stream_pair()`` with
@@ -19,6 +20,12 @@ the floor's best in the same process.
 Rows: ``pings``, 2,600 ``guest-ping`` requests sent in one write, replies
 read back together (the ``pipelined`` row's shape); ``small-reads``, 1,024
 ``guest-file-read`` requests of 4 KiB, one at a time (``small-reads-cpu``).
+
+With ``--stages``, instead, the CPU per ping of each stage of the request path
+run alone over the 2,600 requests of one read (framing, the request's shape,
+the command's lookup and checks, the schema's checks, the handler, the
+encoding), in this process: what each request costs whatever the session
+around it does.
 """
 
 from __future__ import annotations
@@ -133,6 +140,53 @@ def _worker() -> None:
     print(json.dumps(trio.run(_round)))
 
 
+async def _stages(rounds: int) -> dict[str, float]:
+    """CPU per pipelined ping of each stage of the agent's request path, run
+    alone over the requests of one read (best of ``rounds``, microseconds):
+    what the request path does for every request, whatever surrounds it."""
+    from agent import Agent, AgentConfig
+    from agent.wire.encoder import ReturnReply, encode_reply
+    from agent.wire.framer import Framer, Message
+    from agent.wire.request import parse_request
+
+    data = b'{"execute":"guest-ping"}\n' * PINGS
+    with tempfile.TemporaryDirectory(prefix="bench-request-path-") as tmp:
+        async with Agent(AgentConfig(statedir=tmp, plugins=False)) as agent:
+            config = agent.context.config
+            framer = Framer(max_size=config.max_message_size, max_depth=config.max_depth)
+            requests = [event.value for event in framer.receive(data) if type(event) is Message]
+            dispatcher = agent.dispatcher
+            command = dispatcher._command("guest-ping")
+            reply = dispatcher.start(requests[0], trace=False)
+            assert isinstance(reply, ReturnReply)
+            stages: dict[str, Callable[[], object]] = {
+                "framing (the 0xFF rules, JSON)": lambda: framer.receive(data),
+                "the request's shape": lambda: [parse_request(r) for r in requests],
+                "the command: lookup, freeze, filter": lambda: [
+                    dispatcher._command("guest-ping") for _ in requests
+                ],
+                "its arguments against the schema": lambda: [
+                    dispatcher._arguments(command, {}) for _ in requests
+                ],
+                "the handler": lambda: [command.function(dispatcher.ctx) for _ in requests],
+                "its value against the schema": lambda: [
+                    dispatcher._reply(command, {}, None) for _ in requests
+                ],
+                "dispatcher.start, all of the five above": lambda: [
+                    dispatcher.start(r, trace=False) for r in requests
+                ],
+                "encoding the reply": lambda: [encode_reply(reply) for _ in requests],
+            }
+            best: dict[str, float] = {}
+            for name, stage in stages.items():
+                for _ in range(rounds):
+                    started = time.thread_time()
+                    stage()
+                    spent = (time.thread_time() - started) / PINGS * 1e6
+                    best[name] = min(best.get(name, spent), spent)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10, help="rounds per build (default 10)")
@@ -142,10 +196,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=PYTHON",
         help="a build: its name and its venv's interpreter (repeatable; default: this one)",
     )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="instead: the CPU of each stage of a pipelined ping, in this process",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         _worker()
+        return 0
+    if args.stages:
+        print("| stage of a pipelined ping | us of CPU (best round) |")
+        print("| --- | ---: |")
+        for name, spent in trio.run(_stages, args.rounds).items():
+            print(f"| {name} | {spent:.3f} |")
         return 0
     builds = dict(spec.split("=", 1) for spec in args.build or [f"trio-qga={sys.executable}"])
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in builds}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,17 @@ def test_the_defaults_are_vm_config_s() -> None:
 )
 def test_each_option_sets_its_field(options: list[str], field: str, value: object) -> None:
     assert getattr(config(*options), field) == value
+
+
+def test_the_launcher_starts_qemu_before_it_imports_the_client() -> None:
+    """The client's module brings the schema's models (pydantic): boot_vm imports
+    it once QEMU is starting, so that QEMU does not wait for it."""
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, agent.host.vm.cli; print(*sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "agent.host.vm.machine" in imported  # boot_vm's module: the check sees it
+    for module in ("agent.host.client", "agent.host.run_command", "pydantic"):
+        assert module not in imported

@@ -28,7 +28,6 @@ import trio
 
 from agent.host.errors import ClientError
 from agent.host.execution import NotSupported
-from agent.host.run_command import run_command
 from agent.host.vm.config import VmConfig
 from agent.host.vm.console import Step
 from agent.host.vm.errors import VmError, VmTimeout
@@ -191,6 +190,9 @@ async def _run(args: argparse.Namespace, program: list[str], terminal: bool) -> 
                     notice(f"ISA serial port (the guest's /dev/ttyS1) on {vm.isa_socket}")
                 if args.timings and vm.timings is not None:
                     _say(vm.timings.describe())
+                # Imported with the client once QEMU had started (boot_vm).
+                from agent.host.run_command import run_command
+
                 status = await run_command(
                     vm.client,
                     program,

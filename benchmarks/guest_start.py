@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import sys
 
-# Run in the guest as ``python -c SCRIPT SERVER``, SERVER being the JSON of
-# (command, environment) where "{path}" in the command is the socket's path: the
-# server's spawn, then the first reply to guest-sync-delimited, timed by SCRIPT.
-_SETUP = """\
+# Run in the guest as ``python -c TIMED_START SERVER``, SERVER being the JSON of
+# (command, environment) where "{path}" in the command is the socket's path:
+# prints the seconds from the spawn to the first reply to guest-sync-delimited.
+TIMED_START = """\
 import json, os, socket, subprocess, sys, time
 server, env = json.loads(sys.argv[1])
 path = "/run/bench-start.sock"
 if os.path.exists(path):
     os.unlink(path)
-"""
-_SPAWN_TO_REPLY = """\
+started = time.monotonic()
 process = subprocess.Popen(
     [arg.replace("{path}", path) for arg in server], env={**os.environ, **env},
     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -33,35 +32,10 @@ client.sendall(b'\\xff{"execute": "guest-sync-delimited", "arguments": {"id": 1}
 reply = b""
 while not reply.lstrip(b"\\xff").endswith(b"\\n"):
     reply += client.recv(4096)
-"""
-_STOP = """\
+print(time.monotonic() - started)
 process.terminate()
 process.wait()
 """
-# Prints the seconds from the spawn to the first reply.
-TIMED_START = (
-    _SETUP
-    + "started = time.monotonic()\n"
-    + _SPAWN_TO_REPLY
-    + "print(time.monotonic() - started)\n"
-    + _STOP
-)
-# Writes the guest's uptime at the spawn and at the first reply to the console, as
-# the launcher's steps ("trio-qga-vm: spawned UPTIME", "... replied UPTIME"): for
-# a guest whose init runs it in place of an agent.
-CONSOLE_START = (
-    _SETUP
-    + """\
-console = open("/dev/console", "w")
-def say(step):
-    uptime = open("/proc/uptime").read().split()[0]
-    print("trio-qga-vm:", step, uptime, file=console, flush=True)
-say("spawned")
-"""
-    + _SPAWN_TO_REPLY
-    + 'say("replied")\n'
-    + _STOP
-)
 # trio-qga as the guest starts it, on a unix socket.
 AGENT = (
     sys.executable, "-m", "agent", "-t", "/run", "-f", "/run/bench-start.pid",

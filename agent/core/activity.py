@@ -6,11 +6,13 @@ The agent imports the rest of its own commands after its first reply
 the event loop: a few milliseconds on a real machine, 50 to 150 ms in a TCG
 guest. Done as soon as the first reply was out, it sat in front of the next
 requests: a test VM's ``run`` asks for its program right after the first
-answer, and the program's first output reached the guest's harness 0.51 to
-0.59 s after that answer, against 0.26 to 0.28 s with nothing loading
-(3 fresh boots each, alternating; docs/vm.md, "The first program after the
+answer, and the program's first output reached the guest's harness 0.50 to
+0.56 s after that answer; with the groups waiting for quiet, 0.27 to 0.30 s
+(4 fresh boots each, alternating; docs/vm.md, "The first program after the
 first answer"). So the groups load once the agent is quiet: no session has
-a request under way, and none has read one for :data:`QUIET_FOR`.
+a request under way, and none has read one for :data:`QUIET_FOR`. A host
+that never pauses that long has each group loaded by its first request for
+one of its commands instead.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from agent.core.registry import HandlerSet
 from agent.core.session import serve_session
 from agent.models.schema import parse
 from tests.support.agents import AgentFactory
+from tests.support.clients import StreamClient
 
 
 async def quiet_after(activity: Activity, nursery: trio.Nursery) -> list[float]:
@@ -107,25 +108,19 @@ async def test_a_session_counts_its_reads_and_what_is_under_way(
     activity = Activity()
     agent = agent_factory(handlers=[waiting_handlers(release)], schema=parse(SCHEMA, "test"))
     async with agent, trio.open_nursery() as nursery:
-        client, server = trio.testing.memory_stream_pair()
+        client_end, server = trio.testing.memory_stream_pair()
         nursery.start_soon(
             functools.partial(serve_session, server, agent.dispatcher, activity=activity)
         )
-        await client.send_all(b'{"execute":"x-fail"}{"execute":"nope"}{"bad json\n')
-        replies = await receive_lines(client, 3)
+        client = StreamClient(client_end)
+        await client.send(b'{"execute":"x-fail"}{"execute":"nope"}{"bad json\n')
+        replies = [await client.line() for _ in range(3)]
         assert [b'"error"' in reply for reply in replies] == [True, True, True]
         assert (activity.reads, activity.busy, activity.replied.is_set()) == (1, 0, True)
-        await client.send_all(b'{"execute":"x-wait"}\n')
+        await client.send(b'{"execute":"x-wait"}\n')
         await trio.testing.wait_all_tasks_blocked()
         assert (activity.reads, activity.busy) == (2, 1)
         release.set()
-        assert await receive_lines(client, 1) == [b'{"return": {}}']
+        assert await client.line() == b'{"return": {}}'
         assert (activity.reads, activity.busy) == (2, 0)
-        await client.aclose()
-
-
-async def receive_lines(stream: trio.abc.Stream, count: int) -> list[bytes]:
-    data = b""
-    while data.count(b"\n") < count:
-        data += await stream.receive_some()
-    return data.splitlines()
+        await client_end.aclose()
